@@ -1,0 +1,2 @@
+//! placeholder
+pub use arbor_actors as actors;
