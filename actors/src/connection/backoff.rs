@@ -1,0 +1,228 @@
+//! gRPC's connection-backoff schedule (`doc/connection-backoff.md`).
+//!
+//! Written here rather than taken from `backon` or `backoff`: `backon`'s jitter adds a uniform `(0, delay)` (it
+//! cannot express gRPC's symmetric +-20 %), and both crates count delays from the end of a failed try, whereas
+//! gRPC counts from the *start* of an attempt (`current_deadline = now + backoff`) and derives the attempt's
+//! connect timeout from that deadline. `backoff` is also unmaintained (RUSTSEC-2025-0012).
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// Backoff parameters. The defaults are gRPC's.
+///
+/// Durations are (de)serialised with `humantime` (`"1s"`, `"250ms"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackoffConfig {
+    /// First delay between attempt starts (gRPC INITIAL_BACKOFF, 1 s).
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Growth factor per failed attempt (gRPC MULTIPLIER, 1.6).
+    pub multiplier: f64,
+    /// Symmetric jitter as a fraction of the delay (gRPC JITTER, 0.2 = +-20 %).
+    pub jitter: f64,
+    /// Cap on the delay (gRPC MAX_BACKOFF, 120 s).
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// Lower bound on one attempt's connect timeout (gRPC MIN_CONNECT_TIMEOUT, 20 s).
+    #[serde(with = "humantime_serde")]
+    pub min_connect_timeout: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_secs(1),
+            multiplier: 1.6,
+            jitter: 0.2,
+            max: Duration::from_secs(120),
+            min_connect_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl BackoffConfig {
+    /// Check the values; the error names the offending field.
+    pub fn validate(&self) -> Result<(), BackoffConfigError> {
+        if self.initial.is_zero() {
+            return Err(BackoffConfigError::new(
+                "initial",
+                "must be greater than zero",
+            ));
+        }
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Err(BackoffConfigError::new(
+                "multiplier",
+                "must be a finite number >= 1",
+            ));
+        }
+        if !(self.jitter.is_finite() && (0.0..1.0).contains(&self.jitter)) {
+            return Err(BackoffConfigError::new("jitter", "must be in [0, 1)"));
+        }
+        if self.max < self.initial {
+            return Err(BackoffConfigError::new("max", "must be >= initial"));
+        }
+        if self.min_connect_timeout.is_zero() {
+            return Err(BackoffConfigError::new(
+                "min_connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bounds `[low, high]` within which the gap between the starts of attempt `n` and `n + 1` (0-based)
+    /// falls when every attempt fails fast. Attempt 0's gap has no jitter, per the spec.
+    pub fn gap_bounds(&self, n: u32) -> (Duration, Duration) {
+        let mut backoff = self.initial.as_secs_f64();
+        for _ in 0..n {
+            backoff = (backoff * self.multiplier).min(self.max.as_secs_f64());
+        }
+        if n == 0 {
+            let d = Duration::from_secs_f64(backoff);
+            return (d, d);
+        }
+        (
+            Duration::from_secs_f64(backoff * (1.0 - self.jitter)),
+            Duration::from_secs_f64(backoff * (1.0 + self.jitter)),
+        )
+    }
+}
+
+/// A backoff field with an invalid value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid backoff setting `{field}`: {reason}")]
+pub struct BackoffConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl BackoffConfigError {
+    fn new(field: &'static str, reason: &'static str) -> Self {
+        BackoffConfigError { field, reason }
+    }
+}
+
+/// One attempt's plan: when the next may start, and how long this one may take to connect.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptPlan {
+    /// The earliest start of the next attempt if this one fails (gRPC `current_deadline`).
+    pub next_start: Instant,
+    /// `max(next_start - now, MIN_CONNECT_TIMEOUT)`.
+    pub connect_timeout: Duration,
+}
+
+/// The running schedule of one connection.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    config: BackoffConfig,
+    current: Option<Duration>,
+}
+
+impl Backoff {
+    /// A schedule starting afresh.
+    pub fn new(config: BackoffConfig) -> Self {
+        Backoff {
+            config,
+            current: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BackoffConfig {
+        &self.config
+    }
+
+    /// Forget past failures (on READY).
+    pub fn reset(&mut self) {
+        self.current = None;
+    }
+
+    /// Plan an attempt starting `now`.
+    pub fn begin_attempt(&mut self, now: Instant) -> AttemptPlan {
+        let delay = match self.current {
+            None => {
+                self.current = Some(self.config.initial);
+                self.config.initial
+            }
+            Some(prev) => {
+                let grown = prev.as_secs_f64() * self.config.multiplier;
+                let next = Duration::from_secs_f64(grown.min(self.config.max.as_secs_f64()));
+                self.current = Some(next);
+                jittered(next, self.config.jitter)
+            }
+        };
+        AttemptPlan {
+            next_start: now + delay,
+            connect_timeout: delay.max(self.config.min_connect_timeout),
+        }
+    }
+}
+
+fn jittered(d: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return d;
+    }
+    let factor = rand::rng().random_range((1.0 - jitter)..=(1.0 + jitter));
+    Duration::from_secs_f64(d.as_secs_f64() * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_defaults_and_growth_within_jitter() {
+        let cfg = BackoffConfig::default();
+        cfg.validate().unwrap();
+        let mut b = Backoff::new(cfg.clone());
+        let t0 = Instant::now();
+        let p0 = b.begin_attempt(t0);
+        assert_eq!(p0.next_start - t0, Duration::from_secs(1));
+        assert_eq!(p0.connect_timeout, Duration::from_secs(20));
+        let mut expected = 1.0f64;
+        for n in 1..30u32 {
+            let p = b.begin_attempt(t0);
+            expected = (expected * 1.6).min(120.0);
+            let gap = (p.next_start - t0).as_secs_f64();
+            assert!(
+                gap >= expected * 0.8 - 1e-9 && gap <= expected * 1.2 + 1e-9,
+                "n={n} gap={gap}"
+            );
+            let (lo, hi) = cfg.gap_bounds(n);
+            assert!(p.next_start - t0 >= lo && p.next_start - t0 <= hi);
+            assert!(p.connect_timeout >= Duration::from_secs(20));
+        }
+        // Capped at 120 s +- 20 %.
+        assert!(cfg.gap_bounds(29).1 <= Duration::from_secs(144));
+        b.reset();
+        assert_eq!(b.begin_attempt(t0).next_start - t0, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn invalid_config_names_field() {
+        let cfg = BackoffConfig {
+            multiplier: 0.5,
+            ..Default::default()
+        };
+        assert_eq!(cfg.validate().unwrap_err().field, "multiplier");
+        let cfg = BackoffConfig {
+            jitter: f64::NAN,
+            ..Default::default()
+        };
+        assert_eq!(cfg.validate().unwrap_err().field, "jitter");
+    }
+
+    #[test]
+    fn humantime_serde() {
+        let cfg: BackoffConfig = serde_json::from_str(r#"{"initial":"250ms","max":"5s"}"#).unwrap();
+        assert_eq!(cfg.initial, Duration::from_millis(250));
+        assert_eq!(cfg.max, Duration::from_secs(5));
+        assert_eq!(cfg.multiplier, 1.6);
+    }
+}

@@ -1,0 +1,403 @@
+//! The connection actor against real tonic servers on 127.0.0.1.
+
+mod common;
+
+use std::time::Duration;
+
+use arbor_actors::connection::{
+    classify, BackoffConfig, ConnectionConfig, ConnectionError, ConnectionHandle,
+    ConnectivityState, FailureClass, ShutdownReason,
+};
+use common::{free_port, InProcessServer, LONG};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::time::{timeout, Instant};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn fast_backoff(initial_ms: u64) -> BackoffConfig {
+    BackoffConfig {
+        initial: Duration::from_millis(initial_ms),
+        multiplier: 1.6,
+        jitter: 0.2,
+        max: Duration::from_secs(2),
+        min_connect_timeout: Duration::from_secs(2),
+    }
+}
+
+fn config(port: u16, initial_ms: u64) -> ConnectionConfig {
+    ConnectionConfig::parse(&format!("grpc://127.0.0.1:{port}?disableTls=true"))
+        .unwrap()
+        .with_backoff(fast_backoff(initial_ms))
+        .with_health_check_timeout(Duration::from_secs(2))
+        .with_probe_interval(None)
+}
+
+async fn wait_state(h: &ConnectionHandle, want: ConnectivityState) {
+    let mut rx = h.watch();
+    timeout(LONG, rx.wait_for(|s| s.state == want))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {want}; now {:?}", h.snapshot()))
+        .expect("watch closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_at_start_backoff_schedule_then_ready() {
+    common::init_tracing();
+    let port = free_port();
+    let cfg = config(port, 100);
+    let schedule = cfg.backoff.clone();
+    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+
+    // Record each attempt's start time (one generation per attempt).
+    let mut rx = h.watch();
+    let mut starts: Vec<(u64, Instant)> = Vec::new();
+    timeout(LONG, async {
+        while starts.len() < 6 {
+            {
+                let s = rx.borrow_and_update();
+                if let Some(at) = s.attempt_started_at {
+                    if starts.last().map(|(g, _)| *g) != Some(s.generation) {
+                        starts.push((s.generation, at));
+                    }
+                }
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("six attempts");
+    for w in starts.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "an attempt went unobserved: {starts:?}");
+    }
+    for (n, w) in starts.windows(2).enumerate() {
+        let gap = w[1].1 - w[0].1;
+        let (lo, hi) = schedule.gap_bounds(n as u32);
+        // Timers never fire early; allow generous lateness on a loaded machine.
+        assert!(
+            gap + Duration::from_millis(2) >= lo && gap <= hi + Duration::from_millis(250),
+            "gap {n} = {gap:?}, expected within [{lo:?}, {hi:?}]"
+        );
+    }
+    assert!(matches!(h.channel(), Err(ConnectionError::NotReady { .. })));
+
+    let err = h.wait_ready(Duration::from_millis(150)).await.unwrap_err();
+    assert!(matches!(err, ConnectionError::Timeout { .. }), "{err:?}");
+
+    let _server = InProcessServer::start(port, None);
+    let channel = h
+        .wait_ready(LONG)
+        .await
+        .expect("ready once the server is up");
+    let mut client = HealthClient::new(channel);
+    client
+        .check(h.request(HealthCheckRequest::default()))
+        .await
+        .unwrap();
+    assert_eq!(h.state(), ConnectivityState::Ready);
+    assert_eq!(h.snapshot().failed_attempts, 0);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_connect_storm_while_server_refuses() {
+    common::init_tracing();
+    // A peer that accepts and closes at once: tonic alone re-dials on every call (thousands per second).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepts.clone();
+    let acceptor = tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let cfg = config(port, 100);
+    let schedule = cfg.backoff.clone();
+    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let started = Instant::now();
+    // Hammer the handle meanwhile: channel() must fail fast and never dial.
+    let mut not_ready = 0u32;
+    let mut rx = h.watch();
+    timeout(LONG, async {
+        loop {
+            for _ in 0..100 {
+                if h.channel().is_err() {
+                    not_ready += 1;
+                }
+            }
+            if rx.borrow_and_update().generation >= 6 {
+                break;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+    let dials = accepts.load(std::sync::atomic::Ordering::SeqCst);
+    // Attempts that can fit in `elapsed` under the schedule's lower bounds, plus the one at t=0.
+    let mut budget = 1usize;
+    let mut t = Duration::ZERO;
+    for n in 0.. {
+        t += schedule.gap_bounds(n).0;
+        if t > elapsed {
+            break;
+        }
+        budget += 1;
+    }
+    assert!(not_ready >= 600);
+    assert!(dials >= 5, "dials {dials}");
+    assert!(
+        dials <= budget + 1,
+        "{dials} dials in {elapsed:?}, schedule allows {budget}"
+    );
+    h.shutdown().await;
+    acceptor.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_not_serving_is_not_ready_unimplemented_is_ready() {
+    common::init_tracing();
+    let server = InProcessServer::start(0, None);
+    server
+        .reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let h = ConnectionHandle::spawn(config(server.port(), 50))
+        .await
+        .unwrap();
+    wait_state(&h, ConnectivityState::TransientFailure).await;
+    assert!(h.snapshot().last_error.unwrap().contains("NOT_SERVING"));
+    server
+        .reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    h.wait_ready(LONG).await.unwrap();
+    h.shutdown().await;
+
+    // A named service the server does not know: tonic-health answers NOT_FOUND, a failed attempt.
+    let h =
+        ConnectionHandle::spawn(config(server.port(), 50).with_health_service("no.such.Service"))
+            .await
+            .unwrap();
+    wait_state(&h, ConnectivityState::TransientFailure).await;
+    h.shutdown().await;
+
+    // A server without the health service at all answers UNIMPLEMENTED: healthy.
+    let port = unimplemented_server().await;
+    let h = ConnectionHandle::spawn(config(port, 50)).await.unwrap();
+    h.wait_ready(LONG)
+        .await
+        .expect("UNIMPLEMENTED counts as healthy");
+    h.shutdown().await;
+}
+
+/// A tonic server whose only service is not the health service.
+async fn unimplemented_server() -> u16 {
+    #[derive(Clone)]
+    struct Other;
+    impl tonic::server::NamedService for Other {
+        const NAME: &'static str = "test.Other";
+    }
+    impl tower::Service<http::Request<tonic::body::Body>> for Other {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+            std::future::ready(Ok(tonic::Status::unimplemented("other").into_http()))
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(Other)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_mid_stream_then_recovery() {
+    common::init_tracing();
+    let mut server = InProcessServer::start(0, None);
+    let port = server.port();
+    let cfg = config(port, 100).with_probe_interval(Some(Duration::from_millis(200)));
+    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let channel = h.wait_ready(LONG).await.unwrap();
+    let gen_before = h.snapshot().generation;
+    let mut stream = HealthClient::new(channel)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        stream.message().await.unwrap().is_some(),
+        "Watch sends the current status first"
+    );
+
+    server.graceful_shutdown();
+    // GOAWAY: no new streams on this connection, so the probe fails (or the socket closes): leaves READY.
+    h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+        .await
+        .unwrap();
+    // The open stream ends once the old server is gone for good.
+    server.kill();
+    let end = timeout(LONG, stream.message())
+        .await
+        .expect("stream must not hang");
+    if let Err(status) = &end {
+        assert_eq!(classify(status), FailureClass::ConnectionLost, "{status:?}");
+    }
+    let _server2 = InProcessServer::start(port, None);
+    h.wait_ready(LONG).await.unwrap();
+    assert!(h.snapshot().generation > gen_before);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_skips_backoff_and_auto_connect_off_stays_idle() {
+    common::init_tracing();
+    let port = free_port();
+    let mut backoff = fast_backoff(100);
+    backoff.initial = Duration::from_secs(60);
+    backoff.max = Duration::from_secs(60);
+    let h = ConnectionHandle::spawn(config(port, 100).with_backoff(backoff))
+        .await
+        .unwrap();
+    wait_state(&h, ConnectivityState::TransientFailure).await;
+    let _server = InProcessServer::start(port, None);
+    // Without reconnect() the next attempt is a minute away.
+    h.reconnect();
+    h.wait_ready(Duration::from_secs(10))
+        .await
+        .expect("reconnect skips the wait");
+    h.shutdown().await;
+
+    let h = ConnectionHandle::spawn(config(port, 100).with_auto_connect(false))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let r = h
+        .wait_for_state_change(ConnectivityState::Idle, deadline)
+        .await;
+    assert!(matches!(r, Err(ConnectionError::Timeout { .. })), "{r:?}");
+    assert_eq!(h.state(), ConnectivityState::Idle);
+    h.wait_ready(LONG)
+        .await
+        .expect("wait_ready asks an IDLE connection to connect");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_parked_waiters() {
+    common::init_tracing();
+    let port = free_port();
+    let mut cfg = config(port, 5_000);
+    cfg.backoff.max = Duration::from_secs(5);
+    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.wait_ready(LONG).await })
+        })
+        .collect();
+    wait_state(&h, ConnectivityState::TransientFailure).await;
+    h.shutdown().await;
+    for w in waiters {
+        let r = timeout(LONG, w).await.unwrap().unwrap();
+        assert!(
+            matches!(
+                &r,
+                Err(ConnectionError::Shutdown {
+                    reason: ShutdownReason::Requested,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    assert_eq!(h.state(), ConnectivityState::Shutdown);
+    assert!(h.wait_ready(LONG).await.is_err());
+}
+
+/// A parent that records its child's supervision events.
+struct Parent;
+impl Actor for Parent {
+    type Msg = ();
+    type State = tokio::sync::mpsc::UnboundedSender<String>;
+    type Arguments = tokio::sync::mpsc::UnboundedSender<String>;
+    async fn pre_start(
+        &self,
+        _: ActorRef<()>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tx)
+    }
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<()>,
+        evt: SupervisionEvent,
+        tx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = tx.send(match evt {
+            SupervisionEvent::ActorFailed(_, e) => format!("failed: {e}"),
+            SupervisionEvent::ActorTerminated(..) => "terminated".into(),
+            _ => return Ok(()),
+        });
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_attempts_exhausted_fails_waiters_and_the_actor() {
+    common::init_tracing();
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (parent, _) = Actor::spawn(None, Parent, tx).await.unwrap();
+    let port = free_port();
+    let h = ConnectionHandle::prepare(config(port, 50).with_max_attempts(Some(3))).unwrap();
+    let waiter = {
+        let h = h.clone();
+        tokio::spawn(async move { h.wait_ready(LONG).await })
+    };
+    h.spawn_linked(None, parent.get_cell()).await.unwrap();
+    let r = timeout(LONG, waiter).await.unwrap().unwrap();
+    match r {
+        Err(ConnectionError::Shutdown {
+            reason: ShutdownReason::AttemptsExhausted { attempts, .. },
+            ..
+        }) => assert_eq!(attempts, 3),
+        other => panic!("{other:?}"),
+    }
+    let evt = timeout(LONG, events.recv()).await.unwrap().unwrap();
+    assert!(
+        evt.starts_with("failed:") && evt.contains("3 attempts"),
+        "{evt}"
+    );
+    assert_eq!(h.state(), ConnectivityState::Shutdown);
+    parent.stop(None);
+}
+
+#[test]
+fn classification_reads_the_source_chain() {
+    // From the server (trailers): no source, the connection is fine whatever the code.
+    assert_eq!(
+        classify(&tonic::Status::unavailable("busy")),
+        FailureClass::Server
+    );
+    assert_eq!(
+        classify(&tonic::Status::deadline_exceeded("slow")),
+        FailureClass::Timeout
+    );
+    let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+    let s = tonic::Status::from_error(Box::new(io));
+    assert_eq!(classify(&s), FailureClass::ConnectionLost);
+}
