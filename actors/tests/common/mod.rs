@@ -141,7 +141,7 @@ impl ChildServer {
         let mut lines = BufReader::new(stdout).lines();
         loop {
             match lines.next() {
-                Some(Ok(line)) if line.starts_with("LISTENING ") => break,
+                Some(Ok(line)) if line.contains("LISTENING ") => break,
                 Some(Ok(_)) => continue,
                 _ => {
                     let _ = child.kill();

@@ -1,0 +1,154 @@
+//! Loss detection against a child-process server: SIGKILL while idle and while a stream is open, SIGSTOP
+//! (frozen server) caught by the health probe and by HTTP/2 keepalive.
+
+mod common;
+
+use std::time::Duration;
+
+use arbor_actors::connection::{
+    classify, BackoffConfig, ConnectionConfig, ConnectionHandle, ConnectivityState, FailureClass,
+    Keepalive,
+};
+use common::{free_port, ChildServer, LONG};
+use tokio::time::{timeout, Instant};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const ENTRY: &str = "child_server_entry";
+
+/// Not a test: the body of the child server process (returns at once in a normal run).
+#[test]
+fn child_server_entry() {
+    common::child_server_main();
+}
+
+fn config(port: u16) -> ConnectionConfig {
+    ConnectionConfig::parse(&format!("grpc://127.0.0.1:{port}?disableTls=true"))
+        .unwrap()
+        .with_backoff(BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+            min_connect_timeout: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .with_health_check_timeout(Duration::from_millis(500))
+        .with_probe_interval(None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_idle_is_detected_by_the_connector_and_recovers() {
+    common::init_tracing();
+    let port = free_port();
+    let mut server = ChildServer::start(ENTRY, port);
+    // No probe, no keepalive: only the drop-reporting connector can notice.
+    let h = ConnectionHandle::spawn(config(port)).await.unwrap();
+    h.wait_ready(LONG).await.unwrap();
+    let gen = h.snapshot().generation;
+    server.sigkill();
+    let next = h
+        .wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+        .await
+        .unwrap();
+    assert_ne!(next, ConnectivityState::Ready);
+    let err = h.snapshot().last_error.unwrap();
+    assert!(
+        err.contains("closed") || err.contains("EOF") || err.contains("error"),
+        "{err}"
+    );
+    let _server = ChildServer::start(ENTRY, port);
+    h.wait_ready(LONG).await.unwrap();
+    assert!(h.snapshot().generation > gen);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_streaming_fails_the_stream_and_recovers() {
+    common::init_tracing();
+    let port = free_port();
+    let mut server = ChildServer::start(ENTRY, port);
+    let h = ConnectionHandle::spawn(config(port)).await.unwrap();
+    let channel = h.wait_ready(LONG).await.unwrap();
+    let mut stream = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    server.sigkill();
+    let status = timeout(LONG, stream.message())
+        .await
+        .expect("the stream must not hang")
+        .expect_err("the stream fails");
+    assert_eq!(
+        classify(&status),
+        FailureClass::ConnectionLost,
+        "{status:?}"
+    );
+    h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+        .await
+        .unwrap();
+    // The stale channel fails fast rather than re-dialling on its own.
+    let stale = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await;
+    let stale = stale.expect_err("stale channel");
+    assert_eq!(classify(&stale), FailureClass::ConnectionLost, "{stale:?}");
+    let _server = ChildServer::start(ENTRY, port);
+    let channel = h.wait_ready(LONG).await.unwrap();
+    HealthClient::new(channel)
+        .check(h.request(HealthCheckRequest::default()))
+        .await
+        .unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_detected_by_probe_and_calls_do_not_hang() {
+    common::init_tracing();
+    let port = free_port();
+    let server = ChildServer::start(ENTRY, port);
+    let cfg = config(port)
+        .with_probe_interval(Some(Duration::from_millis(200)))
+        .with_call_timeout(Duration::from_millis(500));
+    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let channel = h.wait_ready(LONG).await.unwrap();
+    server.sigstop();
+    h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+        .await
+        .unwrap();
+    // A call with the handle's per-call deadline returns instead of hanging.
+    let r = timeout(
+        LONG,
+        HealthClient::new(channel).check(h.request(HealthCheckRequest::default())),
+    )
+    .await
+    .expect("per-call deadline");
+    assert!(r.is_err());
+    // wait_ready while frozen: times out, no hang.
+    assert!(h.wait_ready(Duration::from_millis(300)).await.is_err());
+    server.sigcont();
+    h.wait_ready(LONG).await.expect("ready again after SIGCONT");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_detected_by_keepalive() {
+    common::init_tracing();
+    let port = free_port();
+    let server = ChildServer::start(ENTRY, port);
+    let cfg = config(port).with_keepalive(Some(Keepalive {
+        interval: Duration::from_millis(300),
+        timeout: Duration::from_millis(500),
+        while_idle: true,
+    }));
+    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    h.wait_ready(LONG).await.unwrap();
+    server.sigstop();
+    h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+        .await
+        .unwrap();
+    assert!(h.snapshot().last_error.is_some());
+    server.sigcont();
+    h.wait_ready(LONG).await.expect("ready again after SIGCONT");
+    h.shutdown().await;
+}
