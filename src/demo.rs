@@ -15,10 +15,10 @@ use arbor_actors::supervisor::{
     ChildSpec, DynamicSupervisor, DynamicSupervisorHandle, DynamicSupervisorOptions, Restart, Strategy,
     Supervisor, SupervisorHandle, SupervisorOptions,
 };
+use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus};
 
 /// What the demo is told to do.
 #[derive(Debug, Clone)]
@@ -84,7 +84,8 @@ impl Actor for DemoWorker {
         myself: ActorRef<DemoWorkerMsg>,
         args: DemoWorkerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.registry.register(args.name.clone(), myself.get_cell(), args.name)?;
+        args.registry
+            .register(args.name.clone(), myself.get_cell(), args.name)?;
         myself.send_interval(Duration::from_millis(50), || DemoWorkerMsg::Work);
         Ok(args.work_done)
     }
@@ -133,16 +134,22 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
     let ingest = Supervisor::child_spec(
         "ingest",
         group.strategy(Strategy::OneForAll),
-        ["reader", "parser", "writer"].map(|n| worker(n, &registry, &work_done)).to_vec(),
+        ["reader", "parser", "writer"]
+            .map(|n| worker(n, &registry, &work_done))
+            .to_vec(),
     );
     let pipeline = Supervisor::child_spec(
         "pipeline",
         group.strategy(Strategy::RestForOne),
-        ["source", "transform", "sink"].map(|n| worker(n, &registry, &work_done)).to_vec(),
+        ["source", "transform", "sink"]
+            .map(|n| worker(n, &registry, &work_done))
+            .to_vec(),
     );
     let jobs = DynamicSupervisor::child_spec(
         "jobs",
-        DynamicSupervisorOptions::default().intensity(10, Duration::from_secs(5)).max_children(16),
+        DynamicSupervisorOptions::default()
+            .intensity(10, Duration::from_secs(5))
+            .max_children(16),
     );
     let root_options = SupervisorOptions::default().intensity(20, Duration::from_secs(10));
     let (root, _) = Supervisor::start(
@@ -162,7 +169,11 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
         tokio::time::sleep(options.fault_every.mul_f64(jitter)).await;
         let entries = registry.list();
         if let Some(victim) = entries.choose(&mut rng) {
-            let how = if rng.random_bool(0.7) { "panics" } else { "is killed" };
+            let how = if rng.random_bool(0.7) {
+                "panics"
+            } else {
+                "is killed"
+            };
             match victim.actor_ref::<DemoWorkerMsg>() {
                 Some(actor) if how == "panics" => {
                     let _ = actor.cast(DemoWorkerMsg::Crash);
@@ -220,7 +231,11 @@ async fn start_jobs(
         .ok_or("jobs supervisor is not running")?;
     let jobs = DynamicSupervisorHandle::from_cell(jobs_cell);
     for i in 0..6 {
-        let restart = if i % 2 == 0 { Restart::Permanent } else { Restart::Transient };
+        let restart = if i % 2 == 0 {
+            Restart::Permanent
+        } else {
+            Restart::Transient
+        };
         jobs.start_child(worker(&format!("job-{i}"), registry, work_done).restart(restart))
             .await?;
     }
@@ -228,8 +243,20 @@ async fn start_jobs(
 }
 
 async fn jobs_count(root: &SupervisorHandle) -> Option<usize> {
-    let jobs = root.which_children().await.ok()?.into_iter().find(|c| c.id == "jobs")?.cell?;
-    Some(DynamicSupervisorHandle::from_cell(jobs).count_children().await.ok()?.specs)
+    let jobs = root
+        .which_children()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|c| c.id == "jobs")?
+        .cell?;
+    Some(
+        DynamicSupervisorHandle::from_cell(jobs)
+            .count_children()
+            .await
+            .ok()?
+            .specs,
+    )
 }
 
 /// Counts keys registered again after their holder died: one per worker that came back.

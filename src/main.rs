@@ -6,7 +6,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "arbor", version, about = "Erlang/OTP-grade supervision trees for tokio services")]
+#[command(
+    name = "arbor",
+    version,
+    about = "Erlang/OTP-grade supervision trees for tokio services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbor_actors::supervisor::{
@@ -388,4 +389,90 @@ async fn backoff_delays_the_restart_of_a_crashing_child() {
     w.started("c").await;
     assert!(crashed_at.elapsed() >= Duration::from_millis(400));
     sup.shutdown(None).await.unwrap();
+}
+
+/// Fails in `post_start` while `exits_left` is above zero: its exit races the supervisor's adoption of it.
+struct DiesAtOnce;
+
+impl ractor::Actor for DiesAtOnce {
+    type Msg = ();
+    type State = Arc<AtomicU32>;
+    type Arguments = Arc<AtomicU32>;
+
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<()>,
+        exits_left: Arc<AtomicU32>,
+    ) -> Result<Arc<AtomicU32>, ractor::ActorProcessingErr> {
+        Ok(exits_left)
+    }
+
+    async fn post_start(
+        &self,
+        _: ractor::ActorRef<()>,
+        exits_left: &mut Arc<AtomicU32>,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        match exits_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err("exits at once".into()),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+fn dies_at_once(exits: u32) -> ChildSpec {
+    let exits_left = Arc::new(AtomicU32::new(exits));
+    ChildSpec::actor("brief", None, move || (DiesAtOnce, exits_left.clone()))
+}
+
+#[tokio::test]
+async fn dynamic_children_that_exit_before_adoption_are_still_handled() {
+    let (dynsup, _) = DynamicSupervisor::start(None, DynamicSupervisorOptions::default().max_children(3))
+        .await
+        .unwrap();
+    // temporary children that fail at once are forgotten and free their place, however the race goes
+    for _ in 0..50 {
+        let cell = dynsup
+            .start_child(dies_at_once(1).restart(Restart::Temporary))
+            .await
+            .unwrap();
+        cell.wait(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(dynsup.count_children().await.unwrap().specs, 0);
+    }
+    // a transient one that fails at once is restarted
+    let cell = dynsup
+        .start_child(dies_at_once(1).restart(Restart::Transient))
+        .await
+        .unwrap();
+    cell.wait(Some(Duration::from_secs(5))).await.unwrap();
+    let which = dynsup.which_children().await.unwrap();
+    assert_eq!(which.len(), 1);
+    assert_eq!(which[0].status, ChildStatus::Running);
+    assert_eq!(which[0].restart_count, 1);
+    dynsup.shutdown(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn max_children_holds_under_concurrent_starts() {
+    let w = Workers::new();
+    let (dynsup, _) = DynamicSupervisor::start(None, DynamicSupervisorOptions::default().max_children(5))
+        .await
+        .unwrap();
+    let starts = (0..20).map(|_| {
+        let (dynsup, spec) = (dynsup.clone(), w.spec("job"));
+        tokio::spawn(async move { dynsup.start_child(spec).await })
+    });
+    let results = futures::future::join_all(starts).await;
+    let ok = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
+    let full = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.as_ref().unwrap(),
+                Err(SupervisorError::MaxChildren { max_children: 5 })
+            )
+        })
+        .count();
+    assert_eq!((ok, full), (5, 15));
+    assert_eq!(dynsup.count_children().await.unwrap().active, 5);
+    dynsup.shutdown(None).await.unwrap();
 }
