@@ -45,14 +45,17 @@ async fn shutdown_timeouts_are_honoured_and_a_child_that_ignores_stop_is_killed(
     let mut w = Workers::new();
     let mut slow = w.args("slow");
     slow.stop_delay = Duration::from_millis(300);
+    let mut patient = w.args("patient");
+    patient.stop_delay = Duration::from_millis(300);
     let specs = vec![
+        spec_with(patient).shutdown(Shutdown::Infinity),
         spec_with(slow).shutdown(Shutdown::Timeout(Duration::from_secs(10))),
         w.spec("stubborn")
             .shutdown(Shutdown::Timeout(Duration::from_millis(200))),
         w.spec("brutal").shutdown(Shutdown::BrutalKill),
     ];
     let (sup, _) = Supervisor::start(None, Default::default(), specs).await.unwrap();
-    w.take(3).await;
+    w.take(4).await;
     let cells: Vec<_> = sup
         .which_children()
         .await
@@ -61,20 +64,20 @@ async fn shutdown_timeouts_are_honoured_and_a_child_that_ignores_stop_is_killed(
         .map(|c| c.cell.unwrap())
         .collect();
     // stubborn is busy for a minute and never reads its stop request
-    worker(&cells[1])
+    worker(&cells[2])
         .cast(WorkerMsg::Hang(Duration::from_secs(60)))
         .unwrap();
 
     let began = Instant::now();
     sup.shutdown(Some(Duration::from_secs(20))).await.unwrap();
     let took = began.elapsed();
-    // brutal: killed, so no post_stop; stubborn: killed after its timeout; slow: waited for, post_stop ran
-    assert_eq!(names(&w.take(1).await), ["-slow"]);
+    // brutal: killed, so no post_stop; stubborn: killed after its timeout; slow and patient: waited for
+    assert_eq!(names(&w.take(2).await), ["-slow", "-patient"]);
     assert!(w.quiet());
     assert!(cells.iter().all(|c| c.get_status() == ActorStatus::Stopped));
     assert!(
-        took >= Duration::from_millis(500),
-        "slow's 300 ms and stubborn's 200 ms were waited for: {took:?}"
+        took >= Duration::from_millis(800),
+        "the two 300 ms stops and stubborn's 200 ms were waited for: {took:?}"
     );
     assert!(
         took < Duration::from_secs(20),
@@ -195,6 +198,18 @@ async fn child_administration_and_its_error_cases() {
 async fn invalid_specs_are_refused_with_the_reason() {
     let w = Workers::new();
     let (sup, _) = Supervisor::start(None, Default::default(), vec![]).await.unwrap();
+    let err = sup.start_child(w.spec("")).await.unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::InvalidSpec { reason, .. } if reason.contains("empty")),
+        "{err}"
+    );
+    let err = Supervisor::start(None, Default::default(), vec![w.spec("x"), w.spec("x")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::DuplicateChild { id } if id == "x"),
+        "{err}"
+    );
     let err = sup.start_child(w.spec("p").significant(true)).await.unwrap_err();
     assert!(
         matches!(&err, SupervisorError::InvalidSpec { id, reason } if id == "p" && reason.contains("permanent"))
@@ -475,4 +490,47 @@ async fn max_children_holds_under_concurrent_starts() {
     assert_eq!((ok, full), (5, 15));
     assert_eq!(dynsup.count_children().await.unwrap().active, 5);
     dynsup.shutdown(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_child_that_unlinked_itself_is_still_stopped_on_shutdown() {
+    let mut w = Workers::new();
+    let (sup, _) = Supervisor::start(None, Default::default(), vec![w.spec("loner")])
+        .await
+        .unwrap();
+    w.take(1).await;
+    let loner = cell_of(&sup, "loner").await;
+    worker(&loner).cast(WorkerMsg::Unlink).unwrap();
+    let id = ractor::call!(worker(&loner), WorkerMsg::Ping).unwrap();
+    assert_eq!(id, loner.get_id());
+    sup.shutdown(None).await.unwrap();
+    assert_eq!(names(&w.take(1).await), ["-loner"]);
+    assert_eq!(loner.get_status(), ActorStatus::Stopped);
+}
+
+#[tokio::test]
+async fn a_sibling_failing_to_restart_in_a_group_restart_is_retried() {
+    let mut w = Workers::new();
+    let b = w.args("b");
+    let fail_b = b.fail_starts.clone();
+    let opts = SupervisorOptions::default()
+        .strategy(arbor_actors::supervisor::Strategy::OneForAll)
+        .intensity(10, Duration::from_secs(60));
+    let (sup, _) = Supervisor::start(None, opts, vec![w.spec("a"), spec_with(b), w.spec("c")])
+        .await
+        .unwrap();
+    w.take(3).await;
+    fail_b.store(2, Ordering::SeqCst);
+    worker(&cell_of(&sup, "a").await).cast(WorkerMsg::Panic).unwrap();
+    // c and b stopped in reverse order; a restarts; b fails twice and is retried; c waits for b, in order
+    assert_eq!(names(&w.take(5).await), ["-c", "-b", "+a", "+b", "+c"]);
+    let counts: Vec<_> = sup
+        .which_children()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.restart_count)
+        .collect();
+    assert_eq!(counts, [1, 3, 1]);
+    sup.shutdown(None).await.unwrap();
 }

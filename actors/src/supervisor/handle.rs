@@ -192,9 +192,9 @@ macro_rules! common_calls {
                 .await
             {
                 Ok(()) => Ok(()),
-                Err(RactorErr::Timeout) => Err(SupervisorError::SupervisorGone(
-                    "did not stop within the timeout".into(),
-                )),
+                Err(RactorErr::Timeout) => Err(SupervisorError::ShutdownTimedOut {
+                    timeout: timeout.unwrap_or_default(),
+                }),
                 // Already stopped: the outcome asked for.
                 Err(_) => Ok(()),
             }
