@@ -14,16 +14,6 @@ use arbor_actors::supervisor::{
 use common::*;
 use ractor::ActorStatus;
 
-async fn cell_of(sup: &SupervisorHandle, id: &str) -> ractor::ActorCell {
-    sup.which_children()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == id)
-        .and_then(|c| c.cell)
-        .unwrap_or_else(|| panic!("{id} is not running"))
-}
-
 #[tokio::test]
 async fn shutdown_stops_children_in_reverse_start_order() {
     let mut w = Workers::new();

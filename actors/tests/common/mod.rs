@@ -236,3 +236,14 @@ pub async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
         .expect("timed out")
         .expect("closed")
 }
+
+/// The running actor of the child `id` of `sup`.
+pub async fn cell_of(sup: &arbor_actors::supervisor::SupervisorHandle, id: &str) -> ActorCell {
+    sup.which_children()
+        .await
+        .expect("supervisor answers")
+        .into_iter()
+        .find(|c| c.id == id)
+        .and_then(|c| c.cell)
+        .unwrap_or_else(|| panic!("{id} is not running"))
+}
