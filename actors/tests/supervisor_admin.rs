@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use arbor_actors::supervisor::{
     AutoShutdown, ChildCounts, ChildSpec, ChildStatus, DynamicSupervisor, DynamicSupervisorOptions, Restart,
-    RestartBackoff, Shutdown, Supervisor, SupervisorError, SupervisorHandle, SupervisorOptions,
+    RestartBackoff, Shutdown, Supervisor, SupervisorError, SupervisorOptions,
 };
 use common::*;
 use ractor::ActorStatus;
