@@ -147,21 +147,30 @@ pub(crate) async fn start_one(spec: &ChildSpec, supervisor: ActorCell) -> Result
     }
 }
 
+/// How long a kill is waited for. A kill takes effect at the child's next `.await`; a child stuck in blocking
+/// code never gets there, and the supervisor must not hang with it.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 /// Stops one child as its shutdown says: ask, wait up to the timeout, then kill.
 pub(crate) async fn terminate_cell(cell: &ActorCell, shutdown: Shutdown) {
     let reason = Some("shutdown".to_string());
-    match shutdown {
-        Shutdown::BrutalKill => {
-            let _ = cell.kill_and_wait(None).await;
-        }
+    let stopped = match shutdown {
+        Shutdown::BrutalKill => false,
         Shutdown::Infinity => {
             let _ = cell.stop_and_wait(reason, None).await;
+            true
         }
-        Shutdown::Timeout(timeout) => {
-            if let Err(ractor::RactorErr::Timeout) = cell.stop_and_wait(reason, Some(timeout)).await {
+        Shutdown::Timeout(timeout) => match cell.stop_and_wait(reason, Some(timeout)).await {
+            Err(ractor::RactorErr::Timeout) => {
                 warn!(child = %cell.get_id(), ?timeout, "child did not stop in time, killing it");
-                let _ = cell.kill_and_wait(None).await;
+                false
             }
+            _ => true,
+        },
+    };
+    if !stopped {
+        if let Err(ractor::RactorErr::Timeout) = cell.kill_and_wait(Some(KILL_WAIT)).await {
+            error!(child = %cell.get_id(), wait = ?KILL_WAIT, "child did not die when killed (blocking code?); going on without it");
         }
     }
 }
