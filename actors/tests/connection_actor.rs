@@ -1,6 +1,6 @@
 //! The connection actor against real tonic servers on 127.0.0.1.
 
-mod common;
+mod grpc_common;
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use arbor_actors::connection::{
     classify, BackoffConfig, ConnectionConfig, ConnectionError, ConnectionHandle,
     ConnectivityState, FailureClass, ShutdownReason,
 };
-use common::{free_port, InProcessServer, LONG};
+use grpc_common::{free_port, InProcessServer, LONG};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::time::{timeout, Instant};
 use tonic_health::pb::health_client::HealthClient;
@@ -42,7 +42,7 @@ async fn wait_state(h: &ConnectionHandle, want: ConnectivityState) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_at_start_backoff_schedule_then_ready() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let port = free_port();
     let cfg = config(port, 100);
     let schedule = cfg.backoff.clone();
@@ -100,7 +100,7 @@ async fn server_down_at_start_backoff_schedule_then_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connect_storm_while_server_refuses() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     // A peer that accepts and closes at once: tonic alone re-dials on every call (thousands per second).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -159,7 +159,7 @@ async fn no_connect_storm_while_server_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_not_serving_is_not_ready_unimplemented_is_ready() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let server = InProcessServer::start(0, None);
     server
         .reporter
@@ -227,7 +227,7 @@ async fn unimplemented_server() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_mid_stream_then_recovery() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let mut server = InProcessServer::start(0, None);
     let port = server.port();
     let cfg = config(port, 100).with_probe_interval(Some(Duration::from_millis(200)));
@@ -265,7 +265,7 @@ async fn graceful_shutdown_mid_stream_then_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_skips_backoff_and_auto_connect_off_stays_idle() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let port = free_port();
     let mut backoff = fast_backoff(100);
     backoff.initial = Duration::from_secs(60);
@@ -299,7 +299,7 @@ async fn reconnect_skips_backoff_and_auto_connect_off_stays_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_fails_parked_waiters() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let port = free_port();
     let mut cfg = config(port, 5_000);
     cfg.backoff.max = Duration::from_secs(5);
@@ -359,7 +359,7 @@ impl Actor for Parent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_attempts_exhausted_fails_waiters_and_the_actor() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let (parent, _) = Actor::spawn(None, Parent, tx).await.unwrap();
     let port = free_port();

@@ -1,7 +1,7 @@
 //! Loss detection against a child-process server: SIGKILL while idle and while a stream is open, SIGSTOP
 //! (frozen server) caught by the health probe and by HTTP/2 keepalive.
 
-mod common;
+mod grpc_common;
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use arbor_actors::connection::{
     classify, BackoffConfig, ConnectionConfig, ConnectionHandle, ConnectivityState, FailureClass,
     Keepalive,
 };
-use common::{free_port, ChildServer, LONG};
+use grpc_common::{free_port, ChildServer, LONG};
 use tokio::time::{timeout, Instant};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -19,7 +19,7 @@ const ENTRY: &str = "child_server_entry";
 /// Not a test: the body of the child server process (returns at once in a normal run).
 #[test]
 fn child_server_entry() {
-    common::child_server_main();
+    grpc_common::child_server_main();
 }
 
 fn config(port: u16) -> ConnectionConfig {
@@ -37,7 +37,7 @@ fn config(port: u16) -> ConnectionConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_idle_is_detected_by_the_connector_and_recovers() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let port = free_port();
     let mut server = ChildServer::start(ENTRY, port);
     // No probe, no keepalive: only the drop-reporting connector can notice.
@@ -63,7 +63,7 @@ async fn sigkill_while_idle_is_detected_by_the_connector_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_streaming_fails_the_stream_and_recovers() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let port = free_port();
     let mut server = ChildServer::start(ENTRY, port);
     let h = ConnectionHandle::spawn(config(port)).await.unwrap();
@@ -104,7 +104,7 @@ async fn sigkill_while_streaming_fails_the_stream_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_server_detected_by_probe_and_calls_do_not_hang() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let port = free_port();
     let server = ChildServer::start(ENTRY, port);
     let cfg = config(port)
@@ -133,7 +133,7 @@ async fn frozen_server_detected_by_probe_and_calls_do_not_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_server_detected_by_keepalive() {
-    common::init_tracing();
+    grpc_common::init_tracing();
     let port = free_port();
     let server = ChildServer::start(ENTRY, port);
     let cfg = config(port).with_keepalive(Some(Keepalive {

@@ -1,213 +1,249 @@
-//! Real tonic servers on 127.0.0.1 for the connection tests: in-process on their own runtime, or a child
-//! process (this test binary re-run with `ARBOR_CHILD_SERVER_PORT` set) that can be SIGKILLed or SIGSTOPped.
+//! A test worker that reports its life to the test through a channel, and helpers to wait on those reports.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-use tonic::transport::Server;
-use tonic_health::server::HealthReporter;
+use arbor_actors::supervisor::ChildSpec;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::mpsc;
 
-pub const CHILD_ENV: &str = "ARBOR_CHILD_SERVER_PORT";
-
-/// A free port on 127.0.0.1 (bound then released; loopback races are unlikely in a test).
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// What a worker tells the test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Life {
+    Started(String, ActorId),
+    /// `post_stop` ran: a graceful stop (not a kill, not a panic).
+    Stopped(String, ActorId),
 }
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+pub type LifeLog = mpsc::UnboundedReceiver<Life>;
+
+pub enum WorkerMsg {
+    Panic,
+    Stop(Option<String>),
+    Ping(RpcReplyPort<ActorId>),
+    /// Busy for this long without yielding to the mailbox (a child that ignores stop requests).
+    Hang(Duration),
+    /// Unlinks itself from its supervisor.
+    Unlink,
 }
 
-/// An in-process tonic-health server on its own runtime (its own thread), so that stopping it is like a server
-/// going away, independent of the test's runtime.
-pub struct InProcessServer {
-    pub addr: SocketAddr,
-    pub reporter: HealthReporter,
-    shutdown: Option<oneshot::Sender<()>>,
-    runtime: Option<tokio::runtime::Runtime>,
+pub struct Worker;
+
+#[derive(Clone)]
+pub struct WorkerArgs {
+    pub name: String,
+    pub log: mpsc::UnboundedSender<Life>,
+    /// Fail this many starts (`u32::MAX`: every start).
+    pub fail_starts: Arc<AtomicU32>,
+    /// `post_stop` takes this long.
+    pub stop_delay: Duration,
 }
 
-pub type MetadataLog = Arc<std::sync::Mutex<Vec<tonic::metadata::MetadataMap>>>;
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = WorkerArgs;
+    type Arguments = WorkerArgs;
 
-impl InProcessServer {
-    /// Serve grpc.health.v1 on `port` (0: any). Every request's metadata is appended to `log` if given.
-    pub fn start(port: u16, log: Option<MetadataLog>) -> InProcessServer {
-        Self::start_with(port, log, None)
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerArgs, ActorProcessingErr> {
+        let refused = args
+            .fail_starts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                0 => None,
+                u32::MAX => Some(u32::MAX),
+                n => Some(n - 1),
+            })
+            .is_ok();
+        if refused {
+            return Err(format!("{} refuses to start", args.name).into());
+        }
+        let _ = args.log.send(Life::Started(args.name.clone(), myself.get_id()));
+        Ok(args)
     }
 
-    pub fn start_with(
-        port: u16,
-        log: Option<MetadataLog>,
-        tls: Option<tonic::transport::ServerTlsConfig>,
-    ) -> InProcessServer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (reporter, _) = tonic_health::server::health_reporter();
-        let service = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
-        let listener = StdListener::bind(("127.0.0.1", port)).expect("bind test server port");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let interceptor = move |req: tonic::Request<()>| {
-                if let Some(log) = &log {
-                    log.lock().unwrap().push(req.metadata().clone());
-                }
-                Ok(req)
-            };
-            let svc = tonic_health::pb::health_server::HealthServer::with_interceptor(
-                service,
-                interceptor,
-            );
-            let mut builder = Server::builder();
-            if let Some(tls) = tls {
-                builder = builder.tls_config(tls).unwrap();
+    async fn post_stop(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: &mut WorkerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        if !args.stop_delay.is_zero() {
+            tokio::time::sleep(args.stop_delay).await;
+        }
+        let _ = args.log.send(Life::Stopped(args.name.clone(), myself.get_id()));
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        args: &mut WorkerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Panic => panic!("{} was told to panic", args.name),
+            WorkerMsg::Stop(reason) => myself.stop(reason),
+            WorkerMsg::Ping(reply) => {
+                let _ = reply.send(myself.get_id());
             }
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = builder
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
-        InProcessServer {
-            addr,
-            reporter,
-            shutdown: Some(tx),
-            runtime: Some(runtime),
+            WorkerMsg::Hang(d) => tokio::time::sleep(d).await,
+            WorkerMsg::Unlink => {
+                if let Some(sup) = myself.get_cell().try_get_supervisor() {
+                    myself.get_cell().unlink(sup);
+                }
+            }
         }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// Graceful shutdown: stop accepting, send GOAWAY; open streams may linger until [`kill`](Self::kill).
-    pub fn graceful_shutdown(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-
-    /// Drop the runtime: every socket closes at once.
-    pub fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        Ok(())
     }
 }
 
-impl Drop for InProcessServer {
-    fn drop(&mut self) {
-        self.kill();
+/// Makes workers that all log into one channel.
+pub struct Workers {
+    pub tx: mpsc::UnboundedSender<Life>,
+    pub rx: LifeLog,
+}
+
+impl Workers {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Workers { tx, rx }
     }
-}
 
-/// A child process serving grpc.health.v1 on a port; SIGKILL / SIGSTOP / SIGCONT by pid.
-pub struct ChildServer {
-    pub child: Child,
-    pub port: u16,
-}
+    pub fn args(&self, name: &str) -> WorkerArgs {
+        WorkerArgs {
+            name: name.into(),
+            log: self.tx.clone(),
+            fail_starts: Arc::new(AtomicU32::new(0)),
+            stop_delay: Duration::ZERO,
+        }
+    }
 
-impl ChildServer {
-    /// Re-run this test binary's `entry_test` with the child env var; wait for its "LISTENING" line.
-    pub fn start(entry_test: &str, port: u16) -> ChildServer {
-        let exe = std::env::current_exe().unwrap();
-        let mut child = Command::new(exe)
-            .args([entry_test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child server");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
+    pub fn spec(&self, name: &str) -> ChildSpec {
+        spec_with(self.args(name))
+    }
+
+    /// The next life event, or a panic after 10 s.
+    pub async fn next(&mut self) -> Life {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+            .await
+            .expect("timed out waiting for a life event")
+            .expect("log closed")
+    }
+
+    /// The next `n` events.
+    pub async fn take(&mut self, n: usize) -> Vec<Life> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next().await);
+        }
+        out
+    }
+
+    /// Waits until `name` has started, skipping other events; returns its actor id.
+    pub async fn started(&mut self, name: &str) -> ActorId {
         loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("LISTENING ") => break,
-                Some(Ok(_)) => continue,
-                _ => {
-                    let _ = child.kill();
-                    panic!("child server exited before listening");
+            if let Life::Started(n, id) = self.next().await {
+                if n == name {
+                    return id;
                 }
             }
         }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        ChildServer { child, port }
     }
 
-    fn signal(&self, sig: i32) {
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.child.id());
-    }
-
-    pub fn sigkill(&mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-
-    pub fn sigstop(&self) {
-        self.signal(libc::SIGSTOP);
-    }
-
-    pub fn sigcont(&self) {
-        self.signal(libc::SIGCONT);
+    /// Whether no event is pending right now.
+    pub fn quiet(&mut self) -> bool {
+        self.rx.try_recv().is_err()
     }
 }
 
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+pub fn spec_with(args: WorkerArgs) -> ChildSpec {
+    let name = args.name.clone();
+    ChildSpec::actor(name, None, move || (Worker, args.clone()))
+}
+
+pub fn started(name: &str, id: ActorId) -> Life {
+    Life::Started(name.into(), id)
+}
+
+pub fn names(events: &[Life]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e {
+            Life::Started(n, _) => format!("+{n}"),
+            Life::Stopped(n, _) => format!("-{n}"),
+        })
+        .collect()
+}
+
+pub fn worker(cell: &ActorCell) -> ActorRef<WorkerMsg> {
+    cell.clone().into()
+}
+
+/// A parent that forwards every supervision event it gets, so tests can see what a supervisor reports upward.
+pub struct Probe;
+
+#[derive(Debug)]
+pub enum ProbeEvent {
+    Failed(ActorId, String),
+    Terminated(ActorId, Option<String>),
+}
+
+impl Actor for Probe {
+    type Msg = ();
+    type State = mpsc::UnboundedSender<ProbeEvent>;
+    type Arguments = mpsc::UnboundedSender<ProbeEvent>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<()>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tx)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<()>,
+        event: SupervisionEvent,
+        tx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tx.send(ProbeEvent::Failed(cell.get_id(), err.to_string()))
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                tx.send(ProbeEvent::Terminated(cell.get_id(), reason))
+            }
+            _ => Ok(()),
+        };
+        Ok(())
     }
 }
 
-/// Body of the child: serve until killed. Call from a `#[test]` named as passed to [`ChildServer::start`];
-/// returns at once when not running as a child.
-pub fn child_server_main() {
-    let Ok(port) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let port: u16 = port.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let (_reporter, svc) = tonic_health::server::health_reporter();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        println!("LISTENING {port}");
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming)
-            .await
-            .unwrap();
-    });
-    std::process::exit(0);
+pub async fn probe() -> (ActorRef<()>, mpsc::UnboundedReceiver<ProbeEvent>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (probe, _) = Actor::spawn(None, Probe, tx).await.expect("probe starts");
+    (probe, rx)
 }
 
-/// Generous outer bound for waiting on events.
-pub const LONG: Duration = Duration::from_secs(20);
+pub async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("timed out")
+        .expect("closed")
+}
+
+/// The running actor of the child `id` of `sup`.
+pub async fn cell_of(sup: &arbor_actors::supervisor::SupervisorHandle, id: &str) -> ActorCell {
+    sup.which_children()
+        .await
+        .expect("supervisor answers")
+        .into_iter()
+        .find(|c| c.id == id)
+        .and_then(|c| c.cell)
+        .unwrap_or_else(|| panic!("{id} is not running"))
+}
