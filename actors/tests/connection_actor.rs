@@ -5,8 +5,8 @@ mod grpc_common;
 use std::time::Duration;
 
 use arbor_actors::connection::{
-    classify, BackoffConfig, ConnectionConfig, ConnectionError, ConnectionHandle,
-    ConnectivityState, FailureClass, ShutdownReason,
+    classify, BackoffConfig, ConnectionConfig, ConnectionError, ConnectionHandle, ConnectivityState,
+    FailureClass, ShutdownReason,
 };
 use grpc_common::{free_port, InProcessServer, LONG};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -84,10 +84,7 @@ async fn server_down_at_start_backoff_schedule_then_ready() {
     assert!(matches!(err, ConnectionError::Timeout { .. }), "{err:?}");
 
     let _server = InProcessServer::start(port, None);
-    let channel = h
-        .wait_ready(LONG)
-        .await
-        .expect("ready once the server is up");
+    let channel = h.wait_ready(LONG).await.expect("ready once the server is up");
     let mut client = HealthClient::new(channel);
     client
         .check(h.request(HealthCheckRequest::default()))
@@ -165,9 +162,7 @@ async fn health_not_serving_is_not_ready_unimplemented_is_ready() {
         .reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    let h = ConnectionHandle::spawn(config(server.port(), 50))
-        .await
-        .unwrap();
+    let h = ConnectionHandle::spawn(config(server.port(), 50)).await.unwrap();
     wait_state(&h, ConnectivityState::TransientFailure).await;
     assert!(h.snapshot().last_error.unwrap().contains("NOT_SERVING"));
     server
@@ -178,19 +173,16 @@ async fn health_not_serving_is_not_ready_unimplemented_is_ready() {
     h.shutdown().await;
 
     // A named service the server does not know: tonic-health answers NOT_FOUND, a failed attempt.
-    let h =
-        ConnectionHandle::spawn(config(server.port(), 50).with_health_service("no.such.Service"))
-            .await
-            .unwrap();
+    let h = ConnectionHandle::spawn(config(server.port(), 50).with_health_service("no.such.Service"))
+        .await
+        .unwrap();
     wait_state(&h, ConnectivityState::TransientFailure).await;
     h.shutdown().await;
 
     // A server without the health service at all answers UNIMPLEMENTED: healthy.
     let port = unimplemented_server().await;
     let h = ConnectionHandle::spawn(config(port, 50)).await.unwrap();
-    h.wait_ready(LONG)
-        .await
-        .expect("UNIMPLEMENTED counts as healthy");
+    h.wait_ready(LONG).await.expect("UNIMPLEMENTED counts as healthy");
     h.shutdown().await;
 }
 
@@ -205,10 +197,7 @@ async fn unimplemented_server() -> u16 {
         type Response = http::Response<tonic::body::Body>;
         type Error = std::convert::Infallible;
         type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Self::Error>> {
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
             std::task::Poll::Ready(Ok(()))
         }
         fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
@@ -286,9 +275,7 @@ async fn reconnect_skips_backoff_and_auto_connect_off_stays_idle() {
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_millis(300);
-    let r = h
-        .wait_for_state_change(ConnectivityState::Idle, deadline)
-        .await;
+    let r = h.wait_for_state_change(ConnectivityState::Idle, deadline).await;
     assert!(matches!(r, Err(ConnectionError::Timeout { .. })), "{r:?}");
     assert_eq!(h.state(), ConnectivityState::Idle);
     h.wait_ready(LONG)
@@ -378,10 +365,7 @@ async fn max_attempts_exhausted_fails_waiters_and_the_actor() {
         other => panic!("{other:?}"),
     }
     let evt = timeout(LONG, events.recv()).await.unwrap().unwrap();
-    assert!(
-        evt.starts_with("failed:") && evt.contains("3 attempts"),
-        "{evt}"
-    );
+    assert!(evt.starts_with("failed:") && evt.contains("3 attempts"), "{evt}");
     assert_eq!(h.state(), ConnectivityState::Shutdown);
     parent.stop(None);
 }

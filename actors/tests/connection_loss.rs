@@ -6,8 +6,7 @@ mod grpc_common;
 use std::time::Duration;
 
 use arbor_actors::connection::{
-    classify, BackoffConfig, ConnectionConfig, ConnectionHandle, ConnectivityState, FailureClass,
-    Keepalive,
+    classify, BackoffConfig, ConnectionConfig, ConnectionHandle, ConnectivityState, FailureClass, Keepalive,
 };
 use grpc_common::{free_port, ChildServer, LONG};
 use tokio::time::{timeout, Instant};
@@ -79,11 +78,7 @@ async fn sigkill_while_streaming_fails_the_stream_and_recovers() {
         .await
         .expect("the stream must not hang")
         .expect_err("the stream fails");
-    assert_eq!(
-        classify(&status),
-        FailureClass::ConnectionLost,
-        "{status:?}"
-    );
+    assert_eq!(classify(&status), FailureClass::ConnectionLost, "{status:?}");
     h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
         .await
         .unwrap();

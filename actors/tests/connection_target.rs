@@ -17,9 +17,7 @@ fn accepted_strings() {
     assert!(t.tls);
     assert_eq!(t.endpoint_uri(), "https://localhost:35000");
 
-    let t: Target = "chronicle://localhost:35001?disableTls=true"
-        .parse()
-        .unwrap();
+    let t: Target = "chronicle://localhost:35001?disableTls=true".parse().unwrap();
     assert!(!t.tls);
     assert_eq!(t.endpoint_uri(), "http://localhost:35001");
 
@@ -50,10 +48,7 @@ fn accepted_strings() {
         .parse()
         .unwrap();
     assert_eq!(t.api_key.as_ref().unwrap().expose(), "k y");
-    assert_eq!(
-        t.ca_file.as_deref(),
-        Some(std::path::Path::new("/tmp/ca.pem"))
-    );
+    assert_eq!(t.ca_file.as_deref(), Some(std::path::Path::new("/tmp/ca.pem")));
     assert_eq!(t.tls_server_name.as_deref(), Some("srv.local"));
 
     let t = Target::from_server_address("kernel:35100").unwrap();
@@ -67,12 +62,7 @@ fn refused_strings_name_the_offending_part() {
     let cases: Vec<(&str, TargetError)> = vec![
         ("", Empty),
         ("localhost:35000", MissingScheme),
-        (
-            "ftp://h",
-            UnsupportedScheme {
-                scheme: "ftp".into(),
-            },
-        ),
+        ("ftp://h", UnsupportedScheme { scheme: "ftp".into() }),
         ("chronicle://", MissingHost { index: 0 }),
         ("chronicle://a,,b", MissingHost { index: 1 }),
         (
@@ -103,10 +93,7 @@ fn refused_strings_name_the_offending_part() {
                 host: "[zz]:1".into(),
             },
         ),
-        (
-            "chronicle://h?foo=1",
-            UnknownParameter { name: "foo".into() },
-        ),
+        ("chronicle://h?foo=1", UnknownParameter { name: "foo".into() }),
         (
             "chronicle://h?disableTls=true&disableTls=false",
             DuplicateParameter {
@@ -212,11 +199,7 @@ fn pool_key_normalises_and_separates_credentials() {
     assert_ne!(a.pool_key(), c.pool_key());
     assert!(!c.pool_key().contains("p1"));
     let e: Target = "chronicle://host".parse().unwrap();
-    assert_ne!(
-        a.pool_key(),
-        e.pool_key(),
-        "TLS on/off are different connections"
-    );
+    assert_ne!(a.pool_key(), e.pool_key(), "TLS on/off are different connections");
 }
 
 proptest! {

@@ -2,7 +2,7 @@
 //! backoff schedule and `max_attempts`, and watches a READY connection for loss.
 
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) hosts: Arc<[(String, u16)]>,
     pub(crate) tx: watch::Sender<ConnectionSnapshot>,
     pub(crate) actor: Mutex<Option<ActorRef<ConnectionMsg>>>,
+    /// Set (before READY is published) the first time the connection is READY.
+    pub(crate) ever_ready: AtomicBool,
     generation: AtomicU64,
 }
 
@@ -80,6 +82,7 @@ impl Shared {
             hosts,
             tx,
             actor: Mutex::new(None),
+            ever_ready: AtomicBool::new(false),
             generation: AtomicU64::new(0),
         })
     }
@@ -139,9 +142,7 @@ impl Actor for ConnectionActor {
         );
         *shared.actor.lock().expect("actor slot poisoned") = Some(myself.clone());
         // A new life (first start or supervisor restart) starts at IDLE.
-        shared
-            .tx
-            .send_modify(|s| *s = ConnectionSnapshot::initial());
+        shared.tx.send_modify(|s| *s = ConnectionSnapshot::initial());
         span.in_scope(|| tracing::info!("connection actor started"));
         Ok(ConnectionState {
             backoff: Backoff::new(shared.config.backoff.clone()),
@@ -178,11 +179,7 @@ impl Actor for ConnectionActor {
         if state.shared.tx.borrow().state != ConnectivityState::Shutdown {
             let span = state.span.clone();
             span.in_scope(|| {
-                state.set_state(
-                    ConnectivityState::Shutdown,
-                    None,
-                    Some(ShutdownReason::Requested),
-                )
+                state.set_state(ConnectivityState::Shutdown, None, Some(ShutdownReason::Requested))
             });
         }
         Ok(())
@@ -215,12 +212,7 @@ impl ConnectionState {
     }
 
     /// Publish a transition. Transitions gRPC forbids are refused (and logged): they would be a bug here.
-    fn set_state(
-        &mut self,
-        to: ConnectivityState,
-        channel: Option<Channel>,
-        reason: Option<ShutdownReason>,
-    ) {
+    fn set_state(&mut self, to: ConnectivityState, channel: Option<Channel>, reason: Option<ShutdownReason>) {
         let from = self.current();
         if !from.can_become(to) {
             tracing::error!(%from, %to, "refused connectivity transition");
@@ -334,9 +326,7 @@ impl ConnectionState {
         let plan = self.backoff.begin_attempt(Instant::now());
         self.next_start = Some(plan.next_start);
         let now = Instant::now();
-        self.shared
-            .tx
-            .send_modify(|s| s.attempt_started_at = Some(now));
+        self.shared.tx.send_modify(|s| s.attempt_started_at = Some(now));
         self.set_state(ConnectivityState::Connecting, None, None);
         let (seq, generation) = (self.seq, self.generation);
         tracing::info!(
@@ -369,6 +359,7 @@ impl ConnectionState {
         self.failed = 0;
         self.backoff.reset();
         self.next_start = None;
+        self.shared.ever_ready.store(true, Ordering::SeqCst);
         self.set_state(ConnectivityState::Ready, Some(channel.clone()), None);
         tracing::info!(generation = self.generation, attempts, "connection ready");
         if let Some(every) = self.shared.config.probe_interval {
@@ -464,11 +455,7 @@ async fn attempt(
 ) -> Result<Channel, String> {
     if let Some(source) = shared.config.auth.token_source() {
         match tokio::time::timeout(connect_timeout, source.token()).await {
-            Err(_) => {
-                return Err(format!(
-                    "access token fetch timed out after {connect_timeout:?}"
-                ))
-            }
+            Err(_) => return Err(format!("access token fetch timed out after {connect_timeout:?}")),
             Ok(Err(e)) => return Err(format!("access token: {e}")),
             Ok(Ok(_)) => {}
         }
@@ -502,10 +489,7 @@ pub(crate) async fn health_check(shared: &Shared, channel: Channel) -> Result<()
         Err(_) => Err(format!("health check timed out after {timeout:?}")),
         Ok(Ok(resp)) => match resp.into_inner().status() {
             ServingStatus::Serving => Ok(()),
-            other => Err(format!(
-                "health check: server reports {}",
-                other.as_str_name()
-            )),
+            other => Err(format!("health check: server reports {}", other.as_str_name())),
         },
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(()),
         Ok(Err(status)) => Err(format!(

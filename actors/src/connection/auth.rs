@@ -138,10 +138,7 @@ impl fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.0 {
             SourceKind::Static(_) => f.write_str("TokenSource::Static(***)"),
-            SourceKind::OAuth2(o) => f
-                .debug_tuple("TokenSource::OAuth2")
-                .field(&o.config)
-                .finish(),
+            SourceKind::OAuth2(o) => f.debug_tuple("TokenSource::OAuth2").field(&o.config).finish(),
         }
     }
 }
@@ -154,13 +151,14 @@ impl TokenSource {
 
     /// OAuth2 client credentials.
     pub fn oauth2(config: OAuth2Config) -> Result<TokenSource, AuthError> {
-        let uri: http::Uri = config
-            .token_url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| AuthError::InvalidTokenUrl {
-                url: config.token_url.clone(),
-                reason: e.to_string(),
-            })?;
+        let uri: http::Uri =
+            config
+                .token_url
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| AuthError::InvalidTokenUrl {
+                    url: config.token_url.clone(),
+                    reason: e.to_string(),
+                })?;
         let connector = if uri.scheme_str() == Some("https") {
             hyper_rustls::HttpsConnectorBuilder::new()
                 .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
@@ -297,9 +295,7 @@ impl OAuth2 {
     fn fresh(&self) -> Option<Secret> {
         let cache = self.cache.lock().expect("token cache poisoned");
         match &cache.token {
-            Some((t, expires)) if Instant::now() + self.config.refresh_before < *expires => {
-                Some(t.clone())
-            }
+            Some((t, expires)) if Instant::now() + self.config.refresh_before < *expires => Some(t.clone()),
             _ => None,
         }
     }
@@ -315,10 +311,7 @@ impl OAuth2 {
             .append_pair("client_secret", self.config.client_secret.expose())
             .finish();
         let req = http::Request::post(self.uri.clone())
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| fail(e.to_string()))?;
@@ -448,10 +441,8 @@ impl Interceptor for AuthInterceptor {
             let token = source.current().ok_or_else(|| {
                 Status::unauthenticated("no valid access token (token endpoint unreachable?)")
             })?;
-            let mut v: AsciiMetadataValue =
-                MetadataValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
-                    Status::unauthenticated("access token is not a valid header value")
-                })?;
+            let mut v: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {}", token.expose()))
+                .map_err(|_| Status::unauthenticated("access token is not a valid header value"))?;
             v.set_sensitive(true);
             request.metadata_mut().insert("authorization", v);
         }

@@ -48,10 +48,7 @@ impl BackoffConfig {
     /// Check the values; the error names the offending field.
     pub fn validate(&self) -> Result<(), BackoffConfigError> {
         if self.initial.is_zero() {
-            return Err(BackoffConfigError::new(
-                "initial",
-                "must be greater than zero",
-            ));
+            return Err(BackoffConfigError::new("initial", "must be greater than zero"));
         }
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
             return Err(BackoffConfigError::new(

@@ -197,12 +197,11 @@ impl ConnectionConfig {
         })?;
         if self.target.tls {
             let mut tls = ClientTlsConfig::new().timeout(self.tls_handshake_timeout);
-            let server_name = self.target.tls_server_name.clone().unwrap_or_else(|| {
-                self.target.hosts[0]
-                    .host
-                    .trim_matches(['[', ']'])
-                    .to_string()
-            });
+            let server_name = self
+                .target
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| self.target.hosts[0].host.trim_matches(['[', ']']).to_string());
             tls = tls.domain_name(server_name);
             match &self.target.ca_file {
                 Some(path) => {

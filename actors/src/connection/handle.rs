@@ -59,10 +59,9 @@ impl ConnectionHandle {
         name: Option<String>,
         supervisor: ActorCell,
     ) -> Result<ActorRef<ConnectionMsg>, ConnectionError> {
-        let (actor, _join) =
-            Actor::spawn_linked(name, ConnectionActor, self.shared.clone(), supervisor)
-                .await
-                .map_err(|e| ConnectionError::Spawn(e.to_string()))?;
+        let (actor, _join) = Actor::spawn_linked(name, ConnectionActor, self.shared.clone(), supervisor)
+            .await
+            .map_err(|e| ConnectionError::Spawn(e.to_string()))?;
         Ok(actor)
     }
 
@@ -78,17 +77,18 @@ impl ConnectionHandle {
 
     /// The current actor, if one has started.
     pub fn actor(&self) -> Option<ActorRef<ConnectionMsg>> {
-        self.shared
-            .actor
-            .lock()
-            .expect("actor slot poisoned")
-            .clone()
+        self.shared.actor.lock().expect("actor slot poisoned").clone()
     }
 
     fn send(&self, msg: ConnectionMsg) {
         if let Some(a) = self.actor() {
             let _ = a.cast(msg);
         }
+    }
+
+    /// Whether the connection has been READY at least once.
+    pub fn has_been_ready(&self) -> bool {
+        self.shared.ever_ready.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The current state.
@@ -118,9 +118,7 @@ impl ConnectionHandle {
     }
 
     /// [`channel`](Self::channel) wrapped with the auth interceptor, ready for a generated client's `new`.
-    pub fn authed_channel(
-        &self,
-    ) -> Result<InterceptedService<Channel, AuthInterceptor>, ConnectionError> {
+    pub fn authed_channel(&self) -> Result<InterceptedService<Channel, AuthInterceptor>, ConnectionError> {
         Ok(InterceptedService::new(
             self.channel()?,
             self.shared.interceptor.clone(),
@@ -160,9 +158,7 @@ impl ConnectionHandle {
                                 return Ok(ch.clone());
                             }
                         }
-                        ConnectivityState::Shutdown => {
-                            return Err(self.not_ready(snap.state, &snap))
-                        }
+                        ConnectivityState::Shutdown => return Err(self.not_ready(snap.state, &snap)),
                         ConnectivityState::Idle => self.send(ConnectionMsg::Connect),
                         _ => {}
                     }
@@ -250,10 +246,7 @@ impl ConnectionHandle {
     pub async fn shutdown(&self) {
         if let Some(a) = self.actor() {
             let _ = a
-                .stop_and_wait(
-                    Some("shutdown requested".into()),
-                    Some(Duration::from_secs(5)),
-                )
+                .stop_and_wait(Some("shutdown requested".into()), Some(Duration::from_secs(5)))
                 .await;
         }
     }

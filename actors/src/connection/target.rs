@@ -167,13 +167,7 @@ pub enum TargetError {
     },
 }
 
-const KNOWN_PARAMS: [&str; 5] = [
-    "disableTls",
-    "apiKey",
-    "authPort",
-    "caFile",
-    "tlsServerName",
-];
+const KNOWN_PARAMS: [&str; 5] = ["disableTls", "apiKey", "authPort", "caFile", "tlsServerName"];
 
 impl Target {
     /// Chronicle's `server_address` option: `host:port` (or `host`), TLS on, default port 35000.
@@ -267,11 +261,10 @@ impl FromStr for Target {
                     return Err(TargetError::DuplicateParameter { name });
                 }
                 seen.push(name.clone());
-                let value =
-                    percent_decode(raw_value).map_err(|reason| TargetError::InvalidParameter {
-                        name: name.clone(),
-                        reason: reason.to_string(),
-                    })?;
+                let value = percent_decode(raw_value).map_err(|reason| TargetError::InvalidParameter {
+                    name: name.clone(),
+                    reason: reason.to_string(),
+                })?;
                 let invalid = |reason: String| TargetError::InvalidParameter {
                     name: name.clone(),
                     reason,
@@ -281,12 +274,7 @@ impl FromStr for Target {
                         disable_tls = Some(match value.to_ascii_lowercase().as_str() {
                             "true" | "1" => true,
                             "false" | "0" => false,
-                            _ => {
-                                return Err(invalid(format!(
-                                    "`{}` is not true or false",
-                                    truncate(&value)
-                                )))
-                            }
+                            _ => return Err(invalid(format!("`{}` is not true or false", truncate(&value)))),
                         })
                     }
                     "apiKey" => {
@@ -298,12 +286,7 @@ impl FromStr for Target {
                     "authPort" => {
                         auth_port = Some(match value.parse::<u16>() {
                             Ok(p) if p != 0 => p,
-                            _ => {
-                                return Err(invalid(format!(
-                                    "`{}` is not a port",
-                                    truncate(&value)
-                                )))
-                            }
+                            _ => return Err(invalid(format!("`{}` is not a port", truncate(&value)))),
                         })
                     }
                     "caFile" => {
@@ -314,10 +297,7 @@ impl FromStr for Target {
                     }
                     "tlsServerName" => {
                         if !valid_host_name(&value) {
-                            return Err(invalid(format!(
-                                "`{}` is not a host name",
-                                truncate(&value)
-                            )));
+                            return Err(invalid(format!("`{}` is not a host name", truncate(&value))));
                         }
                         tls_server_name = Some(value);
                     }
@@ -429,11 +409,9 @@ fn parse_host_port(entry: &str, index: usize, default_port: u16) -> Result<HostP
         return Err(TargetError::MissingHost { index });
     }
     let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
-        let (addr, after) = rest
-            .split_once(']')
-            .ok_or_else(|| TargetError::InvalidHost {
-                host: truncate(entry),
-            })?;
+        let (addr, after) = rest.split_once(']').ok_or_else(|| TargetError::InvalidHost {
+            host: truncate(entry),
+        })?;
         if addr.parse::<Ipv6Addr>().is_err() {
             return Err(TargetError::InvalidHost {
                 host: truncate(entry),

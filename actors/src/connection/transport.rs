@@ -70,9 +70,7 @@ impl tower::Service<Uri> for DialOnceConnector {
                         // Small unary calls and health probes must not wait on Nagle.
                         let _ = stream.set_nodelay(true);
                         tracing::debug!(generation, host = %host, port, "tcp connected");
-                        return Ok(TokioIo::new(ReportingStream::new(
-                            stream, generation, report,
-                        )));
+                        return Ok(TokioIo::new(ReportingStream::new(stream, generation, report)));
                     }
                     Err(e) => {
                         tracing::debug!(generation, host = %host, port, error = %e, "tcp dial failed");
@@ -140,11 +138,7 @@ impl AsyncRead for ReportingStream {
 }
 
 impl AsyncWrite for ReportingStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Err(e)) = &res {
             let why = format!("write error: {e}");

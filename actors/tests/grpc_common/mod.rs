@@ -71,10 +71,7 @@ impl InProcessServer {
                 }
                 Ok(req)
             };
-            let svc = tonic_health::pb::health_server::HealthServer::with_interceptor(
-                service,
-                interceptor,
-            );
+            let svc = tonic_health::pb::health_server::HealthServer::with_interceptor(service, interceptor);
             let mut builder = Server::builder();
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls).unwrap();
@@ -195,9 +192,7 @@ pub fn child_server_main() {
         .unwrap();
     rt.block_on(async move {
         let (_reporter, svc) = tonic_health::server::health_reporter();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("LISTENING {port}");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         Server::builder()
