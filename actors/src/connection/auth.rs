@@ -127,7 +127,7 @@ struct TokenCache {
 
 enum SourceKind {
     Static(Secret),
-    OAuth2(OAuth2),
+    OAuth2(Box<OAuth2>),
 }
 
 /// Where bearer tokens come from. Cheap to clone (shared).
@@ -175,14 +175,14 @@ impl TokenSource {
             hyper_rustls::HttpsConnector::from((http, Arc::new(empty_tls_config())))
         };
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(TokenSource(Arc::new(SourceKind::OAuth2(OAuth2 {
+        Ok(TokenSource(Arc::new(SourceKind::OAuth2(Box::new(OAuth2 {
             config,
             uri,
             client,
             cache: Mutex::new(TokenCache::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
-        }))))
+        })))))
     }
 
     /// The cached token if it has not expired (without fetching).
