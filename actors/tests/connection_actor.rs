@@ -385,3 +385,42 @@ fn classification_reads_the_source_chain() {
     let s = tonic::Status::from_error(Box::new(io));
     assert_eq!(classify(&s), FailureClass::ConnectionLost);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervised_connection_restarted_after_exhaustion_serves_the_same_handle() {
+    use arbor_actors::supervisor::{Supervisor, SupervisorOptions};
+    grpc_common::init_tracing();
+    let port = free_port();
+    let h = ConnectionHandle::prepare(config(port, 50).with_max_attempts(Some(2))).unwrap();
+    let opts = SupervisorOptions::default().intensity(1000, Duration::from_secs(60));
+    let (sup, _join) = Supervisor::start(None, opts, vec![h.child_spec("conn")])
+        .await
+        .unwrap();
+    // Gives up, fails, is restarted: wait for a restart to show in the tree.
+    timeout(LONG, async {
+        loop {
+            if sup.snapshot().await.unwrap().total_restarts() >= 1 {
+                return;
+            }
+            let mut rx = h.watch();
+            let _ = rx.wait_for(|s| s.state == ConnectivityState::Shutdown).await;
+        }
+    })
+    .await
+    .expect("restarted by the supervisor");
+    let _server = InProcessServer::start(port, None);
+    // The same handle sees the restarted actor reach READY.
+    timeout(LONG, async {
+        loop {
+            if h.wait_ready(LONG).await.is_ok() {
+                return;
+            }
+            let mut rx = h.watch();
+            let _ = rx.wait_for(|s| s.state != ConnectivityState::Shutdown).await;
+        }
+    })
+    .await
+    .expect("ready under supervision");
+    sup.shutdown(Some(LONG)).await.unwrap();
+    assert_eq!(h.state(), ConnectivityState::Shutdown);
+}

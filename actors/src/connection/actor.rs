@@ -220,8 +220,12 @@ impl ConnectionState {
         }
         let generation = self.generation;
         let failed = self.failed;
+        let next_attempt_at = self
+            .next_start
+            .filter(|_| to == ConnectivityState::TransientFailure);
         self.shared.tx.send_modify(|s| {
             s.state = to;
+            s.next_attempt_at = next_attempt_at;
             s.generation = generation;
             s.channel = channel;
             s.failed_attempts = failed;
@@ -306,9 +310,11 @@ impl ConnectionState {
                 tracing::warn!(generation, %reason, "health probe failed on a READY connection");
                 self.stop_probe();
                 self.set_error(&reason);
-                self.set_state(ConnectivityState::TransientFailure, None, None);
                 // Backoff was reset on READY: the next attempt starts after the initial delay.
-                self.schedule_retry(myself, Instant::now() + self.shared.config.backoff.initial);
+                let at = Instant::now() + self.shared.config.backoff.initial;
+                self.next_start = Some(at);
+                self.set_state(ConnectivityState::TransientFailure, None, None);
+                self.schedule_retry(myself, at);
             }
         }
         Ok(())

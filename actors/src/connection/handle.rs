@@ -65,6 +65,16 @@ impl ConnectionHandle {
         Ok(actor)
     }
 
+    /// This connection as a supervised child (permanent by default): after `max_attempts` the actor fails and
+    /// the supervisor restarts it; the restarted actor serves the same handles, starting a new life at IDLE.
+    pub fn child_spec(&self, id: impl Into<String>) -> crate::supervisor::ChildSpec {
+        let handle = self.clone();
+        crate::supervisor::ChildSpec::new(id, move |sup| {
+            let handle = handle.clone();
+            async move { Ok(handle.spawn_linked(None, sup).await?.get_cell()) }
+        })
+    }
+
     /// The target (its `Display` redacts secrets).
     pub fn target(&self) -> &Target {
         &self.shared.config.target

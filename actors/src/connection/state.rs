@@ -93,6 +93,8 @@ pub struct ConnectionSnapshot {
     pub failed_attempts: u32,
     /// When the latest attempt started (its generation is `generation`).
     pub attempt_started_at: Option<tokio::time::Instant>,
+    /// While in TRANSIENT_FAILURE: when the next attempt is scheduled to start.
+    pub next_attempt_at: Option<tokio::time::Instant>,
     /// The last attempt's or the last loss's error, for diagnostics.
     pub last_error: Option<Arc<str>>,
     /// Set once the state is `Shutdown`.
@@ -107,6 +109,7 @@ impl ConnectionSnapshot {
             channel: None,
             failed_attempts: 0,
             attempt_started_at: None,
+            next_attempt_at: None,
             last_error: None,
             shutdown_reason: None,
         }
@@ -121,6 +124,7 @@ impl fmt::Debug for ConnectionSnapshot {
             .field("has_channel", &self.channel.is_some())
             .field("failed_attempts", &self.failed_attempts)
             .field("attempt_started_at", &self.attempt_started_at)
+            .field("next_attempt_at", &self.next_attempt_at)
             .field("last_error", &self.last_error)
             .field("shutdown_reason", &self.shutdown_reason)
             .finish()
