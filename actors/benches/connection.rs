@@ -76,6 +76,16 @@ async fn reconnect_latency(rounds: usize) -> (Vec<f64>, Vec<f64>) {
         let ready = Instant::now();
         let reference = scheduled.max(up);
         after_schedule.push((ready - reference).as_secs_f64() * 1e3);
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            let s = h.snapshot();
+            eprintln!(
+                "round: {:.2} ms after reference; scheduled {:?} vs up: {:.2} ms; attempt started {:.2} ms after reference",
+                (ready - reference).as_secs_f64() * 1e3,
+                if scheduled > up { "later" } else { "earlier" },
+                (scheduled.max(up) - scheduled.min(up)).as_secs_f64() * 1e3,
+                (s.attempt_started_at.unwrap() - reference).as_secs_f64() * 1e3,
+            );
+        }
         after_up.push((ready - up).as_secs_f64() * 1e3);
     }
     h.shutdown().await;

@@ -76,7 +76,8 @@ impl InProcessServer {
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls).unwrap();
             }
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Like a production server: no Nagle (else 40 ms delayed-ACK stalls on small frames).
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let _ = builder
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -194,7 +195,7 @@ pub fn child_server_main() {
         let (_reporter, svc) = tonic_health::server::health_reporter();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("LISTENING {port}");
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         Server::builder()
             .add_service(svc)
             .serve_with_incoming(incoming)
