@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     /// Set (before READY is published) the first time the connection is READY.
     pub(crate) ever_ready: AtomicBool,
     generation: AtomicU64,
+    /// Bumped (under the watch's lock) when an actor starts a new life; an old life's late `Drop` must not
+    /// overwrite the new life's state.
+    life: AtomicU64,
 }
 
 impl Shared {
@@ -84,6 +87,7 @@ impl Shared {
             actor: Mutex::new(None),
             ever_ready: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            life: AtomicU64::new(0),
         })
     }
 
@@ -98,6 +102,7 @@ pub(crate) struct ConnectionActor;
 /// The actor's state.
 pub(crate) struct ConnectionState {
     shared: Arc<Shared>,
+    life: u64,
     span: Span,
     backoff: Backoff,
     next_start: Option<Instant>,
@@ -112,15 +117,18 @@ pub(crate) struct ConnectionState {
 impl Drop for ConnectionState {
     fn drop(&mut self) {
         self.abort_tasks();
-        // Killed, or failed in a handler: post_stop does not run, so make sure observers see the end.
-        let already = self.shared.tx.borrow().state == ConnectivityState::Shutdown;
-        if !already {
-            self.shared.tx.send_modify(|s| {
-                s.state = ConnectivityState::Shutdown;
-                s.channel = None;
-                s.shutdown_reason = Some(ShutdownReason::ActorStopped);
-            });
-        }
+        // Killed, or failed in a handler: post_stop does not run, so make sure observers see the end, unless a
+        // supervisor already started the next life (this drop can run after the new actor's pre_start).
+        let (shared, life) = (&self.shared, self.life);
+        shared.tx.send_if_modified(|s| {
+            if shared.life.load(Ordering::SeqCst) != life || s.state == ConnectivityState::Shutdown {
+                return false;
+            }
+            s.state = ConnectivityState::Shutdown;
+            s.channel = None;
+            s.shutdown_reason = Some(ShutdownReason::ActorStopped);
+            true
+        });
     }
 }
 
@@ -142,11 +150,16 @@ impl Actor for ConnectionActor {
         );
         *shared.actor.lock().expect("actor slot poisoned") = Some(myself.clone());
         // A new life (first start or supervisor restart) starts at IDLE.
-        shared.tx.send_modify(|s| *s = ConnectionSnapshot::initial());
+        let mut life = 0;
+        shared.tx.send_modify(|s| {
+            life = shared.life.fetch_add(1, Ordering::SeqCst) + 1;
+            *s = ConnectionSnapshot::initial();
+        });
         span.in_scope(|| tracing::info!("connection actor started"));
         Ok(ConnectionState {
             backoff: Backoff::new(shared.config.backoff.clone()),
             shared,
+            life,
             span,
             next_start: None,
             seq: 0,
