@@ -424,3 +424,46 @@ async fn supervised_connection_restarted_after_exhaustion_serves_the_same_handle
     sup.shutdown(Some(LONG)).await.unwrap();
     assert_eq!(h.state(), ConnectivityState::Shutdown);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_answers_while_a_dial_hangs_and_hosts_are_tried_in_order() {
+    grpc_common::init_tracing();
+    // A peer that accepts TCP and never speaks: the HTTP/2 handshake hangs until the connect timeout (10 s).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            held.push(listener.accept().await.unwrap().0);
+        }
+    });
+    let mut cfg = config(silent, 100);
+    cfg.backoff.min_connect_timeout = Duration::from_secs(10);
+    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    wait_state(&h, ConnectivityState::Connecting).await;
+    // The attempt runs off the message loop: shutdown is handled at once, not after the 10 s dial.
+    timeout(Duration::from_secs(5), h.shutdown())
+        .await
+        .expect("the actor answers during a dial");
+    assert_eq!(h.state(), ConnectivityState::Shutdown);
+    holder.abort();
+
+    // First host refuses, second serves: one attempt gets READY.
+    let server = InProcessServer::start(0, None);
+    let dead = free_port();
+    let cs = format!(
+        "grpc://127.0.0.1:{dead},127.0.0.1:{}?disableTls=true",
+        server.port()
+    );
+    let h = ConnectionHandle::spawn(
+        ConnectionConfig::parse(&cs)
+            .unwrap()
+            .with_backoff(fast_backoff(100))
+            .with_probe_interval(None),
+    )
+    .await
+    .unwrap();
+    h.wait_ready(LONG).await.unwrap();
+    assert_eq!(h.snapshot().generation, 1, "READY on the first attempt");
+    h.shutdown().await;
+}

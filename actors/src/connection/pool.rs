@@ -25,6 +25,7 @@ use ractor::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use super::config::{ConfigError, ConnectionConfig};
 use super::error::ConnectionError;
@@ -340,6 +341,7 @@ struct PoolActor;
 
 struct PoolState {
     shared: Arc<PoolShared>,
+    span: tracing::Span,
     entries: HashMap<String, Entry>,
     holders: HashMap<ActorId, usize>,
     next_lease: u64,
@@ -359,9 +361,11 @@ impl Actor for PoolActor {
         if shared.connections.lock().expect("pool slot poisoned").is_none() {
             return Err("the connections supervisor is not running".into());
         }
+        let span = tracing::info_span!("connection_pool", actor_id = %myself.get_id());
         *shared.actor.lock().expect("pool slot poisoned") = Some(myself);
         Ok(PoolState {
             shared,
+            span,
             entries: HashMap::new(),
             holders: HashMap::new(),
             next_lease: 0,
@@ -385,26 +389,8 @@ impl Actor for PoolActor {
         msg: PoolMsg,
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            PoolMsg::Acquire(config, holder, reply) => {
-                let r = state.acquire(&myself, *config, holder).await;
-                let _ = reply.send(r);
-            }
-            PoolMsg::Release { key, lease_id } => state.release(&myself, &key, lease_id).await,
-            PoolMsg::LingerExpired { key, entry_gen } => {
-                let expired = matches!(state.entries.get(&key), Some(e) if e.entry_gen == entry_gen && e.leases.is_empty());
-                if expired {
-                    tracing::info!(%key, "linger expired: closing connection");
-                    state.remove(&key).await;
-                }
-            }
-            PoolMsg::Stats(reply) => {
-                let _ = reply.send(PoolStats {
-                    connections: state.entries.len(),
-                    leases: state.entries.values().map(|e| e.leases.len()).sum(),
-                });
-            }
-        }
+        let span = state.span.clone();
+        on_message(myself, msg, state).instrument(span).await;
         Ok(())
     }
 
@@ -423,6 +409,30 @@ impl Actor for PoolActor {
         };
         state.release_holder(&myself, dead).await;
         Ok(())
+    }
+}
+
+async fn on_message(myself: ActorRef<PoolMsg>, msg: PoolMsg, state: &mut PoolState) {
+    match msg {
+        PoolMsg::Acquire(config, holder, reply) => {
+            let r = state.acquire(&myself, *config, holder).await;
+            let _ = reply.send(r);
+        }
+        PoolMsg::Release { key, lease_id } => state.release(&myself, &key, lease_id).await,
+        PoolMsg::LingerExpired { key, entry_gen } => {
+            let expired =
+                matches!(state.entries.get(&key), Some(e) if e.entry_gen == entry_gen && e.leases.is_empty());
+            if expired {
+                tracing::info!(%key, "linger expired: closing connection");
+                state.remove(&key).await;
+            }
+        }
+        PoolMsg::Stats(reply) => {
+            let _ = reply.send(PoolStats {
+                connections: state.entries.len(),
+                leases: state.entries.values().map(|e| e.leases.len()).sum(),
+            });
+        }
     }
 }
 
