@@ -1,0 +1,446 @@
+//! Activator with the in-process backend: real actors, real kills and panics, waiting on events.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arbor_actors::activator::registry_shim::Registry;
+use arbor_actors::activator::{
+    Activator, ActivatorError, ActivatorEvent, ActivatorHandle, ActivatorInfo, ActivatorOptions,
+    Backend, ClusterChange, LocalBackend, Role, Singleton,
+};
+use ractor::ActorProcessingErr;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Outer bound for any single wait; generous because the machine is shared and noisy.
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn new_registry() -> Registry<ActivatorInfo> {
+    Registry::new("activators")
+}
+
+/// A singleton that reports every callback on a channel, tagged with its index.
+#[derive(Clone)]
+struct Probe {
+    idx: usize,
+    tx: mpsc::UnboundedSender<(usize, ActivatorEvent)>,
+    timer: Option<Duration>,
+    panic_on_timer: bool,
+}
+
+impl Singleton for Probe {
+    type State = u32;
+
+    fn init(&self) -> Result<u32, ActorProcessingErr> {
+        Ok(0)
+    }
+
+    async fn on_event(
+        &self,
+        ticks: &mut u32,
+        event: ActivatorEvent,
+    ) -> Result<(), ActorProcessingErr> {
+        if event == ActivatorEvent::Timer {
+            *ticks += 1;
+            if self.panic_on_timer {
+                panic!("probe {} panics on purpose", self.idx);
+            }
+        }
+        let _ = self.tx.send((self.idx, event));
+        Ok(())
+    }
+
+    fn next_timer_in(&self, _ticks: &u32) -> Option<Duration> {
+        self.timer
+    }
+}
+
+struct Cluster {
+    registry: Registry<ActivatorInfo>,
+    backend: Arc<dyn Backend>,
+    handles: Vec<ActivatorHandle>,
+    rx: mpsc::UnboundedReceiver<(usize, ActivatorEvent)>,
+    tx: mpsc::UnboundedSender<(usize, ActivatorEvent)>,
+}
+
+impl Cluster {
+    async fn start(name: &str, n: usize, timer: Option<Duration>, on_followers: bool) -> Self {
+        let registry = new_registry().await;
+        let backend: Arc<dyn Backend> =
+            Arc::new(LocalBackend::new(registry.clone()).with_node_id("test-node"));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut c = Cluster {
+            registry,
+            backend,
+            handles: Vec::new(),
+            rx,
+            tx,
+        };
+        for _ in 0..n {
+            c.add(name, timer, on_followers, false).await;
+        }
+        c
+    }
+
+    async fn add(
+        &mut self,
+        name: &str,
+        timer: Option<Duration>,
+        on_followers: bool,
+        panic_on_timer: bool,
+    ) {
+        let probe = Probe {
+            idx: self.handles.len(),
+            tx: self.tx.clone(),
+            timer,
+            panic_on_timer,
+        };
+        let opts = ActivatorOptions::new(name).timers_on_followers(on_followers);
+        let (h, _join) = Activator::start(probe, opts, self.backend.clone())
+            .await
+            .expect("activator starts");
+        self.handles.push(h);
+    }
+
+    /// Next callback matching `pred`, skipping others.
+    async fn next_where(
+        &mut self,
+        pred: impl Fn(&(usize, ActivatorEvent)) -> bool,
+    ) -> (usize, ActivatorEvent) {
+        timeout(WAIT, async {
+            loop {
+                let ev = self.rx.recv().await.expect("channel open");
+                if pred(&ev) {
+                    return ev;
+                }
+            }
+        })
+        .await
+        .expect("expected callback did not arrive in time")
+    }
+
+    async fn next_leader(&mut self) -> (usize, u64) {
+        match self
+            .next_where(|(_, e)| matches!(e, ActivatorEvent::NowLeader { .. }))
+            .await
+        {
+            (i, ActivatorEvent::NowLeader { fencing_token }) => (i, fencing_token),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Waits until every live activator has settled (leader or follower of the same leader) and returns
+    /// their dumps.
+    async fn settled(&self) -> Vec<(usize, ActivatorInfo)> {
+        timeout(WAIT, async {
+            loop {
+                let mut dumps = Vec::new();
+                for (i, h) in self.handles.iter().enumerate() {
+                    if h.is_alive() {
+                        if let Ok(d) = h.dump().await {
+                            dumps.push((i, d));
+                        }
+                    }
+                }
+                let leaders: Vec<_> = dumps
+                    .iter()
+                    .filter(|(_, d)| d.role == Role::Leader)
+                    .collect();
+                if leaders.len() == 1 {
+                    let id = leaders[0].1.identity.clone();
+                    if dumps
+                        .iter()
+                        .all(|(_, d)| d.leader.as_deref() == Some(id.as_str()))
+                    {
+                        return dumps;
+                    }
+                }
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("activators did not settle on one leader")
+    }
+
+    fn drain(&mut self) -> Vec<(usize, ActivatorEvent)> {
+        let mut v = Vec::new();
+        while let Ok(ev) = self.rx.try_recv() {
+            v.push(ev);
+        }
+        v
+    }
+}
+
+fn leaders(dumps: &[(usize, ActivatorInfo)]) -> Vec<usize> {
+    dumps
+        .iter()
+        .filter(|(_, d)| d.role == Role::Leader)
+        .map(|(i, _)| *i)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_activators_elect_exactly_one_leader() {
+    let mut c = Cluster::start("five", 5, None, false).await;
+    let (leader, token) = c.next_leader().await;
+    let dumps = c.settled().await;
+    assert_eq!(leaders(&dumps), vec![leader]);
+    assert_eq!(dumps.len(), 5);
+    let followers = dumps
+        .iter()
+        .filter(|(_, d)| d.role == Role::Follower)
+        .count();
+    assert_eq!(followers, 4);
+    assert_eq!(dumps[leader].1.fencing_token, Some(token));
+    let extra: Vec<_> = c
+        .drain()
+        .into_iter()
+        .filter(|(_, e)| matches!(e, ActivatorEvent::NowLeader { .. }))
+        .collect();
+    assert!(extra.is_empty(), "a second NowLeader: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_exactly_one_new_leader() {
+    let mut c = Cluster::start("kill", 5, None, false).await;
+    let (first, first_token) = c.next_leader().await;
+    c.settled().await;
+    for round in 0..3 {
+        let (old, old_token) = if round == 0 {
+            (first, first_token)
+        } else {
+            let d = c.settled().await;
+            let l = leaders(&d)[0];
+            (
+                l,
+                d.iter()
+                    .find(|(i, _)| *i == l)
+                    .unwrap()
+                    .1
+                    .fencing_token
+                    .unwrap(),
+            )
+        };
+        let cell = c.handles[old].cell();
+        cell.kill();
+        cell.wait(Some(WAIT)).await.expect("leader dies");
+        let (new, new_token) = c.next_leader().await;
+        assert_ne!(new, old, "a killed leader cannot lead again");
+        assert!(
+            new_token > old_token,
+            "fencing token must increase: {old_token} -> {new_token}"
+        );
+        let dumps = c.settled().await;
+        assert_eq!(leaders(&dumps), vec![new]);
+        let events = c.drain();
+        assert!(
+            !events
+                .iter()
+                .any(|(_, e)| matches!(e, ActivatorEvent::NowLeader { .. })),
+            "NowLeader fired more than once after the kill: {events:?}"
+        );
+        assert!(
+            !events.iter().any(|(i, _)| *i == old),
+            "a killed activator ran a callback: {events:?}"
+        );
+    }
+    // 5 - 3 kills = 2 left.
+    assert_eq!(c.settled().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_of_the_leader_hands_over() {
+    let mut c = Cluster::start("graceful", 3, None, false).await;
+    let (old, old_token) = c.next_leader().await;
+    c.settled().await;
+    c.handles[old]
+        .shutdown("maintenance", WAIT)
+        .await
+        .expect("graceful shutdown");
+    // The old leader's Shutdown must come before the new leader's NowLeader: resignation happens after
+    // the callback, and nobody else can lead before the resignation.
+    let (who, ev) = c
+        .next_where(|(_, e)| {
+            matches!(
+                e,
+                ActivatorEvent::Shutdown(_) | ActivatorEvent::NowLeader { .. }
+            )
+        })
+        .await;
+    assert_eq!(
+        (who, ev),
+        (old, ActivatorEvent::Shutdown("maintenance".into()))
+    );
+    let (new, new_token) = c.next_leader().await;
+    assert_ne!(new, old);
+    assert!(new_token > old_token);
+    assert!(!c.handles[old].is_alive());
+    assert_eq!(leaders(&c.settled().await), vec![new]);
+    assert!(c
+        .registry
+        .lookup("activator/graceful")
+        .is_some_and(|e| e.actor.get_id() == c.handles[new].cell().get_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_tick_only_on_the_leader() {
+    let mut c = Cluster::start("timers", 3, Some(Duration::from_millis(10)), false).await;
+    let (leader, _) = c.next_leader().await;
+    for _ in 0..10 {
+        let (who, _) = c.next_where(|(_, e)| *e == ActivatorEvent::Timer).await;
+        assert_eq!(who, leader, "a follower's timer ticked");
+    }
+    c.handles[leader].cell().kill();
+    let (new, _) = c.next_leader().await;
+    // Ticks already queued from the killed leader cannot arrive after its death: it ran no callback since.
+    for _ in 0..10 {
+        let (who, _) = c.next_where(|(_, e)| *e == ActivatorEvent::Timer).await;
+        assert_eq!(who, new, "only the new leader may tick");
+    }
+    let d = c.handles[new].dump().await.unwrap();
+    assert!(d.next_timer_at.is_some(), "leader has a timer armed");
+    for (i, h) in c.handles.iter().enumerate() {
+        if i != new && h.is_alive() {
+            assert_eq!(
+                h.dump().await.unwrap().next_timer_at,
+                None,
+                "follower {i} has a timer armed"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_on_followers_when_configured() {
+    let mut c = Cluster::start("timers-all", 3, Some(Duration::from_millis(10)), true).await;
+    let mut seen = [false; 3];
+    while !seen.iter().all(|s| *s) {
+        let (who, _) = c.next_where(|(_, e)| *e == ActivatorEvent::Timer).await;
+        seen[who] = true;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_reports_every_field_and_the_registry_holds_it() {
+    let before = SystemTime::now();
+    let mut c = Cluster::start("dumped", 2, Some(Duration::from_secs(3600)), false).await;
+    let (leader, token) = c.next_leader().await;
+    let dumps = c.settled().await;
+    let follower = 1 - leader;
+    let (l, f) = (&dumps[leader].1, &dumps[follower].1);
+    for d in [l, f] {
+        assert_eq!(d.name, "dumped");
+        assert_eq!(d.node_id, "test-node");
+        assert_eq!(d.backend, "local");
+        assert!(d.created_at >= before && d.created_at <= SystemTime::now());
+        assert_eq!(d.leader.as_deref(), Some(l.identity.as_str()));
+        assert!(d.identity.starts_with("test-node/"));
+    }
+    assert_eq!(l.role, Role::Leader);
+    assert_eq!(l.fencing_token, Some(token));
+    assert!(l.active_from.is_some_and(|t| t >= l.created_at));
+    let next = l.next_timer_at.expect("leader timer armed");
+    assert!(next > SystemTime::now() + Duration::from_secs(3000));
+    assert_eq!(f.role, Role::Follower);
+    assert_eq!(
+        (f.active_from, f.fencing_token, f.next_timer_at),
+        (None, None, None)
+    );
+    assert_ne!(l.identity, f.identity);
+
+    // Every activator is in the registry with its dump as metadata.
+    let entries = c.registry.select_prefix("activator/dumped/");
+    assert_eq!(entries.len(), 2);
+    for (i, d) in [(leader, l), (follower, f)] {
+        let e = entries
+            .iter()
+            .find(|e| e.actor.get_id() == c.handles[i].cell().get_id())
+            .expect("activator registered");
+        assert_eq!(&e.value, d);
+    }
+    let lock = c
+        .registry
+        .lookup("activator/dumped")
+        .expect("leader key registered");
+    assert_eq!(lock.actor.get_id(), c.handles[leader].cell().get_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_leader_is_replaced() {
+    let mut c = Cluster::start("panics", 2, None, false).await;
+    let (first, _) = c.next_leader().await;
+    c.settled().await;
+    // A third activator that panics on its first timer; make it leader by killing the other two one by one.
+    c.add("panics", Some(Duration::from_millis(5)), false, true)
+        .await;
+    let panicky = 2;
+    let other = 1 - first;
+    c.handles[first].cell().kill();
+    let (next, _) = c.next_leader().await;
+    if next == other {
+        c.handles[other].cell().kill();
+        let (n, _) = c.next_leader().await;
+        assert_eq!(n, panicky);
+    } else {
+        assert_eq!(next, panicky);
+    }
+    // The panicking leader fails on its first tick; the survivor (if any) takes over.
+    c.handles[panicky]
+        .cell()
+        .wait(Some(WAIT))
+        .await
+        .expect("panicking leader dies");
+    if c.handles[other].is_alive() {
+        let (n, _) = c.next_leader().await;
+        assert_eq!(n, other);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_sees_activators_join_and_leave() {
+    let mut c = Cluster::start("members", 1, None, false).await;
+    let (leader, _) = c.next_leader().await;
+    c.add("members", None, false, false).await;
+    let joined = c.handles[1].dump().await.unwrap().identity;
+    let (who, ev) = c
+        .next_where(|(_, e)| matches!(e, ActivatorEvent::ClusterChange(_)))
+        .await;
+    assert_eq!(
+        (who, ev),
+        (
+            leader,
+            ActivatorEvent::ClusterChange(ClusterChange::NodeUp(joined.clone()))
+        )
+    );
+    c.handles[1].cell().kill();
+    let (who, ev) = c
+        .next_where(|(_, e)| matches!(e, ActivatorEvent::ClusterChange(_)))
+        .await;
+    assert_eq!(
+        (who, ev),
+        (
+            leader,
+            ActivatorEvent::ClusterChange(ClusterChange::NodeDown(joined))
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_names_are_refused_with_a_typed_error() {
+    let registry = new_registry().await;
+    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(registry));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    for bad in ["", "a/b", "has space", "tab\t"] {
+        let probe = Probe {
+            idx: 0,
+            tx: tx.clone(),
+            timer: None,
+            panic_on_timer: false,
+        };
+        match Activator::start(probe, ActivatorOptions::new(bad), backend.clone()).await {
+            Err(ActivatorError::InvalidName { name, .. }) => assert_eq!(name, bad),
+            other => panic!("{bad:?}: expected InvalidName, got {:?}", other.map(|_| ())),
+        }
+    }
+}
