@@ -1,0 +1,498 @@
+//! A typed registry of live actors, owned by the tree rather than by ractor's process-global names.
+//!
+//! Keys are unique strings; each entry holds the actor and a value of the registry's type `V` (metadata such as
+//! a connection's target and state). An entry disappears by itself when its actor exits: a small watcher actor
+//! monitors every registered actor (ractor's `monitors`) and removes its entries on the exit event, without
+//! polling. Subscribers see every change through [`Registry::watch`].
+//!
+//! The table lives outside the watcher, so reads are a lock away rather than a message round trip, and a
+//! watcher restarted by its supervisor re-monitors what the table holds. Any number of registries can coexist
+//! in one process.
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use arbor_actors::registry::Registry;
+//! # use ractor::{Actor, ActorProcessingErr, ActorRef};
+//! # struct Worker;
+//! # impl Actor for Worker {
+//! #     type Msg = (); type State = (); type Arguments = ();
+//! #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> { Ok(()) }
+//! # }
+//! let registry: Registry<String> = Registry::new("services");
+//! registry.start_standalone().await?;
+//! let (worker, _) = Actor::spawn(None, Worker, ()).await?;
+//! registry.register("db/primary", worker.get_cell(), "10.0.0.1:5432".to_string())?;
+//! assert_eq!(registry.lookup("db/primary").unwrap().value, "10.0.0.1:5432");
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, Message, SupervisionEvent,
+};
+use tokio::sync::broadcast;
+use tracing::debug;
+
+use crate::supervisor::{ChildSpec, Shutdown};
+
+/// How many events a slow [`Registry::watch`] subscriber may fall behind before it sees `Lagged`.
+const EVENT_BUFFER: usize = 1024;
+
+/// One registered actor.
+#[derive(Clone)]
+pub struct RegistryEntry<V> {
+    /// Its key.
+    pub key: String,
+    /// The actor.
+    pub actor: ActorCell,
+    /// Its value (metadata).
+    pub value: V,
+    /// When it was registered.
+    pub registered_at: SystemTime,
+}
+
+impl<V> RegistryEntry<V> {
+    /// The actor as a typed reference, if it handles messages of type `M`.
+    pub fn actor_ref<M: Message>(&self) -> Option<ActorRef<M>> {
+        match self.actor.is_message_type_of::<M>() {
+            Some(false) => None,
+            _ => Some(self.actor.clone().into()),
+        }
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for RegistryEntry<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryEntry")
+            .field("key", &self.key)
+            .field("actor", &self.actor.get_id())
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+/// Why an entry left the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalReason {
+    /// [`Registry::unregister`] was called.
+    Unregistered,
+    /// Its actor exited.
+    ActorExited,
+}
+
+/// A change of the registry, as [`Registry::watch`] delivers it.
+#[derive(Debug, Clone)]
+pub enum RegistryEvent<V> {
+    /// A new entry.
+    Registered(RegistryEntry<V>),
+    /// An entry's value changed; this is the new entry.
+    Updated(RegistryEntry<V>),
+    /// An entry left.
+    Removed(RegistryEntry<V>, RemovalReason),
+}
+
+/// What went wrong with a registry operation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    /// The key is held by another actor.
+    #[error("key {key:?} is already registered by actor {holder}")]
+    Duplicate {
+        /// The key.
+        key: String,
+        /// The actor holding it.
+        holder: ActorId,
+    },
+    /// No entry has this key.
+    #[error("no entry with key {key:?}")]
+    NotFound {
+        /// The key.
+        key: String,
+    },
+    /// The actor to register has already exited.
+    #[error("actor {actor} registering {key:?} is not alive")]
+    NotAlive {
+        /// The key.
+        key: String,
+        /// The actor.
+        actor: ActorId,
+    },
+    /// The watcher actor could not be started.
+    #[error("registry {registry:?}: watcher failed to start: {cause}")]
+    WatcherStart {
+        /// The registry's name.
+        registry: String,
+        /// Why.
+        cause: String,
+    },
+}
+
+struct Table<V> {
+    entries: BTreeMap<String, RegistryEntry<V>>,
+    by_actor: HashMap<ActorId, BTreeSet<String>>,
+}
+
+struct Shared<V> {
+    name: String,
+    table: Mutex<Table<V>>,
+    events: broadcast::Sender<RegistryEvent<V>>,
+    watcher: Mutex<Option<ActorRef<WatcherMsg>>>,
+}
+
+/// A cloneable handle to one registry; see the [module docs](self).
+pub struct Registry<V> {
+    shared: Arc<Shared<V>>,
+}
+
+impl<V> Clone for Registry<V> {
+    fn clone(&self) -> Self {
+        Registry {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<V> fmt::Debug for Registry<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A mutex poisoned by a panic elsewhere still holds a consistent table: every write below completes before it
+/// could panic, so reading through the poison is safe.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn is_gone(cell: &ActorCell) -> bool {
+    matches!(cell.get_status(), ActorStatus::Stopping | ActorStatus::Stopped)
+}
+
+impl<V: Clone + Send + Sync + 'static> Registry<V> {
+    /// An empty registry. Entries are removed on their actor's exit only while its watcher runs: start it with
+    /// [`Registry::child_spec`] under a supervisor, or [`Registry::start_standalone`].
+    pub fn new(name: impl Into<String>) -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Registry {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                table: Mutex::new(Table {
+                    entries: BTreeMap::new(),
+                    by_actor: HashMap::new(),
+                }),
+                events,
+                watcher: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The registry's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The watcher as a supervised child (permanent, brutal kill: it holds no state of its own).
+    pub fn child_spec(&self, id: impl Into<String>) -> ChildSpec {
+        let registry = self.clone();
+        ChildSpec::new(id, move |sup| {
+            let registry = registry.clone();
+            async move {
+                let (watcher, _) = Actor::spawn_linked(None, Watcher, registry.erased(), sup).await?;
+                Ok(watcher.get_cell())
+            }
+        })
+        .shutdown(Shutdown::BrutalKill)
+    }
+
+    /// Starts the watcher unsupervised (for tests and small programs).
+    pub async fn start_standalone(&self) -> Result<(), RegistryError> {
+        Actor::spawn(None, Watcher, self.erased())
+            .await
+            .map(|_| ())
+            .map_err(|e| RegistryError::WatcherStart {
+                registry: self.shared.name.clone(),
+                cause: e.to_string(),
+            })
+    }
+
+    fn erased(&self) -> Arc<dyn Erased> {
+        Arc::clone(&self.shared) as Arc<dyn Erased>
+    }
+
+    /// Registers `actor` under `key` with `value`. Fails if the key is taken (naming the holder) or the actor
+    /// has already exited.
+    pub fn register(&self, key: impl Into<String>, actor: ActorCell, value: V) -> Result<(), RegistryError> {
+        let key = key.into();
+        if is_gone(&actor) {
+            return Err(RegistryError::NotAlive {
+                key,
+                actor: actor.get_id(),
+            });
+        }
+        let entry = RegistryEntry {
+            key: key.clone(),
+            actor: actor.clone(),
+            value,
+            registered_at: SystemTime::now(),
+        };
+        {
+            let mut table = lock(&self.shared.table);
+            if let Some(holder) = table.entries.get(&key) {
+                // A holder that has exited but whose exit the watcher has not processed yet holds nothing: a
+                // restarted actor re-registering its key must not race its own predecessor's removal.
+                if !is_gone(&holder.actor) {
+                    return Err(RegistryError::Duplicate {
+                        key,
+                        holder: holder.actor.get_id(),
+                    });
+                }
+                let stale = remove_key(&mut table, &key).expect("entry just seen");
+                let _ = self
+                    .shared
+                    .events
+                    .send(RegistryEvent::Removed(stale, RemovalReason::ActorExited));
+            }
+            table.entries.insert(key.clone(), entry.clone());
+            table.by_actor.entry(actor.get_id()).or_default().insert(key);
+        }
+        // After the insert, so that either this watcher, or a new one scanning the table, monitors the actor.
+        if let Some(watcher) = lock(&self.shared.watcher).as_ref() {
+            let _ = watcher.cast(WatcherMsg::Watch(actor));
+        }
+        let _ = self.shared.events.send(RegistryEvent::Registered(entry));
+        Ok(())
+    }
+
+    /// Removes the entry under `key`, if any.
+    pub fn unregister(&self, key: &str) -> Option<RegistryEntry<V>> {
+        let entry = {
+            let mut table = lock(&self.shared.table);
+            let entry = remove_key(&mut table, key)?;
+            if !table.by_actor.contains_key(&entry.actor.get_id()) {
+                if let Some(watcher) = lock(&self.shared.watcher).as_ref() {
+                    let _ = watcher.cast(WatcherMsg::Unwatch(entry.actor.clone()));
+                }
+            }
+            entry
+        };
+        let _ = self
+            .shared
+            .events
+            .send(RegistryEvent::Removed(entry.clone(), RemovalReason::Unregistered));
+        Some(entry)
+    }
+
+    /// Changes the value under `key` in place.
+    pub fn update(&self, key: &str, change: impl FnOnce(&mut V)) -> Result<(), RegistryError> {
+        let entry = {
+            let mut table = lock(&self.shared.table);
+            let entry = table
+                .entries
+                .get_mut(key)
+                .ok_or_else(|| RegistryError::NotFound { key: key.into() })?;
+            change(&mut entry.value);
+            entry.clone()
+        };
+        let _ = self.shared.events.send(RegistryEvent::Updated(entry));
+        Ok(())
+    }
+
+    /// The entry under `key`.
+    pub fn lookup(&self, key: &str) -> Option<RegistryEntry<V>> {
+        lock(&self.shared.table).entries.get(key).cloned()
+    }
+
+    /// The actor under `key` as a typed reference, if it handles messages of type `M`.
+    pub fn lookup_ref<M: Message>(&self, key: &str) -> Option<ActorRef<M>> {
+        self.lookup(key)?.actor_ref()
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub fn select_prefix(&self, prefix: &str) -> Vec<RegistryEntry<V>> {
+        let table = lock(&self.shared.table);
+        table
+            .entries
+            .range(prefix.to_string()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(_, entry)| entry.clone())
+            .collect()
+    }
+
+    /// Every entry `keep` accepts, in key order.
+    pub fn select(&self, mut keep: impl FnMut(&RegistryEntry<V>) -> bool) -> Vec<RegistryEntry<V>> {
+        let table = lock(&self.shared.table);
+        table.entries.values().filter(|e| keep(e)).cloned().collect()
+    }
+
+    /// Every entry, in key order.
+    pub fn list(&self) -> Vec<RegistryEntry<V>> {
+        self.select(|_| true)
+    }
+
+    /// The keys `actor` is registered under.
+    pub fn keys_of(&self, actor: &ActorId) -> Vec<String> {
+        let table = lock(&self.shared.table);
+        table
+            .by_actor
+            .get(actor)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        lock(&self.shared.table).entries.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A stream of every change from now on. A subscriber more than 1,024 events behind gets
+    /// `RecvError::Lagged` and should re-read the table with [`Registry::list`].
+    pub fn watch(&self) -> broadcast::Receiver<RegistryEvent<V>> {
+        self.shared.events.subscribe()
+    }
+}
+
+fn remove_key<V>(table: &mut Table<V>, key: &str) -> Option<RegistryEntry<V>> {
+    let entry = table.entries.remove(key)?;
+    let actor = entry.actor.get_id();
+    if let Some(keys) = table.by_actor.get_mut(&actor) {
+        keys.remove(key);
+        if keys.is_empty() {
+            table.by_actor.remove(&actor);
+        }
+    }
+    Some(entry)
+}
+
+/// What the watcher needs of a registry, without its value type (so one watcher actor type serves them all).
+trait Erased: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn set_watcher(&self, watcher: Option<ActorRef<WatcherMsg>>, only_if: Option<ActorId>);
+    fn actors(&self) -> Vec<ActorCell>;
+    fn remove_actor(&self, actor: ActorId);
+}
+
+impl<V: Clone + Send + Sync + 'static> Erased for Shared<V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn set_watcher(&self, watcher: Option<ActorRef<WatcherMsg>>, only_if: Option<ActorId>) {
+        let mut current = lock(&self.watcher);
+        let matches = match (&*current, only_if) {
+            (_, None) => true,
+            (Some(w), Some(id)) => w.get_id() == id,
+            (None, Some(_)) => false,
+        };
+        if matches {
+            *current = watcher;
+        }
+    }
+
+    fn actors(&self) -> Vec<ActorCell> {
+        let table = lock(&self.table);
+        let mut seen = BTreeSet::new();
+        table
+            .entries
+            .values()
+            .filter(|e| seen.insert(e.actor.get_id()))
+            .map(|e| e.actor.clone())
+            .collect()
+    }
+
+    fn remove_actor(&self, actor: ActorId) {
+        let removed: Vec<RegistryEntry<V>> = {
+            let mut table = lock(&self.table);
+            let keys = table.by_actor.remove(&actor).unwrap_or_default();
+            keys.iter().filter_map(|k| table.entries.remove(k)).collect()
+        };
+        for entry in removed {
+            debug!(registry = %self.name, key = %entry.key, %actor, "entry removed: actor exited");
+            let _ = self
+                .events
+                .send(RegistryEvent::Removed(entry, RemovalReason::ActorExited));
+        }
+    }
+}
+
+enum WatcherMsg {
+    Watch(ActorCell),
+    Unwatch(ActorCell),
+}
+
+/// Monitors registered actors and removes their entries when they exit.
+struct Watcher;
+
+fn watch(myself: &ActorRef<WatcherMsg>, registry: &dyn Erased, actor: ActorCell) {
+    myself.get_cell().monitor(actor.clone());
+    // Monitoring an actor that has already exited yields no event.
+    if is_gone(&actor) {
+        registry.remove_actor(actor.get_id());
+    }
+}
+
+impl Actor for Watcher {
+    type Msg = WatcherMsg;
+    type State = Arc<dyn Erased>;
+    type Arguments = Arc<dyn Erased>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WatcherMsg>,
+        registry: Arc<dyn Erased>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Publish first, then scan: an entry inserted concurrently is either seen here or sent to this watcher.
+        registry.set_watcher(Some(myself.clone()), None);
+        for actor in registry.actors() {
+            watch(&myself, registry.as_ref(), actor);
+        }
+        debug!(registry = registry.name(), "registry watcher started");
+        Ok(registry)
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<WatcherMsg>,
+        registry: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        registry.set_watcher(None, Some(myself.get_id()));
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WatcherMsg>,
+        msg: WatcherMsg,
+        registry: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WatcherMsg::Watch(actor) => watch(&myself, registry.as_ref(), actor),
+            WatcherMsg::Unwatch(actor) => myself.get_cell().unmonitor(actor),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<WatcherMsg>,
+        event: SupervisionEvent,
+        registry: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, ..) | SupervisionEvent::ActorFailed(cell, _) => {
+                registry.remove_actor(cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! The children of one supervisor, in start order, with the two indexes its operations need.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Instant, SystemTime};
+
+use ractor::{ActorCell, ActorId};
+use serde::{Deserialize, Serialize};
+
+use super::spec::{ChildKind, ChildSpec, Restart};
+
+/// Where a child is in its life, as `which_children` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildStatus {
+    /// Started and not known to have exited.
+    Running,
+    /// Exited and waiting to be started again (a backoff delay, or a retry after a failed restart).
+    Restarting,
+    /// Not running; the spec is kept so `restart_child` can start it again.
+    Terminated,
+}
+
+/// One child as `which_children` reports it.
+#[derive(Debug, Clone)]
+pub struct ChildInfo {
+    /// The child's id among its siblings.
+    pub id: String,
+    /// The running actor, if any.
+    pub cell: Option<ActorCell>,
+    /// Where the child is in its life.
+    pub status: ChildStatus,
+    /// Its restart type.
+    pub restart: Restart,
+    /// Worker or supervisor.
+    pub kind: ChildKind,
+    /// How often it has been restarted by this supervisor.
+    pub restart_count: u32,
+    /// When the running incarnation started.
+    pub started_at: Option<SystemTime>,
+}
+
+impl ChildInfo {
+    /// The running actor's id, if any.
+    pub fn actor_id(&self) -> Option<ActorId> {
+        self.cell.as_ref().map(ActorCell::get_id)
+    }
+}
+
+/// What `count_children` reports (OTP's `count_children`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildCounts {
+    /// Every child spec the supervisor keeps.
+    pub specs: usize,
+    /// Children that are running.
+    pub active: usize,
+    /// Children that are supervisors.
+    pub supervisors: usize,
+    /// Children that are workers.
+    pub workers: usize,
+}
+
+#[derive(Debug)]
+pub(crate) enum ChildState {
+    Running(ActorCell),
+    Restarting { due: Instant },
+    Terminated,
+}
+
+pub(crate) struct Child {
+    pub(crate) id: String,
+    pub(crate) spec: ChildSpec,
+    pub(crate) state: ChildState,
+    pub(crate) restart_count: u32,
+    pub(crate) started_at: Option<(Instant, SystemTime)>,
+    /// How many backoff steps the next restart waits (reset after a stable period).
+    pub(crate) backoff_step: u32,
+}
+
+impl Child {
+    pub(crate) fn info(&self) -> ChildInfo {
+        let (cell, status) = match &self.state {
+            ChildState::Running(cell) => (Some(cell.clone()), ChildStatus::Running),
+            ChildState::Restarting { .. } => (None, ChildStatus::Restarting),
+            ChildState::Terminated => (None, ChildStatus::Terminated),
+        };
+        ChildInfo {
+            id: self.id.clone(),
+            cell,
+            status,
+            restart: self.spec.restart,
+            kind: self.spec.kind,
+            restart_count: self.restart_count,
+            started_at: self.started_at.map(|(_, wall)| wall),
+        }
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        !matches!(self.state, ChildState::Terminated)
+    }
+}
+
+/// Children keyed by start order (a sequence number that a restart keeps), plus id and actor indexes, so that
+/// an exit, a lookup and a removal are O(log n) even for a dynamic supervisor with 100k children.
+#[derive(Default)]
+pub(crate) struct Children {
+    by_order: BTreeMap<u64, Child>,
+    by_id: HashMap<String, u64>,
+    by_actor: HashMap<ActorId, u64>,
+    next_order: u64,
+}
+
+impl Children {
+    pub(crate) fn next_order(&self) -> u64 {
+        self.next_order
+    }
+
+    pub(crate) fn contains_id(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub(crate) fn order_of_id(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id).copied()
+    }
+
+    pub(crate) fn order_of_actor(&self, actor: &ActorId) -> Option<u64> {
+        self.by_actor.get(actor).copied()
+    }
+
+    /// Appends a child after all others.
+    pub(crate) fn push(&mut self, child: Child) -> u64 {
+        let order = self.next_order;
+        self.next_order += 1;
+        self.by_id.insert(child.id.clone(), order);
+        if let ChildState::Running(cell) = &child.state {
+            self.by_actor.insert(cell.get_id(), order);
+        }
+        self.by_order.insert(order, child);
+        order
+    }
+
+    pub(crate) fn get(&self, order: u64) -> Option<&Child> {
+        self.by_order.get(&order)
+    }
+
+    pub(crate) fn get_mut(&mut self, order: u64) -> Option<&mut Child> {
+        self.by_order.get_mut(&order)
+    }
+
+    /// Moves a child to a new state, keeping the actor index true; returns the cell it was running as.
+    pub(crate) fn set_state(&mut self, order: u64, state: ChildState) -> Option<ActorCell> {
+        let child = self.by_order.get_mut(&order)?;
+        if let ChildState::Running(cell) = &state {
+            self.by_actor.insert(cell.get_id(), order);
+        }
+        let old = std::mem::replace(&mut child.state, state);
+        match old {
+            ChildState::Running(cell) => {
+                self.by_actor.remove(&cell.get_id());
+                Some(cell)
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn remove(&mut self, order: u64) -> Option<Child> {
+        let child = self.by_order.remove(&order)?;
+        self.by_id.remove(&child.id);
+        if let ChildState::Running(cell) = &child.state {
+            self.by_actor.remove(&cell.get_id());
+        }
+        Some(child)
+    }
+
+    /// Start order.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &Child)> {
+        self.by_order.iter().map(|(order, child)| (*order, child))
+    }
+
+    /// Start orders of the running children from `from` on, in reverse start order (the order to stop them).
+    pub(crate) fn running_from_reversed(&self, from: u64) -> Vec<u64> {
+        self.by_order
+            .range(from..)
+            .rev()
+            .filter(|(_, child)| matches!(child.state, ChildState::Running(_)))
+            .map(|(order, _)| *order)
+            .collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_order.len()
+    }
+
+    pub(crate) fn counts(&self) -> ChildCounts {
+        let mut counts = ChildCounts {
+            specs: self.by_order.len(),
+            ..ChildCounts::default()
+        };
+        for child in self.by_order.values() {
+            if matches!(child.state, ChildState::Running(_)) {
+                counts.active += 1;
+            }
+            match child.spec.kind {
+                ChildKind::Worker => counts.workers += 1,
+                ChildKind::Supervisor | ChildKind::DynamicSupervisor => counts.supervisors += 1,
+            }
+        }
+        counts
+    }
+}

@@ -1,0 +1,391 @@
+//! OTP `supervisor_SUITE` behaviours: start and stop, child administration, dynamic supervisors, significant
+//! children, failed restarts and backoff.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arbor_actors::supervisor::{
+    AutoShutdown, ChildCounts, ChildSpec, ChildStatus, DynamicSupervisor, DynamicSupervisorOptions, Restart,
+    RestartBackoff, Shutdown, Supervisor, SupervisorError, SupervisorHandle, SupervisorOptions,
+};
+use common::*;
+use ractor::ActorStatus;
+
+async fn cell_of(sup: &SupervisorHandle, id: &str) -> ractor::ActorCell {
+    sup.which_children()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == id)
+        .and_then(|c| c.cell)
+        .unwrap_or_else(|| panic!("{id} is not running"))
+}
+
+#[tokio::test]
+async fn shutdown_stops_children_in_reverse_start_order() {
+    let mut w = Workers::new();
+    let (sup, join) = Supervisor::start(
+        None,
+        Default::default(),
+        vec![w.spec("a"), w.spec("b"), w.spec("c")],
+    )
+    .await
+    .unwrap();
+    w.take(3).await;
+    sup.shutdown(None).await.unwrap();
+    assert_eq!(names(&w.take(3).await), ["-c", "-b", "-a"]);
+    join.await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_timeouts_are_honoured_and_a_child_that_ignores_stop_is_killed() {
+    let mut w = Workers::new();
+    let mut slow = w.args("slow");
+    slow.stop_delay = Duration::from_millis(300);
+    let specs = vec![
+        spec_with(slow).shutdown(Shutdown::Timeout(Duration::from_secs(10))),
+        w.spec("stubborn")
+            .shutdown(Shutdown::Timeout(Duration::from_millis(200))),
+        w.spec("brutal").shutdown(Shutdown::BrutalKill),
+    ];
+    let (sup, _) = Supervisor::start(None, Default::default(), specs).await.unwrap();
+    w.take(3).await;
+    let cells: Vec<_> = sup
+        .which_children()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.cell.unwrap())
+        .collect();
+    // stubborn is busy for a minute and never reads its stop request
+    worker(&cells[1])
+        .cast(WorkerMsg::Hang(Duration::from_secs(60)))
+        .unwrap();
+
+    let began = Instant::now();
+    sup.shutdown(Some(Duration::from_secs(20))).await.unwrap();
+    let took = began.elapsed();
+    // brutal: killed, so no post_stop; stubborn: killed after its timeout; slow: waited for, post_stop ran
+    assert_eq!(names(&w.take(1).await), ["-slow"]);
+    assert!(w.quiet());
+    assert!(cells.iter().all(|c| c.get_status() == ActorStatus::Stopped));
+    assert!(
+        took >= Duration::from_millis(500),
+        "slow's 300 ms and stubborn's 200 ms were waited for: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "stubborn was killed, not waited for a minute: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_child_failing_to_start_fails_the_supervisor_start_and_stops_the_ones_before_it() {
+    let mut w = Workers::new();
+    let b = w.args("b");
+    b.fail_starts.store(u32::MAX, Ordering::SeqCst);
+    let result = Supervisor::start(
+        None,
+        Default::default(),
+        vec![w.spec("a"), spec_with(b), w.spec("c")],
+    )
+    .await;
+    match result {
+        Err(SupervisorError::StartFailed { id, cause }) => {
+            assert_eq!(id, "b");
+            assert!(cause.contains("b refuses to start"), "{cause}");
+        }
+        other => panic!("expected StartFailed, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(names(&w.take(2).await), ["+a", "-a"]);
+    assert!(w.quiet(), "c was never started");
+}
+
+#[tokio::test]
+async fn a_start_closure_that_panics_is_a_start_failure_not_a_crash() {
+    let spec = ChildSpec::new("bad", |_sup| async move {
+        if true {
+            panic!("start closure exploded");
+        }
+        unreachable!()
+    });
+    let (sup, _) = Supervisor::start(None, Default::default(), vec![]).await.unwrap();
+    let err = sup.start_child(spec).await.unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::StartFailed { id, cause } if id == "bad" && cause.contains("exploded")),
+        "{err}"
+    );
+    assert_eq!(sup.count_children().await.unwrap().specs, 0);
+    sup.shutdown(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn child_administration_and_its_error_cases() {
+    let mut w = Workers::new();
+    let (sup, _) = Supervisor::start(None, Default::default(), vec![w.spec("a")])
+        .await
+        .unwrap();
+    w.take(1).await;
+
+    assert!(
+        matches!(sup.start_child(w.spec("a")).await, Err(SupervisorError::DuplicateChild { id }) if id == "a")
+    );
+    sup.start_child(w.spec("b")).await.unwrap();
+    assert_eq!(names(&w.take(1).await), ["+b"]);
+    assert!(matches!(
+        sup.restart_child("b").await,
+        Err(SupervisorError::AlreadyRunning { .. })
+    ));
+    assert!(matches!(
+        sup.delete_child("b").await,
+        Err(SupervisorError::AlreadyRunning { .. })
+    ));
+    assert!(
+        matches!(sup.terminate_child("zz").await, Err(SupervisorError::UnknownChild { id }) if id == "zz")
+    );
+
+    sup.terminate_child("b").await.unwrap();
+    assert_eq!(names(&w.take(1).await), ["-b"]);
+    let b = sup
+        .which_children()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == "b")
+        .unwrap();
+    assert_eq!(b.status, ChildStatus::Terminated);
+    assert!(b.cell.is_none());
+
+    sup.restart_child("b").await.unwrap();
+    assert_eq!(names(&w.take(1).await), ["+b"]);
+    sup.terminate_child("b").await.unwrap();
+    w.take(1).await;
+    sup.delete_child("b").await.unwrap();
+    assert!(matches!(
+        sup.restart_child("b").await,
+        Err(SupervisorError::UnknownChild { .. })
+    ));
+
+    let sub = Supervisor::child_spec("sub", Default::default(), vec![w.spec("leaf")]);
+    sup.start_child(sub).await.unwrap();
+    w.take(1).await;
+    let counts = sup.count_children().await.unwrap();
+    assert_eq!(
+        counts,
+        ChildCounts {
+            specs: 2,
+            active: 2,
+            supervisors: 1,
+            workers: 1
+        }
+    );
+    let which = sup.which_children().await.unwrap();
+    assert_eq!(
+        which.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["a", "sub"]
+    );
+    assert!(which.iter().all(|c| c.started_at.is_some()));
+    sup.shutdown(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_with_the_reason() {
+    let w = Workers::new();
+    let (sup, _) = Supervisor::start(None, Default::default(), vec![]).await.unwrap();
+    let err = sup.start_child(w.spec("p").significant(true)).await.unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::InvalidSpec { id, reason } if id == "p" && reason.contains("permanent"))
+    );
+    let bad_backoff = RestartBackoff {
+        min: Duration::from_secs(2),
+        max: Duration::from_secs(1),
+        random_factor: 0.2,
+        reset_after: Duration::from_secs(1),
+    };
+    let err = sup
+        .start_child(w.spec("b").backoff(bad_backoff))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::InvalidSpec { id, .. } if id == "b"),
+        "{err}"
+    );
+    sup.shutdown(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn dynamic_supervisor_max_children_terminate_by_actor_and_restarts() {
+    let mut w = Workers::new();
+    let opts = DynamicSupervisorOptions::default().max_children(2);
+    let (dynsup, _) = DynamicSupervisor::start(None, opts).await.unwrap();
+    let first = dynsup.start_child(w.spec("job")).await.unwrap();
+    let second = dynsup
+        .start_child(w.spec("job").restart(Restart::Transient))
+        .await
+        .unwrap();
+    w.take(2).await;
+    assert!(matches!(
+        dynsup.start_child(w.spec("job")).await,
+        Err(SupervisorError::MaxChildren { max_children: 2 })
+    ));
+
+    // a crash restarts it under the same child id with a new actor
+    worker(&first).cast(WorkerMsg::Panic).unwrap();
+    let restarted = w.started("job").await;
+    let which = dynsup.which_children().await.unwrap();
+    assert_eq!(which.len(), 2);
+    assert_eq!(which[0].actor_id(), Some(restarted));
+    assert_eq!(which[0].restart_count, 1);
+
+    // a transient child that exits normally is gone, which frees a place
+    worker(&second).cast(WorkerMsg::Stop(None)).unwrap();
+    second.wait(Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(dynsup.count_children().await.unwrap().specs, 1);
+    let third = dynsup.start_child(w.spec("job")).await.unwrap();
+
+    dynsup.terminate_child(third.get_id()).await.unwrap();
+    assert!(matches!(
+        dynsup.terminate_child(third.get_id()).await,
+        Err(SupervisorError::UnknownActor { .. })
+    ));
+    assert_eq!(dynsup.count_children().await.unwrap().active, 1);
+    dynsup.shutdown(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn any_significant_child_exiting_shuts_the_supervisor_down() {
+    let mut w = Workers::new();
+    let opts = SupervisorOptions::default().auto_shutdown(AutoShutdown::AnySignificant);
+    let specs = vec![
+        w.spec("plain"),
+        w.spec("key").restart(Restart::Transient).significant(true),
+    ];
+    let (sup, join) = Supervisor::start(None, opts, specs).await.unwrap();
+    w.take(2).await;
+    worker(&cell_of(&sup, "key").await)
+        .cast(WorkerMsg::Stop(None))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(names(&w.take(2).await), ["-key", "-plain"]);
+}
+
+#[tokio::test]
+async fn all_significant_waits_for_the_last_significant_child() {
+    let mut w = Workers::new();
+    let opts = SupervisorOptions::default().auto_shutdown(AutoShutdown::AllSignificant);
+    let specs = vec![
+        w.spec("one").restart(Restart::Temporary).significant(true),
+        w.spec("two").restart(Restart::Transient).significant(true),
+    ];
+    let (sup, join) = Supervisor::start(None, opts, specs).await.unwrap();
+    w.take(2).await;
+    let one = cell_of(&sup, "one").await;
+    worker(&one).cast(WorkerMsg::Stop(None)).unwrap();
+    one.wait(Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(
+        sup.count_children().await.unwrap().active,
+        1,
+        "still running with one significant child left"
+    );
+    worker(&cell_of(&sup, "two").await)
+        .cast(WorkerMsg::Stop(None))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_child_that_keeps_failing_to_restart_does_not_hang_the_supervisor() {
+    let mut w = Workers::new();
+    let (parent, mut up) = probe().await;
+    let flaky = w.args("flaky");
+    let fail = flaky.fail_starts.clone();
+    let opts = SupervisorOptions::default().intensity(50, Duration::from_secs(60));
+    let sup = Supervisor::start_linked(None, opts, vec![spec_with(flaky)], parent.get_cell())
+        .await
+        .unwrap();
+    w.take(1).await;
+    fail.store(u32::MAX, Ordering::SeqCst);
+    worker(&cell_of(&sup, "flaky").await)
+        .cast(WorkerMsg::Panic)
+        .unwrap();
+    // the supervisor answers between attempts, then gives up when the intensity is spent
+    let mut answered = 0;
+    while let Ok(children) = sup.which_children().await {
+        answered += 1;
+        assert!(children[0].status != ChildStatus::Terminated);
+    }
+    assert!(answered >= 1);
+    assert!(matches!(recv(&mut up).await, ProbeEvent::Failed(..)));
+    parent.stop(None);
+}
+
+#[tokio::test]
+async fn a_failed_restart_is_retried_until_the_child_starts() {
+    let mut w = Workers::new();
+    let flaky = w.args("flaky");
+    let fail = flaky.fail_starts.clone();
+    let opts = SupervisorOptions::default().intensity(10, Duration::from_secs(60));
+    let (sup, _) = Supervisor::start(None, opts, vec![spec_with(flaky)])
+        .await
+        .unwrap();
+    w.take(1).await;
+    // the next five starts fail: each is retried through the mailbox and counts against the intensity
+    fail.store(5, Ordering::SeqCst);
+    worker(&cell_of(&sup, "flaky").await)
+        .cast(WorkerMsg::Panic)
+        .unwrap();
+    w.started("flaky").await;
+    let child = &sup.which_children().await.unwrap()[0];
+    assert_eq!(child.status, ChildStatus::Running);
+    assert_eq!(
+        child.restart_count, 6,
+        "one restart for the crash and one per failed attempt"
+    );
+    sup.shutdown(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn backoff_delays_the_restart_of_a_crashing_child() {
+    let mut w = Workers::new();
+    let backoff = RestartBackoff {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+        random_factor: 0.0,
+        reset_after: Duration::from_secs(60),
+    };
+    let (sup, _) = Supervisor::start(
+        None,
+        Default::default(),
+        vec![w.spec("c").backoff(backoff), w.spec("d")],
+    )
+    .await
+    .unwrap();
+    w.take(2).await;
+    let crashed_at = Instant::now();
+    worker(&cell_of(&sup, "c").await).cast(WorkerMsg::Panic).unwrap();
+    // meanwhile the child shows as restarting, and its sibling is untouched
+    let c = loop {
+        let which = sup.which_children().await.unwrap();
+        if which[0].status != ChildStatus::Running {
+            break which[0].clone();
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(c.status, ChildStatus::Restarting);
+    w.started("c").await;
+    assert!(crashed_at.elapsed() >= Duration::from_millis(200));
+    // the second crash in a row waits twice as long
+    let crashed_at = Instant::now();
+    worker(&cell_of(&sup, "c").await).cast(WorkerMsg::Panic).unwrap();
+    w.started("c").await;
+    assert!(crashed_at.elapsed() >= Duration::from_millis(400));
+    sup.shutdown(None).await.unwrap();
+}
