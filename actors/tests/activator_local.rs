@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arbor_actors::activator::registry_shim::Registry;
 use arbor_actors::activator::{
-    Activator, ActivatorError, ActivatorEvent, ActivatorHandle, ActivatorInfo, ActivatorOptions,
-    Backend, ClusterChange, LocalBackend, Role, Singleton,
+    Activator, ActivatorError, ActivatorEvent, ActivatorHandle, ActivatorInfo, ActivatorOptions, Backend,
+    ClusterChange, LocalBackend, Role, Singleton,
 };
+use arbor_actors::registry::Registry;
+use arbor_actors::supervisor::{Supervisor, SupervisorHandle, SupervisorOptions};
 use ractor::ActorProcessingErr;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -16,7 +17,12 @@ use tokio::time::timeout;
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn new_registry() -> Registry<ActivatorInfo> {
-    Registry::new("activators")
+    let registry = Registry::new("activators");
+    registry
+        .start_standalone()
+        .await
+        .expect("registry watcher starts");
+    registry
 }
 
 /// A singleton that reports every callback on a channel, tagged with its index.
@@ -35,11 +41,7 @@ impl Singleton for Probe {
         Ok(0)
     }
 
-    async fn on_event(
-        &self,
-        ticks: &mut u32,
-        event: ActivatorEvent,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn on_event(&self, ticks: &mut u32, event: ActivatorEvent) -> Result<(), ActorProcessingErr> {
         if event == ActivatorEvent::Timer {
             *ticks += 1;
             if self.panic_on_timer {
@@ -82,13 +84,7 @@ impl Cluster {
         c
     }
 
-    async fn add(
-        &mut self,
-        name: &str,
-        timer: Option<Duration>,
-        on_followers: bool,
-        panic_on_timer: bool,
-    ) {
+    async fn add(&mut self, name: &str, timer: Option<Duration>, on_followers: bool, panic_on_timer: bool) {
         let probe = Probe {
             idx: self.handles.len(),
             tx: self.tx.clone(),
@@ -142,10 +138,7 @@ impl Cluster {
                         }
                     }
                 }
-                let leaders: Vec<_> = dumps
-                    .iter()
-                    .filter(|(_, d)| d.role == Role::Leader)
-                    .collect();
+                let leaders: Vec<_> = dumps.iter().filter(|(_, d)| d.role == Role::Leader).collect();
                 if leaders.len() == 1 {
                     let id = leaders[0].1.identity.clone();
                     if dumps
@@ -187,10 +180,7 @@ async fn five_activators_elect_exactly_one_leader() {
     let dumps = c.settled().await;
     assert_eq!(leaders(&dumps), vec![leader]);
     assert_eq!(dumps.len(), 5);
-    let followers = dumps
-        .iter()
-        .filter(|(_, d)| d.role == Role::Follower)
-        .count();
+    let followers = dumps.iter().filter(|(_, d)| d.role == Role::Follower).count();
     assert_eq!(followers, 4);
     assert_eq!(dumps[leader].1.fencing_token, Some(token));
     let extra: Vec<_> = c
@@ -214,12 +204,7 @@ async fn killing_the_leader_elects_exactly_one_new_leader() {
             let l = leaders(&d)[0];
             (
                 l,
-                d.iter()
-                    .find(|(i, _)| *i == l)
-                    .unwrap()
-                    .1
-                    .fencing_token
-                    .unwrap(),
+                d.iter().find(|(i, _)| *i == l).unwrap().1.fencing_token.unwrap(),
             )
         };
         let cell = c.handles[old].cell();
@@ -261,17 +246,9 @@ async fn graceful_stop_of_the_leader_hands_over() {
     // The old leader's Shutdown must come before the new leader's NowLeader: resignation happens after
     // the callback, and nobody else can lead before the resignation.
     let (who, ev) = c
-        .next_where(|(_, e)| {
-            matches!(
-                e,
-                ActivatorEvent::Shutdown(_) | ActivatorEvent::NowLeader { .. }
-            )
-        })
+        .next_where(|(_, e)| matches!(e, ActivatorEvent::Shutdown(_) | ActivatorEvent::NowLeader { .. }))
         .await;
-    assert_eq!(
-        (who, ev),
-        (old, ActivatorEvent::Shutdown("maintenance".into()))
-    );
+    assert_eq!((who, ev), (old, ActivatorEvent::Shutdown("maintenance".into())));
     let (new, new_token) = c.next_leader().await;
     assert_ne!(new, old);
     assert!(new_token > old_token);
@@ -372,8 +349,7 @@ async fn a_panicking_leader_is_replaced() {
     let (first, _) = c.next_leader().await;
     c.settled().await;
     // A third activator that panics on its first timer; make it leader by killing the other two one by one.
-    c.add("panics", Some(Duration::from_millis(5)), false, true)
-        .await;
+    c.add("panics", Some(Duration::from_millis(5)), false, true).await;
     let panicky = 2;
     let other = 1 - first;
     c.handles[first].cell().kill();
@@ -443,4 +419,144 @@ async fn invalid_names_are_refused_with_a_typed_error() {
             other => panic!("{bad:?}: expected InvalidName, got {:?}", other.map(|_| ())),
         }
     }
+}
+
+/// Each tree: a supervisor (its own "node") with an activator child and a flag telling its probe to panic.
+async fn supervised_tree(
+    idx: usize,
+    registry: &Registry<ActivatorInfo>,
+    tx: &mpsc::UnboundedSender<(usize, ActivatorEvent)>,
+    panic_on_timer: bool,
+) -> SupervisorHandle {
+    let backend: Arc<dyn Backend> =
+        Arc::new(LocalBackend::new(registry.clone()).with_node_id(format!("tree-{idx}")));
+    let probe = Probe {
+        idx,
+        tx: tx.clone(),
+        timer: panic_on_timer.then_some(Duration::from_millis(5)),
+        panic_on_timer,
+    };
+    let spec = Activator::child_spec("activator", probe, ActivatorOptions::new("supervised"), backend);
+    let opts = SupervisorOptions::default().intensity(100, Duration::from_secs(5));
+    let (sup, _join) = Supervisor::start(None, opts, vec![spec])
+        .await
+        .expect("tree starts");
+    sup
+}
+
+async fn next_leader_on(rx: &mut mpsc::UnboundedReceiver<(usize, ActivatorEvent)>) -> (usize, u64) {
+    timeout(WAIT, async {
+        loop {
+            if let (i, ActivatorEvent::NowLeader { fencing_token }) = rx.recv().await.unwrap() {
+                return (i, fencing_token);
+            }
+        }
+    })
+    .await
+    .expect("a leader is elected")
+}
+
+async fn activator_of(sup: &SupervisorHandle) -> ActivatorHandle {
+    let children = sup.which_children().await.expect("supervisor answers");
+    let cell = children[0].cell.clone().expect("activator running");
+    ActivatorHandle::from_cell("supervised", cell).expect("child is an activator")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervised_activators_fail_over_across_trees_and_restart() {
+    let registry = new_registry().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut trees = Vec::new();
+    for i in 0..3 {
+        trees.push(supervised_tree(i, &registry, &tx, false).await);
+    }
+    let (first, t1) = next_leader_on(&mut rx).await;
+    // Kill the whole tree of the leader: its activator dies with it.
+    trees[first].cell().kill();
+    let (second, t2) = next_leader_on(&mut rx).await;
+    assert_ne!(second, first);
+    assert!(t2 > t1);
+
+    // The leader activator is stopped behind its supervisor's back (post_stop resigns): the permanent child
+    // is restarted, and the restarted activator finds the new leader (or wins the election itself).
+    let crashed = activator_of(&trees[second]).await;
+    crashed.cell().stop(Some("make room".into()));
+    crashed.cell().wait(Some(WAIT)).await.unwrap();
+    let (third, t3) = next_leader_on(&mut rx).await;
+    assert!(t3 > t2);
+    let restarted = timeout(WAIT, async {
+        loop {
+            let a = activator_of(&trees[second]).await;
+            if a.cell().get_id() != crashed.cell().get_id() {
+                if let Ok(d) = a.dump().await {
+                    if d.role != Role::Unknown {
+                        return d;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("supervisor restarts the activator");
+    if third == second {
+        // The graceful stop resigned and the restart was quick enough to win the new election.
+        assert_eq!(restarted.role, Role::Leader);
+    } else {
+        assert_eq!(restarted.role, Role::Follower);
+        assert_eq!(
+            restarted.leader,
+            Some(activator_of(&trees[third]).await.dump().await.unwrap().identity)
+        );
+    }
+    let leaders: Vec<_> = registry
+        .select_prefix("activator/supervised/")
+        .into_iter()
+        .filter(|e| e.value.role == Role::Leader)
+        .collect();
+    assert_eq!(leaders.len(), 1, "registry metadata shows one leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_supervised_leader_is_restarted_as_follower() {
+    let registry = new_registry().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Tree 0 panics on every timer tick while leading; tree 1 is well-behaved.
+    let panicky = supervised_tree(0, &registry, &tx, true).await;
+    let (leader, _) = next_leader_on(&mut rx).await;
+    assert_eq!(leader, 0);
+    let _calm = supervised_tree(1, &registry, &tx, false).await;
+    // Tree 0 panics within 5 ms of leading; its restarts keep losing to tree 1 once tree 1 leads, and a
+    // follower never ticks, so the panics stop.
+    let (i, _) = timeout(WAIT, async {
+        loop {
+            if let (i, ActivatorEvent::NowLeader { fencing_token }) = rx.recv().await.unwrap() {
+                if i == 1 {
+                    return (i, fencing_token);
+                }
+            }
+        }
+    })
+    .await
+    .expect("the calm tree takes over");
+    assert_eq!(i, 1);
+    let restarted = activator_of(&panicky).await;
+    let d = timeout(WAIT, async {
+        loop {
+            if let Ok(d) = restarted.dump().await {
+                if d.role == Role::Follower {
+                    return d;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("restarted activator follows");
+    assert_eq!(d.fencing_token, None);
+    let info = panicky.which_children().await.unwrap();
+    assert!(
+        info[0].restart_count >= 1,
+        "the supervisor restarted the panicking activator"
+    );
 }

@@ -11,8 +11,8 @@ use tracing::Instrument;
 use super::backend::{Backend, BackendEvent, Campaign, Candidacy, EventSink};
 use super::callbacks::{ActivatorEvent, Role, Singleton};
 use super::handle::ActivatorInfo;
-use super::registry::Registry;
 use super::{member_prefix, validate_name, ActivatorOptions};
+use crate::registry::Registry;
 
 /// Messages of the activator actor. Use [`ActivatorHandle`](super::ActivatorHandle) rather than sending
 /// these directly.
@@ -122,11 +122,7 @@ impl<S: Singleton> Actor for ActivatorActor<S> {
                 .clone()
                 .or_else(|| state.backend.publish_registry())
             {
-                let key = format!(
-                    "{}{}",
-                    member_prefix(&state.info.name),
-                    state.info.identity
-                );
+                let key = format!("{}{}", member_prefix(&state.info.name), state.info.identity);
                 registry.register(key.clone(), myself.get_cell(), state.info.clone())?;
                 state.published = Some((registry, key));
             }
@@ -135,9 +131,7 @@ impl<S: Singleton> Actor for ActivatorActor<S> {
                 name: state.info.name.clone(),
                 identity: state.info.identity.clone(),
                 actor: myself.get_cell(),
-                events: EventSink::new(move |e| {
-                    me.send_message(ActivatorMsg::Backend(e)).is_ok()
-                }),
+                events: EventSink::new(move |e| me.send_message(ActivatorMsg::Backend(e)).is_ok()),
             };
             tracing::info!(backend = state.backend.kind(), node = %state.info.node_id, "activator started");
             state.candidacy = Some(state.backend.join(campaign).await?);
@@ -226,9 +220,7 @@ impl<S: Singleton> ActivatorState<S> {
                 self.info.leader = Some(self.info.identity.clone());
                 self.info.fencing_token = Some(fencing_token);
                 self.publish();
-                let result = self
-                    .callback(ActivatorEvent::NowLeader { fencing_token })
-                    .await;
+                let result = self.callback(ActivatorEvent::NowLeader { fencing_token }).await;
                 self.rearm_timer(myself);
                 result
             }
@@ -268,11 +260,7 @@ impl<S: Singleton> ActivatorState<S> {
                 Ok(())
             }
             BackendEvent::Cluster(change) => {
-                tracing::info!(
-                    ?change,
-                    leader = self.info.role == Role::Leader,
-                    "cluster change"
-                );
+                tracing::info!(?change, leader = self.info.role == Role::Leader, "cluster change");
                 if self.info.role == Role::Leader {
                     self.callback(ActivatorEvent::ClusterChange(change)).await
                 } else {

@@ -10,7 +10,7 @@ use ractor::{ActorCell, SupervisionEvent};
 
 use super::callbacks::ClusterChange;
 use super::handle::ActivatorInfo;
-use super::registry::Registry;
+use crate::registry::Registry;
 
 /// A boxed, sendable future (the backend traits are used as trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -113,10 +113,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Joins the election described by `campaign`. The returned candidacy keeps campaigning (and reporting
     /// through `campaign.events`) until it is resigned or dropped.
-    fn join(
-        &self,
-        campaign: Campaign,
-    ) -> BoxFuture<'static, Result<Box<dyn Candidacy>, BackendError>>;
+    fn join(&self, campaign: Campaign) -> BoxFuture<'static, Result<Box<dyn Candidacy>, BackendError>>;
 }
 
 /// One activator's participation in an election. Dropping it abandons the election without resigning

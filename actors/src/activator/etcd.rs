@@ -15,9 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, ConnectOptions, EventType, LeaderKey, PutOptions, ResignOptions, WatchOptions,
-};
+use etcd_client::{Client, ConnectOptions, EventType, LeaderKey, PutOptions, ResignOptions, WatchOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -58,10 +56,7 @@ impl fmt::Debug for EtcdOptions {
             // Never the password, not even its length.
             .field(
                 "credentials",
-                &self
-                    .credentials
-                    .as_ref()
-                    .map(|(u, _)| format!("{u}:<redacted>")),
+                &self.credentials.as_ref().map(|(u, _)| format!("{u}:<redacted>")),
             )
             .finish()
     }
@@ -71,10 +66,7 @@ impl EtcdOptions {
     /// Options for `endpoints` (e.g. `http://127.0.0.1:2379`); `node_id` names this process in the
     /// cluster and must be unique among the processes running activators of a name. Defaults: TTL 10 s,
     /// prefix `arbor/activator`, connect and request timeouts 2 s, backoff 100 ms .. 5 s.
-    pub fn new<E: Into<String>>(
-        endpoints: impl IntoIterator<Item = E>,
-        node_id: impl Into<String>,
-    ) -> Self {
+    pub fn new<E: Into<String>>(endpoints: impl IntoIterator<Item = E>, node_id: impl Into<String>) -> Self {
         Self {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             node_id: node_id.into(),
@@ -131,19 +123,9 @@ impl EtcdOptions {
     }
 
     fn validate(&self) -> Result<(), ActivatorError> {
-        let bad = |field, value: String, reason| {
-            Err(ActivatorError::InvalidConfig {
-                field,
-                value,
-                reason,
-            })
-        };
+        let bad = |field, value: String, reason| Err(ActivatorError::InvalidConfig { field, value, reason });
         if self.endpoints.is_empty() {
-            return bad(
-                "endpoints",
-                "[]".into(),
-                "at least one endpoint is required",
-            );
+            return bad("endpoints", "[]".into(), "at least one endpoint is required");
         }
         if let Some(e) = self.endpoints.iter().find(|e| e.trim().is_empty()) {
             return bad("endpoints", format!("{e:?}"), "empty endpoint");
@@ -211,9 +193,7 @@ impl EtcdBackend {
     /// Validates `opts`; does not connect (activators connect themselves, retrying while etcd is down).
     pub fn new(opts: EtcdOptions) -> Result<Self, ActivatorError> {
         opts.validate()?;
-        Ok(Self {
-            opts: Arc::new(opts),
-        })
+        Ok(Self { opts: Arc::new(opts) })
     }
 }
 
@@ -226,10 +206,7 @@ impl Backend for EtcdBackend {
         &self.opts.node_id
     }
 
-    fn join(
-        &self,
-        campaign: Campaign,
-    ) -> BoxFuture<'static, Result<Box<dyn Candidacy>, BackendError>> {
+    fn join(&self, campaign: Campaign) -> BoxFuture<'static, Result<Box<dyn Candidacy>, BackendError>> {
         let opts = self.opts.clone();
         Box::pin(async move {
             let (resign_tx, resign_rx) = oneshot::channel();
@@ -410,10 +387,7 @@ impl Session {
         // The lease cannot have started on the server before this instant.
         let granted_at = Instant::now();
         let grant = self
-            .unary(
-                "lease grant",
-                lease_client.grant(o.ttl.as_secs() as i64, None),
-            )
+            .unary("lease grant", lease_client.grant(o.ttl.as_secs() as i64, None))
             .await?;
         held.lease = Some(grant.id());
         let lease = grant.id();
@@ -442,10 +416,7 @@ impl Session {
         let mut members = self
             .unary(
                 "membership watch",
-                watch_client.watch(
-                    self.members.clone(),
-                    Some(WatchOptions::new().with_prefix()),
-                ),
+                watch_client.watch(self.members.clone(), Some(WatchOptions::new().with_prefix())),
             )
             .await?;
         let mut election = client.election_client();
@@ -455,8 +426,7 @@ impl Session {
         let mut campaigner = client.election_client();
         let name = self.election.clone();
         let identity = self.campaign.identity.clone();
-        let mut campaign =
-            Box::pin(async move { campaigner.campaign(name, identity, lease).await });
+        let mut campaign = Box::pin(async move { campaigner.campaign(name, identity, lease).await });
         let mut leader_key: Option<LeaderKey> = None;
         let mut tick = tokio::time::interval(renew_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

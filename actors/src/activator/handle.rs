@@ -137,11 +137,7 @@ impl ActivatorHandle {
     /// Stops the activator gracefully: runs the `Shutdown` callback, resigns leadership at once (so a
     /// follower takes over without waiting for a timeout) and waits until the actor has exited, at most
     /// `timeout`.
-    pub async fn shutdown(
-        &self,
-        reason: impl Into<String>,
-        timeout: Duration,
-    ) -> Result<(), ActivatorError> {
+    pub async fn shutdown(&self, reason: impl Into<String>, timeout: Duration) -> Result<(), ActivatorError> {
         let reason = reason.into();
         self.actor
             .send_message(ActivatorMsg::Shutdown(reason))

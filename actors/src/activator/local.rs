@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use super::backend::{Backend, BackendError, BackendEvent, BoxFuture, Campaign, Candidacy};
 use super::callbacks::{ClusterChange, Role};
 use super::handle::ActivatorInfo;
-use super::registry::{Registry, RegistryEvent};
 use super::{leader_key, member_prefix};
+use crate::registry::{Registry, RegistryEvent};
 
 /// Process-wide, so tokens increase across leaders of a name even when several `LocalBackend`s share one
 /// registry. Starts at 1: 0 never fences anything.
@@ -76,10 +76,7 @@ impl Backend for LocalBackend {
         Some(self.registry.clone())
     }
 
-    fn join(
-        &self,
-        campaign: Campaign,
-    ) -> BoxFuture<'static, Result<Box<dyn Candidacy>, BackendError>> {
+    fn join(&self, campaign: Campaign) -> BoxFuture<'static, Result<Box<dyn Candidacy>, BackendError>> {
         let registry = self.registry.clone();
         let node_id = self.node_id.clone();
         Box::pin(async move {
@@ -118,10 +115,7 @@ struct Shared {
 }
 
 fn stopped(cell: &ActorCell) -> bool {
-    matches!(
-        cell.get_status(),
-        ActorStatus::Stopping | ActorStatus::Stopped
-    )
+    matches!(cell.get_status(), ActorStatus::Stopping | ActorStatus::Stopped)
 }
 
 impl Shared {
@@ -157,19 +151,16 @@ impl Shared {
                 fencing_token: Some(token),
                 next_timer_at: None,
             };
-            match self
-                .registry
-                .register(self.key.clone(), self.me().clone(), info)
-            {
+            match self.registry.register(self.key.clone(), self.me().clone(), info) {
                 Ok(()) => {
                     st.leader = true;
                     if let Some(old) = st.monitored.take() {
                         self.me().unmonitor(old);
                     }
                     tracing::debug!(key = %self.key, token, "registered leader key");
-                    self.campaign.events.send(BackendEvent::Elected {
-                        fencing_token: token,
-                    });
+                    self.campaign
+                        .events
+                        .send(BackendEvent::Elected { fencing_token: token });
                     return;
                 }
                 Err(err) => {
@@ -213,10 +204,7 @@ impl Shared {
     fn on_down(&self, who: &ActorCell) {
         let ours = {
             let mut st = self.lock();
-            let ours = st
-                .monitored
-                .as_ref()
-                .is_some_and(|m| m.get_id() == who.get_id());
+            let ours = st.monitored.as_ref().is_some_and(|m| m.get_id() == who.get_id());
             if ours {
                 st.monitored = None;
             }
@@ -255,25 +243,21 @@ async fn watch_registry(
 ) {
     loop {
         match rx.recv().await {
-            Ok(RegistryEvent::Removed(entry)) if entry.key == shared.key => shared.try_acquire(),
+            Ok(RegistryEvent::Removed(entry, _)) if entry.key == shared.key => shared.try_acquire(),
             Ok(RegistryEvent::Registered(entry)) => {
                 if let Some(node) = entry.key.strip_prefix(&shared.members) {
                     shared
                         .campaign
                         .events
-                        .send(BackendEvent::Cluster(ClusterChange::NodeUp(
-                            node.to_string(),
-                        )));
+                        .send(BackendEvent::Cluster(ClusterChange::NodeUp(node.to_string())));
                 }
             }
-            Ok(RegistryEvent::Removed(entry)) => {
+            Ok(RegistryEvent::Removed(entry, _)) => {
                 if let Some(node) = entry.key.strip_prefix(&shared.members) {
                     shared
                         .campaign
                         .events
-                        .send(BackendEvent::Cluster(ClusterChange::NodeDown(
-                            node.to_string(),
-                        )));
+                        .send(BackendEvent::Cluster(ClusterChange::NodeDown(node.to_string())));
                 }
             }
             Ok(_) => {}
@@ -295,8 +279,9 @@ struct LocalCandidacy {
 impl Candidacy for LocalCandidacy {
     fn supervision_event(&mut self, event: &SupervisionEvent) {
         match event {
-            SupervisionEvent::ActorTerminated(who, _, _)
-            | SupervisionEvent::ActorFailed(who, _) => self.shared.on_down(who),
+            SupervisionEvent::ActorTerminated(who, _, _) | SupervisionEvent::ActorFailed(who, _) => {
+                self.shared.on_down(who)
+            }
             _ => {}
         }
     }

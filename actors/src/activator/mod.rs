@@ -76,10 +76,9 @@ mod callbacks;
 mod etcd;
 mod handle;
 mod local;
-#[doc(hidden)]
-pub mod registry_shim;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr};
 use tokio::task::JoinHandle;
@@ -92,8 +91,8 @@ pub use etcd::{EtcdBackend, EtcdOptions};
 pub use handle::{ActivatorError, ActivatorHandle, ActivatorInfo};
 pub use local::LocalBackend;
 
-use registry::Registry;
-use registry_shim as registry;
+use crate::registry::Registry;
+use crate::supervisor::{ChildSpec, Shutdown as SupervisorShutdown};
 
 /// Registry key whose holder is the leader of `name` (local backend).
 pub(crate) fn leader_key(name: &str) -> String {
@@ -211,8 +210,28 @@ impl Activator {
             options,
             backend,
         };
-        let (actor, _join) =
-            Actor::spawn_linked(None, ActivatorActor::<S>::new(), args, supervisor).await?;
+        let (actor, _join) = Actor::spawn_linked(None, ActivatorActor::<S>::new(), args, supervisor).await?;
         Ok(ActivatorHandle::new(name, actor))
+    }
+
+    /// A child spec running an activator under a supervisor: a permanent worker whose shutdown timeout
+    /// (10 s) leaves room for the `Shutdown` callback and an etcd resignation. Every (re)start uses a clone of
+    /// `singleton`. Find the running activator with [`ActivatorHandle::from_cell`] or through the registry.
+    pub fn child_spec<S: Singleton + Clone>(
+        id: impl Into<String>,
+        singleton: S,
+        options: ActivatorOptions,
+        backend: Arc<dyn Backend>,
+    ) -> ChildSpec {
+        ChildSpec::new(id, move |supervisor| {
+            let singleton = singleton.clone();
+            let options = options.clone();
+            let backend = backend.clone();
+            async move {
+                let handle = Activator::spawn_linked(singleton, options, backend, supervisor).await?;
+                Ok(handle.cell())
+            }
+        })
+        .shutdown(SupervisorShutdown::Timeout(Duration::from_secs(10)))
     }
 }
