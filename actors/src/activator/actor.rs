@@ -91,6 +91,7 @@ impl<S: Singleton> Actor for ActivatorActor<S> {
             leader: None,
             fencing_token: None,
             next_timer_at: None,
+            backend_error: None,
         };
         Ok(ActivatorState {
             singleton,
@@ -215,6 +216,7 @@ impl<S: Singleton> ActivatorState<S> {
         match event {
             BackendEvent::Elected { fencing_token } => {
                 tracing::info!(fencing_token, "became leader");
+                self.info.backend_error = None;
                 self.info.role = Role::Leader;
                 self.info.active_from = Some(SystemTime::now());
                 self.info.leader = Some(self.info.identity.clone());
@@ -242,6 +244,7 @@ impl<S: Singleton> ActivatorState<S> {
                     self.rearm_timer(myself);
                     return self.callback(ActivatorEvent::LostLeadership).await;
                 }
+                self.info.backend_error = None;
                 if self.info.role != Role::Follower || self.info.leader != leader {
                     tracing::info!(?leader, "following");
                 }
@@ -254,6 +257,7 @@ impl<S: Singleton> ActivatorState<S> {
                 error,
             } => {
                 tracing::warn!(attempt, ?delay, %error, "election backend unavailable, retrying");
+                self.info.backend_error = Some(error);
                 if self.info.role != Role::Leader {
                     self.become_non_leader(Role::Unknown, None);
                 }

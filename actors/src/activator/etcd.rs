@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, LeaderKey, PutOptions, ResignOptions, WatchOptions};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::Instrument;
@@ -419,10 +419,37 @@ impl Session {
                 watch_client.watch(self.members.clone(), Some(WatchOptions::new().with_prefix())),
             )
             .await?;
+        // etcd sends Observe's response headers only with the first leader, so the call itself blocks while
+        // there is none: run it beside the loop and hear from it through a channel.
+        let (obs_tx, mut observed) = mpsc::unbounded_channel::<Result<(Vec<u8>, Vec<u8>), String>>();
         let mut election = client.election_client();
-        let mut observe = self
-            .unary("observe", election.observe(self.election.clone()))
-            .await?;
+        let name = self.election.clone();
+        let _observer = AbortOnDrop(
+            tokio::spawn(async move {
+                let mut stream = match election.observe(name).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = obs_tx.send(Err(format!("observe: {e}")));
+                        return;
+                    }
+                };
+                loop {
+                    let msg = match stream.message().await {
+                        Ok(Some(resp)) => match resp.kv() {
+                            Some(kv) => Ok((kv.key().to_vec(), kv.value().to_vec())),
+                            None => continue,
+                        },
+                        Ok(None) => Err("observe stream closed".to_string()),
+                        Err(e) => Err(format!("observe: {e}")),
+                    };
+                    let end = msg.is_err();
+                    if obs_tx.send(msg).is_err() || end {
+                        return;
+                    }
+                }
+            })
+            .abort_handle(),
+        );
         let mut campaigner = client.election_client();
         let name = self.election.clone();
         let identity = self.campaign.identity.clone();
@@ -472,26 +499,25 @@ impl Session {
                     tracing::info!(fencing_token = token, "won the etcd election");
                     self.campaign.events.send(BackendEvent::Elected { fencing_token: token });
                 }
-                obs = observe.message() => match obs {
-                    Ok(Some(resp)) => {
-                        let Some(kv) = resp.kv() else { continue };
-                        match &leader_key {
-                            Some(ours) if kv.key() != ours.key() => {
-                                return Err(format!(
-                                    "observed another leader: {}",
-                                    String::from_utf8_lossy(kv.value())
-                                ));
-                            }
-                            Some(_) => {}
-                            None => {
-                                self.campaign.events.send(BackendEvent::Following {
-                                    leader: Some(String::from_utf8_lossy(kv.value()).into_owned()),
-                                });
-                            }
+                obs = observed.recv() => match obs {
+                    Some(Ok((key, value))) => match &leader_key {
+                        Some(ours) if key != ours.key() => {
+                            return Err(format!(
+                                "observed another leader: {}",
+                                String::from_utf8_lossy(&value)
+                            ));
                         }
-                    }
-                    Ok(None) => return Err("observe stream closed".into()),
-                    Err(e) => return Err(format!("observe: {e}")),
+                        Some(_) => {}
+                        // Our own key, observed before `Campaign` has answered: not a follower.
+                        None if value == self.campaign.identity.as_bytes() => {}
+                        None => {
+                            self.campaign.events.send(BackendEvent::Following {
+                                leader: Some(String::from_utf8_lossy(&value).into_owned()),
+                            });
+                        }
+                    },
+                    Some(Err(e)) => return Err(e),
+                    None => return Err("observer ended".into()),
                 },
                 w = members.message() => match w {
                     Ok(Some(resp)) => {

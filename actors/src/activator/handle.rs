@@ -31,6 +31,8 @@ pub struct ActivatorInfo {
     pub fencing_token: Option<u64>,
     /// When the next [`ActivatorEvent::Timer`](super::ActivatorEvent::Timer) fires, if one is armed.
     pub next_timer_at: Option<SystemTime>,
+    /// The last error of the backend while it retries (e.g. etcd unreachable); `None` once it answers.
+    pub backend_error: Option<String>,
 }
 
 /// Errors from an [`ActivatorHandle`] or from starting an activator.

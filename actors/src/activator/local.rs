@@ -150,6 +150,7 @@ impl Shared {
                 leader: Some(self.campaign.identity.clone()),
                 fencing_token: Some(token),
                 next_timer_at: None,
+                backend_error: None,
             };
             match self.registry.register(self.key.clone(), self.me().clone(), info) {
                 Ok(()) => {
