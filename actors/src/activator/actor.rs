@@ -93,7 +93,7 @@ impl<S: Singleton> Actor for ActivatorActor<S> {
             next_timer_at: None,
             backend_error: None,
         };
-        Ok(ActivatorState {
+        let mut state = ActivatorState {
             singleton,
             user,
             options,
@@ -105,42 +105,14 @@ impl<S: Singleton> Actor for ActivatorActor<S> {
             published: None,
             shut_down: false,
             span,
-        })
-    }
-
-    async fn post_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        // Registry entries and candidacies are created here, not in `pre_start`: a failing `pre_start` sends
-        // no supervision event, so the registry would never learn that the actor is gone.
+        };
+        // Joining happens here rather than in `post_start` so that a local election's outcome is queued before
+        // any message sent after `spawn` returns (a `dump()` right after start sees the role). Everything
+        // fallible came first: a failing `pre_start` sends no supervision event, so nothing registered may be
+        // left behind when it fails.
         let span = state.span.clone();
-        async {
-            if let Some(registry) = state
-                .options
-                .registry
-                .clone()
-                .or_else(|| state.backend.publish_registry())
-            {
-                let key = format!("{}{}", member_prefix(&state.info.name), state.info.identity);
-                registry.register(key.clone(), myself.get_cell(), state.info.clone())?;
-                state.published = Some((registry, key));
-            }
-            let me = myself.clone();
-            let campaign = Campaign {
-                name: state.info.name.clone(),
-                identity: state.info.identity.clone(),
-                actor: myself.get_cell(),
-                events: EventSink::new(move |e| me.send_message(ActivatorMsg::Backend(e)).is_ok()),
-            };
-            tracing::info!(backend = state.backend.kind(), node = %state.info.node_id, "activator started");
-            state.candidacy = Some(state.backend.join(campaign).await?);
-            state.rearm_timer(&myself);
-            Ok(())
-        }
-        .instrument(span)
-        .await
+        state.join(&myself).instrument(span).await?;
+        Ok(state)
     }
 
     async fn handle(
@@ -179,6 +151,38 @@ impl<S: Singleton> Actor for ActivatorActor<S> {
 }
 
 impl<S: Singleton> ActivatorState<S> {
+    async fn join(&mut self, myself: &ActorRef<ActivatorMsg>) -> Result<(), ActorProcessingErr> {
+        if let Some(registry) = self
+            .options
+            .registry
+            .clone()
+            .or_else(|| self.backend.publish_registry())
+        {
+            let key = format!("{}{}", member_prefix(&self.info.name), self.info.identity);
+            registry.register(key.clone(), myself.get_cell(), self.info.clone())?;
+            self.published = Some((registry, key));
+        }
+        let me = myself.clone();
+        let campaign = Campaign {
+            name: self.info.name.clone(),
+            identity: self.info.identity.clone(),
+            actor: myself.get_cell(),
+            events: EventSink::new(move |e| me.send_message(ActivatorMsg::Backend(e)).is_ok()),
+        };
+        tracing::info!(backend = self.backend.kind(), node = %self.info.node_id, "activator started");
+        match self.backend.join(campaign).await {
+            Ok(c) => self.candidacy = Some(c),
+            Err(e) => {
+                if let Some((registry, key)) = self.published.take() {
+                    registry.unregister(&key);
+                }
+                return Err(e.into());
+            }
+        }
+        self.rearm_timer(myself);
+        Ok(())
+    }
+
     async fn on_message(
         &mut self,
         myself: &ActorRef<ActivatorMsg>,

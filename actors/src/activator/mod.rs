@@ -29,11 +29,11 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use arbor_actors::activator::{
-//!     Activator, ActivatorEvent, ActivatorInfo, ActivatorOptions, LocalBackend, Singleton,
+//!     Activator, ActivatorEvent, ActivatorInfo, ActivatorOptions, LocalBackend, Role, Singleton,
 //! };
 //! use arbor_actors::registry::Registry;
 //! use ractor::ActorProcessingErr;
@@ -58,12 +58,12 @@
 //!     }
 //! }
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let registry = Registry::<ActivatorInfo>::new("activators");
 //! registry.start_standalone().await?;
 //! let backend = Arc::new(LocalBackend::new(registry));
 //! let (handle, _join) = Activator::start(Janitor, ActivatorOptions::new("janitor"), backend).await?;
-//! println!("{:?}", handle.dump().await?.role);
+//! assert_eq!(handle.dump().await?.role, Role::Leader); // the only activator of "janitor"
 //! handle.shutdown("bye", Duration::from_secs(5)).await?;
 //! # Ok(())
 //! # }
