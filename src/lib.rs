@@ -1,2 +1,27 @@
-//! placeholder
-pub use arbor_actors as actors;
+//! arbor: Erlang/OTP-grade supervision trees for tokio services, on [ractor].
+//!
+//! This crate is the facade: it re-exports the actors of [`arbor_actors`] and holds the `arbor` command line's
+//! demo. See the crate README for a tour and `ARCHITECTURE.md` for the codemap.
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use arbor::supervisor::{ChildSpec, Supervisor, SupervisorOptions};
+//! use arbor::registry::Registry;
+//! # use ractor::{Actor, ActorProcessingErr, ActorRef};
+//! # struct Worker;
+//! # impl Actor for Worker {
+//! #     type Msg = (); type State = (); type Arguments = ();
+//! #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> { Ok(()) }
+//! # }
+//! let registry: Registry<String> = Registry::new("app");
+//! let children = vec![registry.child_spec("registry"), ChildSpec::actor("worker", None, || (Worker, ()))];
+//! let (root, _) = Supervisor::start(None, SupervisorOptions::default(), children).await?;
+//! println!("{}", root.snapshot().await?.render());
+//! root.shutdown(Some(Duration::from_secs(5))).await?;
+//! # Ok(()) }
+//! ```
+
+pub use arbor_actors::{registry, supervisor};
+
+pub mod demo;

@@ -3,25 +3,16 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbor_actors::supervisor::{
     AutoShutdown, ChildCounts, ChildSpec, ChildStatus, DynamicSupervisor, DynamicSupervisorOptions, Restart,
-    RestartBackoff, Shutdown, Supervisor, SupervisorError, SupervisorHandle, SupervisorOptions,
+    RestartBackoff, Shutdown, Supervisor, SupervisorError, SupervisorOptions,
 };
 use common::*;
 use ractor::ActorStatus;
-
-async fn cell_of(sup: &SupervisorHandle, id: &str) -> ractor::ActorCell {
-    sup.which_children()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == id)
-        .and_then(|c| c.cell)
-        .unwrap_or_else(|| panic!("{id} is not running"))
-}
 
 #[tokio::test]
 async fn shutdown_stops_children_in_reverse_start_order() {
@@ -44,14 +35,17 @@ async fn shutdown_timeouts_are_honoured_and_a_child_that_ignores_stop_is_killed(
     let mut w = Workers::new();
     let mut slow = w.args("slow");
     slow.stop_delay = Duration::from_millis(300);
+    let mut patient = w.args("patient");
+    patient.stop_delay = Duration::from_millis(300);
     let specs = vec![
+        spec_with(patient).shutdown(Shutdown::Infinity),
         spec_with(slow).shutdown(Shutdown::Timeout(Duration::from_secs(10))),
         w.spec("stubborn")
             .shutdown(Shutdown::Timeout(Duration::from_millis(200))),
         w.spec("brutal").shutdown(Shutdown::BrutalKill),
     ];
     let (sup, _) = Supervisor::start(None, Default::default(), specs).await.unwrap();
-    w.take(3).await;
+    w.take(4).await;
     let cells: Vec<_> = sup
         .which_children()
         .await
@@ -60,20 +54,20 @@ async fn shutdown_timeouts_are_honoured_and_a_child_that_ignores_stop_is_killed(
         .map(|c| c.cell.unwrap())
         .collect();
     // stubborn is busy for a minute and never reads its stop request
-    worker(&cells[1])
+    worker(&cells[2])
         .cast(WorkerMsg::Hang(Duration::from_secs(60)))
         .unwrap();
 
     let began = Instant::now();
     sup.shutdown(Some(Duration::from_secs(20))).await.unwrap();
     let took = began.elapsed();
-    // brutal: killed, so no post_stop; stubborn: killed after its timeout; slow: waited for, post_stop ran
-    assert_eq!(names(&w.take(1).await), ["-slow"]);
+    // brutal: killed, so no post_stop; stubborn: killed after its timeout; slow and patient: waited for
+    assert_eq!(names(&w.take(2).await), ["-slow", "-patient"]);
     assert!(w.quiet());
     assert!(cells.iter().all(|c| c.get_status() == ActorStatus::Stopped));
     assert!(
-        took >= Duration::from_millis(500),
-        "slow's 300 ms and stubborn's 200 ms were waited for: {took:?}"
+        took >= Duration::from_millis(800),
+        "the two 300 ms stops and stubborn's 200 ms were waited for: {took:?}"
     );
     assert!(
         took < Duration::from_secs(20),
@@ -194,6 +188,18 @@ async fn child_administration_and_its_error_cases() {
 async fn invalid_specs_are_refused_with_the_reason() {
     let w = Workers::new();
     let (sup, _) = Supervisor::start(None, Default::default(), vec![]).await.unwrap();
+    let err = sup.start_child(w.spec("")).await.unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::InvalidSpec { reason, .. } if reason.contains("empty")),
+        "{err}"
+    );
+    let err = Supervisor::start(None, Default::default(), vec![w.spec("x"), w.spec("x")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::DuplicateChild { id } if id == "x"),
+        "{err}"
+    );
     let err = sup.start_child(w.spec("p").significant(true)).await.unwrap_err();
     assert!(
         matches!(&err, SupervisorError::InvalidSpec { id, reason } if id == "p" && reason.contains("permanent"))
@@ -387,5 +393,134 @@ async fn backoff_delays_the_restart_of_a_crashing_child() {
     worker(&cell_of(&sup, "c").await).cast(WorkerMsg::Panic).unwrap();
     w.started("c").await;
     assert!(crashed_at.elapsed() >= Duration::from_millis(400));
+    sup.shutdown(None).await.unwrap();
+}
+
+/// Fails in `post_start` while `exits_left` is above zero: its exit races the supervisor's adoption of it.
+struct DiesAtOnce;
+
+impl ractor::Actor for DiesAtOnce {
+    type Msg = ();
+    type State = Arc<AtomicU32>;
+    type Arguments = Arc<AtomicU32>;
+
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<()>,
+        exits_left: Arc<AtomicU32>,
+    ) -> Result<Arc<AtomicU32>, ractor::ActorProcessingErr> {
+        Ok(exits_left)
+    }
+
+    async fn post_start(
+        &self,
+        _: ractor::ActorRef<()>,
+        exits_left: &mut Arc<AtomicU32>,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        match exits_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err("exits at once".into()),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+fn dies_at_once(exits: u32) -> ChildSpec {
+    let exits_left = Arc::new(AtomicU32::new(exits));
+    ChildSpec::actor("brief", None, move || (DiesAtOnce, exits_left.clone()))
+}
+
+#[tokio::test]
+async fn dynamic_children_that_exit_before_adoption_are_still_handled() {
+    let (dynsup, _) = DynamicSupervisor::start(None, DynamicSupervisorOptions::default().max_children(3))
+        .await
+        .unwrap();
+    // temporary children that fail at once are forgotten and free their place, however the race goes
+    for _ in 0..50 {
+        let cell = dynsup
+            .start_child(dies_at_once(1).restart(Restart::Temporary))
+            .await
+            .unwrap();
+        cell.wait(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(dynsup.count_children().await.unwrap().specs, 0);
+    }
+    // a transient one that fails at once is restarted
+    let cell = dynsup
+        .start_child(dies_at_once(1).restart(Restart::Transient))
+        .await
+        .unwrap();
+    cell.wait(Some(Duration::from_secs(5))).await.unwrap();
+    let which = dynsup.which_children().await.unwrap();
+    assert_eq!(which.len(), 1);
+    assert_eq!(which[0].status, ChildStatus::Running);
+    assert_eq!(which[0].restart_count, 1);
+    dynsup.shutdown(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn max_children_holds_under_concurrent_starts() {
+    let w = Workers::new();
+    let (dynsup, _) = DynamicSupervisor::start(None, DynamicSupervisorOptions::default().max_children(5))
+        .await
+        .unwrap();
+    let starts = (0..20).map(|_| {
+        let (dynsup, spec) = (dynsup.clone(), w.spec("job"));
+        tokio::spawn(async move { dynsup.start_child(spec).await })
+    });
+    let results = futures::future::join_all(starts).await;
+    let ok = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
+    let full = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.as_ref().unwrap(),
+                Err(SupervisorError::MaxChildren { max_children: 5 })
+            )
+        })
+        .count();
+    assert_eq!((ok, full), (5, 15));
+    assert_eq!(dynsup.count_children().await.unwrap().active, 5);
+    dynsup.shutdown(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_child_that_unlinked_itself_is_still_stopped_on_shutdown() {
+    let mut w = Workers::new();
+    let (sup, _) = Supervisor::start(None, Default::default(), vec![w.spec("loner")])
+        .await
+        .unwrap();
+    w.take(1).await;
+    let loner = cell_of(&sup, "loner").await;
+    worker(&loner).cast(WorkerMsg::Unlink).unwrap();
+    let id = ractor::call!(worker(&loner), WorkerMsg::Ping).unwrap();
+    assert_eq!(id, loner.get_id());
+    sup.shutdown(None).await.unwrap();
+    assert_eq!(names(&w.take(1).await), ["-loner"]);
+    assert_eq!(loner.get_status(), ActorStatus::Stopped);
+}
+
+#[tokio::test]
+async fn a_sibling_failing_to_restart_in_a_group_restart_is_retried() {
+    let mut w = Workers::new();
+    let b = w.args("b");
+    let fail_b = b.fail_starts.clone();
+    let opts = SupervisorOptions::default()
+        .strategy(arbor_actors::supervisor::Strategy::OneForAll)
+        .intensity(10, Duration::from_secs(60));
+    let (sup, _) = Supervisor::start(None, opts, vec![w.spec("a"), spec_with(b), w.spec("c")])
+        .await
+        .unwrap();
+    w.take(3).await;
+    fail_b.store(2, Ordering::SeqCst);
+    worker(&cell_of(&sup, "a").await).cast(WorkerMsg::Panic).unwrap();
+    // c and b stopped in reverse order; a restarts; b fails twice and is retried; c waits for b, in order
+    assert_eq!(names(&w.take(5).await), ["-c", "-b", "+a", "+b", "+c"]);
+    let counts: Vec<_> = sup
+        .which_children()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.restart_count)
+        .collect();
+    assert_eq!(counts, [1, 3, 1]);
     sup.shutdown(None).await.unwrap();
 }

@@ -1,6 +1,8 @@
 //! 1,000 random kills across a 3-level tree: afterwards every permanent child runs again and every registry
 //! entry points at a live actor.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -9,6 +11,7 @@ use arbor_actors::supervisor::{
     ChildKind, ChildSpec, ChildStatus, DynamicSupervisor, DynamicSupervisorHandle, DynamicSupervisorOptions,
     Strategy, Supervisor, SupervisorHandle, SupervisorOptions,
 };
+use common::cell_of;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, ActorStatus};
@@ -94,8 +97,8 @@ async fn a_thousand_random_kills_leave_a_whole_tree_and_a_true_registry() {
     let (root, _) = Supervisor::start(None, lenient, vec![registry.child_spec("registry"), l1a, l1b])
         .await
         .unwrap();
-    let l1b_handle = SupervisorHandle::from_cell(find(&root, "l1b").await);
-    let dyn_handle = DynamicSupervisorHandle::from_cell(find(&l1b_handle, "dyn").await);
+    let l1b_handle = SupervisorHandle::from_cell(cell_of(&root, "l1b").await);
+    let dyn_handle = DynamicSupervisorHandle::from_cell(cell_of(&l1b_handle, "dyn").await);
     let mut expected: BTreeSet<String> = (1..=8).map(|i| format!("w{i}")).collect();
     for i in 0..5 {
         let name = format!("job{i}");
@@ -165,14 +168,4 @@ async fn a_thousand_random_kills_leave_a_whole_tree_and_a_true_registry() {
         assert_eq!(node.actor_id, Some(entry.actor.get_id().to_string()));
     }
     root.shutdown(None).await.unwrap();
-}
-
-async fn find(sup: &SupervisorHandle, id: &str) -> ActorCell {
-    sup.which_children()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == id)
-        .and_then(|c| c.cell)
-        .unwrap()
 }

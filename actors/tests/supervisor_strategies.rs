@@ -20,16 +20,6 @@ async fn ids(sup: &SupervisorHandle) -> Vec<(String, Option<ActorId>)> {
         .collect()
 }
 
-async fn cell_of(sup: &SupervisorHandle, id: &str) -> ractor::ActorCell {
-    sup.which_children()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == id)
-        .and_then(|c| c.cell)
-        .unwrap_or_else(|| panic!("{id} is not running"))
-}
-
 async fn start(opts: SupervisorOptions, specs: Vec<ChildSpec>) -> SupervisorHandle {
     Supervisor::start(None, opts, specs)
         .await

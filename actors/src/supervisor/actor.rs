@@ -9,14 +9,17 @@
 //! Exits are recognised by actor id only: a child the supervisor stops itself leaves the actor index first,
 //! so its late exit event, and monitor events from actors that are not children, are ignored.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, error, info, warn};
 
-use super::children::{ChildCounts, ChildInfo, ChildState, Children};
+use super::children::{Child, ChildCounts, ChildInfo, ChildState, Children};
+use super::dynamic::DynamicShared;
 use super::error::SupervisorError;
 use super::intensity::RestartIntensity;
 use super::spec::{AutoShutdown, ChildKind, ChildSpec, Restart, Shutdown, Strategy};
@@ -31,6 +34,10 @@ pub(crate) enum SupervisorMsg {
     CountChildren(RpcReplyPort<ChildCounts>),
     /// Start the children that are due for a restart (sent to itself after a failed restart or a backoff).
     ContinueRestarts,
+    /// A dynamic supervisor's child, started on the caller's task, joins (see `dynamic.rs`).
+    Adopt(ChildSpec, ActorCell),
+    /// The counters a dynamic supervisor shares with its handles.
+    DynamicShared(RpcReplyPort<Option<Arc<DynamicShared>>>),
 }
 
 /// How a request names a child: by id (static supervisors) or by actor (dynamic ones).
@@ -46,10 +53,10 @@ pub(crate) struct Description {
     pub(crate) children: Vec<ChildInfo>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Mode {
     Static,
-    Dynamic { max_children: Option<usize> },
+    Dynamic(Arc<DynamicShared>),
 }
 
 pub(crate) struct SupervisorArgs {
@@ -70,6 +77,8 @@ pub(crate) struct SupervisorState {
     intensity: RestartIntensity,
     children: Children,
     started_at: Instant,
+    /// Exits of actors not known yet, kept while dynamic starts are in flight (see `dynamic.rs`).
+    early_exits: HashMap<ActorId, Exit>,
 }
 
 /// Why a child exited, reduced to what the restart decision needs.
@@ -92,20 +101,20 @@ impl Exit {
 pub(crate) fn validate(spec: &ChildSpec) -> Result<(), SupervisorError> {
     if spec.id.is_empty() {
         return Err(SupervisorError::InvalidSpec {
-            id: spec.id.clone(),
+            id: spec.id.to_string(),
             reason: "the id is empty".into(),
         });
     }
     if spec.significant && spec.restart == Restart::Permanent {
         return Err(SupervisorError::InvalidSpec {
-            id: spec.id.clone(),
+            id: spec.id.to_string(),
             reason: "a permanent child cannot be significant".into(),
         });
     }
     if let Some(b) = &spec.backoff {
         if b.min > b.max || !(0.0..=1.0).contains(&b.random_factor) {
             return Err(SupervisorError::InvalidSpec {
-                id: spec.id.clone(),
+                id: spec.id.to_string(),
                 reason: format!(
                     "backoff needs min <= max and random_factor in 0..=1 (got min {:?}, max {:?}, random_factor {})",
                     b.min, b.max, b.random_factor
@@ -117,11 +126,11 @@ pub(crate) fn validate(spec: &ChildSpec) -> Result<(), SupervisorError> {
 }
 
 /// Runs a start closure, turning a panic into an error so a bad child cannot take its supervisor down.
-async fn start_one(spec: &ChildSpec, supervisor: ActorCell) -> Result<ActorCell, SupervisorError> {
+pub(crate) async fn start_one(spec: &ChildSpec, supervisor: ActorCell) -> Result<ActorCell, SupervisorError> {
     match AssertUnwindSafe((spec.start)(supervisor)).catch_unwind().await {
         Ok(Ok(cell)) => Ok(cell),
         Ok(Err(err)) => Err(SupervisorError::StartFailed {
-            id: spec.id.clone(),
+            id: spec.id.to_string(),
             cause: err.to_string(),
         }),
         Err(panic) => {
@@ -131,28 +140,37 @@ async fn start_one(spec: &ChildSpec, supervisor: ActorCell) -> Result<ActorCell,
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".into());
             Err(SupervisorError::StartFailed {
-                id: spec.id.clone(),
+                id: spec.id.to_string(),
                 cause: format!("panicked: {cause}"),
             })
         }
     }
 }
 
+/// How long a kill is waited for. A kill takes effect at the child's next `.await`; a child stuck in blocking
+/// code never gets there, and the supervisor must not hang with it.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 /// Stops one child as its shutdown says: ask, wait up to the timeout, then kill.
 pub(crate) async fn terminate_cell(cell: &ActorCell, shutdown: Shutdown) {
     let reason = Some("shutdown".to_string());
-    match shutdown {
-        Shutdown::BrutalKill => {
-            let _ = cell.kill_and_wait(None).await;
-        }
+    let stopped = match shutdown {
+        Shutdown::BrutalKill => false,
         Shutdown::Infinity => {
             let _ = cell.stop_and_wait(reason, None).await;
+            true
         }
-        Shutdown::Timeout(timeout) => {
-            if let Err(ractor::RactorErr::Timeout) = cell.stop_and_wait(reason, Some(timeout)).await {
+        Shutdown::Timeout(timeout) => match cell.stop_and_wait(reason, Some(timeout)).await {
+            Err(ractor::RactorErr::Timeout) => {
                 warn!(child = %cell.get_id(), ?timeout, "child did not stop in time, killing it");
-                let _ = cell.kill_and_wait(None).await;
+                false
             }
+            _ => true,
+        },
+    };
+    if !stopped {
+        if let Err(ractor::RactorErr::Timeout) = cell.kill_and_wait(Some(KILL_WAIT)).await {
+            error!(child = %cell.get_id(), wait = ?KILL_WAIT, "child did not die when killed (blocking code?); going on without it");
         }
     }
 }
@@ -160,47 +178,27 @@ pub(crate) async fn terminate_cell(cell: &ActorCell, shutdown: Shutdown) {
 impl SupervisorState {
     fn new(args: &SupervisorArgs) -> Self {
         SupervisorState {
-            mode: args.mode,
+            mode: args.mode.clone(),
             strategy: args.strategy,
             auto_shutdown: args.auto_shutdown,
             intensity: RestartIntensity::new(args.max_restarts, args.period),
-            children: Children::default(),
+            children: Children::new(matches!(args.mode, Mode::Dynamic(_))),
             started_at: Instant::now(),
-        }
-    }
-
-    fn child_id_for(&self, spec: &ChildSpec) -> String {
-        match self.mode {
-            Mode::Static => spec.id.clone(),
-            Mode::Dynamic { .. } => format!("{}#{}", spec.id, self.children.next_order()),
+            early_exits: HashMap::new(),
         }
     }
 
     /// Starts a new child and appends it; on failure nothing is kept (as OTP's `start_child`).
     async fn add_child(&mut self, spec: ChildSpec, myself: &ActorCell) -> Result<ActorCell, SupervisorError> {
         validate(&spec)?;
-        match self.mode {
-            Mode::Static if self.children.contains_id(&spec.id) => {
-                return Err(SupervisorError::DuplicateChild { id: spec.id });
-            }
-            Mode::Dynamic {
-                max_children: Some(max),
-            } if self.children.len() >= max => {
-                return Err(SupervisorError::MaxChildren { max_children: max });
-            }
-            _ => {}
+        if self.children.contains_id(&spec.id) {
+            return Err(SupervisorError::DuplicateChild {
+                id: spec.id.to_string(),
+            });
         }
-        let id = self.child_id_for(&spec);
         let cell = start_one(&spec, myself.clone()).await?;
-        debug!(child = %id, actor = %cell.get_id(), "child started");
-        self.children.push(super::children::Child {
-            id,
-            spec,
-            state: ChildState::Running(cell.clone()),
-            restart_count: 0,
-            started_at: Some((Instant::now(), SystemTime::now())),
-            backoff_step: 0,
-        });
+        let order = self.children.push(Child::new(spec, cell.clone()));
+        debug!(child = %self.children.id_of(order), actor = %cell.get_id(), "child started");
         Ok(cell)
     }
 
@@ -222,15 +220,53 @@ impl SupervisorState {
         }
     }
 
+    /// Removes a child for good, giving its place back to the dynamic supervisor's `max_children`.
+    fn forget(&mut self, order: u64) {
+        if self.children.remove(order).is_some() {
+            if let Mode::Dynamic(shared) = &self.mode {
+                shared.release();
+            }
+        }
+    }
+
+    /// Takes over a dynamic child that a caller started; handles its exit if that overtook the hand-over.
+    async fn adopt(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        spec: ChildSpec,
+        cell: ActorCell,
+    ) -> Result<(), ActorProcessingErr> {
+        let Mode::Dynamic(shared) = &self.mode else {
+            return Ok(());
+        };
+        shared.adopted();
+        let in_flight = shared.starts_in_flight();
+        let actor = cell.get_id();
+        let order = self.children.push(Child::new(spec, cell));
+        debug!(child = %self.children.id_of(order), %actor, "child started");
+        let early = self.early_exits.remove(&actor);
+        if !in_flight {
+            self.early_exits.clear();
+        }
+        match early {
+            Some(exit) => self.on_child_exit(myself, actor, exit).await,
+            None => Ok(()),
+        }
+    }
+
     fn describe(&self) -> Description {
         let kind = match self.mode {
             Mode::Static => ChildKind::Supervisor,
-            Mode::Dynamic { .. } => ChildKind::DynamicSupervisor,
+            Mode::Dynamic(_) => ChildKind::DynamicSupervisor,
         };
         Description {
             kind,
             uptime: self.started_at.elapsed(),
-            children: self.children.iter().map(|(_, c)| c.info()).collect(),
+            children: self
+                .children
+                .iter()
+                .filter_map(|(order, _)| self.children.info(order))
+                .collect(),
         }
     }
 
@@ -250,13 +286,19 @@ impl SupervisorState {
         exit: Exit,
     ) -> Result<(), ActorProcessingErr> {
         let Some(order) = self.children.order_of_actor(&actor) else {
-            debug!(%actor, "ignoring exit of an actor that is not a current child");
+            match &self.mode {
+                Mode::Dynamic(shared) if shared.starts_in_flight() => {
+                    self.early_exits.insert(actor, exit);
+                }
+                _ => debug!(%actor, "ignoring exit of an actor that is not a current child"),
+            }
             return Ok(());
         };
         self.children.set_state(order, ChildState::Terminated);
         let child = self.children.get(order).expect("indexed child exists");
-        let (id, restart, significant) = (child.id.clone(), child.spec.restart, child.spec.significant);
-        let uptime = child.started_at.map(|(at, _)| at.elapsed());
+        let (restart, significant) = (child.spec.restart, child.spec.significant);
+        let uptime = child.started_at.map(|at| at.elapsed());
+        let id = self.children.id_of(order);
         let restart_it = match restart {
             Restart::Permanent => true,
             Restart::Transient => matches!(exit, Exit::Abnormal(_)),
@@ -270,9 +312,8 @@ impl SupervisorState {
         }
 
         if !restart_it {
-            let forget = restart == Restart::Temporary || matches!(self.mode, Mode::Dynamic { .. });
-            if forget {
-                self.children.remove(order);
+            if restart == Restart::Temporary || matches!(self.mode, Mode::Dynamic(_)) {
+                self.forget(order);
             }
             if significant && self.should_auto_shutdown() {
                 info!(child = %id, "significant child exited: supervisor shuts down");
@@ -307,7 +348,7 @@ impl SupervisorState {
                 };
                 self.stop_child(sibling, next).await;
                 if temporary {
-                    self.children.remove(sibling);
+                    self.forget(sibling);
                 } else if let Some(c) = self.children.get_mut(sibling) {
                     c.restart_count += 1;
                 }
@@ -316,7 +357,7 @@ impl SupervisorState {
 
         let child = self.children.get_mut(order).expect("indexed child exists");
         child.restart_count += 1;
-        let due = match child.spec.backoff {
+        let due = match child.spec.backoff.as_deref() {
             Some(backoff) => {
                 if uptime.is_some_and(|up| up >= backoff.reset_after) {
                     child.backoff_step = 0;
@@ -351,14 +392,7 @@ impl SupervisorState {
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         let ordered = !matches!(self.strategy, Strategy::OneForOne);
-        let waiting: Vec<(u64, Instant)> = self
-            .children
-            .iter()
-            .filter_map(|(order, c)| match c.state {
-                ChildState::Restarting { due } => Some((order, due)),
-                _ => None,
-            })
-            .collect();
+        let waiting = self.children.restarting();
         let mut next_due: Option<Instant> = None;
         for (order, due) in waiting {
             if due > now {
@@ -368,17 +402,24 @@ impl SupervisorState {
                 }
                 continue;
             }
-            let child = self.children.get(order).expect("listed child exists");
-            let (id, spec) = (child.id.clone(), child.spec.clone());
+            let spec = self
+                .children
+                .get(order)
+                .expect("listed child exists")
+                .spec
+                .clone();
             match start_one(&spec, myself.get_cell()).await {
                 Ok(cell) => {
-                    info!(child = %id, actor = %cell.get_id(), restarts = child_restarts(&self.children, order), "child restarted");
+                    info!(
+                        child = %self.children.id_of(order),
+                        actor = %cell.get_id(),
+                        restarts = self.children.get(order).map_or(0, |c| c.restart_count),
+                        "child restarted"
+                    );
                     self.children.set_state(order, ChildState::Running(cell));
-                    if let Some(c) = self.children.get_mut(order) {
-                        c.started_at = Some((Instant::now(), SystemTime::now()));
-                    }
                 }
                 Err(err) => {
+                    let id = self.children.id_of(order);
                     warn!(child = %id, error = %err, "restart failed; retrying");
                     if !self.intensity.record(Instant::now()) {
                         let err = self.intensity_exceeded(&id);
@@ -402,10 +443,6 @@ impl SupervisorState {
         }
         Ok(())
     }
-}
-
-fn child_restarts(children: &Children, order: u64) -> u32 {
-    children.get(order).map_or(0, |c| c.restart_count)
 }
 
 impl Actor for SupervisorActor {
@@ -467,6 +504,14 @@ impl Actor for SupervisorActor {
                 let _ = reply.send(state.children.counts());
             }
             SupervisorMsg::ContinueRestarts => state.continue_restarts(&myself).await?,
+            SupervisorMsg::Adopt(spec, cell) => state.adopt(&myself, spec, cell).await?,
+            SupervisorMsg::DynamicShared(reply) => {
+                let shared = match &state.mode {
+                    Mode::Dynamic(shared) => Some(Arc::clone(shared)),
+                    Mode::Static => None,
+                };
+                let _ = reply.send(shared);
+            }
         }
         Ok(())
     }
@@ -507,13 +552,13 @@ impl SupervisorState {
             });
         };
         self.stop_child(order, ChildState::Terminated).await;
-        let forget = matches!(self.mode, Mode::Dynamic { .. })
+        let forget = matches!(self.mode, Mode::Dynamic(_))
             || self
                 .children
                 .get(order)
                 .is_some_and(|c| c.spec.restart == Restart::Temporary);
         if forget {
-            self.children.remove(order);
+            self.forget(order);
         }
         Ok(())
     }
@@ -529,9 +574,6 @@ impl SupervisorState {
         }
         let cell = start_one(&child.spec.clone(), myself.clone()).await?;
         self.children.set_state(order, ChildState::Running(cell.clone()));
-        if let Some(c) = self.children.get_mut(order) {
-            c.started_at = Some((Instant::now(), SystemTime::now()));
-        }
         Ok(cell)
     }
 
@@ -542,7 +584,7 @@ impl SupervisorState {
             .ok_or_else(|| SupervisorError::UnknownChild { id: id.into() })?;
         match self.children.get(order).map(|c| &c.state) {
             Some(ChildState::Terminated) => {
-                self.children.remove(order);
+                self.forget(order);
                 Ok(())
             }
             _ => Err(SupervisorError::AlreadyRunning { id: id.into() }),

@@ -1,6 +1,7 @@
 //! The children of one supervisor, in start order, with the two indexes its operations need.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use ractor::{ActorCell, ActorId};
@@ -66,31 +67,24 @@ pub(crate) enum ChildState {
     Terminated,
 }
 
+/// One child. Kept small: a dynamic supervisor holds 100k of them.
 pub(crate) struct Child {
-    pub(crate) id: String,
     pub(crate) spec: ChildSpec,
     pub(crate) state: ChildState,
     pub(crate) restart_count: u32,
-    pub(crate) started_at: Option<(Instant, SystemTime)>,
     /// How many backoff steps the next restart waits (reset after a stable period).
     pub(crate) backoff_step: u32,
+    pub(crate) started_at: Option<Instant>,
 }
 
 impl Child {
-    pub(crate) fn info(&self) -> ChildInfo {
-        let (cell, status) = match &self.state {
-            ChildState::Running(cell) => (Some(cell.clone()), ChildStatus::Running),
-            ChildState::Restarting { .. } => (None, ChildStatus::Restarting),
-            ChildState::Terminated => (None, ChildStatus::Terminated),
-        };
-        ChildInfo {
-            id: self.id.clone(),
-            cell,
-            status,
-            restart: self.spec.restart,
-            kind: self.spec.kind,
-            restart_count: self.restart_count,
-            started_at: self.started_at.map(|(_, wall)| wall),
+    pub(crate) fn new(spec: ChildSpec, cell: ActorCell) -> Self {
+        Child {
+            spec,
+            state: ChildState::Running(cell),
+            restart_count: 0,
+            backoff_step: 0,
+            started_at: Some(Instant::now()),
         }
     }
 
@@ -99,19 +93,27 @@ impl Child {
     }
 }
 
-/// Children keyed by start order (a sequence number that a restart keeps), plus id and actor indexes, so that
-/// an exit, a lookup and a removal are O(log n) even for a dynamic supervisor with 100k children.
+/// Children keyed by start order (a sequence number that a restart keeps), plus the indexes the operations
+/// need, so that an exit, a lookup, a removal and a restart are O(log n) even with 100k children.
+///
+/// A static supervisor's children are named by their spec's id (unique, indexed); a dynamic supervisor's by
+/// their actor, and shown as `id#order`.
 #[derive(Default)]
 pub(crate) struct Children {
+    dynamic: bool,
     by_order: BTreeMap<u64, Child>,
-    by_id: HashMap<String, u64>,
+    by_id: HashMap<Arc<str>, u64>,
     by_actor: HashMap<ActorId, u64>,
+    restarting: BTreeSet<u64>,
     next_order: u64,
 }
 
 impl Children {
-    pub(crate) fn next_order(&self) -> u64 {
-        self.next_order
+    pub(crate) fn new(dynamic: bool) -> Self {
+        Children {
+            dynamic,
+            ..Children::default()
+        }
     }
 
     pub(crate) fn contains_id(&self, id: &str) -> bool {
@@ -126,11 +128,40 @@ impl Children {
         self.by_actor.get(actor).copied()
     }
 
+    /// The id the child is shown under.
+    pub(crate) fn id_of(&self, order: u64) -> String {
+        match self.by_order.get(&order) {
+            Some(child) if self.dynamic => format!("{}#{order}", child.spec.id),
+            Some(child) => child.spec.id.to_string(),
+            None => String::new(),
+        }
+    }
+
+    pub(crate) fn info(&self, order: u64) -> Option<ChildInfo> {
+        let child = self.by_order.get(&order)?;
+        let (cell, status) = match &child.state {
+            ChildState::Running(cell) => (Some(cell.clone()), ChildStatus::Running),
+            ChildState::Restarting { .. } => (None, ChildStatus::Restarting),
+            ChildState::Terminated => (None, ChildStatus::Terminated),
+        };
+        Some(ChildInfo {
+            id: self.id_of(order),
+            cell,
+            status,
+            restart: child.spec.restart,
+            kind: child.spec.kind,
+            restart_count: child.restart_count,
+            started_at: child.started_at.map(|at| SystemTime::now() - at.elapsed()),
+        })
+    }
+
     /// Appends a child after all others.
     pub(crate) fn push(&mut self, child: Child) -> u64 {
         let order = self.next_order;
         self.next_order += 1;
-        self.by_id.insert(child.id.clone(), order);
+        if !self.dynamic {
+            self.by_id.insert(Arc::clone(&child.spec.id), order);
+        }
         if let ChildState::Running(cell) = &child.state {
             self.by_actor.insert(cell.get_id(), order);
         }
@@ -146,11 +177,18 @@ impl Children {
         self.by_order.get_mut(&order)
     }
 
-    /// Moves a child to a new state, keeping the actor index true; returns the cell it was running as.
+    /// Moves a child to a new state, keeping the indexes true; returns the cell it was running as.
     pub(crate) fn set_state(&mut self, order: u64, state: ChildState) -> Option<ActorCell> {
         let child = self.by_order.get_mut(&order)?;
-        if let ChildState::Running(cell) = &state {
-            self.by_actor.insert(cell.get_id(), order);
+        match &state {
+            ChildState::Running(cell) => {
+                self.by_actor.insert(cell.get_id(), order);
+                child.started_at = Some(Instant::now());
+            }
+            ChildState::Restarting { .. } => {
+                self.restarting.insert(order);
+            }
+            ChildState::Terminated => {}
         }
         let old = std::mem::replace(&mut child.state, state);
         match old {
@@ -158,13 +196,22 @@ impl Children {
                 self.by_actor.remove(&cell.get_id());
                 Some(cell)
             }
-            _ => None,
+            ChildState::Restarting { .. } => {
+                if !matches!(child.state, ChildState::Restarting { .. }) {
+                    self.restarting.remove(&order);
+                }
+                None
+            }
+            ChildState::Terminated => None,
         }
     }
 
     pub(crate) fn remove(&mut self, order: u64) -> Option<Child> {
         let child = self.by_order.remove(&order)?;
-        self.by_id.remove(&child.id);
+        if !self.dynamic {
+            self.by_id.remove(&child.spec.id);
+        }
+        self.restarting.remove(&order);
         if let ChildState::Running(cell) = &child.state {
             self.by_actor.remove(&cell.get_id());
         }
@@ -174,6 +221,17 @@ impl Children {
     /// Start order.
     pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &Child)> {
         self.by_order.iter().map(|(order, child)| (*order, child))
+    }
+
+    /// The children waiting for a restart, in start order, with when each is due.
+    pub(crate) fn restarting(&self) -> Vec<(u64, Instant)> {
+        self.restarting
+            .iter()
+            .filter_map(|order| match self.by_order.get(order)?.state {
+                ChildState::Restarting { due } => Some((*order, due)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Start orders of the running children from `from` on, in reverse start order (the order to stop them).

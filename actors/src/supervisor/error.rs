@@ -65,6 +65,12 @@ pub enum SupervisorError {
         /// The child whose exit was one too many.
         child: String,
     },
+    /// The supervisor did not finish stopping within the time given to `shutdown`; it goes on stopping.
+    #[error("supervisor did not stop within {timeout:?}")]
+    ShutdownTimedOut {
+        /// The time given.
+        timeout: Duration,
+    },
     /// The supervisor could not be spawned.
     #[error("supervisor failed to start: {0}")]
     Spawn(String),

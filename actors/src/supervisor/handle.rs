@@ -1,11 +1,13 @@
 //! Starting supervisors, and the cloneable handles users talk to them through.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorId, ActorRef, RactorErr, SpawnErr};
 
 use super::actor::{ChildRef, Description, Mode, SupervisorActor, SupervisorArgs, SupervisorMsg};
 use super::children::{ChildCounts, ChildInfo};
+use super::dynamic::{self, DynamicShared, SharedSlot};
 use super::error::SupervisorError;
 use super::snapshot::{self, TreeSnapshot};
 use super::spec::{ChildKind, ChildSpec, DynamicSupervisorOptions, Shutdown, Strategy, SupervisorOptions};
@@ -114,9 +116,7 @@ fn static_args(options: SupervisorOptions, children: Vec<ChildSpec>) -> Supervis
 
 fn dynamic_args(options: DynamicSupervisorOptions) -> SupervisorArgs {
     SupervisorArgs {
-        mode: Mode::Dynamic {
-            max_children: options.max_children,
-        },
+        mode: Mode::Dynamic(Arc::new(DynamicShared::new(options.max_children))),
         strategy: Strategy::OneForOne,
         max_restarts: options.max_restarts,
         period: options.period,
@@ -136,7 +136,7 @@ impl DynamicSupervisor {
         options: DynamicSupervisorOptions,
     ) -> Result<(DynamicSupervisorHandle, tokio::task::JoinHandle<()>), SupervisorError> {
         let (actor, join) = spawn(name, dynamic_args(options), None).await?;
-        Ok((DynamicSupervisorHandle { actor }, join))
+        Ok((DynamicSupervisorHandle::from_ref(actor), join))
     }
 
     /// Starts a dynamic supervisor linked to `parent`.
@@ -146,7 +146,7 @@ impl DynamicSupervisor {
         parent: ActorCell,
     ) -> Result<DynamicSupervisorHandle, SupervisorError> {
         let (actor, _) = spawn(name, dynamic_args(options), Some(parent)).await?;
-        Ok(DynamicSupervisorHandle { actor })
+        Ok(DynamicSupervisorHandle::from_ref(actor))
     }
 
     /// A child spec for a nested dynamic supervisor.
@@ -192,9 +192,9 @@ macro_rules! common_calls {
                 .await
             {
                 Ok(()) => Ok(()),
-                Err(RactorErr::Timeout) => Err(SupervisorError::SupervisorGone(
-                    "did not stop within the timeout".into(),
-                )),
+                Err(RactorErr::Timeout) => Err(SupervisorError::ShutdownTimedOut {
+                    timeout: timeout.unwrap_or_default(),
+                }),
                 // Already stopped: the outcome asked for.
                 Err(_) => Ok(()),
             }
@@ -246,18 +246,36 @@ impl SupervisorHandle {
 #[derive(Clone, Debug)]
 pub struct DynamicSupervisorHandle {
     actor: ActorRef<SupervisorMsg>,
+    /// The counters shared with the supervisor, fetched once per handle.
+    shared: SharedSlot,
 }
 
 impl DynamicSupervisorHandle {
     /// A handle to the dynamic supervisor running as `cell`.
     pub fn from_cell(cell: ActorCell) -> Self {
-        DynamicSupervisorHandle { actor: cell.into() }
+        DynamicSupervisorHandle::from_ref(cell.into())
     }
 
-    /// Starts a child; its id is the spec's id with a sequence number appended. Fails with
-    /// [`SupervisorError::MaxChildren`] when the supervisor is full.
+    fn from_ref(actor: ActorRef<SupervisorMsg>) -> Self {
+        DynamicSupervisorHandle {
+            actor,
+            shared: SharedSlot::default(),
+        }
+    }
+
+    /// Starts a child on the calling task, linked to the supervisor, which then owns it: it is running and
+    /// known to the supervisor when this returns. Its id is the spec's id with a sequence number appended.
+    /// Fails with [`SupervisorError::MaxChildren`] when the supervisor is full.
     pub async fn start_child(&self, spec: ChildSpec) -> Result<ActorCell, SupervisorError> {
-        ractor::call!(self.actor, SupervisorMsg::StartChild, spec).map_err(gone)?
+        let shared = self
+            .shared
+            .get_or_try_init(|| async {
+                ractor::call!(self.actor, SupervisorMsg::DynamicShared)
+                    .map_err(gone)?
+                    .ok_or_else(|| SupervisorError::SupervisorGone("not a dynamic supervisor".into()))
+            })
+            .await?;
+        dynamic::start_child(&self.actor, shared, spec).await
     }
 
     /// Stops the child running as `actor` and forgets it.

@@ -24,6 +24,7 @@
 
 mod actor;
 mod children;
+mod dynamic;
 mod error;
 mod handle;
 mod intensity;

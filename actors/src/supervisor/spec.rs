@@ -131,13 +131,13 @@ pub(crate) type StartFn =
 /// ```
 #[derive(Clone)]
 pub struct ChildSpec {
-    pub(crate) id: String,
+    pub(crate) id: Arc<str>,
     pub(crate) start: StartFn,
     pub(crate) restart: Restart,
     pub(crate) shutdown: Shutdown,
     pub(crate) kind: ChildKind,
     pub(crate) significant: bool,
-    pub(crate) backoff: Option<RestartBackoff>,
+    pub(crate) backoff: Option<Arc<RestartBackoff>>,
 }
 
 impl ChildSpec {
@@ -148,7 +148,7 @@ impl ChildSpec {
         Fut: Future<Output = Result<ActorCell, ActorProcessingErr>> + Send + 'static,
     {
         ChildSpec {
-            id: id.into(),
+            id: Arc::from(id.into()),
             start: Arc::new(move |sup| Box::pin(start(sup))),
             restart: Restart::default(),
             shutdown: Shutdown::default(),
@@ -203,7 +203,7 @@ impl ChildSpec {
 
     /// Delays this child's restarts with an exponential backoff (off by default).
     pub fn backoff(mut self, backoff: RestartBackoff) -> Self {
-        self.backoff = Some(backoff);
+        self.backoff = Some(Arc::new(backoff));
         self
     }
 

@@ -25,6 +25,8 @@ pub enum WorkerMsg {
     Ping(RpcReplyPort<ActorId>),
     /// Busy for this long without yielding to the mailbox (a child that ignores stop requests).
     Hang(Duration),
+    /// Unlinks itself from its supervisor.
+    Unlink,
 }
 
 pub struct Worker;
@@ -89,6 +91,11 @@ impl Actor for Worker {
                 let _ = reply.send(myself.get_id());
             }
             WorkerMsg::Hang(d) => tokio::time::sleep(d).await,
+            WorkerMsg::Unlink => {
+                if let Some(sup) = myself.get_cell().try_get_supervisor() {
+                    myself.get_cell().unlink(sup);
+                }
+            }
         }
         Ok(())
     }
@@ -228,4 +235,15 @@ pub async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
         .await
         .expect("timed out")
         .expect("closed")
+}
+
+/// The running actor of the child `id` of `sup`.
+pub async fn cell_of(sup: &arbor_actors::supervisor::SupervisorHandle, id: &str) -> ActorCell {
+    sup.which_children()
+        .await
+        .expect("supervisor answers")
+        .into_iter()
+        .find(|c| c.id == id)
+        .and_then(|c| c.cell)
+        .unwrap_or_else(|| panic!("{id} is not running"))
 }
