@@ -32,6 +32,8 @@ struct Probe {
     tx: mpsc::UnboundedSender<(usize, ActivatorEvent)>,
     timer: Option<Duration>,
     panic_on_timer: bool,
+    /// If set, the `Shutdown` callback waits for this before returning.
+    shutdown_gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Singleton for Probe {
@@ -48,7 +50,11 @@ impl Singleton for Probe {
                 panic!("probe {} panics on purpose", self.idx);
             }
         }
+        let is_shutdown = matches!(event, ActivatorEvent::Shutdown(_));
         let _ = self.tx.send((self.idx, event));
+        if let (true, Some(gate)) = (is_shutdown, &self.shutdown_gate) {
+            gate.notified().await;
+        }
         Ok(())
     }
 
@@ -90,6 +96,7 @@ impl Cluster {
             tx: self.tx.clone(),
             timer,
             panic_on_timer,
+            shutdown_gate: None,
         };
         let opts = ActivatorOptions::new(name).timers_on_followers(on_followers);
         let (h, _join) = Activator::start(probe, opts, self.backend.clone())
@@ -413,6 +420,7 @@ async fn invalid_names_are_refused_with_a_typed_error() {
             tx: tx.clone(),
             timer: None,
             panic_on_timer: false,
+            shutdown_gate: None,
         };
         match Activator::start(probe, ActivatorOptions::new(bad), backend.clone()).await {
             Err(ActivatorError::InvalidName { name, .. }) => assert_eq!(name, bad),
@@ -435,6 +443,7 @@ async fn supervised_tree(
         tx: tx.clone(),
         timer: panic_on_timer.then_some(Duration::from_millis(5)),
         panic_on_timer,
+        shutdown_gate: None,
     };
     let spec = Activator::child_spec("activator", probe, ActivatorOptions::new("supervised"), backend);
     let opts = SupervisorOptions::default().intensity(100, Duration::from_secs(5));
@@ -559,4 +568,48 @@ async fn a_panicking_supervised_leader_is_restarted_as_follower() {
         info[0].restart_count >= 1,
         "the supervisor restarted the panicking activator"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_takes_over_while_a_stopping_leader_runs_its_shutdown_callback() {
+    let mut c = Cluster::start("stopping", 1, None, false).await;
+    let (tx, mut gated_rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    // Kill the plain activator's leadership by making a gated one the leader: stop the first one first.
+    let gated = Probe {
+        idx: 100,
+        tx,
+        timer: None,
+        panic_on_timer: false,
+        shutdown_gate: Some(gate.clone()),
+    };
+    let (first, _) = c.next_leader().await;
+    assert_eq!(first, 0);
+    c.handles[0].shutdown("make way", WAIT).await.unwrap();
+    let (leader, _) = Activator::start(gated, ActivatorOptions::new("stopping"), c.backend.clone())
+        .await
+        .unwrap();
+    assert_eq!(leader.dump().await.unwrap().role, Role::Leader);
+    // A stop as a supervisor does it (not through the handle): `post_stop` runs the Shutdown callback,
+    // with the actor already in `Stopping`.
+    leader.cell().stop(None);
+    timeout(WAIT, async {
+        while !matches!(gated_rx.recv().await, Some((_, ActivatorEvent::Shutdown(_)))) {}
+    })
+    .await
+    .expect("the Shutdown callback runs");
+    // While the callback is blocked, a newcomer joins: its election runs in its start, so its role is
+    // known once start returns. It must follow, not lead.
+    c.add("stopping", None, false, false).await;
+    let d = c.handles[1].dump().await.unwrap();
+    assert_eq!(
+        d.role,
+        Role::Follower,
+        "took over from a leader still running Shutdown"
+    );
+    assert_eq!(d.leader, None);
+    gate.notify_one();
+    leader.cell().wait(Some(WAIT)).await.unwrap();
+    let (new, _) = c.next_leader().await;
+    assert_eq!(new, 1);
 }

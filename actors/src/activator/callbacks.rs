@@ -53,7 +53,7 @@ pub enum ActivatorEvent {
 /// failing leader does not resign gracefully, so with etcd the next leader comes after the lease TTL.
 pub trait Singleton: Send + Sync + 'static {
     /// Per-activator state.
-    type State: Send + Sync + 'static;
+    type State: Send + 'static;
 
     /// Builds the initial state. Runs in every activator, before it takes part in the election.
     fn init(&self) -> Result<Self::State, ActorProcessingErr>;

@@ -17,7 +17,7 @@ use super::backend::{Backend, BackendError, BackendEvent, BoxFuture, Campaign, C
 use super::callbacks::{ClusterChange, Role};
 use super::handle::ActivatorInfo;
 use super::{leader_key, member_prefix};
-use crate::registry::{Registry, RegistryEvent};
+use crate::registry::{Registry, RegistryError, RegistryEvent};
 
 /// Process-wide, so tokens increase across leaders of a name even when several `LocalBackend`s share one
 /// registry. Starts at 1: 0 never fences anything.
@@ -114,10 +114,6 @@ struct Shared {
     state: Mutex<LocalState>,
 }
 
-fn stopped(cell: &ActorCell) -> bool {
-    matches!(cell.get_status(), ActorStatus::Stopping | ActorStatus::Stopped)
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, LocalState> {
         // A panic while holding this lock cannot leave the state half-updated in a way that matters: every
@@ -137,6 +133,30 @@ impl Shared {
             return;
         }
         for _ in 0..ACQUIRE_ATTEMPTS {
+            if let Some(holder) = self.registry.lookup(&self.key) {
+                if holder.actor.get_id() == self.me().get_id() {
+                    // Cannot happen through this type (`leader` would be set); refuse to report
+                    // leadership twice rather than guess.
+                    return;
+                }
+                match holder.actor.get_status() {
+                    // Dead for good: `register` below replaces the stale entry.
+                    ActorStatus::Stopped => {}
+                    // The registry would also replace a *stopping* holder, but a leader stopping
+                    // gracefully is still running its `Shutdown` callback: taking over now would make two
+                    // leaders. Its resignation (`Removed`) or its exit (monitor) calls us again.
+                    status => {
+                        self.follow(&mut st, &holder.actor);
+                        // A monitor set on an actor that has already exited never fires: look again.
+                        if holder.actor.get_status() == ActorStatus::Stopped {
+                            continue;
+                        }
+                        let leader = (status != ActorStatus::Stopping).then(|| holder.value.identity.clone());
+                        self.campaign.events.send(BackendEvent::Following { leader });
+                        return;
+                    }
+                }
+            }
             let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
             let now = SystemTime::now();
             let info = ActivatorInfo {
@@ -164,42 +184,35 @@ impl Shared {
                         .send(BackendEvent::Elected { fencing_token: token });
                     return;
                 }
+                // Someone registered between the lookup and now: look again.
+                Err(RegistryError::Duplicate { .. }) => continue,
                 Err(err) => {
-                    let Some(holder) = self.registry.lookup(&self.key) else {
-                        tracing::trace!(key = %self.key, %err, "leader key vanished, retrying");
-                        continue;
-                    };
-                    if holder.actor.get_id() == self.me().get_id() {
-                        // Cannot happen through this type (`leader` would be set); refuse to report
-                        // leadership twice rather than guess.
-                        return;
-                    }
-                    let same = st
-                        .monitored
-                        .as_ref()
-                        .is_some_and(|m| m.get_id() == holder.actor.get_id());
-                    if !same {
-                        if let Some(old) = st.monitored.take() {
-                            self.me().unmonitor(old);
-                        }
-                        self.me().monitor(holder.actor.clone());
-                        st.monitored = Some(holder.actor.clone());
-                    }
-                    // A monitor on an actor that already stopped never fires: look again.
-                    if stopped(&holder.actor) {
-                        continue;
-                    }
-                    self.campaign.events.send(BackendEvent::Following {
-                        leader: Some(holder.value.identity.clone()),
-                    });
+                    // `NotAlive`: this activator itself is stopping; nothing to campaign for.
+                    tracing::debug!(key = %self.key, %err, "not campaigning");
                     return;
                 }
             }
         }
-        // The holder is dead but its entry is still there: the registry's `Removed` will call us again.
+        // Still contended after several attempts; the next `Removed` or monitor event calls us again.
         self.campaign
             .events
             .send(BackendEvent::Following { leader: None });
+    }
+
+    /// Monitors `holder` (once) so that its exit triggers the next attempt.
+    fn follow(&self, st: &mut LocalState, holder: &ActorCell) {
+        if st
+            .monitored
+            .as_ref()
+            .is_some_and(|m| m.get_id() == holder.get_id())
+        {
+            return;
+        }
+        if let Some(old) = st.monitored.take() {
+            self.me().unmonitor(old);
+        }
+        self.me().monitor(holder.clone());
+        st.monitored = Some(holder.clone());
     }
 
     fn on_down(&self, who: &ActorCell) {
