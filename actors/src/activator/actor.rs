@@ -14,10 +14,9 @@ use super::handle::ActivatorInfo;
 use super::{member_prefix, validate_name, ActivatorOptions};
 use crate::registry::Registry;
 
-/// Messages of the activator actor. Use [`ActivatorHandle`](super::ActivatorHandle) rather than sending
-/// these directly.
+/// Messages of the activator actor; users go through [`ActivatorHandle`](super::ActivatorHandle).
 #[derive(Debug)]
-pub enum ActivatorMsg {
+pub(crate) enum ActivatorMsg {
     /// Something the backend reported.
     Backend(BackendEvent),
     /// Timer of the given generation fired (older generations are ignored).
@@ -29,7 +28,7 @@ pub enum ActivatorMsg {
 }
 
 /// The ractor actor behind an activator.
-pub struct ActivatorActor<S>(PhantomData<fn() -> S>);
+pub(crate) struct ActivatorActor<S>(PhantomData<fn() -> S>);
 
 impl<S> ActivatorActor<S> {
     pub(crate) fn new() -> Self {
@@ -38,14 +37,14 @@ impl<S> ActivatorActor<S> {
 }
 
 /// Start arguments of [`ActivatorActor`].
-pub struct ActivatorArgs<S> {
+pub(crate) struct ActivatorArgs<S> {
     pub(crate) singleton: S,
     pub(crate) options: ActivatorOptions,
     pub(crate) backend: Arc<dyn Backend>,
 }
 
 /// State of [`ActivatorActor`].
-pub struct ActivatorState<S: Singleton> {
+pub(crate) struct ActivatorState<S: Singleton> {
     singleton: S,
     user: S::State,
     options: ActivatorOptions,

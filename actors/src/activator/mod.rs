@@ -83,7 +83,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, ActorProcessingErr};
 use tokio::task::JoinHandle;
 
-pub use actor::{ActivatorActor, ActivatorArgs, ActivatorMsg, ActivatorState};
+use actor::{ActivatorActor, ActivatorArgs};
 pub use backend::{Backend, BackendError, BackendEvent, BoxFuture, Campaign, Candidacy, EventSink};
 pub use callbacks::{ActivatorEvent, ClusterChange, Role, Singleton};
 #[cfg(feature = "etcd")]
