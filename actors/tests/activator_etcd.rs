@@ -417,6 +417,7 @@ async fn killing_the_leaders_tree_elects_a_new_leader_within_the_ttl() {
     w.kill_tree(old).await;
     let (new, new_token, at) = w.next_leader().await;
     let took = at - killed_at;
+    eprintln!("etcd failover after killing the leader's tree: {took:?} (TTL {TTL:?})");
     assert_ne!(new, old);
     assert!(new_token > old_token, "fencing token {old_token} -> {new_token}");
     // The killed leader's lease has to expire on the server: TTL, plus a generous margin for a busy host.
@@ -443,6 +444,7 @@ async fn a_frozen_etcd_makes_the_leader_step_down_before_its_ttl() {
         })
         .await;
     let after = lost_at - frozen_at;
+    eprintln!("leader stepped down {after:?} after etcd froze (TTL {TTL:?})");
     // The lease was renewed last before the freeze, so it cannot expire on the server before
     // `frozen_at + TTL`: stepping down earlier is the guarantee.
     assert!(
@@ -582,6 +584,7 @@ async fn fencing_tokens_strictly_increase_and_graceful_stops_hand_over_at_once()
             at - stopped_at
         );
         assert!(new_token > token, "fencing token {token} -> {new_token}");
+        eprintln!("graceful hand-over: {:?} (TTL {ttl:?})", at - stopped_at);
         tokens.push(new_token);
         (leader, token) = (new, new_token);
     }

@@ -34,9 +34,11 @@ pub enum ActivatorEvent {
     /// The timer requested by [`Singleton::next_timer_in`] fired. Delivered to the leader only, unless
     /// [`ActivatorOptions::timers_on_followers`](super::ActivatorOptions::timers_on_followers) is set.
     Timer,
-    /// The activator is stopping (gracefully); the reason is the stop reason. Leadership is resigned right
-    /// after this callback returns, so a leader can still finish its work here without a second leader
-    /// running yet.
+    /// The activator is stopping gracefully. The reason is the one given to
+    /// [`ActivatorHandle::shutdown`](super::ActivatorHandle::shutdown), or `"stopped"` when the actor was
+    /// stopped otherwise (by its supervisor, `ActorCell::stop`): ractor's `post_stop` does not see the stop
+    /// reason. Leadership is resigned right after this callback returns, so a leader can still finish its
+    /// work here without a second leader running yet. Not delivered after a kill or a crash.
     Shutdown(String),
     /// This activator was the leader and no longer is (the backend could not renew its claim in time, or
     /// another leader was observed). Stop acting as leader now.

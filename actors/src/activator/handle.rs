@@ -138,7 +138,8 @@ impl ActivatorHandle {
 
     /// Stops the activator gracefully: runs the `Shutdown` callback, resigns leadership at once (so a
     /// follower takes over without waiting for a timeout) and waits until the actor has exited, at most
-    /// `timeout`.
+    /// `timeout`. Under a supervisor a permanent child is restarted after this (as a follower, or as the
+    /// leader again if nobody else runs); stop it through the supervisor to keep it down.
     pub async fn shutdown(&self, reason: impl Into<String>, timeout: Duration) -> Result<(), ActivatorError> {
         let reason = reason.into();
         self.actor
