@@ -25,3 +25,6 @@
 pub use arbor_actors::{registry, supervisor};
 
 pub mod demo;
+
+#[doc(inline)]
+pub use arbor_actors::activator;

@@ -7,6 +7,7 @@
 //! [`ChildSpec`]: supervisor::ChildSpec
 //! [`Supervisor`]: supervisor::Supervisor
 
+pub mod activator;
 pub mod connection;
 pub mod registry;
 pub mod supervisor;

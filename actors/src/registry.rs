@@ -9,6 +9,12 @@
 //! watcher restarted by its supervisor re-monitors what the table holds. Any number of registries can coexist
 //! in one process.
 //!
+//! Removal follows the exit by the time the watcher takes to handle it, so for a moment [`Registry::lookup`]
+//! may still return an entry whose actor is stopping or has stopped (check `entry.actor.get_status()` where that
+//! matters). [`Registry::register`] does not wait for that: a holder that is stopping (ractor's `Stopping`
+//! covers both its `post_stop` and the moment after its exit) or stopped holds nothing, and its key is taken over,
+//! which is what lets a restarted actor register its predecessor's key at once.
+//!
 //! ```
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use arbor_actors::registry::Registry;

@@ -1,0 +1,314 @@
+//! In-process backend: the registry is the mutex (as Stoker uses `:global` names).
+//!
+//! The activator that registers `activator/<name>` is the leader. The others monitor the registered actor
+//! (ractor monitors) and try to register again when it dies; a watch on the registry covers the cases a
+//! monitor cannot see (the entry outliving its actor for a moment, a graceful resign that leaves the actor
+//! running until its `post_stop` ends).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use ractor::{ActorCell, ActorStatus, SupervisionEvent};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use super::backend::{Backend, BackendError, BackendEvent, BoxFuture, Campaign, Candidacy};
+use super::callbacks::{ClusterChange, Role};
+use super::handle::ActivatorInfo;
+use super::{leader_key, member_prefix};
+use crate::registry::{Registry, RegistryError, RegistryEvent};
+
+/// Process-wide, so tokens increase across leaders of a name even when several `LocalBackend`s share one
+/// registry. Starts at 1: 0 never fences anything.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// How often `try_acquire` re-reads the registry when the holder it found died in between. Past that, the
+/// registry's `Removed` event for the stale entry triggers the next attempt.
+const ACQUIRE_ATTEMPTS: usize = 4;
+
+/// Leadership among the activators of one process, through a [`Registry`].
+#[derive(Clone)]
+pub struct LocalBackend {
+    registry: Registry<ActivatorInfo>,
+    node_id: String,
+}
+
+impl LocalBackend {
+    /// A backend electing through `registry`; the node id is `local-<pid>`.
+    pub fn new(registry: Registry<ActivatorInfo>) -> Self {
+        Self {
+            registry,
+            node_id: format!("local-{}", std::process::id()),
+        }
+    }
+
+    /// Sets the node id reported in `dump()` and leader identities.
+    pub fn with_node_id(mut self, node_id: impl Into<String>) -> Self {
+        self.node_id = node_id.into();
+        self
+    }
+
+    /// The registry used as the mutex.
+    pub fn registry(&self) -> &Registry<ActivatorInfo> {
+        &self.registry
+    }
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend for LocalBackend {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn publish_registry(&self) -> Option<Registry<ActivatorInfo>> {
+        Some(self.registry.clone())
+    }
+
+    fn join(&self, campaign: Campaign) -> BoxFuture<'static, Result<Box<dyn Candidacy>, BackendError>> {
+        let registry = self.registry.clone();
+        let node_id = self.node_id.clone();
+        Box::pin(async move {
+            let shared = Arc::new(Shared {
+                key: leader_key(&campaign.name),
+                members: member_prefix(&campaign.name),
+                registry,
+                node_id,
+                campaign,
+                state: Mutex::new(LocalState::default()),
+            });
+            // Subscribe before the first attempt so no `Removed` between the attempt and the subscription
+            // can be missed.
+            let rx = shared.registry.watch();
+            let watcher = tokio::spawn(watch_registry(shared.clone(), rx));
+            shared.try_acquire();
+            Ok(Box::new(LocalCandidacy { shared, watcher }) as Box<dyn Candidacy>)
+        })
+    }
+}
+
+#[derive(Default)]
+struct LocalState {
+    leader: bool,
+    resigned: bool,
+    monitored: Option<ActorCell>,
+}
+
+struct Shared {
+    registry: Registry<ActivatorInfo>,
+    key: String,
+    members: String,
+    node_id: String,
+    campaign: Campaign,
+    state: Mutex<LocalState>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, LocalState> {
+        // A panic while holding this lock cannot leave the state half-updated in a way that matters: every
+        // field is re-derived from the registry on the next attempt.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn me(&self) -> &ActorCell {
+        &self.campaign.actor
+    }
+
+    /// Registers the leader key or, failing that, monitors its holder. Events are sent while the lock is
+    /// held so that the activator sees them in the order the decisions were taken.
+    fn try_acquire(&self) {
+        let mut st = self.lock();
+        if st.leader || st.resigned {
+            return;
+        }
+        for _ in 0..ACQUIRE_ATTEMPTS {
+            if let Some(holder) = self.registry.lookup(&self.key) {
+                if holder.actor.get_id() == self.me().get_id() {
+                    // Cannot happen through this type (`leader` would be set); refuse to report
+                    // leadership twice rather than guess.
+                    return;
+                }
+                match holder.actor.get_status() {
+                    // Dead for good: `register` below replaces the stale entry.
+                    ActorStatus::Stopped => {}
+                    // The registry would also replace a *stopping* holder, but a leader stopping
+                    // gracefully is still running its `Shutdown` callback: taking over now would make two
+                    // leaders. Its resignation (`Removed`) or its exit (monitor) calls us again.
+                    status => {
+                        self.follow(&mut st, &holder.actor);
+                        // A monitor set on an actor that has already exited never fires: look again.
+                        if holder.actor.get_status() == ActorStatus::Stopped {
+                            continue;
+                        }
+                        let leader = (status != ActorStatus::Stopping).then(|| holder.value.identity.clone());
+                        self.campaign.events.send(BackendEvent::Following { leader });
+                        return;
+                    }
+                }
+            }
+            let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+            let now = SystemTime::now();
+            let info = ActivatorInfo {
+                name: self.campaign.name.clone(),
+                role: Role::Leader,
+                node_id: self.node_id.clone(),
+                identity: self.campaign.identity.clone(),
+                backend: "local".to_string(),
+                created_at: now,
+                active_from: Some(now),
+                leader: Some(self.campaign.identity.clone()),
+                fencing_token: Some(token),
+                next_timer_at: None,
+                backend_error: None,
+            };
+            match self.registry.register(self.key.clone(), self.me().clone(), info) {
+                Ok(()) => {
+                    st.leader = true;
+                    if let Some(old) = st.monitored.take() {
+                        self.me().unmonitor(old);
+                    }
+                    tracing::debug!(key = %self.key, token, "registered leader key");
+                    self.campaign
+                        .events
+                        .send(BackendEvent::Elected { fencing_token: token });
+                    return;
+                }
+                // Someone registered between the lookup and now: look again.
+                Err(RegistryError::Duplicate { .. }) => continue,
+                Err(err) => {
+                    // `NotAlive`: this activator itself is stopping; nothing to campaign for.
+                    tracing::debug!(key = %self.key, %err, "not campaigning");
+                    return;
+                }
+            }
+        }
+        // Still contended after several attempts; the next `Removed` or monitor event calls us again.
+        self.campaign
+            .events
+            .send(BackendEvent::Following { leader: None });
+    }
+
+    /// Monitors `holder` (once) so that its exit triggers the next attempt.
+    fn follow(&self, st: &mut LocalState, holder: &ActorCell) {
+        if st
+            .monitored
+            .as_ref()
+            .is_some_and(|m| m.get_id() == holder.get_id())
+        {
+            return;
+        }
+        if let Some(old) = st.monitored.take() {
+            self.me().unmonitor(old);
+        }
+        self.me().monitor(holder.clone());
+        st.monitored = Some(holder.clone());
+    }
+
+    fn on_down(&self, who: &ActorCell) {
+        let ours = {
+            let mut st = self.lock();
+            let ours = st.monitored.as_ref().is_some_and(|m| m.get_id() == who.get_id());
+            if ours {
+                st.monitored = None;
+            }
+            ours
+        };
+        if ours {
+            tracing::debug!(leader = %who.get_id(), "leader actor down, campaigning");
+            self.try_acquire();
+        }
+    }
+
+    fn resign(&self) {
+        let mut st = self.lock();
+        st.resigned = true;
+        if let Some(old) = st.monitored.take() {
+            self.me().unmonitor(old);
+        }
+        if st.leader {
+            st.leader = false;
+            // Only remove the entry if it is still ours: never someone else's claim.
+            if self
+                .registry
+                .lookup(&self.key)
+                .is_some_and(|e| e.actor.get_id() == self.me().get_id())
+            {
+                self.registry.unregister(&self.key);
+                tracing::info!(key = %self.key, "resigned leadership");
+            }
+        }
+    }
+}
+
+async fn watch_registry(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::broadcast::Receiver<RegistryEvent<ActivatorInfo>>,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(RegistryEvent::Removed(entry, _)) if entry.key == shared.key => shared.try_acquire(),
+            Ok(RegistryEvent::Registered(entry)) => {
+                if let Some(node) = entry.key.strip_prefix(&shared.members) {
+                    shared
+                        .campaign
+                        .events
+                        .send(BackendEvent::Cluster(ClusterChange::NodeUp(node.to_string())));
+                }
+            }
+            Ok(RegistryEvent::Removed(entry, _)) => {
+                if let Some(node) = entry.key.strip_prefix(&shared.members) {
+                    shared
+                        .campaign
+                        .events
+                        .send(BackendEvent::Cluster(ClusterChange::NodeDown(node.to_string())));
+                }
+            }
+            Ok(_) => {}
+            // Missed events may include the leader's removal: check the registry itself.
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "registry watch lagged");
+                shared.try_acquire();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+struct LocalCandidacy {
+    shared: Arc<Shared>,
+    watcher: JoinHandle<()>,
+}
+
+impl Candidacy for LocalCandidacy {
+    fn supervision_event(&mut self, event: &SupervisionEvent) {
+        match event {
+            SupervisionEvent::ActorTerminated(who, _, _) | SupervisionEvent::ActorFailed(who, _) => {
+                self.shared.on_down(who)
+            }
+            _ => {}
+        }
+    }
+
+    fn resign(&mut self) -> BoxFuture<'static, ()> {
+        self.watcher.abort();
+        self.shared.resign();
+        Box::pin(async {})
+    }
+}
+
+impl Drop for LocalCandidacy {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
