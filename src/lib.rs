@@ -28,3 +28,6 @@ pub mod demo;
 
 #[doc(inline)]
 pub use arbor_actors::activator;
+
+#[doc(inline)]
+pub use arbor_actors::connection;

@@ -22,10 +22,9 @@ use super::config::ConnectionConfig;
 use super::state::{ConnectionSnapshot, ConnectivityState, ShutdownReason};
 use super::transport::{CloseReporter, DialOnceConnector};
 
-/// Messages of the connection actor. Use [`ConnectionHandle`](super::ConnectionHandle) rather than sending
-/// these yourself; they are public only so that an `ActorRef<ConnectionMsg>` can be named.
+/// Messages of the connection actor; users go through [`ConnectionHandle`](super::ConnectionHandle).
 #[derive(Debug)]
-pub enum ConnectionMsg {
+pub(crate) enum ConnectionMsg {
     /// Connect now if IDLE (gRPC `GetState(try_to_connect = true)`).
     Connect,
     /// Connect now if IDLE or waiting in TRANSIENT_FAILURE, skipping the rest of the backoff wait.
@@ -35,18 +34,22 @@ pub enum ConnectionMsg {
         /// The generation the failing call used.
         generation: u64,
     },
-    #[doc(hidden)]
     AttemptDone {
         seq: u64,
         generation: u64,
         result: Result<Channel, String>,
     },
-    #[doc(hidden)]
-    BackoffElapsed { seq: u64 },
-    #[doc(hidden)]
-    TransportClosed { generation: u64, reason: String },
-    #[doc(hidden)]
-    ProbeFailed { generation: u64, reason: String },
+    BackoffElapsed {
+        seq: u64,
+    },
+    TransportClosed {
+        generation: u64,
+        reason: String,
+    },
+    ProbeFailed {
+        generation: u64,
+        reason: String,
+    },
 }
 
 /// What the actor and every handle share; survives actor restarts so handles keep working.

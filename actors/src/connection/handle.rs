@@ -58,11 +58,11 @@ impl ConnectionHandle {
         &self,
         name: Option<String>,
         supervisor: ActorCell,
-    ) -> Result<ActorRef<ConnectionMsg>, ConnectionError> {
+    ) -> Result<ActorCell, ConnectionError> {
         let (actor, _join) = Actor::spawn_linked(name, ConnectionActor, self.shared.clone(), supervisor)
             .await
             .map_err(|e| ConnectionError::Spawn(e.to_string()))?;
-        Ok(actor)
+        Ok(actor.get_cell())
     }
 
     /// This connection as a supervised child (permanent by default): after `max_attempts` the actor fails and
@@ -71,7 +71,7 @@ impl ConnectionHandle {
         let handle = self.clone();
         crate::supervisor::ChildSpec::new(id, move |sup| {
             let handle = handle.clone();
-            async move { Ok(handle.spawn_linked(None, sup).await?.get_cell()) }
+            async move { Ok(handle.spawn_linked(None, sup).await?) }
         })
     }
 
@@ -85,13 +85,17 @@ impl ConnectionHandle {
         &self.shared.config
     }
 
-    /// The current actor, if one has started.
-    pub fn actor(&self) -> Option<ActorRef<ConnectionMsg>> {
+    /// The current actor, if one has started (a supervisor restart replaces it).
+    pub fn actor(&self) -> Option<ActorCell> {
+        self.actor_ref().map(|a| a.get_cell())
+    }
+
+    fn actor_ref(&self) -> Option<ActorRef<ConnectionMsg>> {
         self.shared.actor.lock().expect("actor slot poisoned").clone()
     }
 
     fn send(&self, msg: ConnectionMsg) {
-        if let Some(a) = self.actor() {
+        if let Some(a) = self.actor_ref() {
             let _ = a.cast(msg);
         }
     }
@@ -254,7 +258,7 @@ impl ConnectionHandle {
 
     /// Stop the actor: waiters fail with [`ConnectionError::Shutdown`], the channel is dropped.
     pub async fn shutdown(&self) {
-        if let Some(a) = self.actor() {
+        if let Some(a) = self.actor_ref() {
             let _ = a
                 .stop_and_wait(Some("shutdown requested".into()), Some(Duration::from_secs(5)))
                 .await;

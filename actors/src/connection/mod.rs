@@ -59,7 +59,6 @@ mod state;
 mod target;
 mod transport;
 
-pub use actor::ConnectionMsg;
 pub use auth::{Auth, AuthError, AuthInterceptor, OAuth2Config, TokenSource};
 pub use backoff::{AttemptPlan, Backoff, BackoffConfig, BackoffConfigError};
 pub use config::{ConfigError, ConnectionConfig, Keepalive};

@@ -293,15 +293,13 @@ impl Drop for Lease {
     }
 }
 
-#[doc(hidden)]
-pub struct Granted {
+pub(crate) struct Granted {
     key: String,
     lease_id: u64,
     handle: ConnectionHandle,
 }
 
-#[doc(hidden)]
-pub enum PoolMsg {
+pub(crate) enum PoolMsg {
     Acquire(
         Box<ConnectionConfig>,
         Option<ActorCell>,
@@ -492,10 +490,7 @@ impl PoolState {
         let spawn_handle = handle.clone();
         let spec = ChildSpec::new(key.to_string(), move |sup| {
             let h = spawn_handle.clone();
-            async move {
-                let actor = h.spawn_linked(None, sup).await?;
-                Ok(actor.get_cell())
-            }
+            async move { Ok(h.spawn_linked(None, sup).await?) }
         })
         .restart(Restart::Temporary);
         let actor = connections
