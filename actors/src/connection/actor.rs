@@ -112,6 +112,8 @@ pub(crate) struct ConnectionState {
     seq: u64,
     generation: u64,
     failed: u32,
+    /// A close report for the generation of the attempt in flight.
+    closed_during_attempt: Option<String>,
     attempt: Option<JoinHandle<()>>,
     timer: Option<JoinHandle<()>>,
     probe: Option<JoinHandle<()>>,
@@ -168,6 +170,7 @@ impl Actor for ConnectionActor {
             seq: 0,
             generation: 0,
             failed: 0,
+            closed_during_attempt: None,
             attempt: None,
             timer: None,
             probe: None,
@@ -295,6 +298,13 @@ impl ConnectionState {
                 }
                 self.attempt = None;
                 match result {
+                    Ok(_) if self.closed_during_attempt.is_some() => {
+                        let why = self.closed_during_attempt.take().unwrap_or_default();
+                        return self.on_attempt_failed(
+                            myself,
+                            format!("connection closed right after connecting: {why}"),
+                        );
+                    }
                     Ok(channel) => self.on_ready(myself, channel),
                     Err(error) => return self.on_attempt_failed(myself, error),
                 }
@@ -306,6 +316,11 @@ impl ConnectionState {
                 }
             }
             ConnectionMsg::TransportClosed { generation, reason } => {
+                if generation == self.generation && self.current() == ConnectivityState::Connecting {
+                    // Closed while the attempt is finishing: its result may still say healthy.
+                    self.closed_during_attempt = Some(reason);
+                    return Ok(());
+                }
                 if generation != self.generation || self.current() != ConnectivityState::Ready {
                     tracing::debug!(generation, current = self.generation, %reason, "late close report ignored");
                     return Ok(());
@@ -344,6 +359,7 @@ impl ConnectionState {
 
     fn start_attempt(&mut self, myself: &ActorRef<ConnectionMsg>) {
         self.seq += 1;
+        self.closed_during_attempt = None;
         self.generation = self.shared.next_generation();
         let plan = self.backoff.begin_attempt(Instant::now());
         self.next_start = Some(plan.next_start);
