@@ -231,3 +231,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn options_document_with_humantime_durations() {
+    use arbor_actors::connection::ConnectionOptions;
+    use std::time::Duration;
+    let opts: ConnectionOptions = serde_json::from_str(
+        r#"{"server_address": "kernel:35100", "backoff": {"initial": "250ms", "multiplier": 2.0},
+            "probe_interval": null, "keepalive": {"interval": "45s"}, "call_timeout": "2s"}"#,
+    )
+    .unwrap();
+    let cfg = ConnectionConfig::from_options(&opts).unwrap();
+    assert_eq!(cfg.target.hosts, vec![hp("kernel", 35100)]);
+    assert_eq!(cfg.backoff.initial, Duration::from_millis(250));
+    assert_eq!(cfg.backoff.multiplier, 2.0);
+    assert_eq!(cfg.backoff.max, Duration::from_secs(120));
+    assert_eq!(cfg.probe_interval, None);
+    assert_eq!(cfg.keepalive.unwrap().timeout, Duration::from_secs(20));
+    assert_eq!(cfg.call_timeout, Duration::from_secs(2));
+
+    let err = serde_json::from_str::<ConnectionOptions>(r#"{"call_timeot": "2s"}"#).unwrap_err();
+    assert!(err.to_string().contains("call_timeot"), "{err}");
+    let err = serde_json::from_str::<ConnectionOptions>(r#"{"call_timeout": "soon"}"#).unwrap_err();
+    assert!(
+        err.to_string().contains(r#""soon", expected a duration"#),
+        "{err}"
+    );
+    let bad = ConnectionOptions {
+        connection_string: Some("grpc://h".into()),
+        max_attempts: Some(0),
+        ..Default::default()
+    };
+    let err = ConnectionConfig::from_options(&bad).unwrap_err();
+    assert!(err.to_string().contains("max_attempts"), "{err}");
+    let err = ConnectionConfig::from_options(&ConnectionOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("connection_string"), "{err}");
+}

@@ -227,3 +227,118 @@ impl ConnectionConfig {
         Ok(ep)
     }
 }
+
+/// [`ConnectionConfig`] as a serde document (config files), durations in `humantime` form (`"250ms"`, `"20s"`).
+/// Unknown fields are refused, naming the field.
+///
+/// ```
+/// use arbor_actors::connection::{ConnectionConfig, ConnectionOptions};
+/// let opts: ConnectionOptions = serde_json::from_str(r#"{
+///     "connection_string": "chronicle://kernel:35000?disableTls=true",
+///     "backoff": { "initial": "250ms", "max": "30s" },
+///     "max_attempts": 10,
+///     "probe_interval": "5s",
+///     "keepalive": { "interval": "30s", "timeout": "10s" }
+/// }"#).unwrap();
+/// let config = ConnectionConfig::from_options(&opts).unwrap();
+/// assert_eq!(config.max_attempts, Some(10));
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionOptions {
+    /// The connection string (see [`Target`]); `server_address` is the alternative.
+    pub connection_string: Option<String>,
+    /// Chronicle's `host:port` form.
+    pub server_address: Option<String>,
+    /// Reconnect schedule.
+    pub backoff: BackoffConfig,
+    /// See [`ConnectionConfig::max_attempts`].
+    pub max_attempts: Option<u32>,
+    /// See [`ConnectionConfig::auto_connect`].
+    pub auto_connect: bool,
+    /// See [`ConnectionConfig::health_service`].
+    pub health_service: String,
+    /// See [`ConnectionConfig::health_check_timeout`].
+    #[serde(with = "humantime_serde")]
+    pub health_check_timeout: Duration,
+    /// See [`ConnectionConfig::probe_interval`] (`null` disables the probe).
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Option<Duration>,
+    /// See [`ConnectionConfig::keepalive`].
+    pub keepalive: Option<KeepaliveOptions>,
+    /// See [`ConnectionConfig::call_timeout`].
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// See [`ConnectionConfig::tls_handshake_timeout`].
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+}
+
+/// [`Keepalive`] as a serde document.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveOptions {
+    /// Ping interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Ack timeout (default 20 s).
+    #[serde(with = "humantime_serde", default = "default_keepalive_timeout")]
+    pub timeout: Duration,
+    /// Ping with no call in flight (default false).
+    #[serde(default)]
+    pub while_idle: bool,
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        ConnectionOptions {
+            connection_string: None,
+            server_address: None,
+            backoff: BackoffConfig::default(),
+            max_attempts: None,
+            auto_connect: true,
+            health_service: String::new(),
+            health_check_timeout: Duration::from_secs(5),
+            probe_interval: Some(Duration::from_secs(10)),
+            keepalive: None,
+            call_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// Build from a serde document; exactly one of `connection_string` and `server_address` is required.
+    pub fn from_options(opts: &ConnectionOptions) -> Result<ConnectionConfig, ConfigError> {
+        let target = match (&opts.connection_string, &opts.server_address) {
+            (Some(cs), None) => cs.parse()?,
+            (None, Some(addr)) => Target::from_server_address(addr)?,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "connection_string",
+                    reason: "exactly one of connection_string and server_address is required".into(),
+                })
+            }
+        };
+        let config = ConnectionConfig::new(target)?
+            .with_backoff(opts.backoff.clone())
+            .with_max_attempts(opts.max_attempts)
+            .with_auto_connect(opts.auto_connect)
+            .with_health_service(opts.health_service.clone())
+            .with_health_check_timeout(opts.health_check_timeout)
+            .with_probe_interval(opts.probe_interval)
+            .with_keepalive(opts.keepalive.as_ref().map(|k| Keepalive {
+                interval: k.interval,
+                timeout: k.timeout,
+                while_idle: k.while_idle,
+            }))
+            .with_call_timeout(opts.call_timeout)
+            .with_tls_handshake_timeout(opts.tls_handshake_timeout);
+        config.validate()?;
+        Ok(config)
+    }
+}

@@ -61,7 +61,7 @@ mod transport;
 
 pub use auth::{Auth, AuthError, AuthInterceptor, OAuth2Config, TokenSource};
 pub use backoff::{AttemptPlan, Backoff, BackoffConfig, BackoffConfigError};
-pub use config::{ConfigError, ConnectionConfig, Keepalive};
+pub use config::{ConfigError, ConnectionConfig, ConnectionOptions, Keepalive, KeepaliveOptions};
 pub use error::{classify, ConnectionError, FailureClass};
 pub use handle::ConnectionHandle;
 pub use pool::{ConnectionInfo, ConnectionPool, Lease, PoolError, PoolOptions, PoolStats};
