@@ -467,3 +467,40 @@ async fn actor_answers_while_a_dial_hangs_and_hosts_are_tried_in_order() {
     assert_eq!(h.snapshot().generation, 1, "READY on the first attempt");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_channel_never_redials() {
+    grpc_common::init_tracing();
+    let mut server = InProcessServer::start(0, None);
+    let port = server.port();
+    let h = ConnectionHandle::spawn(config(port, 200)).await.unwrap();
+    let stale = h.wait_ready(LONG).await.unwrap();
+    server.kill();
+    drop(server);
+    h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+        .await
+        .unwrap();
+    // Same port, now a peer that accepts and closes: count every dial.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepts.clone();
+    let acceptor = tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let gen_before = h.snapshot().generation;
+    let mut client = HealthClient::new(stale);
+    for _ in 0..200 {
+        let status = client.check(HealthCheckRequest::default()).await.unwrap_err();
+        assert_eq!(classify(&status), FailureClass::ConnectionLost, "{status:?}");
+    }
+    let attempts = h.snapshot().generation - gen_before;
+    let dials = accepts.load(std::sync::atomic::Ordering::SeqCst) as u64;
+    // Only the actor's own scheduled attempts dial (a plain tonic channel would have dialled 200 times).
+    assert!(dials <= attempts + 1, "{dials} dials, {attempts} actor attempts");
+    h.shutdown().await;
+    acceptor.abort();
+}
