@@ -504,3 +504,58 @@ async fn a_stale_channel_never_redials() {
     h.shutdown().await;
     acceptor.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_limit_exhausted_calls_time_out_and_a_new_connection_serves() {
+    grpc_common::init_tracing();
+    // hyper #3559: with the server's stream limit taken by open streams, a new call queues forever.
+    let server = InProcessServer::start_limited(2);
+    let cfg = config(server.port(), 100)
+        .with_probe_interval(Some(Duration::from_millis(200)))
+        .with_health_check_timeout(Duration::from_millis(300))
+        .with_call_timeout(Duration::from_millis(300));
+    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let first = h.wait_ready(LONG).await.unwrap();
+    let gen = h.snapshot().generation;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut s = HealthClient::new(first.clone())
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(s.message().await.unwrap().is_some());
+        streams.push(s);
+    }
+    // The per-call deadline turns the queued call into an error instead of a hang.
+    let r = timeout(
+        LONG,
+        HealthClient::new(first).check(h.request(HealthCheckRequest::default())),
+    )
+    .await
+    .expect("no hang");
+    assert!(r.is_err());
+    // The probe times out the same way: the actor moves to a new connection, which has its own stream budget.
+    h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+        .await
+        .unwrap();
+    let fresh = h.wait_ready(LONG).await.unwrap();
+    assert!(h.snapshot().generation > gen);
+    HealthClient::new(fresh)
+        .check(h.request(HealthCheckRequest::default()))
+        .await
+        .expect("a new connection serves");
+    // The old streams live on, on their own connection.
+    server
+        .reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    for s in &mut streams {
+        let msg = timeout(LONG, s.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(
+            msg.status(),
+            tonic_health::pb::health_check_response::ServingStatus::NotServing
+        );
+    }
+    h.shutdown().await;
+}

@@ -52,6 +52,20 @@ impl InProcessServer {
         log: Option<MetadataLog>,
         tls: Option<tonic::transport::ServerTlsConfig>,
     ) -> InProcessServer {
+        Self::start_full(port, log, tls, None)
+    }
+
+    /// With an HTTP/2 `max_concurrent_streams` limit.
+    pub fn start_limited(max_streams: u32) -> InProcessServer {
+        Self::start_full(0, None, None, Some(max_streams))
+    }
+
+    fn start_full(
+        port: u16,
+        log: Option<MetadataLog>,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+        max_streams: Option<u32>,
+    ) -> InProcessServer {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -72,7 +86,7 @@ impl InProcessServer {
                 Ok(req)
             };
             let svc = tonic_health::pb::health_server::HealthServer::with_interceptor(service, interceptor);
-            let mut builder = Server::builder();
+            let mut builder = Server::builder().max_concurrent_streams(max_streams);
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls).unwrap();
             }
