@@ -143,7 +143,13 @@ impl ChildServer {
     pub fn start(entry_test: &str, port: u16) -> ChildServer {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
-            .args([entry_test, "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                entry_test,
+                "--exact",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, port.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
