@@ -28,6 +28,26 @@
 //! - a periodic health `Check` with a deadline (`probe_interval`, default 10 s) catches a frozen server;
 //! - HTTP/2 keepalive, opt-in ([`Keepalive`]): its timeout closes the connection, which the connector reports.
 //!
+//! A `Channel` handed out belongs to one connection *generation*: once that connection is gone its calls fail
+//! fast with `Unavailable` instead of re-dialling (tonic would dial once per call); take a fresh one from
+//! [`ConnectionHandle::channel`]. [`ConnectionHandle::request`] puts the configured deadline on a call, and
+//! [`ConnectionHandle::report_failure`] classifies a failed call ([`classify`]: by the error's source chain)
+//! and, for a connection-level failure, runs a health check at once.
+//!
+//! # Configuration, connection strings, auth
+//!
+//! [`ConnectionConfig::parse`] takes a connection string ([`Target`]: schemes, default ports, parameters;
+//! secrets redacted in `Display`/`Debug`); [`ConnectionOptions`] is the same as a serde document with
+//! `humantime` durations. TLS uses rustls with the system roots or a `caFile`. [`Auth`] adds an `api-key`
+//! header or a Bearer token from a [`TokenSource`] (static, or OAuth2 client credentials with Chronicle's
+//! refresh rules) through an [`AuthInterceptor`].
+//!
+//! # Supervision and pooling
+//!
+//! [`ConnectionHandle::child_spec`] runs one connection under a supervisor (a restarted actor keeps serving the
+//! same handles). [`ConnectionPool`] shares one connection per target and credentials among refcounted
+//! [`Lease`]s, under its own supervisor, with every connection in a [`Registry`](crate::registry::Registry).
+//!
 //! # Example
 //!
 //! ```no_run
