@@ -559,3 +559,28 @@ async fn stream_limit_exhausted_calls_time_out_and_a_new_connection_serves() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_actor_fails_parked_waiters() {
+    grpc_common::init_tracing();
+    let mut cfg = config(free_port(), 5_000);
+    cfg.backoff.max = Duration::from_secs(5);
+    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    wait_state(&h, ConnectivityState::TransientFailure).await;
+    let waiter = {
+        let h = h.clone();
+        tokio::spawn(async move { h.wait_ready(LONG).await })
+    };
+    h.actor().unwrap().kill();
+    let r = timeout(LONG, waiter).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            &r,
+            Err(ConnectionError::Shutdown {
+                reason: ShutdownReason::ActorStopped,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
