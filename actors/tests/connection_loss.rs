@@ -148,3 +148,36 @@ async fn frozen_server_detected_by_keepalive() {
     h.wait_ready(LONG).await.expect("ready again after SIGCONT");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_failures_trigger_a_check_that_catches_a_frozen_server() {
+    grpc_common::init_tracing();
+    let port = free_port();
+    let server = ChildServer::start(ENTRY, port);
+    // No probe, no keepalive: only the caller's report can reveal the freeze.
+    let h = ConnectionHandle::spawn(config(port).with_call_timeout(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let channel = h.wait_ready(LONG).await.unwrap();
+    let mut client = HealthClient::new(channel);
+    // A server-side error says nothing about the connection.
+    let not_found = client
+        .check(h.request(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(h.report_failure(&not_found), FailureClass::Server);
+    server.sigstop();
+    let status = timeout(LONG, client.check(h.request(HealthCheckRequest::default())))
+        .await
+        .expect("per-call deadline")
+        .unwrap_err();
+    assert_eq!(h.report_failure(&status), FailureClass::Timeout, "{status:?}");
+    h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+        .await
+        .unwrap();
+    server.sigcont();
+    h.wait_ready(LONG).await.unwrap();
+    h.shutdown().await;
+}

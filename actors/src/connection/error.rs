@@ -62,9 +62,20 @@ pub enum FailureClass {
 
 /// Classify a failed call's status.
 pub fn classify(status: &tonic::Status) -> FailureClass {
-    let mut source: Option<&(dyn StdError + 'static)> = StdError::source(status);
-    let had_source = source.is_some();
+    let mut chain: Vec<&(dyn StdError + 'static)> = Vec::new();
+    let mut source = StdError::source(status);
     while let Some(err) = source {
+        chain.push(err);
+        source = err.source();
+    }
+    // tonic's client-side deadline is `Cancelled "Timeout expired"` wrapped in a transport error: look for it
+    // before anything that would read the wrapper as a lost connection.
+    if status.code() == tonic::Code::DeadlineExceeded
+        || chain.iter().any(|e| e.to_string().contains("Timeout expired"))
+    {
+        return FailureClass::Timeout;
+    }
+    for err in &chain {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
             if h2.is_io()
                 || h2.is_go_away()
@@ -74,36 +85,27 @@ pub fn classify(status: &tonic::Status) -> FailureClass {
             }
         }
         if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
-            if hyper.is_closed() || hyper.is_incomplete_message() || hyper.is_canceled() {
+            // hyper's only timeout on a client connection is the keepalive one.
+            if hyper.is_closed() || hyper.is_incomplete_message() || hyper.is_canceled() || hyper.is_timeout()
+            {
                 return FailureClass::ConnectionLost;
-            }
-            if hyper.is_timeout() {
-                return FailureClass::ConnectionLost; // hyper's only timeout on a client is keepalive
             }
         }
         if err.downcast_ref::<std::io::Error>().is_some() {
             return FailureClass::ConnectionLost;
         }
         let text = err.to_string();
-        if text.contains("Timeout expired") {
-            return FailureClass::Timeout;
-        }
         if text.contains("keep-alive timed out")
             || text.contains("connection closed")
-            || text.contains("connection error")
             || text.contains("operation was canceled")
             || text.contains("tcp connect error")
-            || text.contains("transport error")
         {
             return FailureClass::ConnectionLost;
         }
-        source = err.source();
     }
     match status.code() {
-        tonic::Code::DeadlineExceeded => FailureClass::Timeout,
-        // Without a source chain these codes came from the server itself (trailers), except Unavailable
-        // generated client-side by a stale channel's refused re-dial, which always carries a source.
-        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown if had_source => {
+        // Without a source these codes came from the server itself (trailers); with one, from the transport.
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown if !chain.is_empty() => {
             FailureClass::ConnectionLost
         }
         _ => FailureClass::Server,

@@ -231,11 +231,12 @@ impl ConnectionHandle {
         self.send(ConnectionMsg::Reconnect);
     }
 
-    /// Tell the connection a call failed; if the error's source chain shows a connection-level failure, a health
-    /// check runs at once (and its failure moves the connection out of READY). Returns the classification.
+    /// Tell the connection a call failed. For a connection-level failure or a missed deadline (a frozen server
+    /// looks like the latter) a health check with its own deadline runs at once; if it fails too, the connection
+    /// leaves READY. A server-side error does nothing. Returns the classification ([`classify`]).
     pub fn report_failure(&self, status: &tonic::Status) -> FailureClass {
         let class = classify(status);
-        if class == FailureClass::ConnectionLost {
+        if matches!(class, FailureClass::ConnectionLost | FailureClass::Timeout) {
             self.send(ConnectionMsg::CheckNow {
                 generation: self.rx.borrow().generation,
             });
