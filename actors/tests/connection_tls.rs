@@ -121,3 +121,84 @@ fn missing_ca_file_is_a_typed_error() {
     let text = err.to_string();
     assert!(text.contains("/nonexistent/arbor-ca.pem"), "{text}");
 }
+
+/// An https token endpoint (tokio-rustls + hyper) serving `tok-<n>`; returns its port.
+async fn https_token_endpoint(cert_der: Vec<u8>, key_der: Vec<u8>) -> u16 {
+    use http_body_util::Full;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(cert_der)],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut n = 0u32;
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            n += 1;
+            let body = format!(r#"{{"access_token":"tls-tok-{n}","expires_in":3600}}"#);
+            let svc = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                let body = body.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(bytes::Bytes::from(
+                        body,
+                    ))))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc),
+            );
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_over_https_with_the_ca_file_and_tls_grpc() {
+    grpc_common::init_tracing();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "arbor-tls-oauth-{}-{}",
+        std::process::id(),
+        grpc_common::free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let token_port = https_token_endpoint(ck.cert.der().to_vec(), ck.signing_key.serialize_der()).await;
+    let log = grpc_common::MetadataLog::default();
+    let tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(ck.cert.pem(), ck.signing_key.serialize_pem()));
+    let server = InProcessServer::start_with(0, Some(log.clone()), Some(tls));
+    let cs = format!(
+        "grpc://client:s3cret@127.0.0.1:{}?caFile={}&authPort={token_port}",
+        server.port(),
+        ca.display()
+    );
+    let h = ConnectionHandle::spawn(config(&cs)).await.unwrap();
+    h.wait_ready(LONG)
+        .await
+        .expect("token over https and gRPC over TLS, both trusting caFile");
+    let auth: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.get("authorization").map(|v| v.to_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(auth.first().map(String::as_str), Some("Bearer tls-tok-1"));
+    h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -49,6 +49,14 @@ pub enum AuthError {
         /// The last fetch's error.
         last_error: String,
     },
+    /// The CA file for an https token endpoint could not be used.
+    #[error("cannot use CA file `{path}` for the token endpoint: {reason}")]
+    CaFile {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The fetch failed.
     #[error("token fetch from {url} failed: {reason}")]
     Fetch {
@@ -74,6 +82,8 @@ pub struct OAuth2Config {
     pub min_retry_interval: Duration,
     /// Lifetime assumed when the response has no `expires_in` (3600 s).
     pub default_lifetime: Duration,
+    /// Trust anchors for an https token endpoint instead of the system roots (the target's `caFile`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for OAuth2Config {
@@ -85,6 +95,7 @@ impl fmt::Debug for OAuth2Config {
             .field("refresh_before", &self.refresh_before)
             .field("min_retry_interval", &self.min_retry_interval)
             .field("default_lifetime", &self.default_lifetime)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -103,6 +114,7 @@ impl OAuth2Config {
             refresh_before: Duration::from_secs(60),
             min_retry_interval: Duration::from_secs(5),
             default_lifetime: Duration::from_secs(3600),
+            ca_file: target.ca_file.clone(),
         })
     }
 }
@@ -160,15 +172,18 @@ impl TokenSource {
                     reason: e.to_string(),
                 })?;
         let connector = if uri.scheme_str() == Some("https") {
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-                .map_err(|e| AuthError::InvalidTokenUrl {
-                    url: config.token_url.clone(),
-                    reason: format!("no TLS trust roots: {e}"),
-                })?
-                .https_or_http()
-                .enable_http1()
-                .build()
+            let builder = match &config.ca_file {
+                None => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+                    .map_err(|e| AuthError::InvalidTokenUrl {
+                        url: config.token_url.clone(),
+                        reason: format!("no TLS trust roots: {e}"),
+                    })?,
+                Some(path) => {
+                    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(ca_file_tls_config(path)?)
+                }
+            };
+            builder.https_or_http().enable_http1().build()
         } else {
             let mut http = HttpConnector::new();
             http.enforce_http(true);
@@ -345,6 +360,32 @@ impl OAuth2 {
             .unwrap_or(self.config.default_lifetime);
         Ok((Secret::new(parsed.access_token), lifetime))
     }
+}
+
+/// Trust exactly the certificates of a PEM file (the connection string's `caFile`).
+fn ca_file_tls_config(path: &std::path::Path) -> Result<rustls::ClientConfig, AuthError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad = |reason: String| AuthError::CaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// The `HttpsConnector` type wants a TLS config even for a plain-http token endpoint; this one trusts nothing,
