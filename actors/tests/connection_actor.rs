@@ -388,7 +388,7 @@ fn classification_reads_the_source_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervised_connection_restarted_after_exhaustion_serves_the_same_handle() {
-    use arbor_actors::supervisor::{Supervisor, SupervisorOptions};
+    use arbor_actors::supervisor::{ChildStatus, Supervisor, SupervisorOptions};
     grpc_common::init_tracing();
     let port = free_port();
     let h = ConnectionHandle::prepare(config(port, 50).with_max_attempts(Some(2))).unwrap();
@@ -421,8 +421,29 @@ async fn supervised_connection_restarted_after_exhaustion_serves_the_same_handle
     })
     .await
     .expect("ready under supervision");
-    sup.shutdown(Some(LONG)).await.unwrap();
+    // shutdown() is a normal exit: the transient child stays down.
+    h.shutdown().await;
     assert_eq!(h.state(), ConnectivityState::Shutdown);
+    let restarts = sup.snapshot().await.unwrap().total_restarts();
+    // Once the supervisor has handled the exit, the child is Terminated (not Restarting, not a new Running).
+    let status = timeout(LONG, async {
+        loop {
+            let child = sup.which_children().await.unwrap().remove(0);
+            if child.status != ChildStatus::Running || child.actor_id() != h.actor().map(|a| a.get_id()) {
+                return child.status;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status,
+        ChildStatus::Terminated,
+        "the transient child stays down after a normal exit"
+    );
+    assert_eq!(sup.snapshot().await.unwrap().total_restarts(), restarts);
+    sup.shutdown(Some(LONG)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,14 +65,16 @@ impl ConnectionHandle {
         Ok(actor.get_cell())
     }
 
-    /// This connection as a supervised child (permanent by default): after `max_attempts` the actor fails and
-    /// the supervisor restarts it; the restarted actor serves the same handles, starting a new life at IDLE.
+    /// This connection as a supervised child, transient: after `max_attempts` the actor *fails* and the
+    /// supervisor restarts it (the restarted actor serves the same handles, starting a new life at IDLE), while
+    /// [`shutdown`](Self::shutdown) is a normal exit that stays down. Override with `.restart(..)`.
     pub fn child_spec(&self, id: impl Into<String>) -> crate::supervisor::ChildSpec {
         let handle = self.clone();
         crate::supervisor::ChildSpec::new(id, move |sup| {
             let handle = handle.clone();
             async move { Ok(handle.spawn_linked(None, sup).await?) }
         })
+        .restart(crate::supervisor::Restart::Transient)
     }
 
     /// The target (its `Display` redacts secrets).
@@ -261,7 +263,7 @@ impl ConnectionHandle {
     pub async fn shutdown(&self) {
         if let Some(a) = self.actor_ref() {
             let _ = a
-                .stop_and_wait(Some("shutdown requested".into()), Some(Duration::from_secs(5)))
+                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
                 .await;
         }
     }
