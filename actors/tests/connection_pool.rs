@@ -179,6 +179,10 @@ async fn different_credentials_get_different_entries() {
         },
     )
     .await;
+    // Bad input is a typed error naming the part, and creates nothing.
+    let err = pool.acquire_str("grpc://h:99999").await.unwrap_err();
+    assert!(err.to_string().contains("99999"), "{err}");
+    assert_eq!(pool.stats().await.unwrap().connections, 0);
     sup.shutdown(Some(LONG)).await.unwrap();
 }
 
