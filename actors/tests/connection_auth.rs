@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arbor_actors::connection::{
-    Auth, AuthError, AuthInterceptor, BackoffConfig, ConnectionConfig, ConnectionHandle, OAuth2Config,
-    Secret, TokenSource,
+    Auth, AuthError, AuthInterceptor, ConnectionHandle, OAuth2Config, Secret, TokenSource,
 };
 use bytes::Bytes;
-use grpc_common::{InProcessServer, MetadataLog, LONG};
+use grpc_common::{quick_config, InProcessServer, MetadataLog, LONG};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -57,18 +56,6 @@ fn assert_no_secret_logged() {
     }
 }
 
-fn base(cs: &str) -> ConnectionConfig {
-    ConnectionConfig::parse(cs)
-        .unwrap()
-        .with_backoff(BackoffConfig {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(500),
-            min_connect_timeout: Duration::from_secs(2),
-            ..Default::default()
-        })
-        .with_probe_interval(None)
-}
-
 fn header(log: &MetadataLog, name: &str) -> Vec<String> {
     log.lock()
         .unwrap()
@@ -82,7 +69,7 @@ async fn api_key_and_static_bearer_headers_arrive() {
     log_buffer();
     let log = MetadataLog::default();
     let server = InProcessServer::start(0, Some(log.clone()));
-    let h = ConnectionHandle::spawn(base(&format!(
+    let h = ConnectionHandle::spawn(quick_config(&format!(
         "grpc://127.0.0.1:{}?disableTls=true&apiKey=key-SECRET",
         server.port()
     )))
@@ -103,7 +90,7 @@ async fn api_key_and_static_bearer_headers_arrive() {
 
     let log = MetadataLog::default();
     let server = InProcessServer::start(0, Some(log.clone()));
-    let cfg = base(&format!("grpc://127.0.0.1:{}?disableTls=true", server.port()))
+    let cfg = quick_config(&format!("grpc://127.0.0.1:{}?disableTls=true", server.port()))
         .with_auth(Auth::Bearer(TokenSource::fixed(Secret::new("static-SECRET"))));
     assert!(!format!("{cfg:?}").contains("SECRET"));
     let h = ConnectionHandle::spawn(cfg).await.unwrap();
@@ -190,7 +177,7 @@ async fn oauth2_client_credentials_token_sent_and_refreshed_before_expiry() {
     let tokens = token_endpoint(Some(60), false).await;
     let log = MetadataLog::default();
     let server = InProcessServer::start(0, Some(log.clone()));
-    let cfg = base(&format!(
+    let cfg = quick_config(&format!(
         "grpc://client-1:pa55-SECRET@127.0.0.1:{}?disableTls=true&authPort={}",
         server.port(),
         tokens.port

@@ -4,8 +4,8 @@ mod grpc_common;
 
 use std::time::Duration;
 
-use arbor_actors::connection::{BackoffConfig, ConnectionConfig, ConnectionHandle, ConnectivityState};
-use grpc_common::{InProcessServer, LONG};
+use arbor_actors::connection::{ConnectionHandle, ConnectivityState};
+use grpc_common::{quick_config, InProcessServer, LONG};
 use tonic::transport::{Identity, ServerTlsConfig};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -26,18 +26,6 @@ fn tls_server() -> (InProcessServer, std::path::PathBuf) {
     (InProcessServer::start_with(0, None, Some(tls)), ca)
 }
 
-fn config(cs: &str) -> ConnectionConfig {
-    ConnectionConfig::parse(cs)
-        .unwrap()
-        .with_backoff(BackoffConfig {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(500),
-            min_connect_timeout: Duration::from_secs(2),
-            ..Default::default()
-        })
-        .with_probe_interval(None)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_custom_ca_connects_and_unknown_ca_fails() {
     grpc_common::init_tracing();
@@ -47,7 +35,7 @@ async fn tls_with_custom_ca_connects_and_unknown_ca_fails() {
         server.port(),
         ca.display()
     );
-    let h = ConnectionHandle::spawn(config(&cs)).await.unwrap();
+    let h = ConnectionHandle::spawn(quick_config(&cs)).await.unwrap();
     let ch = h.wait_ready(LONG).await.expect("TLS with the generated CA");
     HealthClient::new(ch)
         .check(h.request(HealthCheckRequest::default()))
@@ -57,7 +45,7 @@ async fn tls_with_custom_ca_connects_and_unknown_ca_fails() {
 
     // Same server, system roots only: the self-signed certificate is refused.
     let cs = format!("grpc://127.0.0.1:{}?tlsServerName=arbor.test", server.port());
-    let h = ConnectionHandle::spawn(config(&cs).with_max_attempts(Some(1)))
+    let h = ConnectionHandle::spawn(quick_config(&cs).with_max_attempts(Some(1)))
         .await
         .unwrap();
     assert!(h.wait_ready(LONG).await.is_err());
@@ -71,7 +59,7 @@ async fn tls_with_custom_ca_connects_and_unknown_ca_fails() {
         server.port(),
         ca.display()
     );
-    let h = ConnectionHandle::spawn(config(&cs).with_max_attempts(Some(1)))
+    let h = ConnectionHandle::spawn(quick_config(&cs).with_max_attempts(Some(1)))
         .await
         .unwrap();
     assert!(h.wait_ready(LONG).await.is_err());
@@ -93,7 +81,7 @@ async fn tls_handshake_timeout_against_a_silent_peer() {
         }
     });
     let cs = format!("grpc://127.0.0.1:{port}?tlsServerName=arbor.test");
-    let mut cfg = config(&cs)
+    let mut cfg = quick_config(&cs)
         .with_tls_handshake_timeout(Duration::from_millis(200))
         .with_max_attempts(Some(1));
     cfg.backoff.min_connect_timeout = Duration::from_secs(10);
@@ -117,7 +105,8 @@ async fn tls_handshake_timeout_against_a_silent_peer() {
 
 #[test]
 fn missing_ca_file_is_a_typed_error() {
-    let err = ConnectionHandle::prepare(config("grpc://h:1?caFile=/nonexistent/arbor-ca.pem")).unwrap_err();
+    let err =
+        ConnectionHandle::prepare(quick_config("grpc://h:1?caFile=/nonexistent/arbor-ca.pem")).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("/nonexistent/arbor-ca.pem"), "{text}");
 }
@@ -188,7 +177,7 @@ async fn oauth2_over_https_with_the_ca_file_and_tls_grpc() {
         server.port(),
         ca.display()
     );
-    let h = ConnectionHandle::spawn(config(&cs)).await.unwrap();
+    let h = ConnectionHandle::spawn(quick_config(&cs)).await.unwrap();
     h.wait_ready(LONG)
         .await
         .expect("token over https and gRPC over TLS, both trusting caFile");

@@ -262,11 +262,7 @@ impl SupervisorState {
         Description {
             kind,
             uptime: self.started_at.elapsed(),
-            children: self
-                .children
-                .iter()
-                .filter_map(|(order, _)| self.children.info(order))
-                .collect(),
+            children: self.children.infos(),
         }
     }
 

@@ -130,29 +130,42 @@ impl Children {
 
     /// The id the child is shown under.
     pub(crate) fn id_of(&self, order: u64) -> String {
-        match self.by_order.get(&order) {
-            Some(child) if self.dynamic => format!("{}#{order}", child.spec.id),
-            Some(child) => child.spec.id.to_string(),
-            None => String::new(),
+        self.by_order
+            .get(&order)
+            .map(|child| self.shown_id(order, child))
+            .unwrap_or_default()
+    }
+
+    fn shown_id(&self, order: u64, child: &Child) -> String {
+        if self.dynamic {
+            format!("{}#{order}", child.spec.id)
+        } else {
+            child.spec.id.to_string()
         }
     }
 
-    pub(crate) fn info(&self, order: u64) -> Option<ChildInfo> {
-        let child = self.by_order.get(&order)?;
-        let (cell, status) = match &child.state {
-            ChildState::Running(cell) => (Some(cell.clone()), ChildStatus::Running),
-            ChildState::Restarting { .. } => (None, ChildStatus::Restarting),
-            ChildState::Terminated => (None, ChildStatus::Terminated),
-        };
-        Some(ChildInfo {
-            id: self.id_of(order),
-            cell,
-            status,
-            restart: child.spec.restart,
-            kind: child.spec.kind,
-            restart_count: child.restart_count,
-            started_at: child.started_at.map(|at| SystemTime::now() - at.elapsed()),
-        })
+    /// Every child as `which_children` reports it, in start order.
+    pub(crate) fn infos(&self) -> Vec<ChildInfo> {
+        let now = SystemTime::now();
+        self.by_order
+            .iter()
+            .map(|(&order, child)| {
+                let (cell, status) = match &child.state {
+                    ChildState::Running(cell) => (Some(cell.clone()), ChildStatus::Running),
+                    ChildState::Restarting { .. } => (None, ChildStatus::Restarting),
+                    ChildState::Terminated => (None, ChildStatus::Terminated),
+                };
+                ChildInfo {
+                    id: self.shown_id(order, child),
+                    cell,
+                    status,
+                    restart: child.spec.restart,
+                    kind: child.spec.kind,
+                    restart_count: child.restart_count,
+                    started_at: child.started_at.map(|at| now - at.elapsed()),
+                }
+            })
+            .collect()
     }
 
     /// Appends a child after all others.

@@ -227,3 +227,16 @@ pub fn child_server_main() {
 
 /// Generous outer bound for waiting on events.
 pub const LONG: Duration = Duration::from_secs(20);
+
+/// A config for `cs` with a fast backoff (100 ms to 500 ms, 2 s connect timeout) and no health probe.
+pub fn quick_config(cs: &str) -> arbor_actors::connection::ConnectionConfig {
+    arbor_actors::connection::ConnectionConfig::parse(cs)
+        .unwrap()
+        .with_backoff(arbor_actors::connection::BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+            min_connect_timeout: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .with_probe_interval(None)
+}
