@@ -157,7 +157,7 @@ async fn restart_latencies(published: &mut Published, n: usize) -> Vec<Duration>
 }
 
 fn echo_spec(publish: watch::Sender<Option<ActorRef<RpcReplyPort<()>>>>) -> ChildSpec {
-    ChildSpec::actor("echo", None, move || (Echo, publish.clone()))
+    ChildSpec::actor("echo", move || (Echo, publish.clone())).into()
 }
 
 struct Stats {
@@ -192,14 +192,12 @@ async fn latency_rows() -> Vec<String> {
     // (a) and (b), arbor: an intensity wide enough that every restart below falls in one window
     let (tx, mut arbor_rx) = watch::channel(None);
     let options = SupervisorOptions::default().intensity(1_000_000, Duration::from_secs(3600));
-    let (sup, _) = Supervisor::start(None, options, vec![echo_spec(tx)])
-        .await
-        .unwrap();
+    let sup = Supervisor::start(options, vec![echo_spec(tx)]).await.unwrap();
     restart_latencies(&mut arbor_rx, WARM_UP).await;
     let arbor_a = stats(restart_latencies(&mut arbor_rx, RESTARTS).await);
     restart_latencies(&mut arbor_rx, WINDOW_FILL).await;
     let arbor_b = stats(restart_latencies(&mut arbor_rx, RESTARTS).await);
-    sup.shutdown(None).await.unwrap();
+    sup.shutdown(Duration::from_secs(30)).await.unwrap();
 
     let ratio = |a: Duration, b: Duration| format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64());
     rows.push(format!(
@@ -254,10 +252,10 @@ async fn starts_child(mode: &str) -> f64 {
             }
         }
         _ => {
-            let (dynsup, _) = DynamicSupervisor::start(None, DynamicSupervisorOptions::default())
+            let dynsup = DynamicSupervisor::start(DynamicSupervisorOptions::default())
                 .await
                 .unwrap();
-            let spec = ChildSpec::actor("idle", None, || (Idle, ())).restart(Restart::Temporary);
+            let spec = ChildSpec::actor("idle", || (Idle, ())).restart(Restart::Temporary);
             began = Instant::now();
             for _ in 0..STARTS {
                 dynsup.start_child(spec.clone()).await.unwrap();
@@ -292,10 +290,10 @@ async fn rss_child(mode: &str) -> f64 {
             Box::new(parent)
         }
         _ => {
-            let (dynsup, _) = DynamicSupervisor::start(None, DynamicSupervisorOptions::default())
+            let dynsup = DynamicSupervisor::start(DynamicSupervisorOptions::default())
                 .await
                 .unwrap();
-            let spec = ChildSpec::actor("idle", None, || (Idle, ()));
+            let spec = ChildSpec::actor("idle", || (Idle, ()));
             before = resident_bytes();
             for _ in 0..RSS_CHILDREN {
                 dynsup.start_child(spec.clone()).await.unwrap();

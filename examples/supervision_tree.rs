@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use arbor::registry::{Registry, RegistryEvent};
 use arbor::supervisor::{
-    ChildSpec, DynamicSupervisor, DynamicSupervisorHandle, DynamicSupervisorOptions, Strategy, Supervisor,
-    SupervisorOptions,
+    ChildSpec, DynamicSupervisor, DynamicSupervisorOptions, Strategy, Supervisor, SupervisorOptions,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -36,9 +35,7 @@ impl Actor for Worker {
 
 fn worker(name: &str, registry: &Registry<&'static str>) -> ChildSpec {
     let (name, registry) = (name.to_string(), registry.clone());
-    ChildSpec::actor(name.clone(), None, move || {
-        (Worker, (name.clone(), registry.clone()))
-    })
+    ChildSpec::actor(name.clone(), move || (Worker, (name.clone(), registry.clone()))).into()
 }
 
 #[tokio::main]
@@ -50,29 +47,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         vec![worker("source", &registry), worker("sink", &registry)],
     );
     let pool = DynamicSupervisor::child_spec("pool", DynamicSupervisorOptions::default().max_children(100));
-    let (root, _) = Supervisor::start(
-        None,
-        SupervisorOptions::default(),
-        vec![registry.child_spec("registry"), pipeline, pool],
-    )
-    .await?;
+    let root = Supervisor::builder()
+        .children([registry.child_spec("registry"), pipeline, pool])
+        .start()
+        .await?;
 
-    let pool_cell = root
-        .which_children()
-        .await?
-        .into_iter()
-        .find(|c| c.id == "pool")
-        .and_then(|c| c.cell);
-    let pool = DynamicSupervisorHandle::from_cell(pool_cell.ok_or("pool not running")?);
+    let pool = root.child_dynamic_supervisor("pool").await?;
     for i in 0..3 {
         pool.start_child(worker(&format!("job-{i}"), &registry)).await?;
     }
     println!("{}", root.snapshot().await?.render());
 
     let mut changes = registry.watch();
-    let source = registry
-        .lookup_ref::<()>("source")
-        .ok_or("source not registered")?;
+    let source = registry.lookup_ref::<()>("source")?;
     source.cast(())?;
     // rest_for_one: source crashed, so sink is stopped and both come back, in order
     let mut back = Vec::new();
@@ -85,6 +72,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     println!("came back: {back:?}");
     println!("{}", root.snapshot().await?.render());
-    root.shutdown(Some(Duration::from_secs(5))).await?;
+    root.shutdown(Duration::from_secs(5)).await?;
     Ok(())
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use arbor_actors::registry::{Registry, RegistryEvent, RemovalReason};
 use arbor_actors::supervisor::{
-    ChildSpec, DynamicSupervisor, DynamicSupervisorHandle, DynamicSupervisorOptions, Restart, Strategy,
-    Supervisor, SupervisorHandle, SupervisorOptions,
+    ChildSpec, DynamicSupervisor, DynamicSupervisorOptions, Restart, Strategy, Supervisor, SupervisorHandle,
+    SupervisorOptions,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus};
 use rand::rngs::StdRng;
@@ -108,7 +108,7 @@ impl Actor for DemoWorker {
 
 fn worker(name: &str, registry: &Registry<String>, work_done: &Arc<AtomicU64>) -> ChildSpec {
     let (name, registry, work_done) = (name.to_string(), registry.clone(), Arc::clone(work_done));
-    ChildSpec::actor(name.clone(), None, move || {
+    ChildSpec::actor(name.clone(), move || {
         let args = DemoWorkerArgs {
             name: name.clone(),
             registry: registry.clone(),
@@ -116,6 +116,7 @@ fn worker(name: &str, registry: &Registry<String>, work_done: &Arc<AtomicU64>) -
         };
         (DemoWorker, args)
     })
+    .into()
 }
 
 /// Runs the demo, printing as it goes.
@@ -152,12 +153,12 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
             .max_children(16),
     );
     let root_options = SupervisorOptions::default().intensity(20, Duration::from_secs(10));
-    let (root, _) = Supervisor::start(
-        Some(format!("arbor-demo-{}", std::process::id())),
-        root_options,
-        vec![registry.child_spec("registry"), ingest, pipeline, jobs],
-    )
-    .await?;
+    let root = Supervisor::builder()
+        .name(format!("arbor-demo-{}", std::process::id()))
+        .options(root_options)
+        .children([registry.child_spec("registry"), ingest, pipeline, jobs])
+        .start()
+        .await?;
     start_jobs(&root, &registry, &work_done).await?;
     let recoveries = count_recoveries(&registry);
 
@@ -175,7 +176,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
                 "is killed"
             };
             match victim.actor_ref::<DemoWorkerMsg>() {
-                Some(actor) if how == "panics" => {
+                Ok(actor) if how == "panics" => {
                     let _ = actor.cast(DemoWorkerMsg::Crash);
                 }
                 _ => victim.actor.kill(),
@@ -198,7 +199,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
     let missing = settle(&root, &registry).await;
     let snapshot = root.snapshot().await?;
     print_tree(&root, began, faults, &work_done).await;
-    root.shutdown(Some(Duration::from_secs(10))).await?;
+    root.shutdown(Duration::from_secs(10)).await?;
     let report = DemoReport {
         faults,
         recoveries: recoveries.load(Ordering::Relaxed),
@@ -222,14 +223,7 @@ async fn start_jobs(
     registry: &Registry<String>,
     work_done: &Arc<AtomicU64>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let jobs_cell = root
-        .which_children()
-        .await?
-        .into_iter()
-        .find(|c| c.id == "jobs")
-        .and_then(|c| c.cell)
-        .ok_or("jobs supervisor is not running")?;
-    let jobs = DynamicSupervisorHandle::from_cell(jobs_cell);
+    let jobs = root.child_dynamic_supervisor("jobs").await?;
     for i in 0..6 {
         let restart = if i % 2 == 0 {
             Restart::Permanent
@@ -243,20 +237,8 @@ async fn start_jobs(
 }
 
 async fn jobs_count(root: &SupervisorHandle) -> Option<usize> {
-    let jobs = root
-        .which_children()
-        .await
-        .ok()?
-        .into_iter()
-        .find(|c| c.id == "jobs")?
-        .cell?;
-    Some(
-        DynamicSupervisorHandle::from_cell(jobs)
-            .count_children()
-            .await
-            .ok()?
-            .specs,
-    )
+    let jobs = root.child_dynamic_supervisor("jobs").await.ok()?;
+    Some(jobs.count_children().await.ok()?.specs)
 }
 
 /// Counts keys registered again after their holder died: one per worker that came back.

@@ -6,7 +6,7 @@
 //! ```
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use arbor::supervisor::{ChildSpec, Supervisor, SupervisorOptions};
+//! use arbor::supervisor::{ChildSpec, Supervisor};
 //! use arbor::registry::Registry;
 //! # use ractor::{Actor, ActorProcessingErr, ActorRef};
 //! # struct Worker;
@@ -15,14 +15,17 @@
 //! #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> { Ok(()) }
 //! # }
 //! let registry: Registry<String> = Registry::new("app");
-//! let children = vec![registry.child_spec("registry"), ChildSpec::actor("worker", None, || (Worker, ()))];
-//! let (root, _) = Supervisor::start(None, SupervisorOptions::default(), children).await?;
+//! let root = Supervisor::builder()
+//!     .child(registry.child_spec("registry"))
+//!     .child(ChildSpec::actor("worker", || (Worker, ())))
+//!     .start()
+//!     .await?;
 //! println!("{}", root.snapshot().await?.render());
-//! root.shutdown(Some(Duration::from_secs(5))).await?;
+//! root.shutdown(Duration::from_secs(5)).await?;
 //! # Ok(()) }
 //! ```
 
-pub use arbor_actors::{registry, supervisor};
+pub use arbor_actors::{ractor, registry, supervisor};
 
 pub mod demo;
 

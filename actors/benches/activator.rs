@@ -67,7 +67,7 @@ async fn measure(label: &str, backend: impl Fn(usize) -> Arc<dyn Backend>, follo
         let probe = Stopwatch { idx, tx: tx.clone() };
         let b = backend(idx);
         async move {
-            let (h, _) = Activator::start(probe, ActivatorOptions::new("bench"), b)
+            let h = Activator::start(probe, ActivatorOptions::new("bench"), b)
                 .await
                 .expect("activator starts");
             Some(h)
@@ -219,7 +219,7 @@ fn main() {
         let mut rows = Vec::new();
         for followers in [1usize, 4] {
             let registry = Registry::new("bench");
-            registry.start_standalone().await.expect("registry");
+            registry.start().await.expect("registry");
             let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(registry));
             rows.push(
                 measure(

@@ -44,7 +44,7 @@ fn config(port: u16) -> ConnectionConfig {
 async fn reconnect_latency(rounds: usize) -> (Vec<f64>, Vec<f64>) {
     let port = free_port();
     let mut server = InProcessServer::start(port, None);
-    let h = ConnectionHandle::spawn(config(port)).await.unwrap();
+    let h = ConnectionHandle::start(config(port)).await.unwrap();
     h.wait_ready(Duration::from_secs(10)).await.unwrap();
     let mut after_schedule = Vec::new();
     let mut after_up = Vec::new();
@@ -88,7 +88,7 @@ async fn reconnect_latency(rounds: usize) -> (Vec<f64>, Vec<f64>) {
         }
         after_up.push((ready - up).as_secs_f64() * 1e3);
     }
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     (after_schedule, after_up)
 }
 
@@ -117,7 +117,7 @@ async fn main() {
     println!("| reconnect: READY after server up (ms; includes the wait for the scheduled attempt) | {m:.2} | {p:.2} | {x:.2} |");
 
     let server = InProcessServer::start(0, None);
-    let h = ConnectionHandle::spawn(config(server.port())).await.unwrap();
+    let h = ConnectionHandle::start(config(server.port())).await.unwrap();
     let ch = h.wait_ready(Duration::from_secs(10)).await.unwrap();
     let via_handle = per_op_ns(200, 10_000, || {
         std::hint::black_box(h.channel().unwrap());
@@ -130,12 +130,12 @@ async fn main() {
     println!("| `handle.channel()` (ns/call) | {hm:.1} | {hp:.1} | {hx:.1} |");
     println!("| `Channel::clone()` direct (ns/call) | {dm:.1} | {dp:.1} | {dx:.1} |");
     println!("| ratio channel()/clone (median) | {:.2}x | | |", hm / dm);
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     drop(server);
 
     let servers: Vec<InProcessServer> = (0..10).map(|_| InProcessServer::start(0, None)).collect();
     let pool = ConnectionPool::new(PoolOptions::default().linger(Duration::from_secs(60)));
-    let sup = pool.start_standalone().await.unwrap();
+    pool.start().await.unwrap();
     let configs: Vec<ConnectionConfig> = servers.iter().map(|s| config(s.port())).collect();
     let mut round_rates = Vec::new();
     let mut lat = Vec::new();
@@ -192,5 +192,5 @@ async fn main() {
     }
     let (m, _, _) = summary(conc);
     println!("| pool: acquires/s, 10 concurrent tasks x 100 (median of 5) | {m:.0} | | |");
-    sup.shutdown(Some(Duration::from_secs(10))).await.unwrap();
+    pool.shutdown(Duration::from_secs(10)).await.unwrap();
 }

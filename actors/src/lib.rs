@@ -7,6 +7,9 @@
 //! [`ChildSpec`]: supervisor::ChildSpec
 //! [`Supervisor`]: supervisor::Supervisor
 
+/// The ractor version arbor is built on, so users build their actors against the same one.
+pub use ractor;
+
 pub mod activator;
 pub mod connection;
 pub mod registry;

@@ -9,11 +9,15 @@
 //! watcher restarted by its supervisor re-monitors what the table holds. Any number of registries can coexist
 //! in one process.
 //!
-//! Removal follows the exit by the time the watcher takes to handle it, so for a moment [`Registry::lookup`]
-//! may still return an entry whose actor is stopping or has stopped (check `entry.actor.get_status()` where that
-//! matters). [`Registry::register`] does not wait for that: a holder that is stopping (ractor's `Stopping`
-//! covers both its `post_stop` and the moment after its exit) or stopped holds nothing, and its key is taken over,
-//! which is what lets a restarted actor register its predecessor's key at once.
+//! Reads never return an entry whose actor has fully exited (`Stopped`): such entries are dropped as they are
+//! met, whether or not a watcher runs (the watcher removes them without waiting for a read, and emits the
+//! `Removed` event). An entry whose actor is still *stopping* (running its `post_stop`) is still listed.
+//! [`Registry::register`] does not wait for that: a holder that is stopping or stopped holds nothing, and its
+//! key is taken over, which is what lets a restarted actor register its predecessor's key at once.
+//!
+//! Events are published while the table is locked, so every subscriber sees them in the order the table
+//! changed; [`Registry::watch_with_snapshot`] gives the table and the events after it atomically, so a view
+//! rebuilt from them always equals the table.
 //!
 //! ```
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,7 +29,7 @@
 //! #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> { Ok(()) }
 //! # }
 //! let registry: Registry<String> = Registry::new("services");
-//! registry.start_standalone().await?;
+//! registry.start().await?;
 //! let (worker, _) = Actor::spawn(None, Worker, ()).await?;
 //! registry.register("db/primary", worker.get_cell(), "10.0.0.1:5432".to_string())?;
 //! assert_eq!(registry.lookup("db/primary").unwrap().value, "10.0.0.1:5432");
@@ -62,11 +66,14 @@ pub struct RegistryEntry<V> {
 }
 
 impl<V> RegistryEntry<V> {
-    /// The actor as a typed reference, if it handles messages of type `M`.
-    pub fn actor_ref<M: Message>(&self) -> Option<ActorRef<M>> {
+    /// The actor as a typed reference; [`RegistryError::WrongType`] if it does not handle messages of type `M`.
+    pub fn actor_ref<M: Message>(&self) -> Result<ActorRef<M>, RegistryError> {
         match self.actor.is_message_type_of::<M>() {
-            Some(false) => None,
-            _ => Some(self.actor.clone().into()),
+            Some(false) => Err(RegistryError::WrongType {
+                key: self.key.clone(),
+                expected: std::any::type_name::<M>(),
+            }),
+            _ => Ok(self.actor.clone().into()),
         }
     }
 }
@@ -117,6 +124,14 @@ pub enum RegistryError {
     NotFound {
         /// The key.
         key: String,
+    },
+    /// The entry's actor does not handle messages of the type asked for.
+    #[error("the actor under {key:?} does not handle messages of type {expected}")]
+    WrongType {
+        /// The key.
+        key: String,
+        /// The message type asked for.
+        expected: &'static str,
     },
     /// The actor to register has already exited.
     #[error("actor {actor} registering {key:?} is not alive")]
@@ -179,9 +194,13 @@ fn is_gone(cell: &ActorCell) -> bool {
     matches!(cell.get_status(), ActorStatus::Stopping | ActorStatus::Stopped)
 }
 
+fn has_exited(cell: &ActorCell) -> bool {
+    cell.get_status() == ActorStatus::Stopped
+}
+
 impl<V: Clone + Send + Sync + 'static> Registry<V> {
     /// An empty registry. Entries are removed on their actor's exit only while its watcher runs: start it with
-    /// [`Registry::child_spec`] under a supervisor, or [`Registry::start_standalone`].
+    /// [`Registry::child_spec`] under a supervisor, or [`Registry::start`].
     pub fn new(name: impl Into<String>) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Registry {
@@ -216,7 +235,7 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
     }
 
     /// Starts the watcher unsupervised (for tests and small programs).
-    pub async fn start_standalone(&self) -> Result<(), RegistryError> {
+    pub async fn start(&self) -> Result<(), RegistryError> {
         Actor::spawn(None, Watcher, self.erased())
             .await
             .map(|_| ())
@@ -258,69 +277,93 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
                     });
                 }
                 let stale = remove_key(&mut table, &key).expect("entry just seen");
-                let _ = self
-                    .shared
-                    .events
-                    .send(RegistryEvent::Removed(stale, RemovalReason::ActorExited));
+                self.shared
+                    .publish(RegistryEvent::Removed(stale, RemovalReason::ActorExited));
             }
             table.entries.insert(key.clone(), entry.clone());
             table.by_actor.entry(actor.get_id()).or_default().insert(key);
+            self.shared.publish(RegistryEvent::Registered(entry));
         }
         // After the insert, so that either this watcher, or a new one scanning the table, monitors the actor.
         if let Some(watcher) = lock(&self.shared.watcher).as_ref() {
             let _ = watcher.cast(WatcherMsg::Watch(actor));
         }
-        let _ = self.shared.events.send(RegistryEvent::Registered(entry));
         Ok(())
     }
 
     /// Removes the entry under `key`, if any.
     pub fn unregister(&self, key: &str) -> Option<RegistryEntry<V>> {
-        let entry = {
-            let mut table = lock(&self.shared.table);
-            let entry = remove_key(&mut table, key)?;
-            if !table.by_actor.contains_key(&entry.actor.get_id()) {
-                if let Some(watcher) = lock(&self.shared.watcher).as_ref() {
-                    let _ = watcher.cast(WatcherMsg::Unwatch(entry.actor.clone()));
-                }
+        let mut table = lock(&self.shared.table);
+        let entry = remove_key(&mut table, key)?;
+        if !table.by_actor.contains_key(&entry.actor.get_id()) {
+            if let Some(watcher) = lock(&self.shared.watcher).as_ref() {
+                let _ = watcher.cast(WatcherMsg::Unwatch(entry.actor.clone()));
             }
-            entry
-        };
-        let _ = self
-            .shared
-            .events
-            .send(RegistryEvent::Removed(entry.clone(), RemovalReason::Unregistered));
+        }
+        self.shared
+            .publish(RegistryEvent::Removed(entry.clone(), RemovalReason::Unregistered));
         Some(entry)
     }
 
     /// Changes the value under `key` in place.
     pub fn update(&self, key: &str, change: impl FnOnce(&mut V)) -> Result<(), RegistryError> {
-        let entry = {
-            let mut table = lock(&self.shared.table);
-            let entry = table
-                .entries
-                .get_mut(key)
-                .ok_or_else(|| RegistryError::NotFound { key: key.into() })?;
-            change(&mut entry.value);
-            entry.clone()
-        };
-        let _ = self.shared.events.send(RegistryEvent::Updated(entry));
+        let mut table = lock(&self.shared.table);
+        let not_found = || RegistryError::NotFound { key: key.into() };
+        let entry = table.entries.get_mut(key).ok_or_else(not_found)?;
+        if has_exited(&entry.actor) {
+            let actor = entry.actor.get_id();
+            self.shared.remove_actor_locked(&mut table, actor);
+            return Err(not_found());
+        }
+        change(&mut entry.value);
+        let entry = entry.clone();
+        self.shared.publish(RegistryEvent::Updated(entry));
         Ok(())
     }
 
-    /// The entry under `key`.
-    pub fn lookup(&self, key: &str) -> Option<RegistryEntry<V>> {
-        lock(&self.shared.table).entries.get(key).cloned()
+    /// The table, without the entries of actors that have exited (removed now, with their events).
+    fn live_table(&self) -> MutexGuard<'_, Table<V>> {
+        let mut table = lock(&self.shared.table);
+        let exited: Vec<ActorId> = table
+            .by_actor
+            .keys()
+            .filter(|actor| {
+                let keys = &table.by_actor[*actor];
+                keys.first()
+                    .and_then(|k| table.entries.get(k))
+                    .is_some_and(|e| has_exited(&e.actor))
+            })
+            .cloned()
+            .collect();
+        for actor in exited {
+            self.shared.remove_actor_locked(&mut table, actor);
+        }
+        table
     }
 
-    /// The actor under `key` as a typed reference, if it handles messages of type `M`.
-    pub fn lookup_ref<M: Message>(&self, key: &str) -> Option<ActorRef<M>> {
-        self.lookup(key)?.actor_ref()
+    /// The entry under `key` (never one whose actor has exited).
+    pub fn lookup(&self, key: &str) -> Option<RegistryEntry<V>> {
+        let mut table = lock(&self.shared.table);
+        let entry = table.entries.get(key)?;
+        if has_exited(&entry.actor) {
+            let actor = entry.actor.get_id();
+            self.shared.remove_actor_locked(&mut table, actor);
+            return None;
+        }
+        Some(entry.clone())
+    }
+
+    /// The actor under `key` as a typed reference: [`RegistryError::NotFound`] without an entry,
+    /// [`RegistryError::WrongType`] if its actor does not handle messages of type `M`.
+    pub fn lookup_ref<M: Message>(&self, key: &str) -> Result<ActorRef<M>, RegistryError> {
+        self.lookup(key)
+            .ok_or_else(|| RegistryError::NotFound { key: key.into() })?
+            .actor_ref()
     }
 
     /// Every entry whose key starts with `prefix`, in key order.
     pub fn select_prefix(&self, prefix: &str) -> Vec<RegistryEntry<V>> {
-        let table = lock(&self.shared.table);
+        let table = self.live_table();
         table
             .entries
             .range(prefix.to_string()..)
@@ -331,7 +374,7 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
 
     /// Every entry `keep` accepts, in key order.
     pub fn select(&self, mut keep: impl FnMut(&RegistryEntry<V>) -> bool) -> Vec<RegistryEntry<V>> {
-        let table = lock(&self.shared.table);
+        let table = self.live_table();
         table.entries.values().filter(|e| keep(e)).cloned().collect()
     }
 
@@ -350,9 +393,9 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
             .unwrap_or_default()
     }
 
-    /// How many entries there are.
+    /// How many entries there are (of actors that have not exited).
     pub fn len(&self) -> usize {
-        lock(&self.shared.table).entries.len()
+        self.live_table().entries.len()
     }
 
     /// Whether there are no entries.
@@ -364,6 +407,31 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
     /// `RecvError::Lagged` and should re-read the table with [`Registry::list`].
     pub fn watch(&self) -> broadcast::Receiver<RegistryEvent<V>> {
         self.shared.events.subscribe()
+    }
+
+    /// Every entry, and a stream of every change after exactly that state, taken atomically: applying the
+    /// events in order to the entries always gives the table.
+    pub fn watch_with_snapshot(&self) -> (Vec<RegistryEntry<V>>, broadcast::Receiver<RegistryEvent<V>>) {
+        let table = self.live_table();
+        let rx = self.shared.events.subscribe();
+        (table.entries.values().cloned().collect(), rx)
+    }
+}
+
+impl<V: Clone> Shared<V> {
+    /// Sends an event; called with the table locked, so events leave in the order of the table's changes.
+    fn publish(&self, event: RegistryEvent<V>) {
+        let _ = self.events.send(event);
+    }
+
+    fn remove_actor_locked(&self, table: &mut Table<V>, actor: ActorId) {
+        let keys = table.by_actor.remove(&actor).unwrap_or_default();
+        for key in keys {
+            if let Some(entry) = table.entries.remove(&key) {
+                debug!(registry = %self.name, %key, %actor, "entry removed: actor exited");
+                self.publish(RegistryEvent::Removed(entry, RemovalReason::ActorExited));
+            }
+        }
     }
 }
 
@@ -416,17 +484,8 @@ impl<V: Clone + Send + Sync + 'static> Erased for Shared<V> {
     }
 
     fn remove_actor(&self, actor: ActorId) {
-        let removed: Vec<RegistryEntry<V>> = {
-            let mut table = lock(&self.table);
-            let keys = table.by_actor.remove(&actor).unwrap_or_default();
-            keys.iter().filter_map(|k| table.entries.remove(k)).collect()
-        };
-        for entry in removed {
-            debug!(registry = %self.name, key = %entry.key, %actor, "entry removed: actor exited");
-            let _ = self
-                .events
-                .send(RegistryEvent::Removed(entry, RemovalReason::ActorExited));
-        }
+        let mut table = lock(&self.table);
+        self.remove_actor_locked(&mut table, actor);
     }
 }
 

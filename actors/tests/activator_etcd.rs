@@ -282,7 +282,7 @@ impl World {
             ActivatorOptions::new("etcd-singleton"),
             backend,
         );
-        let (sup, _) = Supervisor::start(None, SupervisorOptions::default(), vec![spec])
+        let sup = Supervisor::start(SupervisorOptions::default(), vec![spec])
             .await
             .expect("tree starts");
         self.trees.push(Some(sup));
@@ -328,7 +328,11 @@ impl World {
     /// Kills a whole tree (supervisor and activator, no graceful anything) and forgets it acted.
     async fn kill_tree(&mut self, idx: usize) {
         let sup = self.trees[idx].take().expect("tree alive");
-        sup.cell().kill_and_wait(Some(WAIT)).await.expect("tree dies");
+        sup.cell()
+            .unwrap()
+            .kill_and_wait(Some(WAIT))
+            .await
+            .expect("tree dies");
         self.acting.lock().unwrap().remove(&idx);
     }
 
@@ -510,12 +514,7 @@ async fn nodes_joining_and_leaving_produce_cluster_changes_on_the_leader() {
     );
     // Graceful leave: the lease is revoked at once.
     let a = w.activator(joined).await;
-    w.trees[joined]
-        .take()
-        .unwrap()
-        .shutdown(Some(WAIT))
-        .await
-        .unwrap();
+    w.trees[joined].take().unwrap().shutdown(WAIT).await.unwrap();
     assert!(!a.is_alive());
     let (i, e, _) = w
         .next_where("NodeDown", |_, e| matches!(e, ActivatorEvent::ClusterChange(_)))
@@ -566,12 +565,7 @@ async fn fencing_tokens_strictly_increase_and_graceful_stops_hand_over_at_once()
         // The whole tree stops gracefully (as a deploy would): the activator's Shutdown runs, then it
         // resigns.
         let stopped_at = Instant::now();
-        w.trees[leader]
-            .take()
-            .unwrap()
-            .shutdown(Some(WAIT))
-            .await
-            .unwrap();
+        w.trees[leader].take().unwrap().shutdown(WAIT).await.unwrap();
         w.next_where("Shutdown", |i, e| {
             i == leader && matches!(e, ActivatorEvent::Shutdown(_))
         })

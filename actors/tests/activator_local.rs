@@ -18,10 +18,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 async fn new_registry() -> Registry<ActivatorInfo> {
     let registry = Registry::new("activators");
-    registry
-        .start_standalone()
-        .await
-        .expect("registry watcher starts");
+    registry.start().await.expect("registry watcher starts");
     registry
 }
 
@@ -99,7 +96,7 @@ impl Cluster {
             shutdown_gate: None,
         };
         let opts = ActivatorOptions::new(name).timers_on_followers(on_followers);
-        let (h, _join) = Activator::start(probe, opts, self.backend.clone())
+        let h = Activator::start(probe, opts, self.backend.clone())
             .await
             .expect("activator starts");
         self.handles.push(h);
@@ -247,7 +244,7 @@ async fn graceful_stop_of_the_leader_hands_over() {
     let (old, old_token) = c.next_leader().await;
     c.settled().await;
     c.handles[old]
-        .shutdown("maintenance", WAIT)
+        .shutdown_with_reason("maintenance", WAIT)
         .await
         .expect("graceful shutdown");
     // The old leader's Shutdown must come before the new leader's NowLeader: resignation happens after
@@ -447,9 +444,7 @@ async fn supervised_tree(
     };
     let spec = Activator::child_spec("activator", probe, ActivatorOptions::new("supervised"), backend);
     let opts = SupervisorOptions::default().intensity(100, Duration::from_secs(5));
-    let (sup, _join) = Supervisor::start(None, opts, vec![spec])
-        .await
-        .expect("tree starts");
+    let sup = Supervisor::start(opts, vec![spec]).await.expect("tree starts");
     sup
 }
 
@@ -481,7 +476,7 @@ async fn supervised_activators_fail_over_across_trees_and_restart() {
     }
     let (first, t1) = next_leader_on(&mut rx).await;
     // Kill the whole tree of the leader: its activator dies with it.
-    trees[first].cell().kill();
+    trees[first].cell().unwrap().kill();
     let (second, t2) = next_leader_on(&mut rx).await;
     assert_ne!(second, first);
     assert!(t2 > t1);
@@ -585,8 +580,8 @@ async fn nobody_takes_over_while_a_stopping_leader_runs_its_shutdown_callback() 
     };
     let (first, _) = c.next_leader().await;
     assert_eq!(first, 0);
-    c.handles[0].shutdown("make way", WAIT).await.unwrap();
-    let (leader, _) = Activator::start(gated, ActivatorOptions::new("stopping"), c.backend.clone())
+    c.handles[0].shutdown_with_reason("make way", WAIT).await.unwrap();
+    let leader = Activator::start(gated, ActivatorOptions::new("stopping"), c.backend.clone())
         .await
         .unwrap();
     assert_eq!(leader.dump().await.unwrap().role, Role::Leader);

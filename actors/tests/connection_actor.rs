@@ -46,7 +46,7 @@ async fn server_down_at_start_backoff_schedule_then_ready() {
     let port = free_port();
     let cfg = config(port, 100);
     let schedule = cfg.backoff.clone();
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
 
     // Record each attempt's start time (one generation per attempt).
     let mut rx = h.watch();
@@ -92,7 +92,7 @@ async fn server_down_at_start_backoff_schedule_then_ready() {
         .unwrap();
     assert_eq!(h.state(), ConnectivityState::Ready);
     assert_eq!(h.snapshot().failed_attempts, 0);
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +112,7 @@ async fn no_connect_storm_while_server_refuses() {
     });
     let cfg = config(port, 100);
     let schedule = cfg.backoff.clone();
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     let started = Instant::now();
     // Hammer the handle meanwhile: channel() must fail fast and never dial.
     let mut not_ready = 0u32;
@@ -150,7 +150,7 @@ async fn no_connect_storm_while_server_refuses() {
         dials <= budget + 1,
         "{dials} dials in {elapsed:?}, schedule allows {budget}"
     );
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     acceptor.abort();
 }
 
@@ -162,7 +162,7 @@ async fn health_not_serving_is_not_ready_unimplemented_is_ready() {
         .reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    let h = ConnectionHandle::spawn(config(server.port(), 50)).await.unwrap();
+    let h = ConnectionHandle::start(config(server.port(), 50)).await.unwrap();
     wait_state(&h, ConnectivityState::TransientFailure).await;
     assert!(h.snapshot().last_error.unwrap().contains("NOT_SERVING"));
     server
@@ -170,20 +170,20 @@ async fn health_not_serving_is_not_ready_unimplemented_is_ready() {
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     h.wait_ready(LONG).await.unwrap();
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 
     // A named service the server does not know: tonic-health answers NOT_FOUND, a failed attempt.
-    let h = ConnectionHandle::spawn(config(server.port(), 50).with_health_service("no.such.Service"))
+    let h = ConnectionHandle::start(config(server.port(), 50).with_health_service("no.such.Service"))
         .await
         .unwrap();
     wait_state(&h, ConnectivityState::TransientFailure).await;
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 
     // A server without the health service at all answers UNIMPLEMENTED: healthy.
     let port = unimplemented_server().await;
-    let h = ConnectionHandle::spawn(config(port, 50)).await.unwrap();
+    let h = ConnectionHandle::start(config(port, 50)).await.unwrap();
     h.wait_ready(LONG).await.expect("UNIMPLEMENTED counts as healthy");
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 /// A tonic server whose only service is not the health service.
@@ -220,7 +220,7 @@ async fn graceful_shutdown_mid_stream_then_recovery() {
     let mut server = InProcessServer::start(0, None);
     let port = server.port();
     let cfg = config(port, 100).with_probe_interval(Some(Duration::from_millis(200)));
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     let channel = h.wait_ready(LONG).await.unwrap();
     let gen_before = h.snapshot().generation;
     let mut stream = HealthClient::new(channel)
@@ -249,7 +249,7 @@ async fn graceful_shutdown_mid_stream_then_recovery() {
     let _server2 = InProcessServer::start(port, None);
     h.wait_ready(LONG).await.unwrap();
     assert!(h.snapshot().generation > gen_before);
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +259,7 @@ async fn reconnect_skips_backoff_and_auto_connect_off_stays_idle() {
     let mut backoff = fast_backoff(100);
     backoff.initial = Duration::from_secs(60);
     backoff.max = Duration::from_secs(60);
-    let h = ConnectionHandle::spawn(config(port, 100).with_backoff(backoff))
+    let h = ConnectionHandle::start(config(port, 100).with_backoff(backoff))
         .await
         .unwrap();
     wait_state(&h, ConnectivityState::TransientFailure).await;
@@ -269,9 +269,9 @@ async fn reconnect_skips_backoff_and_auto_connect_off_stays_idle() {
     h.wait_ready(Duration::from_secs(10))
         .await
         .expect("reconnect skips the wait");
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 
-    let h = ConnectionHandle::spawn(config(port, 100).with_auto_connect(false))
+    let h = ConnectionHandle::start(config(port, 100).with_auto_connect(false))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_millis(300);
@@ -281,7 +281,7 @@ async fn reconnect_skips_backoff_and_auto_connect_off_stays_idle() {
     h.wait_ready(LONG)
         .await
         .expect("wait_ready asks an IDLE connection to connect");
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +290,7 @@ async fn shutdown_fails_parked_waiters() {
     let port = free_port();
     let mut cfg = config(port, 5_000);
     cfg.backoff.max = Duration::from_secs(5);
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     let waiters: Vec<_> = (0..3)
         .map(|_| {
             let h = h.clone();
@@ -298,7 +298,7 @@ async fn shutdown_fails_parked_waiters() {
         })
         .collect();
     wait_state(&h, ConnectivityState::TransientFailure).await;
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     for w in waiters {
         let r = timeout(LONG, w).await.unwrap().unwrap();
         assert!(
@@ -355,7 +355,7 @@ async fn max_attempts_exhausted_fails_waiters_and_the_actor() {
         let h = h.clone();
         tokio::spawn(async move { h.wait_ready(LONG).await })
     };
-    h.spawn_linked(None, parent.get_cell()).await.unwrap();
+    h.start_linked(parent.get_cell()).await.unwrap();
     let r = timeout(LONG, waiter).await.unwrap().unwrap();
     match r {
         Err(ConnectionError::Shutdown {
@@ -393,9 +393,7 @@ async fn supervised_connection_restarted_after_exhaustion_serves_the_same_handle
     let port = free_port();
     let h = ConnectionHandle::prepare(config(port, 50).with_max_attempts(Some(2))).unwrap();
     let opts = SupervisorOptions::default().intensity(1000, Duration::from_secs(60));
-    let (sup, _join) = Supervisor::start(None, opts, vec![h.child_spec("conn")])
-        .await
-        .unwrap();
+    let sup = Supervisor::start(opts, vec![h.child_spec("conn")]).await.unwrap();
     // Gives up, fails, is restarted: wait for a restart to show in the tree.
     timeout(LONG, async {
         loop {
@@ -422,7 +420,7 @@ async fn supervised_connection_restarted_after_exhaustion_serves_the_same_handle
     .await
     .expect("ready under supervision");
     // shutdown() is a normal exit: the transient child stays down.
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     assert_eq!(h.state(), ConnectivityState::Shutdown);
     let restarts = sup.snapshot().await.unwrap().total_restarts();
     // Once the supervisor has handled the exit, the child is Terminated (not Restarting, not a new Running).
@@ -443,7 +441,7 @@ async fn supervised_connection_restarted_after_exhaustion_serves_the_same_handle
         "the transient child stays down after a normal exit"
     );
     assert_eq!(sup.snapshot().await.unwrap().total_restarts(), restarts);
-    sup.shutdown(Some(LONG)).await.unwrap();
+    sup.shutdown(LONG).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,12 +458,13 @@ async fn actor_answers_while_a_dial_hangs_and_hosts_are_tried_in_order() {
     });
     let mut cfg = config(silent, 100);
     cfg.backoff.min_connect_timeout = Duration::from_secs(10);
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     wait_state(&h, ConnectivityState::Connecting).await;
     // The attempt runs off the message loop: shutdown is handled at once, not after the 10 s dial.
-    timeout(Duration::from_secs(5), h.shutdown())
+    timeout(Duration::from_secs(5), h.shutdown(Duration::from_secs(5)))
         .await
-        .expect("the actor answers during a dial");
+        .expect("the actor answers during a dial")
+        .unwrap();
     assert_eq!(h.state(), ConnectivityState::Shutdown);
     holder.abort();
 
@@ -476,7 +475,7 @@ async fn actor_answers_while_a_dial_hangs_and_hosts_are_tried_in_order() {
         "grpc://127.0.0.1:{dead},127.0.0.1:{}?disableTls=true",
         server.port()
     );
-    let h = ConnectionHandle::spawn(
+    let h = ConnectionHandle::start(
         ConnectionConfig::parse(&cs)
             .unwrap()
             .with_backoff(fast_backoff(100))
@@ -486,7 +485,7 @@ async fn actor_answers_while_a_dial_hangs_and_hosts_are_tried_in_order() {
     .unwrap();
     h.wait_ready(LONG).await.unwrap();
     assert_eq!(h.snapshot().generation, 1, "READY on the first attempt");
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,7 +493,7 @@ async fn a_stale_channel_never_redials() {
     grpc_common::init_tracing();
     let mut server = InProcessServer::start(0, None);
     let port = server.port();
-    let h = ConnectionHandle::spawn(config(port, 200)).await.unwrap();
+    let h = ConnectionHandle::start(config(port, 200)).await.unwrap();
     let stale = h.wait_ready(LONG).await.unwrap();
     server.kill();
     drop(server);
@@ -522,7 +521,7 @@ async fn a_stale_channel_never_redials() {
     let dials = accepts.load(std::sync::atomic::Ordering::SeqCst) as u64;
     // Only the actor's own scheduled attempts dial (a plain tonic channel would have dialled 200 times).
     assert!(dials <= attempts + 1, "{dials} dials, {attempts} actor attempts");
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     acceptor.abort();
 }
 
@@ -535,7 +534,7 @@ async fn stream_limit_exhausted_calls_time_out_and_a_new_connection_serves() {
         .with_probe_interval(Some(Duration::from_millis(200)))
         .with_health_check_timeout(Duration::from_millis(300))
         .with_call_timeout(Duration::from_millis(300));
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     let first = h.wait_ready(LONG).await.unwrap();
     let gen = h.snapshot().generation;
     let mut streams = Vec::new();
@@ -578,7 +577,7 @@ async fn stream_limit_exhausted_calls_time_out_and_a_new_connection_serves() {
             tonic_health::pb::health_check_response::ServingStatus::NotServing
         );
     }
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,7 +585,7 @@ async fn killed_actor_fails_parked_waiters() {
     grpc_common::init_tracing();
     let mut cfg = config(free_port(), 5_000);
     cfg.backoff.max = Duration::from_secs(5);
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     wait_state(&h, ConnectivityState::TransientFailure).await;
     let waiter = {
         let h = h.clone();

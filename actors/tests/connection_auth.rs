@@ -69,7 +69,7 @@ async fn api_key_and_static_bearer_headers_arrive() {
     log_buffer();
     let log = MetadataLog::default();
     let server = InProcessServer::start(0, Some(log.clone()));
-    let h = ConnectionHandle::spawn(quick_config(&format!(
+    let h = ConnectionHandle::start(quick_config(&format!(
         "grpc://127.0.0.1:{}?disableTls=true&apiKey=key-SECRET",
         server.port()
     )))
@@ -86,14 +86,14 @@ async fn api_key_and_static_bearer_headers_arrive() {
     assert!(keys.iter().all(|k| k == "key-SECRET"));
     assert!(header(&log, "authorization").is_empty());
     assert!(!format!("{h:?} {:?}", h.interceptor()).contains("SECRET"));
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 
     let log = MetadataLog::default();
     let server = InProcessServer::start(0, Some(log.clone()));
     let cfg = quick_config(&format!("grpc://127.0.0.1:{}?disableTls=true", server.port()))
         .with_auth(Auth::Bearer(TokenSource::fixed(Secret::new("static-SECRET"))));
     assert!(!format!("{cfg:?}").contains("SECRET"));
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     let ch = h.wait_ready(LONG).await.unwrap();
     HealthClient::with_interceptor(ch, h.interceptor())
         .check(HealthCheckRequest::default())
@@ -104,7 +104,7 @@ async fn api_key_and_static_bearer_headers_arrive() {
         !auth.is_empty() && auth.iter().all(|a| a == "Bearer static-SECRET"),
         "{auth:?}"
     );
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     assert_no_secret_logged();
 }
 
@@ -183,7 +183,7 @@ async fn oauth2_client_credentials_token_sent_and_refreshed_before_expiry() {
         tokens.port
     ));
     assert!(!format!("{cfg:?}").contains("pa55"));
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     h.wait_ready(LONG).await.unwrap();
     let form = tokens.forms.lock().unwrap()[0].clone();
     assert!(form.contains("grant_type=client_credentials"), "{form}");
@@ -212,7 +212,7 @@ async fn oauth2_client_credentials_token_sent_and_refreshed_before_expiry() {
     })
     .await
     .expect("refreshed token used");
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     assert_no_secret_logged();
 }
 

@@ -41,7 +41,7 @@ async fn sigkill_while_idle_is_detected_by_the_connector_and_recovers() {
     let port = free_port();
     let mut server = ChildServer::start(ENTRY, port);
     // No probe, no keepalive: only the drop-reporting connector can notice.
-    let h = ConnectionHandle::spawn(config(port)).await.unwrap();
+    let h = ConnectionHandle::start(config(port)).await.unwrap();
     h.wait_ready(LONG).await.unwrap();
     let gen = h.snapshot().generation;
     server.sigkill();
@@ -58,7 +58,7 @@ async fn sigkill_while_idle_is_detected_by_the_connector_and_recovers() {
     let _server = ChildServer::start(ENTRY, port);
     h.wait_ready(LONG).await.unwrap();
     assert!(h.snapshot().generation > gen);
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +66,7 @@ async fn sigkill_while_streaming_fails_the_stream_and_recovers() {
     grpc_common::init_tracing();
     let port = free_port();
     let mut server = ChildServer::start(ENTRY, port);
-    let h = ConnectionHandle::spawn(config(port)).await.unwrap();
+    let h = ConnectionHandle::start(config(port)).await.unwrap();
     let channel = h.wait_ready(LONG).await.unwrap();
     let mut stream = HealthClient::new(channel.clone())
         .watch(HealthCheckRequest::default())
@@ -95,7 +95,7 @@ async fn sigkill_while_streaming_fails_the_stream_and_recovers() {
         .check(h.request(HealthCheckRequest::default()))
         .await
         .unwrap();
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +106,7 @@ async fn frozen_server_detected_by_probe_and_calls_do_not_hang() {
     let cfg = config(port)
         .with_probe_interval(Some(Duration::from_millis(200)))
         .with_call_timeout(Duration::from_millis(500));
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     let channel = h.wait_ready(LONG).await.unwrap();
     server.sigstop();
     h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
@@ -124,7 +124,7 @@ async fn frozen_server_detected_by_probe_and_calls_do_not_hang() {
     assert!(h.wait_ready(Duration::from_millis(300)).await.is_err());
     server.sigcont();
     h.wait_ready(LONG).await.expect("ready again after SIGCONT");
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +137,7 @@ async fn frozen_server_detected_by_keepalive() {
         timeout: Duration::from_millis(500),
         while_idle: true,
     }));
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     h.wait_ready(LONG).await.unwrap();
     server.sigstop();
     h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
@@ -146,7 +146,7 @@ async fn frozen_server_detected_by_keepalive() {
     assert!(h.snapshot().last_error.is_some());
     server.sigcont();
     h.wait_ready(LONG).await.expect("ready again after SIGCONT");
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +155,7 @@ async fn reported_failures_trigger_a_check_that_catches_a_frozen_server() {
     let port = free_port();
     let server = ChildServer::start(ENTRY, port);
     // No probe, no keepalive: only the caller's report can reveal the freeze.
-    let h = ConnectionHandle::spawn(config(port).with_call_timeout(Duration::from_millis(300)))
+    let h = ConnectionHandle::start(config(port).with_call_timeout(Duration::from_millis(300)))
         .await
         .unwrap();
     let channel = h.wait_ready(LONG).await.unwrap();
@@ -179,5 +179,5 @@ async fn reported_failures_trigger_a_check_that_catches_a_frozen_server() {
         .unwrap();
     server.sigcont();
     h.wait_ready(LONG).await.unwrap();
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -72,7 +72,7 @@ async fn concurrent_acquires_share_one_actor_and_release_to_zero_closes_tcp() {
     let server = InProcessServer::start(0, None);
     let (proxy, mut open) = counting_proxy(server.port()).await;
     let pool = ConnectionPool::new(PoolOptions::default());
-    let (sup, _join) = Supervisor::start(None, SupervisorOptions::default(), vec![pool.child_spec("pool")])
+    let _sup = Supervisor::start(SupervisorOptions::default(), vec![pool.child_spec("pool")])
         .await
         .unwrap();
 
@@ -133,7 +133,7 @@ async fn concurrent_acquires_share_one_actor_and_release_to_zero_closes_tcp() {
         .expect("the TCP connection closes when the last lease goes")
         .unwrap();
     assert!(pool.registry().lookup(&key).is_none());
-    sup.shutdown(Some(LONG)).await.unwrap();
+    pool.shutdown(LONG).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +141,7 @@ async fn different_credentials_get_different_entries() {
     grpc_common::init_tracing();
     let server = InProcessServer::start(0, None);
     let pool = ConnectionPool::new(PoolOptions::default());
-    let sup = pool.start_standalone().await.unwrap();
+    pool.start().await.unwrap();
     let a = pool
         .acquire(config(server.port(), "&apiKey=alpha"))
         .await
@@ -183,7 +183,7 @@ async fn different_credentials_get_different_entries() {
     let err = pool.acquire_str("grpc://h:99999").await.unwrap_err();
     assert!(err.to_string().contains("99999"), "{err}");
     assert_eq!(pool.stats().await.unwrap().connections, 0);
-    sup.shutdown(Some(LONG)).await.unwrap();
+    pool.shutdown(LONG).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +191,7 @@ async fn stale_entry_is_evicted_and_failed_first_dial_not_cached() {
     grpc_common::init_tracing();
     let port = free_port();
     let pool = ConnectionPool::new(PoolOptions::default().linger(Duration::from_secs(30)));
-    let sup = pool.start_standalone().await.unwrap();
+    pool.start().await.unwrap();
     // Nobody listens: the connection gives up after one attempt and is SHUTDOWN while the lease is held.
     let dead = pool
         .acquire(config(port, "").with_max_attempts(Some(1)))
@@ -245,7 +245,7 @@ async fn stale_entry_is_evicted_and_failed_first_dial_not_cached() {
         },
     )
     .await;
-    sup.shutdown(Some(LONG)).await.unwrap();
+    pool.shutdown(LONG).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +253,7 @@ async fn linger_keeps_a_released_connection_then_closes_it() {
     grpc_common::init_tracing();
     let server = InProcessServer::start(0, None);
     let pool = ConnectionPool::new(PoolOptions::default().linger(Duration::from_millis(300)));
-    let sup = pool.start_standalone().await.unwrap();
+    pool.start().await.unwrap();
     let mut events = pool.registry().watch();
     let l = pool.acquire(config(server.port(), "")).await.unwrap();
     let id = l.handle().actor().unwrap().get_id();
@@ -280,7 +280,7 @@ async fn linger_keeps_a_released_connection_then_closes_it() {
             leases: 0
         }
     );
-    sup.shutdown(Some(LONG)).await.unwrap();
+    pool.shutdown(LONG).await.unwrap();
 }
 
 struct Holder;
@@ -298,7 +298,7 @@ async fn holder_death_releases_its_lease() {
     grpc_common::init_tracing();
     let server = InProcessServer::start(0, None);
     let pool = ConnectionPool::new(PoolOptions::default());
-    let sup = pool.start_standalone().await.unwrap();
+    pool.start().await.unwrap();
     let (holder, _) = Actor::spawn(None, Holder, ()).await.unwrap();
     let lease = pool
         .acquire_for(config(server.port(), ""), holder.get_cell())
@@ -338,5 +338,5 @@ async fn holder_death_releases_its_lease() {
             leases: 0
         }
     );
-    sup.shutdown(Some(LONG)).await.unwrap();
+    pool.shutdown(LONG).await.unwrap();
 }

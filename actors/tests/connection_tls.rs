@@ -35,23 +35,23 @@ async fn tls_with_custom_ca_connects_and_unknown_ca_fails() {
         server.port(),
         ca.display()
     );
-    let h = ConnectionHandle::spawn(quick_config(&cs)).await.unwrap();
+    let h = ConnectionHandle::start(quick_config(&cs)).await.unwrap();
     let ch = h.wait_ready(LONG).await.expect("TLS with the generated CA");
     HealthClient::new(ch)
         .check(h.request(HealthCheckRequest::default()))
         .await
         .unwrap();
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 
     // Same server, system roots only: the self-signed certificate is refused.
     let cs = format!("grpc://127.0.0.1:{}?tlsServerName=arbor.test", server.port());
-    let h = ConnectionHandle::spawn(quick_config(&cs).with_max_attempts(Some(1)))
+    let h = ConnectionHandle::start(quick_config(&cs).with_max_attempts(Some(1)))
         .await
         .unwrap();
     assert!(h.wait_ready(LONG).await.is_err());
     let err = h.snapshot().last_error.unwrap();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
 
     // Wrong name: refused too.
     let cs = format!(
@@ -59,11 +59,11 @@ async fn tls_with_custom_ca_connects_and_unknown_ca_fails() {
         server.port(),
         ca.display()
     );
-    let h = ConnectionHandle::spawn(quick_config(&cs).with_max_attempts(Some(1)))
+    let h = ConnectionHandle::start(quick_config(&cs).with_max_attempts(Some(1)))
         .await
         .unwrap();
     assert!(h.wait_ready(LONG).await.is_err());
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     let _ = std::fs::remove_dir_all(ca.parent().unwrap());
 }
 
@@ -85,7 +85,7 @@ async fn tls_handshake_timeout_against_a_silent_peer() {
         .with_tls_handshake_timeout(Duration::from_millis(200))
         .with_max_attempts(Some(1));
     cfg.backoff.min_connect_timeout = Duration::from_secs(10);
-    let h = ConnectionHandle::spawn(cfg).await.unwrap();
+    let h = ConnectionHandle::start(cfg).await.unwrap();
     // min_connect_timeout is 10 s: failing well before it shows the handshake timeout at work. The bound is
     // generous, not a performance assertion.
     let started = tokio::time::Instant::now();
@@ -177,7 +177,7 @@ async fn oauth2_over_https_with_the_ca_file_and_tls_grpc() {
         server.port(),
         ca.display()
     );
-    let h = ConnectionHandle::spawn(quick_config(&cs)).await.unwrap();
+    let h = ConnectionHandle::start(quick_config(&cs)).await.unwrap();
     h.wait_ready(LONG)
         .await
         .expect("token over https and gRPC over TLS, both trusting caFile");
@@ -188,6 +188,6 @@ async fn oauth2_over_https_with_the_ca_file_and_tls_grpc() {
         .filter_map(|m| m.get("authorization").map(|v| v.to_str().unwrap().to_string()))
         .collect();
     assert_eq!(auth.first().map(String::as_str), Some("Bearer tls-tok-1"));
-    h.shutdown().await;
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

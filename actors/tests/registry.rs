@@ -25,7 +25,7 @@ async fn spawn_worker(w: &Workers, name: &str) -> ractor::ActorRef<WorkerMsg> {
 async fn a_taken_key_is_refused_naming_its_holder() {
     let w = Workers::new();
     let registry: Registry<u32> = Registry::new("dup");
-    registry.start_standalone().await.unwrap();
+    registry.start().await.unwrap();
     let a = spawn_worker(&w, "a").await;
     let b = spawn_worker(&w, "b").await;
     registry.register("key", a.get_cell(), 1).unwrap();
@@ -49,7 +49,7 @@ async fn a_taken_key_is_refused_naming_its_holder() {
 async fn entries_vanish_when_their_actor_panics_or_is_killed() {
     let w = Workers::new();
     let registry: Registry<&'static str> = Registry::new("exits");
-    registry.start_standalone().await.unwrap();
+    registry.start().await.unwrap();
     let mut events = registry.watch();
     let panicker = spawn_worker(&w, "p").await;
     let killed = spawn_worker(&w, "k").await;
@@ -99,7 +99,7 @@ async fn an_actor_that_has_exited_cannot_register_and_a_dead_holder_holds_nothin
 async fn watch_reports_register_update_and_unregister_and_metadata_updates_stick() {
     let w = Workers::new();
     let registry: Registry<Vec<String>> = Registry::new("watch");
-    registry.start_standalone().await.unwrap();
+    registry.start().await.unwrap();
     let mut events = registry.watch();
     let a = spawn_worker(&w, "a").await;
     registry
@@ -148,7 +148,10 @@ async fn select_by_prefix_and_predicate_and_typed_lookup() {
     let id = ractor::call!(typed, WorkerMsg::Ping).unwrap();
     assert_eq!(id, typed.get_id());
     assert!(
-        registry.lookup_ref::<String>("conn/a").is_none(),
+        matches!(
+            registry.lookup_ref::<String>("conn/a"),
+            Err(RegistryError::WrongType { .. })
+        ),
         "wrong message type"
     );
     assert_eq!(registry.keys_of(&typed.get_id()), ["conn/a"]);
@@ -158,7 +161,7 @@ async fn select_by_prefix_and_predicate_and_typed_lookup() {
 async fn a_supervised_watcher_that_restarts_still_removes_entries() {
     let w = Workers::new();
     let registry: Registry<()> = Registry::new("supervised");
-    let (sup, _) = Supervisor::start(None, Default::default(), vec![registry.child_spec("watcher")])
+    let sup = Supervisor::start(Default::default(), vec![registry.child_spec("watcher")])
         .await
         .unwrap();
     let a = spawn_worker(&w, "a").await;
@@ -175,7 +178,7 @@ async fn a_supervised_watcher_that_restarts_still_removes_entries() {
     assert!(
         matches!(event(&mut events).await, RegistryEvent::Removed(e, RemovalReason::ActorExited) if e.key == "a")
     );
-    sup.shutdown(None).await.unwrap();
+    sup.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
 async fn only_child(sup: &SupervisorHandle) -> ractor::ActorCell {

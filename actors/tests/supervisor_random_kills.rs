@@ -37,15 +37,16 @@ impl Actor for Registered {
 
 fn worker(name: &str, registry: &Registry<()>) -> ChildSpec {
     let (name, registry) = (name.to_string(), registry.clone());
-    ChildSpec::actor(name.clone(), None, move || {
+    ChildSpec::actor(name.clone(), move || {
         (Registered, (name.clone(), registry.clone()))
     })
+    .into()
 }
 
 /// Every actor below `sup`, with its kind.
 fn actors_below(sup: ActorCell) -> BoxFuture<'static, Vec<(ActorCell, ChildKind)>> {
     async move {
-        let Ok(children) = SupervisorHandle::from_cell(sup).which_children().await else {
+        let Ok(children) = SupervisorHandle::from_cell(sup).unwrap().which_children().await else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -94,11 +95,11 @@ async fn a_thousand_random_kills_leave_a_whole_tree_and_a_true_registry() {
         lenient,
         vec![worker("w7", &registry), dynamic, worker("w8", &registry)],
     );
-    let (root, _) = Supervisor::start(None, lenient, vec![registry.child_spec("registry"), l1a, l1b])
+    let root = Supervisor::start(lenient, vec![registry.child_spec("registry"), l1a, l1b])
         .await
         .unwrap();
-    let l1b_handle = SupervisorHandle::from_cell(cell_of(&root, "l1b").await);
-    let dyn_handle = DynamicSupervisorHandle::from_cell(cell_of(&l1b_handle, "dyn").await);
+    let l1b_handle = SupervisorHandle::from_cell(cell_of(&root, "l1b").await).unwrap();
+    let dyn_handle = DynamicSupervisorHandle::from_cell(cell_of(&l1b_handle, "dyn").await).unwrap();
     let mut expected: BTreeSet<String> = (1..=8).map(|i| format!("w{i}")).collect();
     for i in 0..5 {
         let name = format!("job{i}");
@@ -109,7 +110,7 @@ async fn a_thousand_random_kills_leave_a_whole_tree_and_a_true_registry() {
     let mut kills = 0;
     let mut supervisors_killed = 0;
     while kills < 1_000 {
-        let actors = actors_below(root.cell()).await;
+        let actors = actors_below(root.cell().unwrap()).await;
         let Some((victim, kind)) = actors.choose(&mut rand::rng()).cloned() else {
             continue;
         };
@@ -167,5 +168,5 @@ async fn a_thousand_random_kills_leave_a_whole_tree_and_a_true_registry() {
             .unwrap_or_else(|| panic!("{} not in the tree", entry.key));
         assert_eq!(node.actor_id, Some(entry.actor.get_id().to_string()));
     }
-    root.shutdown(None).await.unwrap();
+    root.shutdown(Duration::from_secs(30)).await.unwrap();
 }

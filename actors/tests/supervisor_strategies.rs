@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use arbor_actors::supervisor::{
-    ChildSpec, ChildStatus, Restart, Strategy, Supervisor, SupervisorError, SupervisorHandle,
+    ChildSpec, ChildStatus, Restart, Strategy, Supervisor, SupervisorError, SupervisorExit, SupervisorHandle,
     SupervisorOptions,
 };
 use common::*;
@@ -21,10 +21,7 @@ async fn ids(sup: &SupervisorHandle) -> Vec<(String, Option<ActorId>)> {
 }
 
 async fn start(opts: SupervisorOptions, specs: Vec<ChildSpec>) -> SupervisorHandle {
-    Supervisor::start(None, opts, specs)
-        .await
-        .expect("supervisor starts")
-        .0
+    Supervisor::start(opts, specs).await.expect("supervisor starts")
 }
 
 #[tokio::test]
@@ -47,7 +44,7 @@ async fn one_for_one_restarts_only_the_failed_child() {
         infos.iter().map(|c| c.restart_count).collect::<Vec<_>>(),
         [0, 1, 0]
     );
-    sup.shutdown(None).await.unwrap();
+    sup.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
 #[tokio::test]
@@ -64,7 +61,7 @@ async fn one_for_all_stops_siblings_in_reverse_then_restarts_all_in_order() {
     assert!(infos
         .iter()
         .all(|c| c.status == ChildStatus::Running && c.restart_count == 1));
-    sup.shutdown(None).await.unwrap();
+    sup.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
 #[tokio::test]
@@ -78,7 +75,7 @@ async fn rest_for_one_restarts_the_failed_child_and_those_after_it() {
     worker(&cell_of(&sup, "b").await).cast(WorkerMsg::Panic).unwrap();
     assert_eq!(names(&w.take(5).await), ["-d", "-c", "+b", "+c", "+d"]);
     assert_eq!(ids(&sup).await[0], a_before);
-    sup.shutdown(None).await.unwrap();
+    sup.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
 #[tokio::test]
@@ -135,7 +132,7 @@ async fn restart_types_decide_who_comes_back_after_normal_and_abnormal_exits() {
     w.started("trans").await;
     cell_of(&sup, "trans").await.kill();
     w.started("trans").await;
-    sup.shutdown(None).await.unwrap();
+    sup.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
 #[tokio::test]
@@ -153,7 +150,7 @@ async fn a_temporary_bystander_is_not_restarted_by_a_group_restart() {
     let infos = sup.which_children().await.unwrap();
     assert_eq!(infos.len(), 1);
     assert_eq!(infos[0].id, "a");
-    sup.shutdown(None).await.unwrap();
+    sup.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
 #[tokio::test]
@@ -161,29 +158,42 @@ async fn exceeding_the_intensity_stops_all_children_and_escalates_to_the_parent(
     let mut w = Workers::new();
     let (parent, mut up) = probe().await;
     let opts = SupervisorOptions::default().intensity(2, Duration::from_secs(60));
-    let sup = Supervisor::start_linked(None, opts, vec![w.spec("a"), w.spec("b")], parent.get_cell())
+    let sup = Supervisor::start_linked(opts, vec![w.spec("a"), w.spec("b")], parent.get_cell())
         .await
         .unwrap();
     w.take(2).await;
+    let sup_id = sup.cell().unwrap().get_id();
     for _ in 0..2 {
         worker(&cell_of(&sup, "a").await).cast(WorkerMsg::Panic).unwrap();
         w.started("a").await;
     }
     worker(&cell_of(&sup, "a").await).cast(WorkerMsg::Panic).unwrap();
-    // the third restart is one too many: b is stopped, the supervisor fails and its parent hears why
+    // the third restart is one too many: b is stopped, the supervisor exits with reason `shutdown` (as OTP)
+    // and the reason names the cause
     assert_eq!(names(&w.take(1).await), ["-b"]);
     match recv(&mut up).await {
-        ProbeEvent::Failed(who, reason) => {
-            assert_eq!(who, sup.cell().get_id());
-            assert!(reason.contains("restart intensity exceeded"), "{reason}");
-            assert!(reason.contains("\"a\""), "{reason}");
+        ProbeEvent::Terminated(who, Some(reason)) => {
+            assert_eq!(who, sup_id);
+            assert!(
+                reason.starts_with("shutdown:reached_max_restart_intensity"),
+                "{reason}"
+            );
+            assert!(reason.contains("child a "), "{reason}");
         }
-        other => panic!("expected a failure, got {other:?}"),
+        other => panic!("expected a shutdown exit, got {other:?}"),
     }
     assert!(matches!(
         sup.which_children().await,
-        Err(SupervisorError::SupervisorGone(_))
+        Err(SupervisorError::NotRunning { .. })
     ));
+    assert_eq!(
+        sup.wait().await.unwrap(),
+        SupervisorExit::IntensityReached {
+            child: "a".into(),
+            max_restarts: 2,
+            period: Duration::from_secs(60)
+        }
+    );
     parent.stop(None);
 }
 
@@ -195,7 +205,8 @@ async fn an_inner_supervisor_exceeding_its_intensity_is_restarted_by_the_outer_o
     let outer = start(SupervisorOptions::default(), vec![w.spec("sibling"), inner]).await;
     w.take(2).await;
 
-    let inner_handle = SupervisorHandle::from_cell(cell_of(&outer, "inner").await);
+    let inner_handle = SupervisorHandle::from_cell(cell_of(&outer, "inner").await).unwrap();
+    let stable = outer.child_supervisor("inner").await.unwrap();
     let leaf = cell_of(&inner_handle, "leaf").await;
     worker(&leaf).cast(WorkerMsg::Panic).unwrap();
     w.started("leaf").await; // the inner supervisor's one allowed restart
@@ -214,11 +225,17 @@ async fn an_inner_supervisor_exceeding_its_intensity_is_restarted_by_the_outer_o
         "a fresh inner supervisor has a fresh count"
     );
     assert_eq!(snapshot.find("sibling").unwrap().restart_count, 0);
-    assert_ne!(
-        inner_handle.cell().get_id(),
+    // a handle to one incarnation says it is gone; the stable handle follows the restart
+    assert!(matches!(
+        inner_handle.cell(),
+        Err(SupervisorError::NotRunning { .. })
+    ));
+    assert_eq!(
+        stable.cell().unwrap().get_id(),
         cell_of(&outer, "inner").await.get_id()
     );
-    outer.shutdown(None).await.unwrap();
+    assert_eq!(stable.count_children().await.unwrap().active, 1);
+    outer.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
 #[tokio::test]
@@ -231,8 +248,8 @@ async fn a_crash_propagates_exactly_as_far_as_the_intensities_say_in_a_three_lev
     w.take(3).await;
     let root_worker = cell_of(&root, "root-worker").await.get_id();
 
-    let l1 = SupervisorHandle::from_cell(cell_of(&root, "l1").await);
-    let l2 = SupervisorHandle::from_cell(cell_of(&l1, "l2").await);
+    let l1 = SupervisorHandle::from_cell(cell_of(&root, "l1").await).unwrap();
+    let l2 = SupervisorHandle::from_cell(cell_of(&l1, "l2").await).unwrap();
     worker(&cell_of(&l2, "leaf").await)
         .cast(WorkerMsg::Panic)
         .unwrap();
@@ -245,7 +262,7 @@ async fn a_crash_propagates_exactly_as_far_as_the_intensities_say_in_a_three_lev
         snap.find("root-worker").unwrap().actor_id,
         Some(root_worker.to_string())
     );
-    root.shutdown(None).await.unwrap();
+    root.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
 #[tokio::test]
@@ -261,7 +278,7 @@ async fn monitor_events_from_actors_that_are_not_children_are_ignored() {
         .await
         .unwrap();
     w.take(1).await;
-    sup.cell().monitor(stranger.get_cell());
+    sup.cell().unwrap().monitor(stranger.get_cell());
     stranger.cast(WorkerMsg::Panic).unwrap();
     stranger
         .get_cell()
@@ -271,5 +288,5 @@ async fn monitor_events_from_actors_that_are_not_children_are_ignored() {
     // with an intensity of 0, mistaking the stranger's death for a child's would have stopped the supervisor
     let counts = sup.count_children().await.unwrap();
     assert_eq!(counts.active, 1);
-    sup.shutdown(None).await.unwrap();
+    sup.shutdown(Duration::from_secs(30)).await.unwrap();
 }

@@ -136,11 +136,20 @@ impl ActivatorHandle {
         Ok(self.dump().await?.role)
     }
 
-    /// Stops the activator gracefully: runs the `Shutdown` callback, resigns leadership at once (so a
-    /// follower takes over without waiting for a timeout) and waits until the actor has exited, at most
+    /// Stops the activator gracefully: runs the `Shutdown("shutdown")` callback, resigns leadership at once
+    /// (so a follower takes over without waiting for a timeout) and waits until the actor has exited, at most
     /// `timeout`. Under a supervisor a permanent child is restarted after this (as a follower, or as the
     /// leader again if nobody else runs); stop it through the supervisor to keep it down.
-    pub async fn shutdown(&self, reason: impl Into<String>, timeout: Duration) -> Result<(), ActivatorError> {
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), ActivatorError> {
+        self.shutdown_with_reason("shutdown", timeout).await
+    }
+
+    /// Like [`shutdown`](Self::shutdown), passing `reason` to the `Shutdown` callback.
+    pub async fn shutdown_with_reason(
+        &self,
+        reason: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<(), ActivatorError> {
         let reason = reason.into();
         self.actor
             .send_message(ActivatorMsg::Shutdown(reason))

@@ -60,11 +60,11 @@
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let registry = Registry::<ActivatorInfo>::new("activators");
-//! registry.start_standalone().await?;
+//! registry.start().await?;
 //! let backend = Arc::new(LocalBackend::new(registry));
-//! let (handle, _join) = Activator::start(Janitor, ActivatorOptions::new("janitor"), backend).await?;
+//! let handle = Activator::start(Janitor, ActivatorOptions::new("janitor"), backend).await?;
 //! assert_eq!(handle.dump().await?.role, Role::Leader); // the only activator of "janitor"
-//! handle.shutdown("bye", Duration::from_secs(5)).await?;
+//! handle.shutdown(Duration::from_secs(5)).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -80,8 +80,7 @@ mod local;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorProcessingErr};
-use tokio::task::JoinHandle;
+use ractor::{Actor, ActorCell};
 
 use actor::{ActivatorActor, ActivatorArgs};
 pub use backend::{Backend, BackendError, BackendEvent, BoxFuture, Campaign, Candidacy, EventSink};
@@ -179,30 +178,26 @@ impl Activator {
         singleton: S,
         options: ActivatorOptions,
         backend: Arc<dyn Backend>,
-    ) -> Result<(ActivatorHandle, JoinHandle<()>), ActivatorError> {
-        validate_name(&options.name)?;
-        let name = options.name.clone();
-        let args = ActivatorArgs {
-            singleton,
-            options,
-            backend,
-        };
-        let (actor, join) = Actor::spawn(None, ActivatorActor::<S>::new(), args)
-            .await
-            .map_err(|e| ActivatorError::Spawn {
-                name: name.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok((ActivatorHandle::new(name, actor), join))
+    ) -> Result<ActivatorHandle, ActivatorError> {
+        Activator::spawn(singleton, options, backend, None).await
     }
 
     /// Starts an activator linked to `supervisor` (what a `ChildSpec`'s start function does).
-    pub async fn spawn_linked<S: Singleton>(
+    pub async fn start_linked<S: Singleton>(
         singleton: S,
         options: ActivatorOptions,
         backend: Arc<dyn Backend>,
         supervisor: ActorCell,
-    ) -> Result<ActivatorHandle, ActorProcessingErr> {
+    ) -> Result<ActivatorHandle, ActivatorError> {
+        Activator::spawn(singleton, options, backend, Some(supervisor)).await
+    }
+
+    async fn spawn<S: Singleton>(
+        singleton: S,
+        options: ActivatorOptions,
+        backend: Arc<dyn Backend>,
+        supervisor: Option<ActorCell>,
+    ) -> Result<ActivatorHandle, ActivatorError> {
         validate_name(&options.name)?;
         let name = options.name.clone();
         let args = ActivatorArgs {
@@ -210,7 +205,15 @@ impl Activator {
             options,
             backend,
         };
-        let (actor, _join) = Actor::spawn_linked(None, ActivatorActor::<S>::new(), args, supervisor).await?;
+        let spawned = match supervisor {
+            Some(supervisor) => Actor::spawn_linked(None, ActivatorActor::<S>::new(), args, supervisor).await,
+            None => Actor::spawn(None, ActivatorActor::<S>::new(), args).await,
+        };
+        // The join handle is not needed: `ActivatorHandle::shutdown` waits for the exit.
+        let (actor, _join) = spawned.map_err(|e| ActivatorError::Spawn {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(ActivatorHandle::new(name, actor))
     }
 
@@ -228,7 +231,7 @@ impl Activator {
             let options = options.clone();
             let backend = backend.clone();
             async move {
-                let handle = Activator::spawn_linked(singleton, options, backend, supervisor).await?;
+                let handle = Activator::start_linked(singleton, options, backend, supervisor).await?;
                 Ok(handle.cell())
             }
         })

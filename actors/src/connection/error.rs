@@ -46,6 +46,14 @@ pub enum ConnectionError {
     /// The actor could not be spawned.
     #[error("could not start the connection actor: {0}")]
     Spawn(String),
+    /// `shutdown` ran out of time; the actor goes on stopping.
+    #[error("connection to {target} did not stop within {timeout:?}")]
+    ShutdownTimedOut {
+        /// The (redacted) target.
+        target: String,
+        /// The time given.
+        timeout: Duration,
+    },
 }
 
 /// What a failed call says about the connection, read from the error's source chain (a dropped connection shows

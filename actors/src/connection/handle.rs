@@ -33,7 +33,8 @@ impl std::fmt::Debug for ConnectionHandle {
 }
 
 impl ConnectionHandle {
-    /// Validate `config` and prepare a handle; no actor yet (see [`spawn`](Self::spawn), [`spawn_linked`](Self::spawn_linked)).
+    /// Validate `config` and prepare a handle; no actor yet (see [`start`](Self::start),
+    /// [`start_linked`](Self::start_linked), [`child_spec`](Self::child_spec)).
     pub fn prepare(config: ConnectionConfig) -> Result<ConnectionHandle, ConfigError> {
         config.validate()?;
         let endpoint = config.endpoint()?;
@@ -44,7 +45,7 @@ impl ConnectionHandle {
     }
 
     /// Start an unsupervised connection actor.
-    pub async fn spawn(config: ConnectionConfig) -> Result<ConnectionHandle, ConnectionError> {
+    pub async fn start(config: ConnectionConfig) -> Result<ConnectionHandle, ConnectionError> {
         let handle = Self::prepare(config).map_err(|e| ConnectionError::Config(e.to_string()))?;
         Actor::spawn(None, ConnectionActor, handle.shared.clone())
             .await
@@ -54,12 +55,8 @@ impl ConnectionHandle {
 
     /// Start the actor (again) linked to `supervisor`: what a `ChildSpec`'s start function calls. A restarted
     /// actor keeps serving the same handles.
-    pub async fn spawn_linked(
-        &self,
-        name: Option<String>,
-        supervisor: ActorCell,
-    ) -> Result<ActorCell, ConnectionError> {
-        let (actor, _join) = Actor::spawn_linked(name, ConnectionActor, self.shared.clone(), supervisor)
+    pub async fn start_linked(&self, supervisor: ActorCell) -> Result<ActorCell, ConnectionError> {
+        let (actor, _join) = Actor::spawn_linked(None, ConnectionActor, self.shared.clone(), supervisor)
             .await
             .map_err(|e| ConnectionError::Spawn(e.to_string()))?;
         Ok(actor.get_cell())
@@ -72,7 +69,7 @@ impl ConnectionHandle {
         let handle = self.clone();
         crate::supervisor::ChildSpec::new(id, move |sup| {
             let handle = handle.clone();
-            async move { Ok(handle.spawn_linked(None, sup).await?) }
+            async move { Ok(handle.start_linked(sup).await?) }
         })
         .restart(crate::supervisor::Restart::Transient)
     }
@@ -259,12 +256,20 @@ impl ConnectionHandle {
         r
     }
 
-    /// Stop the actor: waiters fail with [`ConnectionError::Shutdown`], the channel is dropped.
-    pub async fn shutdown(&self) {
-        if let Some(a) = self.actor_ref() {
-            let _ = a
-                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
-                .await;
+    /// Stop the actor: waiters fail with [`ConnectionError::Shutdown`], the channel is dropped. Waits at most
+    /// `timeout` for the actor to exit ([`ConnectionError::ShutdownTimedOut`] after that; it goes on stopping).
+    /// A stopped connection is a normal exit for its supervisor: under [`child_spec`](Self::child_spec)
+    /// (transient) it stays down.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), ConnectionError> {
+        let Some(actor) = self.actor_ref() else {
+            return Ok(());
+        };
+        match actor.stop_and_wait(Some("shutdown".into()), Some(timeout)).await {
+            Err(ractor::RactorErr::Timeout) => Err(ConnectionError::ShutdownTimedOut {
+                target: self.shared.config.target.to_string(),
+                timeout,
+            }),
+            _ => Ok(()),
         }
     }
 }

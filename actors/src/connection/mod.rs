@@ -57,14 +57,14 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = ConnectionConfig::parse("chronicle://localhost:35000?disableTls=true")?;
-//! let conn = ConnectionHandle::spawn(config).await?;
+//! let conn = ConnectionHandle::start(config).await?;
 //! let channel = conn.wait_ready(Duration::from_secs(10)).await?;
 //! let mut client = HealthClient::with_interceptor(channel, conn.interceptor());
 //! let reply = client.check(conn.request(HealthCheckRequest::default())).await;
 //! if let Err(status) = &reply {
 //!     conn.report_failure(status); // a connection-level failure triggers an immediate health check
 //! }
-//! conn.shutdown().await;
+//! conn.shutdown(Duration::from_secs(5)).await?;
 //! # Ok(()) }
 //! ```
 

@@ -34,8 +34,11 @@ use super::state::{ConnectionSnapshot, ConnectivityState};
 use crate::registry::Registry;
 use crate::supervisor::{
     ChildSpec, DynamicSupervisor, DynamicSupervisorHandle, DynamicSupervisorOptions, Restart, Strategy,
-    Supervisor, SupervisorHandle, SupervisorOptions,
+    Supervisor, SupervisorError, SupervisorHandle,
 };
+
+/// How long a removed connection is given to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the registry holds for each pooled connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,13 +89,14 @@ pub enum PoolError {
     /// The connection configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The connection could not be started under the pool's supervisor.
-    #[error("could not start connection {key}: {reason}")]
+    /// The connection (or the pool itself, key `"pool"`) could not be started under its supervisor.
+    #[error("could not start connection {key}")]
     Start {
         /// The pool key.
         key: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: Arc<SupervisorError>,
     },
 }
 
@@ -101,6 +105,8 @@ struct PoolShared {
     registry: Registry<ConnectionInfo>,
     actor: Mutex<Option<ActorRef<PoolMsg>>>,
     connections: Mutex<Option<DynamicSupervisorHandle>>,
+    /// The pool's own supervisor, when started with `start` / `start_linked` (for `shutdown`).
+    supervisor: Mutex<Option<SupervisorHandle>>,
 }
 
 /// A handle on a pool. Cheap to clone.
@@ -128,7 +134,7 @@ pub struct PoolStats {
 
 impl ConnectionPool {
     /// A pool with its own registry; nothing runs until [`child_spec`](Self::child_spec) is started under a
-    /// supervisor or [`start_standalone`](Self::start_standalone) is called.
+    /// supervisor, or [`start`](Self::start) / [`start_linked`](Self::start_linked) is called.
     pub fn new(options: PoolOptions) -> ConnectionPool {
         ConnectionPool {
             shared: Arc::new(PoolShared {
@@ -136,6 +142,7 @@ impl ConnectionPool {
                 registry: Registry::new("connections"),
                 actor: Mutex::new(None),
                 connections: Mutex::new(None),
+                supervisor: Mutex::new(None),
             }),
         }
     }
@@ -145,27 +152,50 @@ impl ConnectionPool {
         &self.shared.registry
     }
 
+    fn supervisor(&self) -> crate::supervisor::SupervisorBuilder {
+        Supervisor::builder()
+            .strategy(Strategy::OneForAll)
+            .intensity(self.shared.options.max_restarts, self.shared.options.period)
+            .children(self.children())
+    }
+
     /// The pool as a supervised child: a one_for_all supervisor over the registry watcher, the connections'
     /// dynamic supervisor and the pool actor.
     pub fn child_spec(&self, id: impl Into<String>) -> ChildSpec {
-        let opts = SupervisorOptions::default()
-            .strategy(Strategy::OneForAll)
-            .intensity(self.shared.options.max_restarts, self.shared.options.period);
-        Supervisor::child_spec(id, opts, self.children())
+        self.supervisor().child_spec(id)
     }
 
-    /// Start the pool under its own root supervisor (for tests and small programs).
-    pub async fn start_standalone(&self) -> Result<SupervisorHandle, PoolError> {
-        let opts = SupervisorOptions::default()
-            .strategy(Strategy::OneForAll)
-            .intensity(self.shared.options.max_restarts, self.shared.options.period);
-        let (sup, _join) = Supervisor::start(None, opts, self.children())
-            .await
-            .map_err(|e| PoolError::Start {
+    /// Starts the pool under its own root supervisor (for tests and small programs; a tree uses
+    /// [`child_spec`](Self::child_spec)).
+    pub async fn start(&self) -> Result<(), PoolError> {
+        self.started(self.supervisor().start().await)
+    }
+
+    /// Starts the pool's supervisor linked to `supervisor`.
+    pub async fn start_linked(&self, supervisor: ActorCell) -> Result<(), PoolError> {
+        self.started(self.supervisor().start_linked(supervisor).await)
+    }
+
+    fn started(&self, started: Result<SupervisorHandle, SupervisorError>) -> Result<(), PoolError> {
+        let sup = started.map_err(|source| PoolError::Start {
+            key: "pool".into(),
+            source: Arc::new(source),
+        })?;
+        *self.shared.supervisor.lock().expect("pool slot poisoned") = Some(sup);
+        Ok(())
+    }
+
+    /// Stops a pool started with [`start`](Self::start) or [`start_linked`](Self::start_linked): every
+    /// connection is shut down. Waits at most `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), PoolError> {
+        let sup = self.shared.supervisor.lock().expect("pool slot poisoned").take();
+        match sup {
+            Some(sup) => sup.shutdown(timeout).await.map_err(|source| PoolError::Start {
                 key: "pool".into(),
-                reason: e.to_string(),
-            })?;
-        Ok(sup)
+                source: Arc::new(source),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn children(&self) -> Vec<ChildSpec> {
@@ -178,9 +208,9 @@ impl ConnectionPool {
         let connections = ChildSpec::new("connections", move |sup| {
             let shared = shared.clone();
             async move {
-                let handle = DynamicSupervisor::start_linked(None, dynamic_options, sup).await?;
+                let handle = DynamicSupervisor::start_linked(dynamic_options, sup).await?;
                 *shared.connections.lock().expect("pool slot poisoned") = Some(handle.clone());
-                Ok(handle.cell())
+                Ok(handle.cell()?)
             }
         })
         .kind(crate::supervisor::ChildKind::DynamicSupervisor)
@@ -490,16 +520,18 @@ impl PoolState {
         let spawn_handle = handle.clone();
         let spec = ChildSpec::new(key.to_string(), move |sup| {
             let h = spawn_handle.clone();
-            async move { Ok(h.spawn_linked(None, sup).await?) }
+            async move { Ok(h.start_linked(sup).await?) }
         })
         .restart(Restart::Temporary);
+        let failed = |source| PoolError::Start {
+            key: key.to_string(),
+            source: Arc::new(source),
+        };
         let actor = connections
             .start_child(spec)
             .await
-            .map_err(|e| PoolError::Start {
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
+            .and_then(|child| child.cell())
+            .map_err(failed)?;
         let info = ConnectionInfo {
             target: handle.target().to_string(),
             key: key.to_string(),
@@ -594,7 +626,7 @@ impl PoolState {
             l.abort();
         }
         entry.tracker.abort();
-        entry.handle.shutdown().await;
+        let _ = entry.handle.shutdown(STOP_TIMEOUT).await;
         let _ = self.shared.registry.unregister(key);
         tracing::info!(%key, "connection removed from the pool");
     }

@@ -1,10 +1,19 @@
 //! The supervisor actor: one behaviour for static and dynamic supervisors, as OTP's `supervisor.erl` is one
 //! module for every strategy.
 //!
-//! States of a child (see [`ChildState`]): `Running(cell)` → on exit, depending on its restart type and exit
-//! reason, `Restarting { due }` or `Terminated` (or forgotten, for temporary children). `Restarting` children
-//! are started by [`SupervisorActor::continue_restarts`], in start order, once due; a failed restart counts
-//! against the intensity and is retried through the mailbox, so the supervisor keeps answering meanwhile.
+//! # States
+//!
+//! The supervisor itself is *running* until it decides to exit (`exiting` is set: intensity reached, or a
+//! significant child's exit under `auto_shutdown`) or is asked to stop; from then on no child is restarted,
+//! and `post_stop` stops every child (static: one at a time in reverse start order; dynamic: all at once,
+//! each within its own shutdown) before the actor finishes with the [`SupervisorExit`] it recorded.
+//!
+//! A child (see [`ChildState`]) is `Running(cell)`; on its exit, depending on its restart type and exit
+//! reason, it becomes `Restarting { due }`, `Terminated` (spec kept), or is forgotten (temporary children, and
+//! every child of a dynamic supervisor that is not restarted). `Restarting` children are started by
+//! `continue_restarts`, in start order, once due. A failed restart counts against the intensity and is
+//! retried through the mailbox, so the supervisor keeps answering meanwhile; under one_for_all a failed
+//! group restart stops the members already restarted and restarts the whole group again, as OTP does.
 //!
 //! Exits are recognised by actor id only: a child the supervisor stops itself leaves the actor index first,
 //! so its late exit event, and monitor events from actors that are not children, are ignored.
@@ -14,34 +23,45 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use futures::FutureExt;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::SupervisionEvent;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SpawnErr};
 use tracing::{debug, error, info, warn};
 
 use super::children::{Child, ChildCounts, ChildInfo, ChildState, Children};
-use super::dynamic::DynamicShared;
-use super::error::SupervisorError;
+use super::dynamic::{DynamicShared, Pending};
+use super::error::{BoxError, StartPanic, SupervisorError};
+use super::exit::{Exit, ExitCell, SupervisorExit};
 use super::intensity::RestartIntensity;
-use super::spec::{AutoShutdown, ChildKind, ChildSpec, Restart, Shutdown, Strategy};
+use super::slot::{ChildHandle, ChildSlot};
+use super::spec::{
+    instant_after, AutoShutdown, ChildKind, ChildSpec, Restart, Shutdown, StartContext, Strategy,
+};
 
 /// Messages a supervisor handles; users go through the handles instead.
 pub(crate) enum SupervisorMsg {
-    StartChild(ChildSpec, RpcReplyPort<Result<ActorCell, SupervisorError>>),
-    TerminateChild(ChildRef, RpcReplyPort<Result<(), SupervisorError>>),
-    RestartChild(String, RpcReplyPort<Result<ActorCell, SupervisorError>>),
+    StartChild(ChildSpec, RpcReplyPort<Result<ChildHandle, SupervisorError>>),
+    TerminateChild(ChildSelector, RpcReplyPort<Result<(), SupervisorError>>),
+    RestartChild(String, RpcReplyPort<Result<ChildHandle, SupervisorError>>),
     DeleteChild(String, RpcReplyPort<Result<(), SupervisorError>>),
+    /// The stable handle of a child, with its kind.
+    Child(
+        String,
+        RpcReplyPort<Result<(ChildHandle, ChildKind), SupervisorError>>,
+    ),
     Describe(RpcReplyPort<Description>),
     CountChildren(RpcReplyPort<ChildCounts>),
+    /// What handles need of this incarnation.
+    Info(RpcReplyPort<IncarnationInfo>),
     /// Start the children that are due for a restart (sent to itself after a failed restart or a backoff).
     ContinueRestarts,
-    /// A dynamic supervisor's child, started on the caller's task, joins (see `dynamic.rs`).
-    Adopt(ChildSpec, ActorCell),
-    /// The counters a dynamic supervisor shares with its handles.
-    DynamicShared(RpcReplyPort<Option<Arc<DynamicShared>>>),
+    /// A dynamic supervisor's child, started on the caller's task, is pending adoption (see `dynamic.rs`).
+    Adopt(ActorId),
 }
 
 /// How a request names a child: by id (static supervisors) or by actor (dynamic ones).
-pub(crate) enum ChildRef {
+pub(crate) enum ChildSelector {
     Id(String),
     Actor(ActorId),
 }
@@ -53,7 +73,13 @@ pub(crate) struct Description {
     pub(crate) children: Vec<ChildInfo>,
 }
 
-#[derive(Debug, Clone)]
+/// What a handle needs of one supervisor incarnation.
+pub(crate) struct IncarnationInfo {
+    pub(crate) dynamic: Option<Arc<DynamicShared>>,
+    pub(crate) exit: ExitCell,
+}
+
+#[derive(Clone)]
 pub(crate) enum Mode {
     Static,
     Dynamic(Arc<DynamicShared>),
@@ -66,6 +92,30 @@ pub(crate) struct SupervisorArgs {
     pub(crate) period: Duration,
     pub(crate) auto_shutdown: AutoShutdown,
     pub(crate) children: Vec<ChildSpec>,
+    pub(crate) exit: ExitCell,
+}
+
+impl SupervisorArgs {
+    /// Every check OTP makes at `init`, before anything is started: the flags, then each spec in order, then
+    /// duplicate ids. The first fault is the error.
+    pub(crate) fn validate(&self) -> Result<(), SupervisorError> {
+        if self.period.is_zero() {
+            return Err(SupervisorError::InvalidOptions {
+                field: "period",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for spec in &self.children {
+            spec.check(Some(self.auto_shutdown))?;
+            if !seen.insert(&spec.id) {
+                return Err(SupervisorError::DuplicateChild {
+                    id: spec.id.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct SupervisorActor;
@@ -79,71 +129,66 @@ pub(crate) struct SupervisorState {
     started_at: Instant,
     /// Exits of actors not known yet, kept while dynamic starts are in flight (see `dynamic.rs`).
     early_exits: HashMap<ActorId, Exit>,
+    /// Set once the supervisor has decided to exit on its own: nothing is restarted from then on.
+    exiting: Option<SupervisorExit>,
+    exit: ExitCell,
 }
 
-/// Why a child exited, reduced to what the restart decision needs.
-#[derive(Debug)]
-enum Exit {
-    Normal,
-    Abnormal(String),
-}
-
-impl Exit {
-    fn from_reason(reason: Option<String>) -> Exit {
-        match reason {
-            None => Exit::Normal,
-            Some(r) if r == "normal" || r == "shutdown" || r.starts_with("shutdown:") => Exit::Normal,
-            Some(r) => Exit::Abnormal(r),
-        }
+/// The cause inside ractor's "panicked during startup" wrapper: what `pre_start` returned, or its panic.
+fn startup_cause(err: ActorProcessingErr) -> BoxError {
+    match err.downcast::<SpawnErr>() {
+        Ok(spawn) => match *spawn {
+            SpawnErr::StartupFailed(inner) => inner,
+            other => Box::new(other),
+        },
+        Err(err) => err,
     }
 }
 
-pub(crate) fn validate(spec: &ChildSpec) -> Result<(), SupervisorError> {
-    if spec.id.is_empty() {
-        return Err(SupervisorError::InvalidSpec {
-            id: spec.id.to_string(),
-            reason: "the id is empty".into(),
-        });
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic payload that is not a string)".into())
+}
+
+/// Whether `cell` is linked to `supervisor`. An actor that has exited already is unlinked by ractor after its
+/// exit event went to its supervisor, so it is given the benefit of the doubt.
+fn linked_to(cell: &ActorCell, supervisor: &ActorCell) -> bool {
+    match cell.try_get_supervisor() {
+        Some(parent) => parent.get_id() == supervisor.get_id(),
+        None => matches!(cell.get_status(), ActorStatus::Stopping | ActorStatus::Stopped),
     }
-    if spec.significant && spec.restart == Restart::Permanent {
-        return Err(SupervisorError::InvalidSpec {
-            id: spec.id.to_string(),
-            reason: "a permanent child cannot be significant".into(),
-        });
-    }
-    if let Some(b) = &spec.backoff {
-        if b.min > b.max || !(0.0..=1.0).contains(&b.random_factor) {
-            return Err(SupervisorError::InvalidSpec {
+}
+
+/// Runs a start closure; a panic, an error and an actor that escaped supervision are all start failures.
+pub(crate) async fn start_one(
+    spec: &ChildSpec,
+    supervisor: &ActorCell,
+) -> Result<ActorCell, SupervisorError> {
+    let ctx = StartContext {
+        supervisor: supervisor.clone(),
+        name: spec.name.clone(),
+    };
+    let failed = |source: BoxError| SupervisorError::StartFailed {
+        id: spec.id.to_string(),
+        source,
+    };
+    match AssertUnwindSafe((spec.start)(ctx)).catch_unwind().await {
+        Ok(Ok(cell)) if linked_to(&cell, supervisor) => Ok(cell),
+        Ok(Ok(cell)) => {
+            warn!(child = %spec.id, actor = %cell.get_id(), "start closure returned an actor not linked to the supervisor; stopping it");
+            terminate_cell(&cell, spec.shutdown).await;
+            Err(SupervisorError::NotLinked {
                 id: spec.id.to_string(),
-                reason: format!(
-                    "backoff needs min <= max and random_factor in 0..=1 (got min {:?}, max {:?}, random_factor {})",
-                    b.min, b.max, b.random_factor
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Runs a start closure, turning a panic into an error so a bad child cannot take its supervisor down.
-pub(crate) async fn start_one(spec: &ChildSpec, supervisor: ActorCell) -> Result<ActorCell, SupervisorError> {
-    match AssertUnwindSafe((spec.start)(supervisor)).catch_unwind().await {
-        Ok(Ok(cell)) => Ok(cell),
-        Ok(Err(err)) => Err(SupervisorError::StartFailed {
-            id: spec.id.to_string(),
-            cause: err.to_string(),
-        }),
-        Err(panic) => {
-            let cause = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
-            Err(SupervisorError::StartFailed {
-                id: spec.id.to_string(),
-                cause: format!("panicked: {cause}"),
+                actor: cell.get_id(),
             })
         }
+        Ok(Err(err)) => Err(failed(startup_cause(err))),
+        Err(panic) => Err(failed(Box::new(StartPanic {
+            message: panic_message(panic),
+        }))),
     }
 }
 
@@ -185,21 +230,43 @@ impl SupervisorState {
             children: Children::new(matches!(args.mode, Mode::Dynamic(_))),
             started_at: Instant::now(),
             early_exits: HashMap::new(),
+            exiting: None,
+            exit: Arc::clone(&args.exit),
         }
     }
 
     /// Starts a new child and appends it; on failure nothing is kept (as OTP's `start_child`).
-    async fn add_child(&mut self, spec: ChildSpec, myself: &ActorCell) -> Result<ActorCell, SupervisorError> {
-        validate(&spec)?;
-        if self.children.contains_id(&spec.id) {
-            return Err(SupervisorError::DuplicateChild {
-                id: spec.id.to_string(),
+    async fn add_child(
+        &mut self,
+        spec: ChildSpec,
+        myself: &ActorCell,
+    ) -> Result<ChildHandle, SupervisorError> {
+        if let Mode::Dynamic(_) = self.mode {
+            return Err(SupervisorError::NotASupervisor {
+                actor: myself.get_id(),
+                expected: "static supervisor (this one is dynamic: use DynamicSupervisorHandle)",
             });
         }
-        let cell = start_one(&spec, myself.clone()).await?;
-        let order = self.children.push(Child::new(spec, cell.clone()));
-        debug!(child = %self.children.id_of(order), actor = %cell.get_id(), "child started");
-        Ok(cell)
+        spec.check(Some(self.auto_shutdown))?;
+        if let Some(order) = self.children.order_of_id(&spec.id) {
+            let id = spec.id.to_string();
+            return Err(
+                match &self.children.get(order).expect("indexed child exists").state {
+                    ChildState::Running(cell) => SupervisorError::AlreadyStarted {
+                        id,
+                        actor: cell.clone(),
+                    },
+                    _ => SupervisorError::AlreadyPresent { id },
+                },
+            );
+        }
+        let cell = start_one(&spec, myself).await?;
+        let slot = ChildSlot::new(Arc::clone(&spec.id), None);
+        let order = self
+            .children
+            .push(Child::new(spec, cell.clone(), Arc::clone(&slot)));
+        info!(child = %self.children.id_of(order), actor = %cell.get_id(), "child started");
+        Ok(ChildHandle::new(slot))
     }
 
     /// Stops a running child; its exit event, arriving later, no longer matches any child.
@@ -213,10 +280,46 @@ impl SupervisorState {
         }
     }
 
-    /// Stops every running child in reverse start order.
-    pub(crate) async fn stop_all(&mut self) {
-        for order in self.children.running_from_reversed(0) {
-            self.stop_child(order, ChildState::Terminated).await;
+    /// Stops every child, and `pending` ones not adopted yet. A static supervisor stops them one at a time in
+    /// reverse start order (later children may depend on earlier ones); a dynamic one stops them all at once,
+    /// each within its own shutdown, as OTP's `simple_one_for_one` and Elixir's `DynamicSupervisor` do.
+    pub(crate) async fn stop_all(&mut self, pending: Vec<Pending>) {
+        for (order, _) in self.children.restarting() {
+            self.children.set_state(order, ChildState::Terminated);
+        }
+        match self.mode {
+            Mode::Static => {
+                for order in self.children.running_from_reversed(0) {
+                    self.stop_child(order, ChildState::Terminated).await;
+                }
+            }
+            Mode::Dynamic(_) => {
+                let mut stopping = Vec::new();
+                for order in self.children.running_from_reversed(0) {
+                    let shutdown = self.children.get(order).map(|c| c.spec.shutdown);
+                    if let (Some(cell), Some(shutdown)) =
+                        (self.children.set_state(order, ChildState::Terminated), shutdown)
+                    {
+                        stopping.push((cell, shutdown));
+                    }
+                }
+                for p in pending {
+                    p.slot.set_removed();
+                    stopping.push((p.cell, p.spec.shutdown));
+                }
+                if !stopping.is_empty() {
+                    debug!(
+                        children = stopping.len(),
+                        "stopping dynamic children concurrently"
+                    );
+                }
+                join_all(
+                    stopping
+                        .iter()
+                        .map(|(cell, shutdown)| terminate_cell(cell, *shutdown)),
+                )
+                .await;
+            }
         }
     }
 
@@ -230,27 +333,22 @@ impl SupervisorState {
     }
 
     /// Takes over a dynamic child that a caller started; handles its exit if that overtook the hand-over.
-    async fn adopt(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        spec: ChildSpec,
-        cell: ActorCell,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn adopt(&mut self, myself: &ActorRef<SupervisorMsg>, actor: ActorId) {
         let Mode::Dynamic(shared) = &self.mode else {
-            return Ok(());
+            return;
         };
-        shared.adopted();
-        let in_flight = shared.starts_in_flight();
-        let actor = cell.get_id();
-        let order = self.children.push(Child::new(spec, cell));
-        debug!(child = %self.children.id_of(order), %actor, "child started");
+        let Some(p) = shared.adopt(&actor) else {
+            return;
+        };
+        let quiet = shared.quiet();
+        self.children.push_at(p.order, Child::new(p.spec, p.cell, p.slot));
+        debug!(child = %self.children.id_of(p.order), %actor, "child started");
         let early = self.early_exits.remove(&actor);
-        if !in_flight {
+        if quiet {
             self.early_exits.clear();
         }
-        match early {
-            Some(exit) => self.on_child_exit(myself, actor, exit).await,
-            None => Ok(()),
+        if let Some(exit) = early {
+            self.on_child_exit(myself, actor, exit).await;
         }
     }
 
@@ -266,45 +364,44 @@ impl SupervisorState {
         }
     }
 
-    fn intensity_exceeded(&self, child: &str) -> SupervisorError {
-        SupervisorError::IntensityExceeded {
-            max_restarts: self.intensity.max_restarts(),
-            period: self.intensity.period(),
-            child: child.to_string(),
-        }
+    /// Decides to exit: children are stopped by `post_stop`, and the exit is what `wait` reports.
+    fn exit_with(&mut self, myself: &ActorRef<SupervisorMsg>, exit: SupervisorExit) {
+        let reason = exit.reason();
+        self.exiting = Some(exit);
+        myself.stop(Some(reason));
     }
 
     /// A child exited. Decide, per its restart type and the strategy, what to restart.
-    async fn on_child_exit(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        actor: ActorId,
-        exit: Exit,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn on_child_exit(&mut self, myself: &ActorRef<SupervisorMsg>, actor: ActorId, exit: Exit) {
         let Some(order) = self.children.order_of_actor(&actor) else {
             match &self.mode {
-                Mode::Dynamic(shared) if shared.starts_in_flight() => {
+                Mode::Dynamic(shared) if shared.may_be_starting(&actor) => {
                     self.early_exits.insert(actor, exit);
                 }
                 _ => debug!(%actor, "ignoring exit of an actor that is not a current child"),
             }
-            return Ok(());
+            return;
         };
         self.children.set_state(order, ChildState::Terminated);
-        let child = self.children.get(order).expect("indexed child exists");
+        let id = self.children.id_of(order);
+        let child = self.children.get_mut(order).expect("indexed child exists");
+        child.last_exit = Some(exit.describe().into());
         let (restart, significant) = (child.spec.restart, child.spec.significant);
         let uptime = child.started_at.map(|at| at.elapsed());
-        let id = self.children.id_of(order);
-        let restart_it = match restart {
-            Restart::Permanent => true,
-            Restart::Transient => matches!(exit, Exit::Abnormal(_)),
-            Restart::Temporary => false,
-        };
+        let restart_it = self.exiting.is_none()
+            && match restart {
+                Restart::Permanent => true,
+                Restart::Transient => !exit.is_normal(),
+                Restart::Temporary => false,
+            };
         match &exit {
-            Exit::Normal => info!(child = %id, %actor, restart = restart_it, "child exited normally"),
+            Exit::Normal(_) => info!(child = %id, %actor, restart = restart_it, "child exited normally"),
             Exit::Abnormal(reason) => {
                 warn!(child = %id, %actor, %reason, restart = restart_it, "child exited abnormally")
             }
+        }
+        if self.exiting.is_some() {
+            return;
         }
 
         if !restart_it {
@@ -313,42 +410,21 @@ impl SupervisorState {
             }
             if significant && self.should_auto_shutdown() {
                 info!(child = %id, "significant child exited: supervisor shuts down");
-                self.stop_all().await;
-                myself.stop(Some("shutdown".into()));
+                self.exit_with(myself, SupervisorExit::AutoShutdown { child: id });
             }
-            return Ok(());
+            return;
         }
 
-        if !self.intensity.record(Instant::now()) {
-            let err = self.intensity_exceeded(&id);
-            error!(child = %id, error = %err, "restart intensity exceeded: stopping all children");
-            self.stop_all().await;
-            return Err(Box::new(err));
+        if !self.record_restart(myself, &id) {
+            return;
         }
 
         // Siblings the strategy restarts too are stopped in reverse start order first, and each is waited
         // for: restarting before they have exited would race them for names and resources.
-        let from = match self.strategy {
-            Strategy::OneForOne => None,
-            Strategy::OneForAll => Some(0),
-            Strategy::RestForOne => Some(order + 1),
-        };
-        if let Some(from) = from {
-            for sibling in self.children.running_from_reversed(from) {
-                let temporary =
-                    self.children.get(sibling).map(|c| c.spec.restart) == Some(Restart::Temporary);
-                let next = if temporary {
-                    ChildState::Terminated
-                } else {
-                    ChildState::Restarting { due: Instant::now() }
-                };
-                self.stop_child(sibling, next).await;
-                if temporary {
-                    self.forget(sibling);
-                } else if let Some(c) = self.children.get_mut(sibling) {
-                    c.restart_count += 1;
-                }
-            }
+        match self.strategy {
+            Strategy::OneForOne => {}
+            Strategy::OneForAll => self.stop_group(0).await,
+            Strategy::RestForOne => self.stop_group(order + 1).await,
         }
 
         let child = self.children.get_mut(order).expect("indexed child exists");
@@ -361,12 +437,46 @@ impl SupervisorState {
                 let delay = backoff.delay(child.backoff_step);
                 child.backoff_step = child.backoff_step.saturating_add(1);
                 info!(child = %id, ?delay, "restart delayed by backoff");
-                Instant::now() + delay
+                instant_after(delay)
             }
             None => Instant::now(),
         };
         self.children.set_state(order, ChildState::Restarting { due });
-        self.continue_restarts(myself).await
+        self.continue_restarts(myself).await;
+    }
+
+    /// Counts a restart; `false` (and the supervisor is on its way out) when it is one too many.
+    fn record_restart(&mut self, myself: &ActorRef<SupervisorMsg>, child: &str) -> bool {
+        if self.intensity.record(Instant::now()) {
+            return true;
+        }
+        let exit = SupervisorExit::IntensityReached {
+            child: child.to_string(),
+            max_restarts: self.intensity.max_restarts(),
+            period: self.intensity.period(),
+        };
+        error!(%child, cause = %exit, "restart intensity reached: stopping all children and exiting");
+        self.exit_with(myself, exit);
+        false
+    }
+
+    /// Stops the running children from start order `from` on, in reverse, to be restarted with the child
+    /// that exited; temporary ones are forgotten instead (OTP's temporary bystander).
+    async fn stop_group(&mut self, from: u64) {
+        for sibling in self.children.running_from_reversed(from) {
+            let temporary = self.children.get(sibling).map(|c| c.spec.restart) == Some(Restart::Temporary);
+            let next = if temporary {
+                ChildState::Terminated
+            } else {
+                ChildState::Restarting { due: Instant::now() }
+            };
+            self.stop_child(sibling, next).await;
+            if temporary {
+                self.forget(sibling);
+            } else if let Some(c) = self.children.get_mut(sibling) {
+                c.restart_count += 1;
+            }
+        }
     }
 
     fn should_auto_shutdown(&self) -> bool {
@@ -381,16 +491,17 @@ impl SupervisorState {
     }
 
     /// Starts the children that wait for a restart, in start order. For one_for_all and rest_for_one the first
-    /// child that is not due yet, or fails to start, holds back those after it (they depend on it).
-    async fn continue_restarts(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-    ) -> Result<(), ActorProcessingErr> {
+    /// child that is not due yet holds back those after it (they depend on it). A start that fails counts
+    /// as a restart and is retried through the mailbox; under one_for_all the members restarted before it are
+    /// stopped again so the whole group restarts together (OTP's `restart_multiple_children`).
+    async fn continue_restarts(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        if self.exiting.is_some() {
+            return;
+        }
         let now = Instant::now();
         let ordered = !matches!(self.strategy, Strategy::OneForOne);
-        let waiting = self.children.restarting();
         let mut next_due: Option<Instant> = None;
-        for (order, due) in waiting {
+        for (order, due) in self.children.restarting() {
             if due > now {
                 next_due = Some(next_due.map_or(due, |d| d.min(due)));
                 if ordered {
@@ -404,7 +515,7 @@ impl SupervisorState {
                 .expect("listed child exists")
                 .spec
                 .clone();
-            match start_one(&spec, myself.get_cell()).await {
+            match start_one(&spec, &myself.get_cell()).await {
                 Ok(cell) => {
                     info!(
                         child = %self.children.id_of(order),
@@ -416,19 +527,22 @@ impl SupervisorState {
                 }
                 Err(err) => {
                     let id = self.children.id_of(order);
-                    warn!(child = %id, error = %err, "restart failed; retrying");
-                    if !self.intensity.record(Instant::now()) {
-                        let err = self.intensity_exceeded(&id);
-                        error!(child = %id, error = %err, "restart intensity exceeded: stopping all children");
-                        self.stop_all().await;
-                        return Err(Box::new(err));
+                    warn!(child = %id, error = %err, cause = ?std::error::Error::source(&err), "restart failed; retrying");
+                    if let Some(c) = self.children.get_mut(order) {
+                        c.last_exit = Some(format!("restart failed: {err}").into());
+                    }
+                    if !self.record_restart(myself, &id) {
+                        return;
                     }
                     if let Some(c) = self.children.get_mut(order) {
                         c.restart_count += 1;
                     }
+                    if self.strategy == Strategy::OneForAll {
+                        self.stop_group(0).await;
+                    }
                     // Through the mailbox, so calls queued meanwhile are answered between attempts.
                     let _ = myself.cast(SupervisorMsg::ContinueRestarts);
-                    return Ok(());
+                    return;
                 }
             }
         }
@@ -437,7 +551,6 @@ impl SupervisorState {
                 SupervisorMsg::ContinueRestarts
             });
         }
-        Ok(())
     }
 }
 
@@ -451,11 +564,13 @@ impl Actor for SupervisorActor {
         myself: ActorRef<Self::Msg>,
         mut args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Checked by the handles before spawning too; here for anyone who builds the arguments otherwise.
+        args.validate()?;
         let mut state = SupervisorState::new(&args);
         for spec in std::mem::take(&mut args.children) {
             if let Err(err) = state.add_child(spec, &myself.get_cell()).await {
-                error!(error = %err, "child failed to start: stopping the children already started");
-                state.stop_all().await;
+                error!(error = %err, cause = ?std::error::Error::source(&err), "child failed to start: stopping the children already started");
+                state.stop_all(Vec::new()).await;
                 return Err(Box::new(err));
             }
         }
@@ -468,8 +583,14 @@ impl Actor for SupervisorActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.stop_all().await;
-        info!("supervisor stopped");
+        let pending = match &state.mode {
+            Mode::Dynamic(shared) => shared.close().await,
+            Mode::Static => Vec::new(),
+        };
+        state.stop_all(pending).await;
+        let exit = state.exiting.take().unwrap_or(SupervisorExit::Shutdown);
+        info!(%exit, "supervisor stopped");
+        let _ = state.exit.set(exit);
         Ok(())
     }
 
@@ -493,21 +614,27 @@ impl Actor for SupervisorActor {
             SupervisorMsg::DeleteChild(id, reply) => {
                 let _ = reply.send(state.delete_child(&id));
             }
+            SupervisorMsg::Child(id, reply) => {
+                let _ = reply.send(state.child(&id));
+            }
             SupervisorMsg::Describe(reply) => {
                 let _ = reply.send(state.describe());
             }
             SupervisorMsg::CountChildren(reply) => {
                 let _ = reply.send(state.children.counts());
             }
-            SupervisorMsg::ContinueRestarts => state.continue_restarts(&myself).await?,
-            SupervisorMsg::Adopt(spec, cell) => state.adopt(&myself, spec, cell).await?,
-            SupervisorMsg::DynamicShared(reply) => {
-                let shared = match &state.mode {
+            SupervisorMsg::Info(reply) => {
+                let dynamic = match &state.mode {
                     Mode::Dynamic(shared) => Some(Arc::clone(shared)),
                     Mode::Static => None,
                 };
-                let _ = reply.send(shared);
+                let _ = reply.send(IncarnationInfo {
+                    dynamic,
+                    exit: Arc::clone(&state.exit),
+                });
             }
+            SupervisorMsg::ContinueRestarts => state.continue_restarts(&myself).await,
+            SupervisorMsg::Adopt(actor) => state.adopt(&myself, actor).await,
         }
         Ok(())
     }
@@ -530,24 +657,44 @@ impl Actor for SupervisorActor {
                     .await
             }
             // The default handler would stop the supervisor here; starts and group changes mean nothing to it.
-            _ => Ok(()),
+            _ => {}
         }
+        Ok(())
     }
 }
 
 impl SupervisorState {
-    async fn terminate_child(&mut self, which: ChildRef) -> Result<(), SupervisorError> {
+    /// A child by the id it is shown under (`id#n` for dynamic children).
+    fn order_of(&self, id: &str) -> Option<u64> {
+        if let Some(order) = self.children.order_of_id(id) {
+            return Some(order);
+        }
+        let (_, n) = id.rsplit_once('#')?;
+        let order = n.parse().ok()?;
+        (self.children.get(order).is_some() && self.children.id_of(order) == id).then_some(order)
+    }
+
+    fn find(&self, id: &str) -> Result<u64, SupervisorError> {
+        self.order_of(id)
+            .ok_or_else(|| SupervisorError::UnknownChild { id: id.into() })
+    }
+
+    fn child(&self, id: &str) -> Result<(ChildHandle, ChildKind), SupervisorError> {
+        let child = self.children.get(self.find(id)?).expect("indexed child exists");
+        Ok((ChildHandle::new(Arc::clone(&child.slot)), child.spec.kind))
+    }
+
+    async fn terminate_child(&mut self, which: ChildSelector) -> Result<(), SupervisorError> {
         let order = match &which {
-            ChildRef::Id(id) => self.children.order_of_id(id),
-            ChildRef::Actor(actor) => self.children.order_of_actor(actor),
-        };
-        let Some(order) = order else {
-            return Err(match which {
-                ChildRef::Id(id) => SupervisorError::UnknownChild { id },
-                ChildRef::Actor(actor) => SupervisorError::UnknownActor { actor },
-            });
+            ChildSelector::Id(id) => self.find(id)?,
+            ChildSelector::Actor(actor) => self
+                .children
+                .order_of_actor(actor)
+                .ok_or(SupervisorError::UnknownActor { actor: *actor })?,
         };
         self.stop_child(order, ChildState::Terminated).await;
+        // A child waiting for a restart is terminated too: it must not come back.
+        self.children.set_state(order, ChildState::Terminated);
         let forget = matches!(self.mode, Mode::Dynamic(_))
             || self
                 .children
@@ -559,30 +706,29 @@ impl SupervisorState {
         Ok(())
     }
 
-    async fn restart_child(&mut self, id: &str, myself: &ActorCell) -> Result<ActorCell, SupervisorError> {
-        let order = self
-            .children
-            .order_of_id(id)
-            .ok_or_else(|| SupervisorError::UnknownChild { id: id.into() })?;
+    async fn restart_child(&mut self, id: &str, myself: &ActorCell) -> Result<ChildHandle, SupervisorError> {
+        let order = self.find(id)?;
         let child = self.children.get(order).expect("indexed child exists");
-        if let ChildState::Running(_) = child.state {
-            return Err(SupervisorError::AlreadyRunning { id: id.into() });
+        match child.state {
+            ChildState::Running(_) => return Err(SupervisorError::AlreadyRunning { id: id.into() }),
+            ChildState::Restarting { .. } => return Err(SupervisorError::Restarting { id: id.into() }),
+            ChildState::Terminated => {}
         }
-        let cell = start_one(&child.spec.clone(), myself.clone()).await?;
-        self.children.set_state(order, ChildState::Running(cell.clone()));
-        Ok(cell)
+        let (spec, slot) = (child.spec.clone(), Arc::clone(&child.slot));
+        let cell = start_one(&spec, myself).await?;
+        info!(child = %id, actor = %cell.get_id(), "child restarted by request");
+        self.children.set_state(order, ChildState::Running(cell));
+        Ok(ChildHandle::new(slot))
     }
 
     fn delete_child(&mut self, id: &str) -> Result<(), SupervisorError> {
-        let order = self
-            .children
-            .order_of_id(id)
-            .ok_or_else(|| SupervisorError::UnknownChild { id: id.into() })?;
+        let order = self.find(id)?;
         match self.children.get(order).map(|c| &c.state) {
             Some(ChildState::Terminated) => {
                 self.forget(order);
                 Ok(())
             }
+            Some(ChildState::Restarting { .. }) => Err(SupervisorError::Restarting { id: id.into() }),
             _ => Err(SupervisorError::AlreadyRunning { id: id.into() }),
         }
     }

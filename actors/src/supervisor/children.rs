@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 use ractor::{ActorCell, ActorId};
 use serde::{Deserialize, Serialize};
 
+use super::slot::ChildSlot;
 use super::spec::{ChildKind, ChildSpec, Restart};
 
 /// Where a child is in its life, as `which_children` reports it.
@@ -38,6 +39,9 @@ pub struct ChildInfo {
     pub restart_count: u32,
     /// When the running incarnation started.
     pub started_at: Option<SystemTime>,
+    /// Why its last incarnation exited (`None` if it never did): a panic message, `"killed"`, or the cause a
+    /// child supervisor gave up with.
+    pub last_exit: Option<String>,
 }
 
 impl ChildInfo {
@@ -71,20 +75,27 @@ pub(crate) enum ChildState {
 pub(crate) struct Child {
     pub(crate) spec: ChildSpec,
     pub(crate) state: ChildState,
+    /// What this child's handles resolve; kept true by [`Children::set_state`].
+    pub(crate) slot: Arc<ChildSlot>,
     pub(crate) restart_count: u32,
     /// How many backoff steps the next restart waits (reset after a stable period).
     pub(crate) backoff_step: u32,
     pub(crate) started_at: Option<Instant>,
+    pub(crate) last_exit: Option<Box<str>>,
 }
 
 impl Child {
-    pub(crate) fn new(spec: ChildSpec, cell: ActorCell) -> Self {
+    /// A child whose first incarnation runs as `cell`.
+    pub(crate) fn new(spec: ChildSpec, cell: ActorCell, slot: Arc<ChildSlot>) -> Self {
+        slot.set_running(cell.clone());
         Child {
             spec,
             state: ChildState::Running(cell),
+            slot,
             restart_count: 0,
             backoff_step: 0,
             started_at: Some(Instant::now()),
+            last_exit: None,
         }
     }
 
@@ -114,10 +125,6 @@ impl Children {
             dynamic,
             ..Children::default()
         }
-    }
-
-    pub(crate) fn contains_id(&self, id: &str) -> bool {
-        self.by_id.contains_key(id)
     }
 
     pub(crate) fn order_of_id(&self, id: &str) -> Option<u64> {
@@ -163,6 +170,7 @@ impl Children {
                     kind: child.spec.kind,
                     restart_count: child.restart_count,
                     started_at: child.started_at.map(|at| now - at.elapsed()),
+                    last_exit: child.last_exit.as_deref().map(str::to_string),
                 }
             })
             .collect()
@@ -171,7 +179,13 @@ impl Children {
     /// Appends a child after all others.
     pub(crate) fn push(&mut self, child: Child) -> u64 {
         let order = self.next_order;
-        self.next_order += 1;
+        self.push_at(order, child);
+        order
+    }
+
+    /// Inserts a child at a start order handed out elsewhere (a dynamic supervisor's, see `dynamic.rs`).
+    pub(crate) fn push_at(&mut self, order: u64, child: Child) {
+        self.next_order = self.next_order.max(order + 1);
         if !self.dynamic {
             self.by_id.insert(Arc::clone(&child.spec.id), order);
         }
@@ -179,7 +193,6 @@ impl Children {
             self.by_actor.insert(cell.get_id(), order);
         }
         self.by_order.insert(order, child);
-        order
     }
 
     pub(crate) fn get(&self, order: u64) -> Option<&Child> {
@@ -197,11 +210,13 @@ impl Children {
             ChildState::Running(cell) => {
                 self.by_actor.insert(cell.get_id(), order);
                 child.started_at = Some(Instant::now());
+                child.slot.set_running(cell.clone());
             }
             ChildState::Restarting { .. } => {
                 self.restarting.insert(order);
+                child.slot.set_down();
             }
-            ChildState::Terminated => {}
+            ChildState::Terminated => child.slot.set_down(),
         }
         let old = std::mem::replace(&mut child.state, state);
         match old {
@@ -221,6 +236,7 @@ impl Children {
 
     pub(crate) fn remove(&mut self, order: u64) -> Option<Child> {
         let child = self.by_order.remove(&order)?;
+        child.slot.set_removed();
         if !self.dynamic {
             self.by_id.remove(&child.spec.id);
         }

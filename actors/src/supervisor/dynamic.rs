@@ -1,29 +1,65 @@
-//! Starting a dynamic supervisor's children on the caller's task.
+//! Starting a dynamic supervisor's children on the caller's task, and handing them over.
 //!
 //! OTP's `start_child` is a call: the supervisor spawns the child itself, so every start costs a round trip
-//! and a slow child `init` stalls the supervisor. A dynamic supervisor's children have no order and no ids to
-//! check, so here the caller spawns the child linked to the supervisor and then hands it over with a cast
-//! (`Adopt`). What the call used to make atomic is kept by two counters shared with the supervisor:
+//! and a slow child `init` stalls the supervisor. A dynamic supervisor's children have no order to respect and
+//! no ids to check, so here the caller spawns the child linked to the supervisor and hands it over with a
+//! cast (`Adopt`). What the call made atomic is kept by state shared with the supervisor ([`DynamicShared`]):
 //!
 //! - `reserved` (children plus starts under way) enforces `max_children` before anything is spawned;
-//! - `in_flight` (starts under way) tells the supervisor that an exit from an actor it does not know yet may
-//!   be a child whose `Adopt` is still queued (exit events overtake ordinary messages), so it keeps that exit
-//!   until the `Adopt` arrives instead of ignoring it. With nothing in flight such exits are ignored as before.
+//! - a start is *in flight* from its reservation until it is handed over or undone; a child is *pending*
+//!   from its hand-over until the supervisor has adopted it. While either exists, an exit from an actor the
+//!   supervisor does not know yet may be such a child (exit events overtake ordinary messages), so the
+//!   supervisor holds that exit until the `Adopt` arrives instead of ignoring it;
+//! - `closed` is set, under the same lock, when the supervisor starts shutting down. From then on no start
+//!   is acknowledged: a start that spawned its child after that stops the child itself before it returns an
+//!   error. The supervisor's `post_stop` waits until no start is in flight, then stops the pending children
+//!   with the adopted ones. So every child whose `start_child` returned `Ok` is stopped gracefully, however
+//!   soon the stop follows, and none is alive when the shutdown returns (as with OTP, where `start_child` and
+//!   the shutdown are both calls into the supervisor, one after the other).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use ractor::{ActorCell, ActorRef, ActorStatus};
+use ractor::{ActorCell, ActorId, ActorRef};
+use tokio::sync::Notify;
 
-use super::actor::{start_one, validate, SupervisorMsg};
+use super::actor::{start_one, terminate_cell, SupervisorMsg};
 use super::error::SupervisorError;
+use super::slot::{ChildHandle, ChildSlot};
 use super::spec::ChildSpec;
 
-#[derive(Debug)]
+/// A child handed over by a caller and not adopted yet.
+pub(crate) struct Pending {
+    pub(crate) order: u64,
+    pub(crate) spec: ChildSpec,
+    pub(crate) cell: ActorCell,
+    pub(crate) slot: Arc<ChildSlot>,
+}
+
+#[derive(Default)]
+struct Handover {
+    closed: bool,
+    in_flight: usize,
+    pending: HashMap<ActorId, Pending>,
+}
+
 pub(crate) struct DynamicShared {
     pub(crate) max_children: Option<usize>,
     reserved: AtomicUsize,
-    in_flight: AtomicUsize,
+    next_order: AtomicU64,
+    handover: Mutex<Handover>,
+    /// Signalled when the last in-flight start of a closed supervisor is done.
+    settled: Notify,
+}
+
+impl std::fmt::Debug for DynamicShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamicShared")
+            .field("max_children", &self.max_children)
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DynamicShared {
@@ -31,8 +67,15 @@ impl DynamicShared {
         DynamicShared {
             max_children,
             reserved: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
+            next_order: AtomicU64::new(0),
+            handover: Mutex::new(Handover::default()),
+            settled: Notify::new(),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Handover> {
+        // Every critical section below finishes its writes before anything that could panic.
+        self.handover.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn reserve(&self) -> Result<(), SupervisorError> {
@@ -50,27 +93,86 @@ impl DynamicShared {
         self.reserved.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// The supervisor took over a child started on a caller's task.
-    pub(crate) fn adopted(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// Begins a start: refused once the supervisor is closing, or when it is full.
+    fn begin(&self) -> Result<(), SupervisorError> {
+        let mut handover = self.lock();
+        if handover.closed {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        self.reserve()?;
+        handover.in_flight += 1;
+        Ok(())
     }
 
-    pub(crate) fn starts_in_flight(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
+    /// Ends an in-flight start that will not be handed over (failed, refused, or dropped).
+    fn abandon(&self) {
+        self.release();
+        let mut handover = self.lock();
+        handover.in_flight -= 1;
+        if handover.closed && handover.in_flight == 0 {
+            self.settled.notify_one();
+        }
+    }
+
+    /// Hands a started child over; `Err` gives the pending record back when the supervisor is closing.
+    fn hand_over(&self, pending: Pending) -> Result<(), Pending> {
+        let mut handover = self.lock();
+        if handover.closed {
+            return Err(pending);
+        }
+        handover.in_flight -= 1;
+        handover.pending.insert(pending.cell.get_id(), pending);
+        Ok(())
+    }
+
+    /// The supervisor takes a handed-over child.
+    pub(crate) fn adopt(&self, actor: &ActorId) -> Option<Pending> {
+        self.lock().pending.remove(actor)
+    }
+
+    /// Whether an exit from `actor`, not a known child, may belong to a start not adopted yet.
+    pub(crate) fn may_be_starting(&self, actor: &ActorId) -> bool {
+        let handover = self.lock();
+        handover.in_flight > 0 || handover.pending.contains_key(actor)
+    }
+
+    /// Whether no start is in flight or pending (held early exits can be dropped).
+    pub(crate) fn quiet(&self) -> bool {
+        let handover = self.lock();
+        handover.in_flight == 0 && handover.pending.is_empty()
+    }
+
+    /// Closes the supervisor to new starts, waits for the starts in flight to finish, and returns the children
+    /// handed over but not adopted: the supervisor stops them with its own.
+    pub(crate) async fn close(&self) -> Vec<Pending> {
+        loop {
+            {
+                let mut handover = self.lock();
+                handover.closed = true;
+                if handover.in_flight == 0 {
+                    return handover.pending.drain().map(|(_, p)| p).collect();
+                }
+            }
+            // `notify_one` keeps a permit if it comes before this wait, so no wake-up is lost.
+            self.settled.notified().await;
+        }
     }
 }
 
-/// Undoes a start's bookkeeping if it does not reach `Adopt` (start failed, or the caller's future dropped).
+/// Undoes a start's bookkeeping if it does not reach the hand-over (its future dropped mid-way).
 struct StartGuard<'a> {
     shared: &'a DynamicShared,
+    child: Option<ActorCell>,
     armed: bool,
 }
 
 impl Drop for StartGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            self.shared.release();
+            if let Some(child) = &self.child {
+                child.kill();
+            }
+            self.shared.abandon();
         }
     }
 }
@@ -79,28 +181,54 @@ pub(crate) async fn start_child(
     supervisor: &ActorRef<SupervisorMsg>,
     shared: &DynamicShared,
     spec: ChildSpec,
-) -> Result<ActorCell, SupervisorError> {
-    validate(&spec)?;
-    if !matches!(supervisor.get_status(), ActorStatus::Running) {
-        return Err(SupervisorError::SupervisorGone(
-            "the dynamic supervisor is not running".into(),
-        ));
+) -> Result<ChildHandle, SupervisorError> {
+    spec.check(None)?;
+    shared.begin()?;
+    let mut guard = StartGuard {
+        shared,
+        child: None,
+        armed: true,
+    };
+    let cell = match start_one(&spec, &supervisor.get_cell()).await {
+        Ok(cell) => cell,
+        // The link is refused once the supervisor is stopping: say so rather than blame the child.
+        Err(_) if shared.lock().closed => return Err(SupervisorError::ShuttingDown),
+        Err(err) => return Err(err),
+    };
+    guard.child = Some(cell.clone());
+    let order = shared.next_order.fetch_add(1, Ordering::Relaxed);
+    let slot = ChildSlot::new(Arc::clone(&spec.id), Some(order));
+    slot.set_running(cell.clone());
+    let handle = ChildHandle::new(Arc::clone(&slot));
+    let pending = Pending {
+        order,
+        spec,
+        cell: cell.clone(),
+        slot,
+    };
+    match shared.hand_over(pending) {
+        Ok(()) => {
+            guard.armed = false;
+            if supervisor.cast(SupervisorMsg::Adopt(cell.get_id())).is_err() {
+                // Killed (a graceful stop would have closed the hand-over first): ractor kills what was linked
+                // to it, and this child linked before the supervisor died.
+                if let Some(p) = shared.adopt(&cell.get_id()) {
+                    p.cell.kill();
+                    shared.release();
+                }
+                return Err(SupervisorError::NotRunning {
+                    which: supervisor.get_id().to_string(),
+                });
+            }
+            Ok(handle)
+        }
+        Err(pending) => {
+            // Closing: the supervisor's post_stop waits for this start, so stopping the child here keeps
+            // "nothing alive after shutdown" true.
+            terminate_cell(&pending.cell, pending.spec.shutdown).await;
+            pending.slot.set_removed();
+            drop(guard); // abandon: releases the reservation, ends the in-flight start
+            Err(SupervisorError::ShuttingDown)
+        }
     }
-    shared.reserve()?;
-    shared.in_flight.fetch_add(1, Ordering::AcqRel);
-    let mut guard = StartGuard { shared, armed: true };
-    let cell = start_one(&spec, supervisor.get_cell()).await?;
-    guard.armed = false;
-    if supervisor.cast(SupervisorMsg::Adopt(spec, cell.clone())).is_err() {
-        // The supervisor died after the child linked to it; ractor kills linked children as their supervisor
-        // exits, but this one may have linked too late to be among them.
-        guard.armed = true;
-        cell.kill();
-        return Err(SupervisorError::SupervisorGone(
-            "stopped while the child started".into(),
-        ));
-    }
-    Ok(cell)
 }
-
-pub(crate) type SharedSlot = Arc<tokio::sync::OnceCell<Arc<DynamicShared>>>;

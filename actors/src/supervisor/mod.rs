@@ -26,16 +26,25 @@ mod actor;
 mod children;
 mod dynamic;
 mod error;
+mod exit;
 mod handle;
 mod intensity;
+mod slot;
 mod snapshot;
 mod spec;
+mod template;
 
 pub use children::{ChildCounts, ChildInfo, ChildStatus};
-pub use error::SupervisorError;
-pub use handle::{DynamicSupervisor, DynamicSupervisorHandle, Supervisor, SupervisorHandle};
+pub use error::{BoxError, StartPanic, SupervisorError};
+pub use exit::SupervisorExit;
+pub use handle::{
+    DynamicSupervisor, DynamicSupervisorBuilder, DynamicSupervisorHandle, StartSpec, Supervisor,
+    SupervisorBuilder, SupervisorHandle,
+};
+pub use slot::{ChildHandle, ChildRef, WeakChildHandle, WeakChildRef};
 pub use snapshot::TreeSnapshot;
 pub use spec::{
     AutoShutdown, ChildKind, ChildSpec, DynamicSupervisorOptions, Restart, RestartBackoff, Shutdown,
-    Strategy, SupervisorOptions,
+    Strategy, SupervisorOptions, TypedChildSpec,
 };
+pub use template::{ChildTemplate, TemplatedSupervisor};

@@ -19,8 +19,11 @@ use super::spec::{ChildKind, Restart};
 /// One node of a supervision tree and everything below it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TreeSnapshot {
-    /// The id its supervisor knows it by (the actor's name, or its actor id, for the root).
+    /// The id its supervisor knows it by (the actor's name, or its actor id, for the root). Unique among its
+    /// siblings only.
     pub id: String,
+    /// The ids from the root down to this node, joined by `/`: unique in the tree.
+    pub path: String,
     /// The actor's registered name, if it has one.
     pub name: Option<String>,
     /// Worker, supervisor or dynamic supervisor.
@@ -36,6 +39,9 @@ pub struct TreeSnapshot {
     /// How long the running incarnation has been up.
     #[serde(with = "humantime_serde")]
     pub uptime: Option<Duration>,
+    /// Why its last incarnation exited, if one did (a panic message, `"killed"`, or the cause a child
+    /// supervisor gave up with).
+    pub last_exit: Option<String>,
     /// Its children, in start order (empty for workers).
     pub children: Vec<TreeSnapshot>,
 }
@@ -53,6 +59,11 @@ impl TreeSnapshot {
     /// The first node with this id, depth first.
     pub fn find(&self, id: &str) -> Option<&TreeSnapshot> {
         self.nodes().into_iter().find(|n| n.id == id)
+    }
+
+    /// The node at this path (see [`path`](Self::path)).
+    pub fn find_path(&self, path: &str) -> Option<&TreeSnapshot> {
+        self.nodes().into_iter().find(|n| n.path == path)
     }
 
     /// The sum of restart counts over the whole tree.
@@ -90,11 +101,17 @@ impl TreeSnapshot {
             .uptime
             .map(|u| humantime::format_duration(Duration::from_millis(u.as_millis() as u64)).to_string())
             .unwrap_or_else(|| "-".into());
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{prefix}{branch}{} [{kind}] {status} actor={actor} restarts={} up={uptime}",
             self.id, self.restart_count
         );
+        match &self.last_exit {
+            Some(exit) if self.restart_count > 0 || self.status != ChildStatus::Running => {
+                let _ = writeln!(out, " last_exit={exit:?}");
+            }
+            _ => out.push('\n'),
+        }
         for (i, child) in self.children.iter().enumerate() {
             child.render_into(out, &next_prefix, i + 1 == self.children.len(), false);
         }
@@ -104,11 +121,25 @@ impl TreeSnapshot {
 /// The snapshot of the supervisor running as `cell`, as a root.
 pub(crate) async fn of_supervisor(cell: ActorCell) -> Result<TreeSnapshot, SupervisorError> {
     let actor: ActorRef<SupervisorMsg> = cell.clone().into();
-    let description: Description = ractor::call!(actor, SupervisorMsg::Describe)
-        .map_err(|e| SupervisorError::SupervisorGone(e.to_string()))?;
-    let children = join_all(description.children.into_iter().map(of_child)).await;
-    Ok(TreeSnapshot {
-        id: cell.get_name().unwrap_or_else(|| cell.get_id().to_string()),
+    let description: Description =
+        ractor::call!(actor, SupervisorMsg::Describe).map_err(|_| SupervisorError::NotRunning {
+            which: cell.get_name().unwrap_or_else(|| cell.get_id().to_string()),
+        })?;
+    let id = cell.get_name().unwrap_or_else(|| cell.get_id().to_string());
+    Ok(of_description(cell, description, id.clone(), id).await)
+}
+
+async fn of_description(cell: ActorCell, description: Description, id: String, path: String) -> TreeSnapshot {
+    let children = join_all(
+        description
+            .children
+            .into_iter()
+            .map(|info| of_child(info, path.clone())),
+    )
+    .await;
+    TreeSnapshot {
+        id,
+        path,
         name: cell.get_name(),
         kind: description.kind,
         actor_id: Some(cell.get_id().to_string()),
@@ -116,18 +147,21 @@ pub(crate) async fn of_supervisor(cell: ActorCell) -> Result<TreeSnapshot, Super
         restart: None,
         restart_count: 0,
         uptime: Some(description.uptime),
+        last_exit: None,
         children,
-    })
+    }
 }
 
-fn of_child(info: ChildInfo) -> BoxFuture<'static, TreeSnapshot> {
+fn of_child(info: ChildInfo, parent: String) -> BoxFuture<'static, TreeSnapshot> {
     async move {
+        let path = format!("{parent}/{}", info.id);
         let uptime = info
             .started_at
             .filter(|_| info.status == ChildStatus::Running)
             .and_then(|at| SystemTime::now().duration_since(at).ok());
         let mut node = TreeSnapshot {
             id: info.id.clone(),
+            path: path.clone(),
             name: info.cell.as_ref().and_then(ActorCell::get_name),
             kind: info.kind,
             actor_id: info.actor_id().map(|a| a.to_string()),
@@ -135,13 +169,15 @@ fn of_child(info: ChildInfo) -> BoxFuture<'static, TreeSnapshot> {
             restart: Some(info.restart),
             restart_count: info.restart_count,
             uptime,
+            last_exit: info.last_exit.clone(),
             children: Vec::new(),
         };
         let is_supervisor = matches!(info.kind, ChildKind::Supervisor | ChildKind::DynamicSupervisor);
         if let (true, Some(cell)) = (is_supervisor, info.cell) {
             // A child supervisor that stopped between the two calls is shown without children.
-            if let Ok(sub) = of_supervisor(cell).await {
-                node.children = sub.children;
+            let actor: ActorRef<SupervisorMsg> = cell.clone().into();
+            if let Ok(description) = ractor::call!(actor, SupervisorMsg::Describe) {
+                node.children = of_description(cell, description, info.id, path).await.children;
             }
         }
         node

@@ -162,7 +162,7 @@ impl Workers {
 
 pub fn spec_with(args: WorkerArgs) -> ChildSpec {
     let name = args.name.clone();
-    ChildSpec::actor(name, None, move || (Worker, args.clone()))
+    ChildSpec::actor(name, move || (Worker, args.clone())).into()
 }
 
 pub fn started(name: &str, id: ActorId) -> Life {
