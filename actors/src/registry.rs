@@ -199,10 +199,16 @@ fn has_exited(cell: &ActorCell) -> bool {
 }
 
 impl<V: Clone + Send + Sync + 'static> Registry<V> {
-    /// An empty registry. Entries are removed on their actor's exit only while its watcher runs: start it with
-    /// [`Registry::child_spec`] under a supervisor, or [`Registry::start`].
+    /// An empty registry. Entries are removed on their actor's exit by its watcher: start it with
+    /// [`Registry::child_spec`] under a supervisor, or [`Registry::start`] (reads skip exited actors anyway).
     pub fn new(name: impl Into<String>) -> Self {
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Registry::with_event_buffer(name, EVENT_BUFFER)
+    }
+
+    /// Like [`new`](Self::new), letting a [`watch`](Self::watch) subscriber fall `buffer` events behind (default
+    /// 1,024) before it sees `Lagged`.
+    pub fn with_event_buffer(name: impl Into<String>, buffer: usize) -> Self {
+        let (events, _) = broadcast::channel(buffer.max(1));
         Registry {
             shared: Arc::new(Shared {
                 name: name.into(),
@@ -403,8 +409,8 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
         self.len() == 0
     }
 
-    /// A stream of every change from now on. A subscriber more than 1,024 events behind gets
-    /// `RecvError::Lagged` and should re-read the table with [`Registry::list`].
+    /// A stream of every change from now on. A subscriber more than the event buffer behind gets
+    /// `RecvError::Lagged` and should start over with [`watch_with_snapshot`](Self::watch_with_snapshot).
     pub fn watch(&self) -> broadcast::Receiver<RegistryEvent<V>> {
         self.shared.events.subscribe()
     }

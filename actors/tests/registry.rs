@@ -199,3 +199,147 @@ async fn registries_are_independent() {
     assert_eq!(one.lookup("same-key").unwrap().value, 1);
     assert_eq!(two.lookup("same-key").unwrap().value, 2);
 }
+
+/// Applies one event to a view of the table, failing on any event the table's own order could not produce.
+fn apply(view: &mut std::collections::BTreeMap<String, (ractor::ActorId, u32)>, event: RegistryEvent<u32>) {
+    match event {
+        RegistryEvent::Registered(e) => {
+            let old = view.insert(e.key.clone(), (e.actor.get_id(), e.value));
+            assert!(old.is_none(), "Registered {} while the view holds it", e.key);
+        }
+        RegistryEvent::Updated(e) => {
+            let held = view.get_mut(&e.key);
+            let held = held.unwrap_or_else(|| panic!("Updated {} which the view does not hold", e.key));
+            assert_eq!(held.0, e.actor.get_id(), "Updated {} of another holder", e.key);
+            held.1 = e.value;
+        }
+        RegistryEvent::Removed(e, _) => {
+            let old = view.remove(&e.key);
+            assert_eq!(
+                old.map(|h| h.0),
+                Some(e.actor.get_id()),
+                "Removed {} which the view does not hold (or of another holder)",
+                e.key
+            );
+        }
+    }
+}
+
+/// A subscriber rebuilding the table from `watch_with_snapshot` under a storm of registrations, updates,
+/// unregistrations and deaths from several tasks: every event is one the table's order allows, and the view
+/// equals the table at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_view_rebuilt_from_events_always_equals_the_table_under_a_storm() {
+    use rand::{Rng, SeedableRng};
+    let w = Workers::new();
+    let registry: Registry<u32> = Registry::with_event_buffer("storm", 1 << 20);
+    registry.start().await.unwrap();
+    let (entries, mut events) = registry.watch_with_snapshot();
+    assert!(entries.is_empty());
+    let storms: Vec<_> = (0..4u64)
+        .map(|task| {
+            let (registry, args) = (registry.clone(), w.args("storm"));
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(task);
+                let mut mine = Vec::new();
+                for i in 0..600u32 {
+                    // few keys shared by all tasks, so the tasks contend for them
+                    let key = format!("k{}", rng.random_range(0..12));
+                    match rng.random_range(0..5) {
+                        0 | 1 => {
+                            let (actor, _) = Actor::spawn(None, Worker, args.clone()).await.unwrap();
+                            if registry.register(key, actor.get_cell(), i).is_ok() {
+                                mine.push(actor);
+                            } else {
+                                actor.stop(None);
+                            }
+                        }
+                        2 => {
+                            let _ = registry.update(&key, |v| *v = i);
+                        }
+                        3 => {
+                            registry.unregister(&key);
+                        }
+                        _ => {
+                            if !mine.is_empty() {
+                                let victim = mine.swap_remove(rng.random_range(0..mine.len()));
+                                if i % 2 == 0 {
+                                    victim.kill();
+                                } else {
+                                    victim.stop(None);
+                                }
+                            }
+                        }
+                    }
+                    if i % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut survivors = Vec::new();
+    for storm in storms {
+        survivors.extend(storm.await.unwrap());
+    }
+    // Let the watcher catch up with the deaths, then compare: stop every survivor too, so that the end state
+    // is known (empty) and every removal must have been seen.
+    for actor in &survivors {
+        actor.stop(None);
+    }
+    for actor in &survivors {
+        actor
+            .get_cell()
+            .wait(Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+    }
+    let mut view = std::collections::BTreeMap::new();
+    let mut seen = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Ok(event)) => {
+                seen += 1;
+                apply(&mut view, event);
+                if view.is_empty() && registry.is_empty() {
+                    break;
+                }
+            }
+            Ok(Err(err)) => panic!("the subscriber fell behind: {err}"),
+            Err(_) => panic!("no event for 5 s with {} entries left in the view", view.len()),
+        }
+    }
+    // The table is final now (every holder exited, every removal published): what is still queued must
+    // leave the view empty too.
+    while let Ok(event) = events.try_recv() {
+        seen += 1;
+        apply(&mut view, event);
+    }
+    assert!(view.is_empty(), "{view:?}");
+    assert!(seen > 100, "the storm produced only {seen} events");
+    let table: Vec<String> = registry.list().into_iter().map(|e| e.key).collect();
+    assert!(table.is_empty(), "{table:?}");
+}
+
+#[tokio::test]
+async fn an_entry_of_an_exited_actor_is_gone_even_without_a_watcher() {
+    let w = Workers::new();
+    let registry: Registry<u32> = Registry::new("unwatched"); // no watcher started
+    let mut events = registry.watch();
+    let actor = spawn_worker(&w, "x").await;
+    registry.register("x", actor.get_cell(), 1).unwrap();
+    assert!(matches!(event(&mut events).await, RegistryEvent::Registered(_)));
+    actor.kill();
+    actor.get_cell().wait(Some(Duration::from_secs(5))).await.unwrap();
+    assert!(registry.lookup("x").is_none());
+    assert!(matches!(
+        event(&mut events).await,
+        RegistryEvent::Removed(_, RemovalReason::ActorExited)
+    ));
+    assert_eq!(registry.len(), 0);
+    assert!(matches!(
+        registry.lookup_ref::<WorkerMsg>("x"),
+        Err(RegistryError::NotFound { .. })
+    ));
+}

@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 use super::children::{Child, ChildCounts, ChildInfo, ChildState, Children};
 use super::dynamic::{DynamicShared, Pending};
 use super::error::{BoxError, StartPanic, SupervisorError};
-use super::exit::{Exit, ExitCell, SupervisorExit};
+use super::exit::{Exit, ExitCell, Orphan, SupervisorExit};
 use super::intensity::RestartIntensity;
 use super::slot::{ChildHandle, ChildSlot};
 use super::spec::{
@@ -131,6 +131,9 @@ pub(crate) struct SupervisorState {
     early_exits: HashMap<ActorId, Exit>,
     /// Set once the supervisor has decided to exit on its own: nothing is restarted from then on.
     exiting: Option<SupervisorExit>,
+    /// Children being stopped right now (no longer `Running` in the table): orphans too if this supervisor
+    /// is killed meanwhile.
+    stopping: Vec<Orphan>,
     exit: ExitCell,
 }
 
@@ -163,13 +166,25 @@ fn linked_to(cell: &ActorCell, supervisor: &ActorCell) -> bool {
 }
 
 /// Runs a start closure; a panic, an error and an actor that escaped supervision are all start failures.
+///
+/// Before a child supervisor starts again, the children its previous incarnation may have left running are
+/// waited for (bounded): a supervisor killed outright, or one of its own child supervisors killed while it
+/// stopped them, leaves children to ractor, which kills them without waiting. So the new incarnation's
+/// children never race the old ones for names, registry keys or resources. (Workers have no such record.)
 pub(crate) async fn start_one(
     spec: &ChildSpec,
     supervisor: &ActorCell,
+    slot: &Arc<ChildSlot>,
 ) -> Result<ActorCell, SupervisorError> {
+    if let Some(previous) = slot.exit_cell() {
+        previous
+            .wait_orphans(tokio::time::Instant::now() + KILL_WAIT)
+            .await;
+    }
     let ctx = StartContext {
         supervisor: supervisor.clone(),
         name: spec.name.clone(),
+        slot: Arc::clone(slot),
     };
     let failed = |source: BoxError| SupervisorError::StartFailed {
         id: spec.id.to_string(),
@@ -197,21 +212,30 @@ pub(crate) async fn start_one(
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Stops one child as its shutdown says: ask, wait up to the timeout, then kill.
+///
+/// ractor takes one stop request per actor: if someone else asked first, asking again fails at once, and
+/// the child is then waited for just the same (that stop is under way), within the same timeout.
 pub(crate) async fn terminate_cell(cell: &ActorCell, shutdown: Shutdown) {
     let reason = Some("shutdown".to_string());
     let stopped = match shutdown {
         Shutdown::BrutalKill => false,
         Shutdown::Infinity => {
-            let _ = cell.stop_and_wait(reason, None).await;
+            if cell.stop_and_wait(reason, None).await.is_err() {
+                let _ = cell.wait(None).await;
+            }
             true
         }
-        Shutdown::Timeout(timeout) => match cell.stop_and_wait(reason, Some(timeout)).await {
-            Err(ractor::RactorErr::Timeout) => {
+        Shutdown::Timeout(timeout) => {
+            let stopped = match cell.stop_and_wait(reason, Some(timeout)).await {
+                Ok(()) => true,
+                Err(ractor::RactorErr::Timeout) => false,
+                Err(_) => cell.wait(Some(timeout)).await.is_ok(),
+            };
+            if !stopped {
                 warn!(child = %cell.get_id(), ?timeout, "child did not stop in time, killing it");
-                false
             }
-            _ => true,
-        },
+            stopped
+        }
     };
     if !stopped {
         if let Err(ractor::RactorErr::Timeout) = cell.kill_and_wait(Some(KILL_WAIT)).await {
@@ -231,6 +255,7 @@ impl SupervisorState {
             started_at: Instant::now(),
             early_exits: HashMap::new(),
             exiting: None,
+            stopping: Vec::new(),
             exit: Arc::clone(&args.exit),
         }
     }
@@ -260,8 +285,8 @@ impl SupervisorState {
                 },
             );
         }
-        let cell = start_one(&spec, myself).await?;
         let slot = ChildSlot::new(Arc::clone(&spec.id), None);
+        let cell = start_one(&spec, myself, &slot).await?;
         let order = self
             .children
             .push(Child::new(spec, cell.clone(), Arc::clone(&slot)));
@@ -275,8 +300,14 @@ impl SupervisorState {
             Some(child) => child.spec.shutdown,
             None => return,
         };
+        let incarnation = self.children.get(order).and_then(|c| c.slot.exit_cell());
         if let Some(cell) = self.children.set_state(order, next) {
+            self.stopping.push(Orphan {
+                cell: Some(cell.clone()),
+                incarnation,
+            });
             terminate_cell(&cell, shutdown).await;
+            self.stopping.clear();
         }
     }
 
@@ -313,12 +344,21 @@ impl SupervisorState {
                         "stopping dynamic children concurrently"
                     );
                 }
+                // Killed halfway, these would be orphans: say so (see the Drop below).
+                self.stopping = stopping
+                    .iter()
+                    .map(|(cell, _)| Orphan {
+                        cell: Some(cell.clone()),
+                        incarnation: None,
+                    })
+                    .collect();
                 join_all(
                     stopping
                         .iter()
                         .map(|(cell, shutdown)| terminate_cell(cell, *shutdown)),
                 )
                 .await;
+                self.stopping.clear();
             }
         }
     }
@@ -442,7 +482,14 @@ impl SupervisorState {
             None => Instant::now(),
         };
         self.children.set_state(order, ChildState::Restarting { due });
-        self.continue_restarts(myself).await;
+        if self.strategy == Strategy::OneForOne {
+            self.continue_restarts(myself).await;
+        } else {
+            // Through the mailbox: the exit events of the siblings just stopped come first (they outrank
+            // ordinary messages), so a sibling supervisor killed meanwhile has its state dropped, and its
+            // orphans recorded, before `start_one` waits for them.
+            let _ = myself.cast(SupervisorMsg::ContinueRestarts);
+        }
     }
 
     /// Counts a restart; `false` (and the supervisor is on its way out) when it is one too many.
@@ -460,21 +507,36 @@ impl SupervisorState {
         false
     }
 
-    /// Stops the running children from start order `from` on, in reverse, to be restarted with the child
-    /// that exited; temporary ones are forgotten instead (OTP's temporary bystander).
+    /// Takes down the group from start order `from` on, to be restarted with the child that exited: running
+    /// members are stopped in reverse start order; every member that is not temporary is then restarted,
+    /// including one that was terminated before (OTP's `terminate_children` + `start_children` over the whole
+    /// group); temporary ones are forgotten instead (OTP's temporary bystander).
     async fn stop_group(&mut self, from: u64) {
-        for sibling in self.children.running_from_reversed(from) {
-            let temporary = self.children.get(sibling).map(|c| c.spec.restart) == Some(Restart::Temporary);
-            let next = if temporary {
-                ChildState::Terminated
-            } else {
-                ChildState::Restarting { due: Instant::now() }
+        for sibling in self.children.orders_from_reversed(from) {
+            let Some(child) = self.children.get(sibling) else {
+                continue;
             };
-            self.stop_child(sibling, next).await;
+            let temporary = child.spec.restart == Restart::Temporary;
+            match child.state {
+                ChildState::Running(_) => {
+                    let next = if temporary {
+                        ChildState::Terminated
+                    } else {
+                        ChildState::Restarting { due: Instant::now() }
+                    };
+                    self.stop_child(sibling, next).await;
+                    if let Some(c) = self.children.get_mut(sibling).filter(|_| !temporary) {
+                        c.restart_count += 1;
+                    }
+                }
+                ChildState::Terminated if !temporary => {
+                    self.children
+                        .set_state(sibling, ChildState::Restarting { due: Instant::now() });
+                }
+                _ => {}
+            }
             if temporary {
                 self.forget(sibling);
-            } else if let Some(c) = self.children.get_mut(sibling) {
-                c.restart_count += 1;
             }
         }
     }
@@ -509,13 +571,9 @@ impl SupervisorState {
                 }
                 continue;
             }
-            let spec = self
-                .children
-                .get(order)
-                .expect("listed child exists")
-                .spec
-                .clone();
-            match start_one(&spec, &myself.get_cell()).await {
+            let child = self.children.get(order).expect("listed child exists");
+            let (spec, slot) = (child.spec.clone(), Arc::clone(&child.slot));
+            match start_one(&spec, &myself.get_cell(), &slot).await {
                 Ok(cell) => {
                     info!(
                         child = %self.children.id_of(order),
@@ -590,7 +648,7 @@ impl Actor for SupervisorActor {
         state.stop_all(pending).await;
         let exit = state.exiting.take().unwrap_or(SupervisorExit::Shutdown);
         info!(%exit, "supervisor stopped");
-        let _ = state.exit.set(exit);
+        state.exit.set_exit(exit);
         Ok(())
     }
 
@@ -646,7 +704,10 @@ impl Actor for SupervisorActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            SupervisionEvent::ActorTerminated(cell, child_state, reason) => {
+                // A killed child supervisor's state comes back here; dropping it now records the children it
+                // left running (see `start_one`).
+                drop(child_state);
                 state
                     .on_child_exit(&myself, cell.get_id(), Exit::from_reason(reason))
                     .await
@@ -715,7 +776,7 @@ impl SupervisorState {
             ChildState::Terminated => {}
         }
         let (spec, slot) = (child.spec.clone(), Arc::clone(&child.slot));
-        let cell = start_one(&spec, myself).await?;
+        let cell = start_one(&spec, myself, &slot).await?;
         info!(child = %id, actor = %cell.get_id(), "child restarted by request");
         self.children.set_state(order, ChildState::Running(cell));
         Ok(ChildHandle::new(slot))
@@ -731,5 +792,34 @@ impl SupervisorState {
             Some(ChildState::Restarting { .. }) => Err(SupervisorError::Restarting { id: id.into() }),
             _ => Err(SupervisorError::AlreadyRunning { id: id.into() }),
         }
+    }
+}
+
+/// A supervisor that dies without its `post_stop` (killed, or failed) cannot stop its children; ractor kills
+/// them without waiting. Dropping its state records them, so that its parent can wait for them before it
+/// restarts the supervisor (after a graceful stop the list is empty: `post_stop` stopped them all).
+impl Drop for SupervisorState {
+    fn drop(&mut self) {
+        // Running children, and child supervisors that are down but may have left children of their own.
+        let mut orphans: Vec<Orphan> = self
+            .children
+            .iter()
+            .filter_map(|(_, child)| {
+                let cell = match &child.state {
+                    ChildState::Running(cell) => Some(cell.clone()),
+                    _ => None,
+                };
+                let incarnation = child.slot.exit_cell();
+                (cell.is_some() || incarnation.is_some()).then_some(Orphan { cell, incarnation })
+            })
+            .collect();
+        if let Mode::Dynamic(shared) = &self.mode {
+            orphans.extend(shared.take_pending().into_iter().map(|p| Orphan {
+                cell: Some(p.cell),
+                incarnation: p.slot.exit_cell(),
+            }));
+        }
+        orphans.append(&mut self.stopping);
+        self.exit.set_orphans(orphans);
     }
 }

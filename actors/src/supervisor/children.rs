@@ -263,6 +263,15 @@ impl Children {
             .collect()
     }
 
+    /// Start orders of every child from `from` on, in reverse start order.
+    pub(crate) fn orders_from_reversed(&self, from: u64) -> Vec<u64> {
+        self.by_order
+            .range(from..)
+            .rev()
+            .map(|(order, _)| *order)
+            .collect()
+    }
+
     /// Start orders of the running children from `from` on, in reverse start order (the order to stop them).
     pub(crate) fn running_from_reversed(&self, from: u64) -> Vec<u64> {
         self.by_order

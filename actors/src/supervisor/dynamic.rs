@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ractor::{ActorCell, ActorId, ActorRef};
+use ractor::{ActorCell, ActorId, ActorRef, ActorStatus};
 use tokio::sync::Notify;
 
 use super::actor::{start_one, terminate_cell, SupervisorMsg};
@@ -142,6 +142,13 @@ impl DynamicShared {
         handover.in_flight == 0 && handover.pending.is_empty()
     }
 
+    /// The children handed over but not adopted, taken without waiting (the supervisor is gone).
+    pub(crate) fn take_pending(&self) -> Vec<Pending> {
+        let mut handover = self.lock();
+        handover.closed = true;
+        handover.pending.drain().map(|(_, p)| p).collect()
+    }
+
     /// Closes the supervisor to new starts, waits for the starts in flight to finish, and returns the children
     /// handed over but not adopted: the supervisor stops them with its own.
     pub(crate) async fn close(&self) -> Vec<Pending> {
@@ -183,21 +190,35 @@ pub(crate) async fn start_child(
     spec: ChildSpec,
 ) -> Result<ChildHandle, SupervisorError> {
     spec.check(None)?;
+    // A start can complete without ever waiting; a caller starting children in a loop must still let the
+    // supervisor (and everything else on its worker thread) run, or a shutdown could never get in.
+    tokio::task::consume_budget().await;
     shared.begin()?;
     let mut guard = StartGuard {
         shared,
         child: None,
         armed: true,
     };
-    let cell = match start_one(&spec, &supervisor.get_cell()).await {
-        Ok(cell) => cell,
-        // The link is refused once the supervisor is stopping: say so rather than blame the child.
-        Err(_) if shared.lock().closed => return Err(SupervisorError::ShuttingDown),
-        Err(err) => return Err(err),
-    };
-    guard.child = Some(cell.clone());
     let order = shared.next_order.fetch_add(1, Ordering::Relaxed);
     let slot = ChildSlot::new(Arc::clone(&spec.id), Some(order));
+    let cell = match start_one(&spec, &supervisor.get_cell(), &slot).await {
+        Ok(cell) => cell,
+        Err(err) => {
+            // The link is refused once the supervisor is stopping (even before its post_stop closed the
+            // hand-over): say so rather than blame the child.
+            let stopping = matches!(
+                supervisor.get_status(),
+                ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+            );
+            let closed = stopping || shared.lock().closed;
+            return Err(if closed {
+                SupervisorError::ShuttingDown
+            } else {
+                err
+            });
+        }
+    };
+    guard.child = Some(cell.clone());
     slot.set_running(cell.clone());
     let handle = ChildHandle::new(Arc::clone(&slot));
     let pending = Pending {

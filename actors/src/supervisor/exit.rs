@@ -4,7 +4,11 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use ractor::ActorCell;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// How a supervisor ended, as [`SupervisorHandle::wait`](super::SupervisorHandle::wait) reports it.
 ///
@@ -79,8 +83,70 @@ impl fmt::Display for SupervisorExit {
     }
 }
 
-/// Where a supervisor incarnation leaves its [`SupervisorExit`] before its actor finishes.
-pub(crate) type ExitCell = Arc<OnceLock<SupervisorExit>>;
+/// One supervisor incarnation's record, shared with its handles and with its parent's slot for it: the exit
+/// it leaves before its actor finishes, and, if it dies without a `post_stop` (killed, or failed), the
+/// children it still had running, which ractor kills without waiting for them.
+#[derive(Default)]
+pub(crate) struct Incarnation {
+    exit: OnceLock<SupervisorExit>,
+    orphans: OnceLock<Vec<Orphan>>,
+    orphaned: Notify,
+}
+
+pub(crate) type ExitCell = Arc<Incarnation>;
+
+/// A child left running by a supervisor that died without stopping it (`cell`), and, if it is (or was) a
+/// supervisor itself, its latest incarnation's record, whose own orphans may still run even if it is gone.
+pub(crate) struct Orphan {
+    pub(crate) cell: Option<ActorCell>,
+    pub(crate) incarnation: Option<ExitCell>,
+}
+
+impl Incarnation {
+    pub(crate) fn set_exit(&self, exit: SupervisorExit) {
+        let _ = self.exit.set(exit);
+    }
+
+    pub(crate) fn exit(&self) -> Option<SupervisorExit> {
+        self.exit.get().cloned()
+    }
+
+    /// Called once, as the incarnation's state is dropped.
+    pub(crate) fn set_orphans(&self, orphans: Vec<Orphan>) {
+        let _ = self.orphans.set(orphans);
+        self.orphaned.notify_waiters();
+    }
+
+    /// After this incarnation died without stopping its children: waits until each of them (and theirs, for
+    /// child supervisors) has exited, at most until `deadline`. A restart of the incarnation must not race
+    /// its old children for names, registry keys or resources.
+    pub(crate) fn wait_orphans(&self, deadline: Instant) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let orphans = loop {
+                let notified = self.orphaned.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(orphans) = self.orphans.get() {
+                    break orphans;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return;
+                }
+            };
+            for orphan in orphans {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Some(cell) = &orphan.cell {
+                    if cell.wait(Some(left)).await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(inner) = &orphan.incarnation {
+                    inner.wait_orphans(deadline).await;
+                }
+            }
+        })
+    }
+}
 
 /// Why a child exited, reduced to what the restart decision needs.
 #[derive(Debug)]

@@ -20,8 +20,8 @@ use super::exit::{ExitCell, SupervisorExit};
 use super::slot::{ChildHandle, ChildRef};
 use super::snapshot::{self, TreeSnapshot};
 use super::spec::{
-    AutoShutdown, ChildKind, ChildSpec, DynamicSupervisorOptions, Shutdown, Strategy, SupervisorOptions,
-    TypedChildSpec,
+    AutoShutdown, ChildKind, ChildSpec, DynamicSupervisorOptions, Shutdown, StartContext, StartFn, Strategy,
+    SupervisorOptions, TypedChildSpec,
 };
 use super::template::{ChildTemplate, TemplatedSupervisor};
 
@@ -53,6 +53,34 @@ async fn spawn(
         actor,
         exit: Some(exit),
     })
+}
+
+fn spawn_args(name: Option<String>, args: SupervisorArgs) -> (Option<String>, SupervisorArgs) {
+    (name, args)
+}
+
+/// The spec of a child supervisor (shutdown infinity, permanent): each start spawns a fresh incarnation and
+/// tells the child's slot where that incarnation will leave its exit, so stable handles can `wait` for it.
+fn supervisor_child_spec(
+    id: impl Into<String>,
+    kind: ChildKind,
+    make: impl Fn() -> (Option<String>, SupervisorArgs) + Send + Sync + 'static,
+) -> ChildSpec {
+    let make = Arc::new(make);
+    let start: StartFn = Arc::new(move |ctx: StartContext| {
+        let (name, args) = make();
+        Box::pin(async move {
+            let exit = Arc::clone(&args.exit);
+            let Target::Fixed { actor, .. } = spawn(name, args, Some(ctx.supervisor)).await? else {
+                unreachable!("spawn gives a fixed target")
+            };
+            ctx.slot.set_exit_cell(exit);
+            Ok(actor.get_cell())
+        })
+    });
+    ChildSpec::from_start(id, start)
+        .kind(kind)
+        .shutdown(Shutdown::Infinity)
 }
 
 fn static_args(options: SupervisorOptions, children: Vec<ChildSpec>) -> SupervisorArgs {
@@ -229,15 +257,10 @@ impl SupervisorBuilder {
     /// A child spec that starts it under another supervisor (kind supervisor, shutdown infinity, permanent).
     /// Reach the running child supervisor with [`SupervisorHandle::child_supervisor`].
     pub fn child_spec(self, id: impl Into<String>) -> ChildSpec {
-        ChildSpec::new(id, move |parent| {
-            let builder = self.clone();
-            async move {
-                let sup = builder.start_linked(parent).await?;
-                Ok(sup.cell()?)
-            }
+        let name = self.name.clone();
+        supervisor_child_spec(id, ChildKind::Supervisor, move || {
+            spawn_args(name.clone(), static_args(self.options, self.children.clone()))
         })
-        .kind(ChildKind::Supervisor)
-        .shutdown(Shutdown::Infinity)
     }
 }
 
@@ -353,15 +376,9 @@ impl DynamicSupervisorBuilder {
     /// A child spec that starts it under another supervisor. Reach the running child with
     /// [`SupervisorHandle::child_dynamic_supervisor`].
     pub fn child_spec(self, id: impl Into<String>) -> ChildSpec {
-        ChildSpec::new(id, move |parent| {
-            let builder = self.clone();
-            async move {
-                let sup = builder.start_linked(parent).await?;
-                Ok(sup.cell()?)
-            }
+        supervisor_child_spec(id, ChildKind::DynamicSupervisor, move || {
+            spawn_args(self.name.clone(), dynamic_args(self.options))
         })
-        .kind(ChildKind::DynamicSupervisor)
-        .shutdown(Shutdown::Infinity)
     }
 }
 
@@ -468,19 +485,23 @@ impl Target {
         }
     }
 
+    /// Waits for the current incarnation's exit; for a child supervisor that is down, the last one's.
     async fn wait(&self) -> Result<SupervisorExit, SupervisorError> {
         let (cell, exit) = match self {
             Target::Fixed {
                 actor,
                 exit: Some(exit),
-            } => (actor.get_cell(), Arc::clone(exit)),
-            _ => {
-                let actor = self.resolve()?;
-                (actor.get_cell(), self.info().await?.exit)
+            } => (Some(actor.get_cell()), Some(Arc::clone(exit))),
+            Target::Fixed { actor, exit: None } => {
+                let exit = self.info().await?.exit;
+                (Some(actor.get_cell()), Some(exit))
             }
+            Target::Child(child) => (child.cell().ok(), child.slot().exit_cell()),
         };
-        let _ = cell.wait(None).await;
-        Ok(exit.get().cloned().unwrap_or(SupervisorExit::Killed))
+        if let Some(cell) = cell {
+            let _ = cell.wait(None).await;
+        }
+        Ok(exit.and_then(|e| e.exit()).unwrap_or(SupervisorExit::Killed))
     }
 }
 

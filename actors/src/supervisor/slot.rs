@@ -19,6 +19,7 @@ use ractor::rpc::CallResult;
 use ractor::{ActorCell, ActorRef, ActorStatus, Message, RpcReplyPort};
 
 use super::error::SupervisorError;
+use super::exit::ExitCell;
 
 /// Where a child is, as far as its handles are concerned.
 enum SlotState {
@@ -33,6 +34,8 @@ pub(crate) struct ChildSlot {
     /// Set for dynamic children, whose shown id is `id#order`.
     order: Option<u64>,
     state: Mutex<SlotState>,
+    /// For a child that is a supervisor: where its latest incarnation leaves its exit.
+    exit: Mutex<Option<ExitCell>>,
 }
 
 impl ChildSlot {
@@ -41,7 +44,18 @@ impl ChildSlot {
             id,
             order,
             state: Mutex::new(SlotState::Down),
+            exit: Mutex::new(None),
         })
+    }
+
+    /// Records where the incarnation being started (a supervisor) will leave its exit.
+    pub(crate) fn set_exit_cell(&self, exit: ExitCell) {
+        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit);
+    }
+
+    /// Where the latest incarnation leaves its exit, if the child is a supervisor.
+    pub(crate) fn exit_cell(&self) -> Option<ExitCell> {
+        self.exit.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {
@@ -103,6 +117,10 @@ impl fmt::Debug for ChildHandle {
 impl ChildHandle {
     pub(crate) fn new(slot: Arc<ChildSlot>) -> Self {
         ChildHandle { slot }
+    }
+
+    pub(crate) fn slot(&self) -> &Arc<ChildSlot> {
+        &self.slot
     }
 
     /// The child's id among its siblings (`id#n` for a dynamic supervisor's children).

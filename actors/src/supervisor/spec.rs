@@ -12,6 +12,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr};
 use serde::{Deserialize, Serialize};
 
 use super::error::SupervisorError;
+use super::slot::ChildSlot;
 
 /// When a child that exited is started again (OTP's `restart` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -154,10 +155,12 @@ pub(crate) fn instant_after(delay: Duration) -> std::time::Instant {
         .unwrap_or(now)
 }
 
-/// What a start closure gets: the supervisor to link to, and the name a typed spec was given.
+/// What a start closure gets: the supervisor to link to, the name a typed spec was given, and the child's
+/// slot (which a child supervisor's start fills with where it will leave its exit).
 pub(crate) struct StartContext {
     pub(crate) supervisor: ActorCell,
     pub(crate) name: Option<Arc<str>>,
+    pub(crate) slot: Arc<ChildSlot>,
 }
 
 pub(crate) type StartFn =
@@ -213,7 +216,7 @@ impl ChildSpec {
         )
     }
 
-    fn from_start(id: impl Into<String>, start: StartFn) -> Self {
+    pub(crate) fn from_start(id: impl Into<String>, start: StartFn) -> Self {
         ChildSpec {
             id: Arc::from(id.into()),
             start,

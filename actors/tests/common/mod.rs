@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbor_actors::supervisor::ChildSpec;
+use arbor_actors::supervisor::{ChildSpec, TypedChildSpec};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::mpsc;
 
@@ -114,9 +114,14 @@ impl Workers {
     }
 
     pub fn args(&self, name: &str) -> WorkerArgs {
+        Workers::args_with(&self.tx, name)
+    }
+
+    /// Arguments for a worker that logs into `log`.
+    pub fn args_with(log: &mpsc::UnboundedSender<Life>, name: &str) -> WorkerArgs {
         WorkerArgs {
             name: name.into(),
-            log: self.tx.clone(),
+            log: log.clone(),
             fail_starts: Arc::new(AtomicU32::new(0)),
             stop_delay: Duration::ZERO,
         }
@@ -161,8 +166,13 @@ impl Workers {
 }
 
 pub fn spec_with(args: WorkerArgs) -> ChildSpec {
+    typed_spec(args).into()
+}
+
+/// A spec that knows its actor's message type, so `start_child` gives a `ChildRef<WorkerMsg>`.
+pub fn typed_spec(args: WorkerArgs) -> TypedChildSpec<WorkerMsg> {
     let name = args.name.clone();
-    ChildSpec::actor(name, move || (Worker, args.clone())).into()
+    ChildSpec::actor(name, move || (Worker, args.clone()))
 }
 
 pub fn started(name: &str, id: ActorId) -> Life {
