@@ -4,11 +4,15 @@
 //! - (a) restart latency: a child is killed until its replacement has answered a call;
 //! - (b) the same after 10,000 restarts inside one intensity window (must stay flat: O(1) bookkeeping);
 //! - (c) dynamic `start_child` throughput;
-//! - (d) resident memory per idle supervised child, with 100,000 children (each side in its own process, so
-//!   one side's freed memory cannot flatter the other).
+//! - (d) resident memory per idle supervised child, with 100,000 children;
+//! - (e) graceful shutdown of a dynamic supervisor with 10,000 children, against a plain parent stopping its
+//!   children with `stop_children_and_wait`, and against arbor's own shutdown of one child.
 //!
-//! Runs on a multi-threaded tokio runtime; `ARBOR_BENCH_RUNTIME=current_thread` runs it on one thread, where
-//! the figures are far less noisy (no cross-thread wake-ups).
+//! Every measure runs in a fresh process of this bench (so no side inherits the other's heap or actors still
+//! shutting down), several times with the sides interleaved; the table shows medians. Samples are driven from
+//! a task on the runtime, as a service's code would be, not from the thread that blocks on the runtime (which
+//! would add two cross-thread wake-ups to every sample). Runs on a multi-threaded tokio runtime;
+//! `ARBOR_BENCH_RUNTIME=current_thread` runs it on one thread, where the figures are far less noisy.
 //!
 //! The baseline is the least a ractor user would write: a parent that re-spawns its child in
 //! `handle_supervisor_evt`, and children spawned with `spawn_linked` straight into a parent.
@@ -23,6 +27,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::watch;
 
 const RESTARTS: usize = 5_000;
+/// Processes per measure and side; the table shows the median.
+const RUNS: usize = 5;
+const SHUTDOWN_CHILDREN: usize = 10_000;
 /// Unmeasured restarts first, so neither side pays for a cold start.
 const WARM_UP: usize = 1_000;
 const WINDOW_FILL: usize = 10_000;
@@ -174,61 +181,70 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
     }
 }
 
-fn us(d: Duration) -> String {
-    format!("{:.2} µs", d.as_secs_f64() * 1e6)
+/// Child-process side of (a) and (b): median and p99 of both, in µs, as `a_median a_p99 b_median b_p99`.
+async fn latency_child(mode: &str) -> Vec<f64> {
+    let (tx, mut rx) = watch::channel(None);
+    let stop: Box<dyn FnOnce() + Send> = if mode == "plain" {
+        let (plain, _) = Actor::spawn(None, PlainParent, tx).await.unwrap();
+        Box::new(move || plain.stop(None))
+    } else {
+        // an intensity wide enough that every restart below falls in one window
+        let options = SupervisorOptions::default().intensity(1_000_000, Duration::from_secs(3600));
+        let sup = Supervisor::start(options, vec![echo_spec(tx)]).await.unwrap();
+        Box::new(move || drop(sup))
+    };
+    restart_latencies(&mut rx, WARM_UP).await;
+    let a = stats(restart_latencies(&mut rx, RESTARTS).await);
+    restart_latencies(&mut rx, WINDOW_FILL).await;
+    let b = stats(restart_latencies(&mut rx, RESTARTS).await);
+    stop();
+    [a.median, a.p99, b.median, b.p99]
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e6)
+        .collect()
 }
 
-async fn latency_rows() -> Vec<String> {
-    let mut rows = Vec::new();
-    // (a) and (b), baseline
-    let (tx, mut plain_rx) = watch::channel(None);
-    let (plain, _) = Actor::spawn(None, PlainParent, tx).await.unwrap();
-    restart_latencies(&mut plain_rx, WARM_UP).await;
-    let plain_a = stats(restart_latencies(&mut plain_rx, RESTARTS).await);
-    restart_latencies(&mut plain_rx, WINDOW_FILL).await;
-    let plain_b = stats(restart_latencies(&mut plain_rx, RESTARTS).await);
-    plain.stop(None);
+fn ratio(a: f64, b: f64) -> String {
+    format!("{:.2}×", a / b)
+}
 
-    // (a) and (b), arbor: an intensity wide enough that every restart below falls in one window
-    let (tx, mut arbor_rx) = watch::channel(None);
-    let options = SupervisorOptions::default().intensity(1_000_000, Duration::from_secs(3600));
-    let sup = Supervisor::start(options, vec![echo_spec(tx)]).await.unwrap();
-    restart_latencies(&mut arbor_rx, WARM_UP).await;
-    let arbor_a = stats(restart_latencies(&mut arbor_rx, RESTARTS).await);
-    restart_latencies(&mut arbor_rx, WINDOW_FILL).await;
-    let arbor_b = stats(restart_latencies(&mut arbor_rx, RESTARTS).await);
-    sup.shutdown(Duration::from_secs(30)).await.unwrap();
-
-    let ratio = |a: Duration, b: Duration| format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64());
-    rows.push(format!(
-        "| (a) restart latency, median | {} | {} | {} |",
-        us(plain_a.median),
-        us(arbor_a.median),
-        ratio(arbor_a.median, plain_a.median)
-    ));
-    rows.push(format!(
-        "| (a) restart latency, p99 | {} | {} | {} |",
-        us(plain_a.p99),
-        us(arbor_a.p99),
-        ratio(arbor_a.p99, plain_a.p99)
-    ));
-    rows.push(format!(
-        "| (b) after {} restarts in one window, median | {} | {} | {} (vs arbor's (a): {}) |",
-        WARM_UP + RESTARTS + WINDOW_FILL,
-        us(plain_b.median),
-        us(arbor_b.median),
-        ratio(arbor_b.median, plain_b.median),
-        ratio(arbor_b.median, arbor_a.median)
-    ));
-    rows.push(format!(
-        "| (b) after {} restarts in one window, p99 | {} | {} | {} (vs arbor's (a): {}) |",
-        WARM_UP + RESTARTS + WINDOW_FILL,
-        us(plain_b.p99),
-        us(arbor_b.p99),
-        ratio(arbor_b.p99, plain_b.p99),
-        ratio(arbor_b.p99, arbor_a.p99)
-    ));
-    rows
+fn latency_rows() -> Vec<String> {
+    let [plain, arbor] = &medians("latency", &["plain", "arbor"])[..] else {
+        unreachable!("two modes")
+    };
+    if plain.len() < 4 || arbor.len() < 4 {
+        return vec!["| (a) restart latency | measurement failed | | |".into()];
+    }
+    let us = |v: f64| format!("{v:.2} µs");
+    let total = WARM_UP + RESTARTS + WINDOW_FILL;
+    vec![
+        format!(
+            "| (a) restart latency, median | {} | {} | {} |",
+            us(plain[0]),
+            us(arbor[0]),
+            ratio(arbor[0], plain[0])
+        ),
+        format!(
+            "| (a) restart latency, p99 | {} | {} | {} |",
+            us(plain[1]),
+            us(arbor[1]),
+            ratio(arbor[1], plain[1])
+        ),
+        format!(
+            "| (b) after {total} restarts in one window, median | {} | {} | {} (vs arbor's (a): {}) |",
+            us(plain[2]),
+            us(arbor[2]),
+            ratio(arbor[2], plain[2]),
+            ratio(arbor[2], arbor[0])
+        ),
+        format!(
+            "| (b) after {total} restarts in one window, p99 | {} | {} | {} (vs arbor's (a): {}) |",
+            us(plain[3]),
+            us(arbor[3]),
+            ratio(arbor[3], plain[3]),
+            ratio(arbor[3], arbor[1])
+        ),
+    ]
 }
 
 /// Child-process side of (c): `STARTS` starts one after the other; prints starts per second.
@@ -278,7 +294,7 @@ fn resident_bytes() -> u64 {
 /// Child-process side of (d): spawn the children, return resident bytes per child.
 async fn rss_child(mode: &str) -> f64 {
     let before;
-    let keep: Box<dyn std::any::Any> = match mode {
+    let keep: Box<dyn std::any::Any + Send> = match mode {
         "plain" => {
             let (parent, _) = Actor::spawn(None, IdleParent, ()).await.unwrap();
             before = resident_bytes();
@@ -308,40 +324,112 @@ async fn rss_child(mode: &str) -> f64 {
     per_child
 }
 
+/// Child-process side of (e): start `children` idle children, then time a graceful stop of all of them, in
+/// µs. The baseline parent stops its children with ractor's `stop_children_and_wait`.
+async fn shutdown_child(mode: &str) -> f64 {
+    let (plain, children) = match mode.split_once('-') {
+        Some(("plain", n)) => (true, n.parse().unwrap_or(SHUTDOWN_CHILDREN)),
+        Some((_, n)) => (false, n.parse().unwrap_or(SHUTDOWN_CHILDREN)),
+        None => (false, SHUTDOWN_CHILDREN),
+    };
+    if plain {
+        let (parent, _) = Actor::spawn(None, IdleParent, ()).await.unwrap();
+        for _ in 0..children {
+            Actor::spawn_linked(None, Idle, (), parent.get_cell())
+                .await
+                .unwrap();
+        }
+        let began = Instant::now();
+        parent.stop_children_and_wait(None, None).await;
+        let took = began.elapsed();
+        parent.stop(None);
+        return took.as_secs_f64() * 1e6;
+    }
+    let dynsup = DynamicSupervisor::start(DynamicSupervisorOptions::default())
+        .await
+        .unwrap();
+    let spec = ChildSpec::actor("idle", || (Idle, ()));
+    for _ in 0..children {
+        dynsup.start_child(spec.clone()).await.unwrap();
+    }
+    let began = Instant::now();
+    dynsup.shutdown(Duration::from_secs(600)).await.unwrap();
+    began.elapsed().as_secs_f64() * 1e6
+}
+
+fn shutdown_rows() -> Vec<String> {
+    let modes = [
+        format!("plain-{SHUTDOWN_CHILDREN}"),
+        format!("arbor-{SHUTDOWN_CHILDREN}"),
+        "arbor-1".to_string(),
+    ];
+    let modes: Vec<&str> = modes.iter().map(String::as_str).collect();
+    match &medians("shutdown", &modes)[..] {
+        [plain, many, one] if !plain.is_empty() && !many.is_empty() && !one.is_empty() => {
+            let ms = |v: f64| format!("{:.1} ms", v / 1e3);
+            vec![
+                format!(
+                    "| (e) dynamic shutdown, {SHUTDOWN_CHILDREN} children (vs stop_children_and_wait) | {} | {} | {} |",
+                    ms(plain[0]),
+                    ms(many[0]),
+                    ratio(many[0], plain[0])
+                ),
+                format!(
+                    "| (e') the same, vs arbor's shutdown with 1 child ({:.0} µs) | | | {:.0}× for {SHUTDOWN_CHILDREN}× the children |",
+                    one[0],
+                    many[0] / one[0]
+                ),
+            ]
+        }
+        _ => vec!["| (e) dynamic shutdown | measurement failed | | |".into()],
+    }
+}
+
 /// Runs one measure in a fresh process of this bench, so that no side inherits the other's heap or its
 /// actors still shutting down in the background.
-fn in_child_process(measure: &str, mode: &str) -> Option<f64> {
+fn in_child_process(measure: &str, mode: &str) -> Option<Vec<f64>> {
     let out = Command::new(std::env::current_exe().ok()?)
         .env("ARBOR_BENCH_CHILD", format!("{measure}:{mode}"))
         .output()
         .ok()?;
-    String::from_utf8_lossy(&out.stdout)
+    let line = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .and_then(|v| v.trim().parse().ok())
+        .find_map(|l| l.strip_prefix("RESULT ").map(str::to_string))?;
+    line.split_whitespace().map(|v| v.parse().ok()).collect()
 }
 
-/// The median of three runs per mode, modes interleaved.
-fn median_of_three(measure: &str, modes: &[&str]) -> Vec<Option<f64>> {
-    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
-    for _ in 0..3 {
+/// Per mode, the median of `RUNS` processes of each value the measure reports (modes interleaved, so that
+/// a slow spell of the machine hits every side alike). A mode with a failed run reports nothing.
+fn medians(measure: &str, modes: &[&str]) -> Vec<Vec<f64>> {
+    let mut runs: Vec<Vec<Vec<f64>>> = vec![Vec::new(); modes.len()];
+    for _ in 0..RUNS {
         for (i, mode) in modes.iter().enumerate() {
-            if let Some(v) = in_child_process(measure, mode) {
-                runs[i].push(v);
+            if let Some(values) = in_child_process(measure, mode) {
+                runs[i].push(values);
             }
         }
     }
     runs.into_iter()
-        .map(|mut r| {
-            r.sort_by(f64::total_cmp);
-            r.get(r.len() / 2).copied()
+        .map(|runs| {
+            if runs.len() < RUNS {
+                return Vec::new();
+            }
+            (0..runs[0].len())
+                .map(|k| {
+                    let mut column: Vec<f64> = runs.iter().map(|r| r[k]).collect();
+                    column.sort_by(f64::total_cmp);
+                    column[column.len() / 2]
+                })
+                .collect()
         })
         .collect()
 }
 
 fn throughput_rows() -> Vec<String> {
-    match median_of_three("starts", &["plain", "arbor", "via-parent"])[..] {
-        [Some(plain), Some(arbor), Some(via_parent)] => vec![
+    match &medians("starts", &["plain", "arbor", "via-parent"])[..] {
+        [plain, arbor, via_parent] if !plain.is_empty() && !arbor.is_empty() && !via_parent.is_empty() => {
+            let (plain, arbor, via_parent) = (plain[0], arbor[0], via_parent[0]);
+            vec![
             format!(
                 "| (c) dynamic start_child, {STARTS} children (vs spawn_linked) | {plain:.0}/s | {arbor:.0}/s | {:.2}× |",
                 arbor / plain
@@ -350,16 +438,19 @@ fn throughput_rows() -> Vec<String> {
                 "| (c') the same, vs a parent that spawns on a call | {via_parent:.0}/s | {arbor:.0}/s | {:.2}× |",
                 arbor / via_parent
             ),
-        ],
+        ]
+        }
         _ => vec!["| (c) dynamic start_child | measurement failed | | |".into()],
     }
 }
 
 fn rss_row() -> String {
-    match median_of_three("rss", &["plain", "arbor"])[..] {
-        [Some(plain), Some(arbor)] => format!(
-            "| (d) RSS per idle child, {RSS_CHILDREN} children | {plain:.0} B | {arbor:.0} B | {:.2}× |",
-            arbor / plain
+    match &medians("rss", &["plain", "arbor"])[..] {
+        [plain, arbor] if !plain.is_empty() && !arbor.is_empty() => format!(
+            "| (d) RSS per idle child, {RSS_CHILDREN} children | {:.0} B | {:.0} B | {:.2}× |",
+            plain[0],
+            arbor[0],
+            arbor[0] / plain[0]
         ),
         _ => "| (d) RSS per idle child | measurement failed | | |".into(),
     }
@@ -379,21 +470,36 @@ fn main() {
     };
     if let Ok(child) = std::env::var("ARBOR_BENCH_CHILD") {
         let (measure, mode) = child.split_once(':').unwrap_or((child.as_str(), ""));
-        let result = match measure {
-            "starts" => runtime.block_on(starts_child(mode)),
-            _ => runtime.block_on(rss_child(mode)),
-        };
-        println!("RESULT {result}");
+        let (measure, mode) = (measure.to_string(), mode.to_string());
+        // On a task of the runtime, not on the thread blocking on it.
+        let values: Vec<f64> = runtime.block_on(async move {
+            tokio::spawn(async move {
+                match measure.as_str() {
+                    "latency" => latency_child(&mode).await,
+                    "starts" => vec![starts_child(&mode).await],
+                    "shutdown" => vec![shutdown_child(&mode).await],
+                    _ => vec![rss_child(&mode).await],
+                }
+            })
+            .await
+            .expect("measure runs")
+        });
+        let values: Vec<String> = values.iter().map(f64::to_string).collect();
+        println!("RESULT {}", values.join(" "));
         return;
     }
     // `cargo test --benches` runs bench targets with no `--bench` flag: do nothing heavy then.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    println!("supervision bench: {RESTARTS} restarts per latency row, {STARTS} starts, {RSS_CHILDREN} children for RSS");
-    let mut rows = runtime.block_on(latency_rows());
+    println!(
+        "supervision bench: {RESTARTS} restarts per latency row, {STARTS} starts, {RSS_CHILDREN} children for RSS, \
+         {SHUTDOWN_CHILDREN} for shutdown; medians of {RUNS} processes per side"
+    );
+    let mut rows = latency_rows();
     rows.extend(throughput_rows());
     rows.push(rss_row());
+    rows.extend(shutdown_rows());
     println!("| measure | plain ractor | arbor | arbor / plain |");
     println!("|---|---|---|---|");
     for row in rows {

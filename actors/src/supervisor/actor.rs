@@ -29,7 +29,7 @@ use ractor::SupervisionEvent;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SpawnErr};
 use tracing::{debug, error, info, warn};
 
-use super::children::{Child, ChildCounts, ChildInfo, ChildState, Children};
+use super::children::{Child, ChildCounts, ChildInfo, ChildState, Children, ShownId};
 use super::dynamic::{DynamicShared, Pending};
 use super::error::{BoxError, StartPanic, SupervisorError};
 use super::exit::{Exit, ExitCell, Orphan, SupervisorExit};
@@ -56,8 +56,8 @@ pub(crate) enum SupervisorMsg {
     Info(RpcReplyPort<IncarnationInfo>),
     /// Start the children that are due for a restart (sent to itself after a failed restart or a backoff).
     ContinueRestarts,
-    /// A dynamic supervisor's child, started on the caller's task, is pending adoption (see `dynamic.rs`).
-    Adopt(ActorId),
+    /// Dynamic supervisors' children, started on callers' tasks, are pending adoption (see `dynamic.rs`).
+    Adopt,
 }
 
 /// How a request names a child: by id (static supervisors) or by actor (dynamic ones).
@@ -372,22 +372,26 @@ impl SupervisorState {
         }
     }
 
-    /// Takes over a dynamic child that a caller started; handles its exit if that overtook the hand-over.
-    async fn adopt(&mut self, myself: &ActorRef<SupervisorMsg>, actor: ActorId) {
+    /// Takes over the dynamic children that callers started; handles the exits that overtook the hand-over.
+    async fn adopt(&mut self, myself: &ActorRef<SupervisorMsg>) {
         let Mode::Dynamic(shared) = &self.mode else {
             return;
         };
-        let Some(p) = shared.adopt(&actor) else {
-            return;
-        };
+        let adopted = shared.adopt_all();
         let quiet = shared.quiet();
-        self.children.push_at(p.order, Child::new(p.spec, p.cell, p.slot));
-        debug!(child = %self.children.id_of(p.order), %actor, "child started");
-        let early = self.early_exits.remove(&actor);
+        let mut early = Vec::new();
+        for p in adopted {
+            let actor = p.cell.get_id();
+            self.children.push_at(p.order, Child::new(p.spec, p.cell, p.slot));
+            debug!(child = %self.children.id_of(p.order), %actor, "child started");
+            if let Some(exit) = self.early_exits.remove(&actor) {
+                early.push((actor, exit));
+            }
+        }
         if quiet {
             self.early_exits.clear();
         }
-        if let Some(exit) = early {
+        for (actor, exit) in early {
             self.on_child_exit(myself, actor, exit).await;
         }
     }
@@ -415,7 +419,7 @@ impl SupervisorState {
     async fn on_child_exit(&mut self, myself: &ActorRef<SupervisorMsg>, actor: ActorId, exit: Exit) {
         let Some(order) = self.children.order_of_actor(&actor) else {
             match &self.mode {
-                Mode::Dynamic(shared) if shared.may_be_starting(&actor) => {
+                Mode::Dynamic(shared) if shared.may_be_starting() => {
                     self.early_exits.insert(actor, exit);
                 }
                 _ => debug!(%actor, "ignoring exit of an actor that is not a current child"),
@@ -425,7 +429,6 @@ impl SupervisorState {
         self.children.set_state(order, ChildState::Terminated);
         let id = self.children.id_of(order);
         let child = self.children.get_mut(order).expect("indexed child exists");
-        child.last_exit = Some(exit.describe().into());
         let (restart, significant) = (child.spec.restart, child.spec.significant);
         let uptime = child.started_at.map(|at| at.elapsed());
         let restart_it = self.exiting.is_none()
@@ -440,6 +443,7 @@ impl SupervisorState {
                 warn!(child = %id, %actor, %reason, restart = restart_it, "child exited abnormally")
             }
         }
+        child.last_exit = Some(exit.into_description());
         if self.exiting.is_some() {
             return;
         }
@@ -450,7 +454,12 @@ impl SupervisorState {
             }
             if significant && self.should_auto_shutdown() {
                 info!(child = %id, "significant child exited: supervisor shuts down");
-                self.exit_with(myself, SupervisorExit::AutoShutdown { child: id });
+                self.exit_with(
+                    myself,
+                    SupervisorExit::AutoShutdown {
+                        child: id.to_string(),
+                    },
+                );
             }
             return;
         }
@@ -493,7 +502,7 @@ impl SupervisorState {
     }
 
     /// Counts a restart; `false` (and the supervisor is on its way out) when it is one too many.
-    fn record_restart(&mut self, myself: &ActorRef<SupervisorMsg>, child: &str) -> bool {
+    fn record_restart(&mut self, myself: &ActorRef<SupervisorMsg>, child: &ShownId) -> bool {
         if self.intensity.record(Instant::now()) {
             return true;
         }
@@ -563,7 +572,9 @@ impl SupervisorState {
         let now = Instant::now();
         let ordered = !matches!(self.strategy, Strategy::OneForOne);
         let mut next_due: Option<Instant> = None;
-        for (order, due) in self.children.restarting() {
+        let mut from = 0;
+        while let Some((order, due)) = self.children.restarting_from(from) {
+            from = order + 1;
             if due > now {
                 next_due = Some(next_due.map_or(due, |d| d.min(due)));
                 if ordered {
@@ -572,8 +583,7 @@ impl SupervisorState {
                 continue;
             }
             let child = self.children.get(order).expect("listed child exists");
-            let (spec, slot) = (child.spec.clone(), Arc::clone(&child.slot));
-            match start_one(&spec, &myself.get_cell(), &slot).await {
+            match start_one(&child.spec, &myself.get_cell(), &child.slot).await {
                 Ok(cell) => {
                     info!(
                         child = %self.children.id_of(order),
@@ -692,7 +702,7 @@ impl Actor for SupervisorActor {
                 });
             }
             SupervisorMsg::ContinueRestarts => state.continue_restarts(&myself).await,
-            SupervisorMsg::Adopt(actor) => state.adopt(&myself, actor).await,
+            SupervisorMsg::Adopt => state.adopt(&myself).await,
         }
         Ok(())
     }
@@ -732,7 +742,7 @@ impl SupervisorState {
         }
         let (_, n) = id.rsplit_once('#')?;
         let order = n.parse().ok()?;
-        (self.children.get(order).is_some() && self.children.id_of(order) == id).then_some(order)
+        (self.children.get(order).is_some() && self.children.id_of(order).to_string() == id).then_some(order)
     }
 
     fn find(&self, id: &str) -> Result<u64, SupervisorError> {

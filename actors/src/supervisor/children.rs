@@ -1,6 +1,9 @@
 //! The children of one supervisor, in start order, with the two indexes its operations need.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -81,7 +84,7 @@ pub(crate) struct Child {
     /// How many backoff steps the next restart waits (reset after a stable period).
     pub(crate) backoff_step: u32,
     pub(crate) started_at: Option<Instant>,
-    pub(crate) last_exit: Option<Box<str>>,
+    pub(crate) last_exit: Option<Cow<'static, str>>,
 }
 
 impl Child {
@@ -104,6 +107,56 @@ impl Child {
     }
 }
 
+/// FxHash (rustc's hasher): the indexes are keyed by actor ids and child ids, which come from the program, not
+/// from outside, so SipHash's flooding resistance buys nothing here and costs on every exit and restart.
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.write_u64(u64::from(byte));
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// The id a child is shown under, without building a string: the spec's id, with `#order` for a dynamic
+/// supervisor's children.
+#[derive(Clone)]
+pub(crate) struct ShownId {
+    id: Arc<str>,
+    order: Option<u64>,
+}
+
+impl fmt::Display for ShownId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.order {
+            Some(order) => write!(f, "{}#{order}", self.id),
+            None => f.write_str(&self.id),
+        }
+    }
+}
+
 /// Children keyed by start order (a sequence number that a restart keeps), plus the indexes the operations
 /// need, so that an exit, a lookup, a removal and a restart are O(log n) even with 100k children.
 ///
@@ -113,8 +166,8 @@ impl Child {
 pub(crate) struct Children {
     dynamic: bool,
     by_order: BTreeMap<u64, Child>,
-    by_id: HashMap<Arc<str>, u64>,
-    by_actor: HashMap<ActorId, u64>,
+    by_id: FxMap<Arc<str>, u64>,
+    by_actor: FxMap<ActorId, u64>,
     restarting: BTreeSet<u64>,
     next_order: u64,
 }
@@ -136,11 +189,14 @@ impl Children {
     }
 
     /// The id the child is shown under.
-    pub(crate) fn id_of(&self, order: u64) -> String {
-        self.by_order
-            .get(&order)
-            .map(|child| self.shown_id(order, child))
-            .unwrap_or_default()
+    pub(crate) fn id_of(&self, order: u64) -> ShownId {
+        ShownId {
+            id: self
+                .by_order
+                .get(&order)
+                .map_or_else(|| Arc::from(""), |child| Arc::clone(&child.spec.id)),
+            order: self.dynamic.then_some(order),
+        }
     }
 
     fn shown_id(&self, order: u64, child: &Child) -> String {
@@ -250,6 +306,16 @@ impl Children {
     /// Start order.
     pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &Child)> {
         self.by_order.iter().map(|(order, child)| (*order, child))
+    }
+
+    /// The first child waiting for a restart from start order `from` on, with when it is due.
+    pub(crate) fn restarting_from(&self, from: u64) -> Option<(u64, Instant)> {
+        self.restarting
+            .range(from..)
+            .find_map(|order| match self.by_order.get(order)?.state {
+                ChildState::Restarting { due } => Some((*order, due)),
+                _ => None,
+            })
     }
 
     /// The children waiting for a restart, in start order, with when each is due.

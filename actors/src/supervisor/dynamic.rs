@@ -7,9 +7,10 @@
 //!
 //! - `reserved` (children plus starts under way) enforces `max_children` before anything is spawned;
 //! - a start is *in flight* from its reservation until it is handed over or undone; a child is *pending*
-//!   from its hand-over until the supervisor has adopted it. While either exists, an exit from an actor the
-//!   supervisor does not know yet may be such a child (exit events overtake ordinary messages), so the
-//!   supervisor holds that exit until the `Adopt` arrives instead of ignoring it;
+//!   from its hand-over until the supervisor has adopted it (an `Adopt` message takes every pending child at
+//!   once). While either exists, an exit from an actor the supervisor does not know yet may be such a child
+//!   (exit events overtake ordinary messages), so the supervisor holds that exit until the adoption instead
+//!   of ignoring it;
 //! - `closed` is set, under the same lock, when the supervisor starts shutting down. From then on no start
 //!   is acknowledged: a start that spawned its child after that stops the child itself before it returns an
 //!   error. The supervisor's `post_stop` waits until no start is in flight, then stops the pending children
@@ -17,11 +18,10 @@
 //!   soon the stop follows, and none is alive when the shutdown returns (as with OTP, where `start_child` and
 //!   the shutdown are both calls into the supervisor, one after the other).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ractor::{ActorCell, ActorId, ActorRef, ActorStatus};
+use ractor::{ActorCell, ActorRef, ActorStatus};
 use tokio::sync::Notify;
 
 use super::actor::{start_one, terminate_cell, SupervisorMsg};
@@ -41,7 +41,8 @@ pub(crate) struct Pending {
 struct Handover {
     closed: bool,
     in_flight: usize,
-    pending: HashMap<ActorId, Pending>,
+    /// Adopted in batches: the first `Adopt` message takes them all, later ones find nothing.
+    pending: Vec<Pending>,
 }
 
 pub(crate) struct DynamicShared {
@@ -121,19 +122,18 @@ impl DynamicShared {
             return Err(pending);
         }
         handover.in_flight -= 1;
-        handover.pending.insert(pending.cell.get_id(), pending);
+        handover.pending.push(pending);
         Ok(())
     }
 
-    /// The supervisor takes a handed-over child.
-    pub(crate) fn adopt(&self, actor: &ActorId) -> Option<Pending> {
-        self.lock().pending.remove(actor)
+    /// The supervisor takes every handed-over child at once.
+    pub(crate) fn adopt_all(&self) -> Vec<Pending> {
+        std::mem::take(&mut self.lock().pending)
     }
 
-    /// Whether an exit from `actor`, not a known child, may belong to a start not adopted yet.
-    pub(crate) fn may_be_starting(&self, actor: &ActorId) -> bool {
-        let handover = self.lock();
-        handover.in_flight > 0 || handover.pending.contains_key(actor)
+    /// Whether an exit of an actor that is not a known child may belong to a start not adopted yet.
+    pub(crate) fn may_be_starting(&self) -> bool {
+        !self.quiet()
     }
 
     /// Whether no start is in flight or pending (held early exits can be dropped).
@@ -146,7 +146,7 @@ impl DynamicShared {
     pub(crate) fn take_pending(&self) -> Vec<Pending> {
         let mut handover = self.lock();
         handover.closed = true;
-        handover.pending.drain().map(|(_, p)| p).collect()
+        std::mem::take(&mut handover.pending)
     }
 
     /// Closes the supervisor to new starts, waits for the starts in flight to finish, and returns the children
@@ -157,7 +157,7 @@ impl DynamicShared {
                 let mut handover = self.lock();
                 handover.closed = true;
                 if handover.in_flight == 0 {
-                    return handover.pending.drain().map(|(_, p)| p).collect();
+                    return std::mem::take(&mut handover.pending);
                 }
             }
             // `notify_one` keeps a permit if it comes before this wait, so no wake-up is lost.
@@ -230,13 +230,10 @@ pub(crate) async fn start_child(
     match shared.hand_over(pending) {
         Ok(()) => {
             guard.armed = false;
-            if supervisor.cast(SupervisorMsg::Adopt(cell.get_id())).is_err() {
+            if supervisor.cast(SupervisorMsg::Adopt).is_err() {
                 // Killed (a graceful stop would have closed the hand-over first): ractor kills what was linked
-                // to it, and this child linked before the supervisor died.
-                if let Some(p) = shared.adopt(&cell.get_id()) {
-                    p.cell.kill();
-                    shared.release();
-                }
+                // to it, this child included.
+                cell.kill();
                 return Err(SupervisorError::NotRunning {
                     which: supervisor.get_id().to_string(),
                 });

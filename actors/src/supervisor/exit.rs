@@ -172,10 +172,10 @@ impl Exit {
     }
 
     /// The reason as shown in `which_children` and snapshots.
-    pub(crate) fn describe(&self) -> String {
+    pub(crate) fn into_description(self) -> std::borrow::Cow<'static, str> {
         match self {
             Exit::Normal(None) => "normal".into(),
-            Exit::Normal(Some(r)) | Exit::Abnormal(r) => r.clone(),
+            Exit::Normal(Some(r)) | Exit::Abnormal(r) => r.into(),
         }
     }
 }

@@ -62,12 +62,17 @@ pub enum ChildKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
-    /// Restart only the child that exited.
+    /// Restart only the child that exited. For children that do not depend on each other: independent
+    /// workers, one connection per target, a pool's members.
     #[default]
     OneForOne,
-    /// Terminate every other child (in reverse start order), then restart all in start order.
+    /// Terminate every other child (in reverse start order), then restart all in start order. For children
+    /// that share state or assumptions, so that one of them restarting alone would leave the others wrong:
+    /// a cache and its invalidator, a producer and its consumer of one in-memory queue.
     OneForAll,
-    /// Terminate the children started after the one that exited, then restart it and them.
+    /// Terminate the children started after the one that exited, then restart it and them. For a pipeline
+    /// whose later stages depend on earlier ones (a connection, then the workers that use it): the stages
+    /// before the failed one are unaffected.
     RestForOne,
 }
 
