@@ -14,3 +14,4 @@ pub mod activator;
 pub mod connection;
 pub mod registry;
 pub mod supervisor;
+pub mod tunnel;

@@ -1,0 +1,114 @@
+//! The tunnel worker's errors, each with the [`ErrorKind`] that says what to do about it.
+
+use std::time::Duration;
+
+use ractor::ActorId;
+
+pub use arbor_proto::tunnel::error::ErrorKind;
+
+use crate::connection::ConnectionError;
+
+/// What went wrong with a tunnel worker, its options, or a call to the tunnel service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TunnelError {
+    /// An option is out of range or missing.
+    #[error("invalid tunnel option {field}: {reason}")]
+    InvalidOptions {
+        /// The option's path (`heartbeat_timeout`, `retry_backoff.jitter`, ...).
+        field: String,
+        /// What was expected, and what came.
+        reason: String,
+    },
+    /// A worker for this tunnel already runs in this process.
+    #[error("a worker for tunnel {tunnel_id:?} is already running as actor {actor}")]
+    AlreadyRunning {
+        /// The tunnel.
+        tunnel_id: String,
+        /// The running worker.
+        actor: ActorId,
+    },
+    /// A call to the tunnel service failed; `kind` says whether to retry, stop the channel, or stop.
+    #[error("{call} failed ({kind:?})")]
+    Call {
+        /// The RPC (`Heartbeat`, `ReadRecords`, ...).
+        call: &'static str,
+        /// What to do about it.
+        kind: ErrorKind,
+        /// The status the service (or the transport) returned.
+        #[source]
+        status: tonic::Status,
+    },
+    /// The service's answer does not fit the protocol.
+    #[error("malformed {call} response: {field} {reason}")]
+    Malformed {
+        /// The RPC.
+        call: &'static str,
+        /// The response field at fault.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No usable connection to the service.
+    #[error("no connection to the tunnel service")]
+    Connection(#[source] ConnectionError),
+    /// A channel's position is below what the service still keeps, and the options say to stop.
+    #[error(
+        "channel {channel_id}: position {position} is below the first retained record {first_retained} \
+         (records lost to retention)"
+    )]
+    OutOfRange {
+        /// The channel.
+        channel_id: u32,
+        /// Where the channel would have resumed.
+        position: u64,
+        /// The first record the service still keeps.
+        first_retained: u64,
+    },
+    /// The worker is not running.
+    #[error("the worker for tunnel {tunnel_id:?} is not running")]
+    NotRunning {
+        /// The tunnel.
+        tunnel_id: String,
+    },
+    /// The worker did not stop within the time given to `shutdown`.
+    #[error("the worker for tunnel {tunnel_id:?} did not stop within {timeout:?}")]
+    ShutdownTimedOut {
+        /// The tunnel.
+        tunnel_id: String,
+        /// The time given.
+        timeout: Duration,
+    },
+    /// The worker's actor could not be started.
+    #[error("the worker for tunnel {tunnel_id:?} failed to start")]
+    Spawn {
+        /// The tunnel.
+        tunnel_id: String,
+        /// Why.
+        #[source]
+        source: ractor::SpawnErr,
+    },
+    /// The worker could not be started under its supervisor.
+    #[error("the worker for tunnel {tunnel_id:?} could not be started under its supervisor")]
+    Supervisor {
+        /// The tunnel.
+        tunnel_id: String,
+        /// Why.
+        #[source]
+        source: crate::supervisor::SupervisorError,
+    },
+}
+
+impl TunnelError {
+    /// What to do about this error: retry ([`ErrorKind::Retryable`]), stop the channel or start a new
+    /// session ([`ErrorKind::OwnershipLost`]), stop ([`ErrorKind::Fatal`]), or decide about lost records
+    /// ([`ErrorKind::CheckpointOutOfRange`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TunnelError::Call { kind, .. } => *kind,
+            TunnelError::Connection(_) => ErrorKind::Retryable,
+            TunnelError::OutOfRange { .. } => ErrorKind::CheckpointOutOfRange,
+            _ => ErrorKind::Fatal,
+        }
+    }
+}

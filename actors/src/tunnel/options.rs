@@ -1,0 +1,399 @@
+//! A tunnel worker's options: what it consumes, how often it heartbeats, how it reads, acks and
+//! checkpoints. A serde document with humantime durations; [`TunnelOptions::validate`] names the field at
+//! fault.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::backoff::Backoff;
+use super::error::TunnelError;
+
+/// When a channel moves its checkpoint forward (always after the subscriber acknowledged the records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CheckpointPolicy {
+    /// After every acknowledged batch (the fewest records delivered again after a failover).
+    EveryBatch,
+    /// At most once per interval, and always when the channel closes, is handed over or finishes (fewer
+    /// writes to the service; up to an interval of records delivered again after a crash).
+    Every(#[serde(with = "humantime_serde")] Duration),
+}
+
+/// What a channel does when its position is below the records the service still keeps (retention trimmed
+/// records that were never checkpointed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfRangePolicy {
+    /// Resume at the first record still kept, and say how many records were lost (an `error!` event and
+    /// the channel's `lost_to_retention` count). Kafka's `auto.offset.reset = earliest`.
+    #[default]
+    SkipToRetained,
+    /// Stop the worker with [`TunnelError::OutOfRange`]: someone has to decide.
+    Stop,
+}
+
+/// A tunnel worker's options. Build with [`TunnelOptions::new`] and the setters, or deserialize:
+///
+/// ```
+/// use arbor_actors::tunnel::TunnelOptions;
+/// let options: TunnelOptions = serde_json::from_str(r#"{
+///     "tunnel_id": "orders",
+///     "heartbeat_interval": "10s",
+///     "heartbeat_timeout": "60s",
+///     "checkpoint": { "every": "2s" }
+/// }"#).unwrap();
+/// options.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TunnelOptions {
+    /// The tunnel to consume (its id, as `CreateTunnel` returned it). Required.
+    pub tunnel_id: String,
+    /// A label the service shows for this consumer (default `arbor-<pid>`).
+    pub client_tag: String,
+    /// How often the worker heartbeats (default 30 s; at least `min_heartbeat_interval`).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How long the service keeps this consumer without a heartbeat, and how long the worker goes on without
+    /// a successful one before it starts over with a new client id (default 300 s; above the interval).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// The floor of `heartbeat_interval` (default 5 s, the reference workers' minimum; lower it only on
+    /// purpose, e.g. in tests).
+    #[serde(with = "humantime_serde")]
+    pub min_heartbeat_interval: Duration,
+    /// Records per read, and so at most per batch handed to the subscriber (default 1,000).
+    pub read_batch_size: u32,
+    /// How long a read waits on the service for a record when none is available (long polling; default
+    /// 500 ms). Empty reads then back off per `empty_read_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub read_wait: Duration,
+    /// When checkpoints are written (default after every batch).
+    pub checkpoint: CheckpointPolicy,
+    /// How long the subscriber has to acknowledge a batch before it is treated as failed (default 60 s).
+    #[serde(with = "humantime_serde")]
+    pub processing_timeout: Duration,
+    /// How long delivery stays paused after the subscriber died before the worker releases its channels
+    /// (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub subscriber_grace: Duration,
+    /// The deadline of every call to the service (default 10 s).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Reconnection after a heartbeat timeout waits a random time in this range (default 1 s to 10 s), so
+    /// that workers that lost the service together do not come back together.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_delay_min: Duration,
+    /// The upper end of the reconnection delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_delay_max: Duration,
+    /// The wait after an empty read (default 10 ms, × 5, at most 5 s, jitter 0.25; a full read resets it).
+    pub empty_read_backoff: Backoff,
+    /// The wait after a transient request error (default 16 ms, × 2, at most 3 s, jitter 0.2).
+    pub retry_backoff: Backoff,
+    /// How long a channel retries transient errors before it gives the channel up (reports CLOSE, so that
+    /// the records are delivered again by whoever gets it next; default 75 s).
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// What to do when retention trimmed records before they were delivered (default skip to the first
+    /// retained record, loudly).
+    pub on_out_of_range: OutOfRangePolicy,
+}
+
+impl Default for TunnelOptions {
+    fn default() -> Self {
+        TunnelOptions {
+            tunnel_id: String::new(),
+            client_tag: format!("arbor-{}", std::process::id()),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(300),
+            min_heartbeat_interval: Duration::from_secs(5),
+            read_batch_size: 1_000,
+            read_wait: Duration::from_millis(500),
+            checkpoint: CheckpointPolicy::EveryBatch,
+            processing_timeout: Duration::from_secs(60),
+            subscriber_grace: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(10),
+            reconnect_delay_min: Duration::from_secs(1),
+            reconnect_delay_max: Duration::from_secs(10),
+            empty_read_backoff: Backoff::EMPTY_READS,
+            retry_backoff: Backoff::TRANSIENT_ERRORS,
+            retry_for: Duration::from_secs(75),
+            on_out_of_range: OutOfRangePolicy::SkipToRetained,
+        }
+    }
+}
+
+/// The most records a read may ask for (the service's per-message limit is of the same order).
+const MAX_READ_BATCH: u32 = 100_000;
+
+impl TunnelOptions {
+    /// Options for `tunnel_id`, everything else at its default.
+    pub fn new(tunnel_id: impl Into<String>) -> Self {
+        TunnelOptions {
+            tunnel_id: tunnel_id.into(),
+            ..TunnelOptions::default()
+        }
+    }
+
+    /// Sets the heartbeat interval and timeout (default 30 s and 300 s).
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Lowers (or raises) the heartbeat interval's floor (default 5 s).
+    pub fn min_heartbeat_interval(mut self, floor: Duration) -> Self {
+        self.min_heartbeat_interval = floor;
+        self
+    }
+
+    /// Sets the client tag (default `arbor-<pid>`).
+    pub fn client_tag(mut self, tag: impl Into<String>) -> Self {
+        self.client_tag = tag.into();
+        self
+    }
+
+    /// Sets the records per read (default 1,000).
+    pub fn read_batch_size(mut self, records: u32) -> Self {
+        self.read_batch_size = records;
+        self
+    }
+
+    /// Sets the long-poll wait of a read (default 500 ms).
+    pub fn read_wait(mut self, wait: Duration) -> Self {
+        self.read_wait = wait;
+        self
+    }
+
+    /// Sets the checkpoint policy (default every batch).
+    pub fn checkpoint(mut self, policy: CheckpointPolicy) -> Self {
+        self.checkpoint = policy;
+        self
+    }
+
+    /// Sets the processing timeout (default 60 s).
+    pub fn processing_timeout(mut self, timeout: Duration) -> Self {
+        self.processing_timeout = timeout;
+        self
+    }
+
+    /// Sets the subscriber grace period (default 30 s).
+    pub fn subscriber_grace(mut self, grace: Duration) -> Self {
+        self.subscriber_grace = grace;
+        self
+    }
+
+    /// Sets the per-call deadline (default 10 s).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Sets the range of the random reconnection delay (default 1 s to 10 s).
+    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_delay_min = min;
+        self.reconnect_delay_max = max;
+        self
+    }
+
+    /// Sets how long transient errors are retried before a channel is given up (default 75 s).
+    pub fn retry_for(mut self, period: Duration) -> Self {
+        self.retry_for = period;
+        self
+    }
+
+    /// Sets the out-of-range policy (default skip to the first retained record).
+    pub fn on_out_of_range(mut self, policy: OutOfRangePolicy) -> Self {
+        self.on_out_of_range = policy;
+        self
+    }
+
+    /// Checks every option; the error names the first field at fault, what was expected and what came.
+    pub fn validate(&self) -> Result<(), TunnelError> {
+        let invalid = |field: &str, reason: String| TunnelError::InvalidOptions {
+            field: field.to_string(),
+            reason,
+        };
+        if self.tunnel_id.trim().is_empty() {
+            return Err(invalid("tunnel_id", "is required".into()));
+        }
+        if self
+            .tunnel_id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+            || self.tunnel_id.len() > 128
+        {
+            return Err(invalid(
+                "tunnel_id",
+                format!(
+                    "must be at most 128 characters without spaces or control characters (got {:?})",
+                    self.tunnel_id
+                ),
+            ));
+        }
+        if self.client_tag.len() > 256 || self.client_tag.chars().any(char::is_control) {
+            return Err(invalid(
+                "client_tag",
+                "must be at most 256 bytes without control characters".into(),
+            ));
+        }
+        if self.heartbeat_interval < self.min_heartbeat_interval {
+            return Err(invalid(
+                "heartbeat_interval",
+                format!(
+                    "must be at least min_heartbeat_interval {:?} (got {:?})",
+                    self.min_heartbeat_interval, self.heartbeat_interval
+                ),
+            ));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(invalid("heartbeat_interval", "must be above zero".into()));
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(invalid(
+                "heartbeat_timeout",
+                format!(
+                    "must exceed heartbeat_interval {:?} (got {:?})",
+                    self.heartbeat_interval, self.heartbeat_timeout
+                ),
+            ));
+        }
+        if self.heartbeat_timeout > Duration::from_secs(24 * 3600) {
+            return Err(invalid(
+                "heartbeat_timeout",
+                format!("must be at most 24 h (got {:?})", self.heartbeat_timeout),
+            ));
+        }
+        if self.read_batch_size == 0 || self.read_batch_size > MAX_READ_BATCH {
+            return Err(invalid(
+                "read_batch_size",
+                format!(
+                    "must be within 1..={MAX_READ_BATCH} (got {})",
+                    self.read_batch_size
+                ),
+            ));
+        }
+        if self.read_wait > Duration::from_secs(60) {
+            return Err(invalid(
+                "read_wait",
+                format!("must be at most 60 s (got {:?})", self.read_wait),
+            ));
+        }
+        if let CheckpointPolicy::Every(interval) = self.checkpoint {
+            if interval.is_zero() {
+                return Err(invalid(
+                    "checkpoint.every",
+                    "must be above zero (use every_batch instead)".into(),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("processing_timeout", self.processing_timeout),
+            ("subscriber_grace", self.subscriber_grace),
+            ("call_timeout", self.call_timeout),
+            ("retry_for", self.retry_for),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(24 * 3600) {
+                return Err(invalid(
+                    field,
+                    format!("must be above zero and at most 24 h (got {value:?})"),
+                ));
+            }
+        }
+        if self.reconnect_delay_min > self.reconnect_delay_max
+            || self.reconnect_delay_max > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "reconnect_delay_min",
+                format!(
+                    "must not exceed reconnect_delay_max, itself at most 1 h (got {:?} and {:?})",
+                    self.reconnect_delay_min, self.reconnect_delay_max
+                ),
+            ));
+        }
+        for (prefix, backoff) in [
+            ("empty_read_backoff", &self.empty_read_backoff),
+            ("retry_backoff", &self.retry_backoff),
+        ] {
+            backoff
+                .check(prefix)
+                .map_err(|(field, reason)| invalid(&field, reason))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(options: TunnelOptions) -> String {
+        match options.validate() {
+            Err(TunnelError::InvalidOptions { field, .. }) => field,
+            other => panic!("expected InvalidOptions, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_reference_workers_and_valid() {
+        let options = TunnelOptions::new("t");
+        assert_eq!(options.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(options.heartbeat_timeout, Duration::from_secs(300));
+        assert_eq!(options.min_heartbeat_interval, Duration::from_secs(5));
+        options.validate().unwrap();
+    }
+
+    #[test]
+    fn every_bad_option_names_its_field() {
+        let base = || TunnelOptions::new("t");
+        assert_eq!(field(TunnelOptions::default()), "tunnel_id");
+        assert_eq!(field(TunnelOptions::new("has space")), "tunnel_id");
+        assert_eq!(
+            field(base().heartbeat(Duration::from_secs(1), Duration::from_secs(60))),
+            "heartbeat_interval"
+        );
+        assert_eq!(
+            field(base().heartbeat(Duration::from_secs(30), Duration::from_secs(30))),
+            "heartbeat_timeout"
+        );
+        assert_eq!(field(base().read_batch_size(0)), "read_batch_size");
+        assert_eq!(
+            field(base().checkpoint(CheckpointPolicy::Every(Duration::ZERO))),
+            "checkpoint.every"
+        );
+        assert_eq!(
+            field(base().processing_timeout(Duration::ZERO)),
+            "processing_timeout"
+        );
+        assert_eq!(
+            field(base().reconnect_delay(Duration::from_secs(5), Duration::from_secs(1))),
+            "reconnect_delay_min"
+        );
+        assert_eq!(field(base().client_tag("a\nb")), "client_tag");
+        let mut o = base();
+        o.retry_backoff.jitter = 2.0;
+        assert_eq!(field(o), "retry_backoff.jitter");
+        // the floor can be lowered on purpose
+        base()
+            .min_heartbeat_interval(Duration::from_millis(50))
+            .heartbeat(Duration::from_millis(100), Duration::from_secs(1))
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn deserializes_with_humantime_and_refuses_unknown_keys() {
+        let o: TunnelOptions = serde_json::from_str(
+            r#"{"tunnel_id":"t","heartbeat_interval":"10s","checkpoint":{"every":"2s"}}"#,
+        )
+        .unwrap();
+        assert_eq!(o.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(o.checkpoint, CheckpointPolicy::Every(Duration::from_secs(2)));
+        let err = serde_json::from_str::<TunnelOptions>(r#"{"tunnel_id":"t","heartbeat":"1s"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `heartbeat`"), "{err}");
+    }
+}

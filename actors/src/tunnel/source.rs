@@ -1,0 +1,472 @@
+//! The tunnel service as the worker and its channels see it: the [`TunnelSource`] trait, in domain types,
+//! and [`GrpcSource`], its implementation over arbor's tunnel protocol. This is the only module that knows the
+//! RPCs: another source (a hosted tunnel service, a log engine) is another implementation of the trait, and
+//! the actors do not change.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType, ConversionError, Version};
+use arbor_proto::tunnel::error::ErrorKind;
+use arbor_proto::tunnel::v1;
+use arbor_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use super::error::TunnelError;
+use crate::connection::{AuthInterceptor, ConnectionHandle, FailureClass, Lease as PoolLease};
+
+/// A consumer session: the client id the service gave at `connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The tunnel.
+    pub tunnel_id: Arc<str>,
+    /// The client id; every call of the session carries it.
+    pub client_id: Arc<str>,
+    /// The heartbeat timeout the service applies to this client.
+    pub heartbeat_timeout: Duration,
+}
+
+/// The right to read and checkpoint one channel: a session, the channel, and the version of the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelLease {
+    /// The session.
+    pub session: Session,
+    /// The channel.
+    pub channel_id: u32,
+    /// The lease's version (fences reads and checkpoints).
+    pub version: Version,
+}
+
+/// A channel as the service lists it in a heartbeat answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerChannel {
+    /// The channel.
+    pub channel_id: u32,
+    /// `Open` or `Closing`.
+    pub status: ChannelStatus,
+    /// The service's version.
+    pub version: Version,
+    /// Base or stream.
+    pub channel_type: ChannelType,
+}
+
+/// A channel as the worker reports it in a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportedChannel {
+    /// The channel.
+    pub channel_id: u32,
+    /// Its status: `Open` or `Closing` (informative), or a transition (`Close`, `Terminated`).
+    pub status: ChannelStatus,
+    /// Its version (for a transition, the service's version + 1).
+    pub version: Version,
+}
+
+/// Where a channel resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// The first record not yet delivered.
+    pub position: u64,
+    /// The first record the service still keeps.
+    pub first_retained: u64,
+    /// The position the next appended record will get.
+    pub end: u64,
+    /// Base or stream.
+    pub channel_type: ChannelType,
+    /// The channel is sealed and the checkpoint is at its end.
+    pub finished: bool,
+}
+
+/// One record of a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its position in the channel.
+    pub sequence: u64,
+    /// The key it was appended with.
+    pub key: Bytes,
+    /// Its payload.
+    pub value: Bytes,
+    /// When the service accepted it.
+    pub append_time: SystemTime,
+}
+
+/// What one read returned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadBatch {
+    /// Consecutive records from the position asked for.
+    pub records: Vec<Record>,
+    /// Where the next read continues.
+    pub next: u64,
+    /// The channel is sealed and `next` is its end: nothing will ever follow.
+    pub finished: bool,
+}
+
+/// The calls a tunnel worker makes. Every error carries its [`ErrorKind`] (see [`TunnelError::kind`]).
+pub trait TunnelSource: Send + Sync + 'static {
+    /// Opens a session on `tunnel_id` (a new client id each time).
+    fn connect<'a>(
+        &'a self,
+        tunnel_id: &'a str,
+        client_tag: &'a str,
+        heartbeat_timeout: Duration,
+    ) -> BoxFuture<'a, Result<Session, TunnelError>>;
+
+    /// Keeps the session alive, reports the channels, and returns the ones the session owns.
+    fn heartbeat<'a>(
+        &'a self,
+        session: &'a Session,
+        channels: &'a [ReportedChannel],
+    ) -> BoxFuture<'a, Result<Vec<ServerChannel>, TunnelError>>;
+
+    /// Where the lease's channel resumes.
+    fn get_checkpoint<'a>(
+        &'a self,
+        lease: &'a ChannelLease,
+    ) -> BoxFuture<'a, Result<CheckpointInfo, TunnelError>>;
+
+    /// Reads up to `max_records` from `from`, waiting up to `wait` for a first record.
+    fn read<'a>(
+        &'a self,
+        lease: &'a ChannelLease,
+        from: u64,
+        max_records: u32,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<ReadBatch, TunnelError>>;
+
+    /// Records that every record below `position` was delivered.
+    fn checkpoint<'a>(
+        &'a self,
+        lease: &'a ChannelLease,
+        position: u64,
+    ) -> BoxFuture<'a, Result<(), TunnelError>>;
+
+    /// Ends the session: the service releases its channels at once.
+    fn shutdown<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<(), TunnelError>>;
+}
+
+/// How [`GrpcSource`] reaches the service.
+#[derive(Debug, Clone)]
+enum Connection {
+    Handle(ConnectionHandle),
+    Pooled(Arc<PoolLease>),
+}
+
+impl Connection {
+    fn handle(&self) -> &ConnectionHandle {
+        match self {
+            Connection::Handle(h) => h,
+            Connection::Pooled(lease) => lease.handle(),
+        }
+    }
+}
+
+/// [`TunnelSource`] over arbor's tunnel protocol (`arbor.tunnel.v1`), through an arbor connection: calls
+/// inherit its backoff, health checks and loss detection, and carry its credentials.
+#[derive(Debug, Clone)]
+pub struct GrpcSource {
+    connection: Connection,
+    call_timeout: Duration,
+}
+
+type Client = TunnelServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+
+impl GrpcSource {
+    /// A source on a connection this worker uses alone (or shares by cloning the handle).
+    pub fn new(connection: ConnectionHandle, call_timeout: Duration) -> Self {
+        GrpcSource {
+            connection: Connection::Handle(connection),
+            call_timeout,
+        }
+    }
+
+    /// A source on a pooled connection; the lease is released when the last clone of the source goes.
+    pub fn pooled(lease: PoolLease, call_timeout: Duration) -> Self {
+        GrpcSource {
+            connection: Connection::Pooled(Arc::new(lease)),
+            call_timeout,
+        }
+    }
+
+    /// A client on the connection's current transport, waiting (within the call timeout) while it connects.
+    async fn client(&self) -> Result<Client, TunnelError> {
+        let handle = self.connection.handle();
+        let channel = match handle.channel() {
+            Ok(channel) => channel,
+            Err(_) => handle
+                .wait_ready(self.call_timeout)
+                .await
+                .map_err(TunnelError::Connection)?,
+        };
+        Ok(TunnelServiceClient::new(InterceptedService::new(
+            channel,
+            handle.interceptor(),
+        )))
+    }
+
+    fn request<T>(&self, message: T, extra: Duration) -> tonic::Request<T> {
+        self.connection
+            .handle()
+            .request_with_timeout(message, self.call_timeout + extra)
+    }
+
+    /// The error for a failed call. A transport failure can surface under any code (a dropped connection is
+    /// often `UNKNOWN`), so the connection classifies first: lost connections and missed deadlines are
+    /// retryable whatever the code says, and the connection checks its health at once.
+    fn failed(&self, call: &'static str, status: tonic::Status) -> TunnelError {
+        let kind = match self.connection.handle().report_failure(&status) {
+            FailureClass::ConnectionLost | FailureClass::Timeout => ErrorKind::Retryable,
+            FailureClass::Server => ErrorKind::of(&status),
+        };
+        TunnelError::Call { call, kind, status }
+    }
+
+    fn malformed(call: &'static str) -> impl Fn(ConversionError) -> TunnelError {
+        move |err| TunnelError::Malformed {
+            call,
+            field: err.field().to_string(),
+            reason: err.to_string(),
+        }
+    }
+
+    async fn do_read(
+        &self,
+        lease: &ChannelLease,
+        from: u64,
+        max_records: u32,
+        wait: Duration,
+    ) -> Result<ReadBatch, TunnelError> {
+        const CALL: &str = "ReadRecords";
+        let request = v1::ReadRecordsRequest {
+            tunnel_id: lease.session.tunnel_id.to_string(),
+            client_id: lease.session.client_id.to_string(),
+            channel_id: lease.channel_id,
+            channel_version: lease.version.get(),
+            from_sequence_number: from,
+            max_records_per_message: max_records,
+            max_records: u64::from(max_records),
+            max_wait_ms: wait.as_millis() as u64,
+        };
+        let mut stream = self
+            .client()
+            .await?
+            .read_records(self.request(request, wait))
+            .await
+            .map_err(|s| self.failed(CALL, s))?
+            .into_inner();
+        let mut batch = ReadBatch {
+            records: Vec::new(),
+            next: from,
+            finished: false,
+        };
+        while let Some(message) = stream.message().await.map_err(|s| self.failed(CALL, s))? {
+            for record in message.records {
+                // Records must follow each other from where the read started; anything else means the two
+                // sides disagree on the channel's positions, and the channel resyncs (GetCheckpoint).
+                if record.sequence_number != batch.next {
+                    return Err(TunnelError::Malformed {
+                        call: CALL,
+                        field: "records.sequence_number".into(),
+                        reason: format!("is {} where {} was expected", record.sequence_number, batch.next),
+                    });
+                }
+                batch.next += 1;
+                batch.records.push(Record {
+                    sequence: record.sequence_number,
+                    key: record.key,
+                    value: record.value,
+                    append_time: SystemTime::UNIX_EPOCH + Duration::from_millis(record.append_time_unix_ms),
+                });
+            }
+            if message.next_sequence_number != batch.next {
+                return Err(TunnelError::Malformed {
+                    call: CALL,
+                    field: "next_sequence_number".into(),
+                    reason: format!(
+                        "is {} after records ending at {}",
+                        message.next_sequence_number, batch.next
+                    ),
+                });
+            }
+            batch.finished |= message.finished;
+        }
+        Ok(batch)
+    }
+}
+
+impl TunnelSource for GrpcSource {
+    fn connect<'a>(
+        &'a self,
+        tunnel_id: &'a str,
+        client_tag: &'a str,
+        heartbeat_timeout: Duration,
+    ) -> BoxFuture<'a, Result<Session, TunnelError>> {
+        async move {
+            let request = v1::ConnectTunnelRequest {
+                tunnel_id: tunnel_id.to_string(),
+                client_tag: client_tag.to_string(),
+                heartbeat_timeout_ms: heartbeat_timeout.as_millis() as u64,
+            };
+            let reply = self
+                .client()
+                .await?
+                .connect_tunnel(self.request(request, Duration::ZERO))
+                .await
+                .map_err(|s| self.failed("ConnectTunnel", s))?
+                .into_inner();
+            if reply.client_id.is_empty() {
+                return Err(TunnelError::Malformed {
+                    call: "ConnectTunnel",
+                    field: "client_id".into(),
+                    reason: "is empty".into(),
+                });
+            }
+            Ok(Session {
+                tunnel_id: Arc::from(tunnel_id),
+                client_id: Arc::from(reply.client_id),
+                heartbeat_timeout: Duration::from_millis(reply.heartbeat_timeout_ms),
+            })
+        }
+        .boxed()
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        session: &'a Session,
+        channels: &'a [ReportedChannel],
+    ) -> BoxFuture<'a, Result<Vec<ServerChannel>, TunnelError>> {
+        async move {
+            const CALL: &str = "Heartbeat";
+            let request = v1::HeartbeatRequest {
+                tunnel_id: session.tunnel_id.to_string(),
+                client_id: session.client_id.to_string(),
+                channels: channels
+                    .iter()
+                    .map(|c| v1::ChannelState {
+                        channel_id: c.channel_id,
+                        status: c.status.into(),
+                        version: c.version.get(),
+                        // Set by the service only.
+                        channel_type: v1::ChannelType::Unspecified as i32,
+                    })
+                    .collect(),
+            };
+            let reply = self
+                .client()
+                .await?
+                .heartbeat(self.request(request, Duration::ZERO))
+                .await
+                .map_err(|s| self.failed(CALL, s))?
+                .into_inner();
+            reply
+                .channels
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let status = ChannelStatus::from_wire(c.status, format!("channels[{i}].status"))
+                        .map_err(Self::malformed(CALL))?;
+                    if !status.is_owned() {
+                        return Err(TunnelError::Malformed {
+                            call: CALL,
+                            field: format!("channels[{i}].status"),
+                            reason: format!("is {status}, where an owned channel is OPEN or CLOSING"),
+                        });
+                    }
+                    Ok(ServerChannel {
+                        channel_id: c.channel_id,
+                        status,
+                        version: Version(c.version),
+                        channel_type: ChannelType::from_wire(
+                            c.channel_type,
+                            format!("channels[{i}].channel_type"),
+                        )
+                        .map_err(Self::malformed(CALL))?,
+                    })
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn get_checkpoint<'a>(
+        &'a self,
+        lease: &'a ChannelLease,
+    ) -> BoxFuture<'a, Result<CheckpointInfo, TunnelError>> {
+        async move {
+            const CALL: &str = "GetCheckpoint";
+            let request = v1::GetCheckpointRequest {
+                tunnel_id: lease.session.tunnel_id.to_string(),
+                client_id: lease.session.client_id.to_string(),
+                channel_id: lease.channel_id,
+                channel_version: lease.version.get(),
+            };
+            let reply = self
+                .client()
+                .await?
+                .get_checkpoint(self.request(request, Duration::ZERO))
+                .await
+                .map_err(|s| self.failed(CALL, s))?
+                .into_inner();
+            Ok(CheckpointInfo {
+                position: reply.checkpoint_sequence_number,
+                first_retained: reply.first_retained_sequence_number,
+                end: reply.end_sequence_number,
+                channel_type: ChannelType::from_wire(reply.channel_type, "channel_type")
+                    .map_err(Self::malformed(CALL))?,
+                finished: reply.finished,
+            })
+        }
+        .boxed()
+    }
+
+    fn read<'a>(
+        &'a self,
+        lease: &'a ChannelLease,
+        from: u64,
+        max_records: u32,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<ReadBatch, TunnelError>> {
+        self.do_read(lease, from, max_records, wait).boxed()
+    }
+
+    fn checkpoint<'a>(
+        &'a self,
+        lease: &'a ChannelLease,
+        position: u64,
+    ) -> BoxFuture<'a, Result<(), TunnelError>> {
+        async move {
+            let request = v1::CheckpointRequest {
+                tunnel_id: lease.session.tunnel_id.to_string(),
+                client_id: lease.session.client_id.to_string(),
+                channel_id: lease.channel_id,
+                channel_version: lease.version.get(),
+                sequence_number: position,
+            };
+            self.client()
+                .await?
+                .checkpoint(self.request(request, Duration::ZERO))
+                .await
+                .map_err(|s| self.failed("Checkpoint", s))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn shutdown<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<(), TunnelError>> {
+        async move {
+            let request = v1::ShutdownRequest {
+                tunnel_id: session.tunnel_id.to_string(),
+                client_id: session.client_id.to_string(),
+            };
+            self.client()
+                .await?
+                .shutdown(self.request(request, Duration::ZERO))
+                .await
+                .map_err(|s| self.failed("Shutdown", s))?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

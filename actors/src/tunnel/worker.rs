@@ -1,0 +1,843 @@
+//! The tunnel worker actor: one session with the service at a time, one channel actor per channel it owns.
+//!
+//! # States
+//!
+//! - **Connecting**: `ConnectTunnel` runs off the mailbox; a retryable failure is retried with backoff, a
+//!   fatal one stops the worker.
+//! - **Active**: a heartbeat every interval (off the mailbox, one at a time, more on demand) reports the
+//!   channels' states and merges the answer ([`state::merge`]): channels are started, renewed, drained or
+//!   stopped. A channel that ends reports CLOSE or TERMINATED in the next heartbeat, asked for at once.
+//!   A heartbeat answer of OWNERSHIP_LOST (the client expired), or no successful heartbeat for the heartbeat
+//!   timeout, ends the session: every channel is stopped, `Shutdown` is sent, and the worker connects again
+//!   after a random delay with a new client id.
+//! - **Paused**: the subscriber died or failed; deliveries wait (nothing past what it acknowledged is ever
+//!   checkpointed). A subscriber the worker runs itself is started again at once (three times in a row at
+//!   most); otherwise, or after that, the worker waits for [`attach_subscriber`] for the grace period.
+//! - **Detached**: the grace period passed: the session was shut down cleanly (acknowledged positions
+//!   checkpointed, `Shutdown` sent) so that other consumers take the channels; the worker waits for a
+//!   subscriber and then connects again.
+//!
+//! Channel actors are linked to the worker, which is their supervisor: a channel that crashes is reported
+//! CLOSE (the service reassigns it, to this worker or another) rather than restarted here, and its registry
+//! entry goes with it.
+//!
+//! [`attach_subscriber`]: super::TunnelHandle::attach_subscriber
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType, Version};
+use futures::future::{join_all, BoxFuture};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{debug, error, info, warn};
+
+use super::backoff::Backoff;
+use super::channel::{ChannelActor, ChannelArgs, ChannelMsg, Outcome, OutcomeSlot, StopMode};
+use super::error::{ErrorKind, TunnelError};
+use super::handle::{TunnelExit, WorkerShared};
+use super::info::{TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
+use super::options::TunnelOptions;
+use super::source::{ChannelLease, ReportedChannel, ServerChannel, Session, TunnelSource};
+use super::state::{self, Decision, Local, Server};
+use super::subscriber::SubscriberRef;
+
+/// Starts a subscriber the worker runs itself, linked to the worker.
+pub(crate) type RunnerFactory =
+    Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<SubscriberRef, ractor::SpawnErr>> + Send + Sync>;
+
+/// How the worker gets its subscriber.
+#[derive(Clone)]
+pub(crate) enum SubscriberSpec {
+    /// Someone else's actor: monitored.
+    Given(SubscriberRef),
+    /// A [`Subscriber`](super::Subscriber) the worker runs in an actor of its own.
+    Owned(RunnerFactory),
+}
+
+/// How the worker reaches the service.
+pub(crate) type SourceFactory =
+    Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<Arc<dyn TunnelSource>, TunnelError>> + Send + Sync>;
+
+pub(crate) enum WorkerMsg {
+    Connect,
+    Connected {
+        result: Result<Session, TunnelError>,
+    },
+    Tick,
+    HeartbeatDone {
+        session: u64,
+        result: Result<Vec<ServerChannel>, TunnelError>,
+    },
+    SubscriberFailed {
+        subscriber: ActorId,
+        reason: String,
+    },
+    Attach(SubscriberRef, RpcReplyPort<()>),
+    GraceExpired {
+        generation: u64,
+    },
+    Info(RpcReplyPort<WorkerInfo>),
+}
+
+pub(crate) struct WorkerArgs {
+    pub(crate) options: Arc<TunnelOptions>,
+    pub(crate) source: SourceFactory,
+    pub(crate) subscriber: Option<SubscriberSpec>,
+    pub(crate) shared: Arc<WorkerShared>,
+}
+
+pub(crate) struct WorkerActor;
+
+/// One channel as the worker holds it.
+struct Channel {
+    local: Option<Local>,
+    /// The channel's actor while it runs (it may outlive `local` while it stops).
+    actor: Option<ActorRef<ChannelMsg>>,
+    outcome: Arc<OutcomeSlot>,
+    /// Heartbeats seen while draining (a channel stuck in CLOSING is forced closed).
+    closing_heartbeats: u32,
+    forced: bool,
+}
+
+pub(crate) struct WorkerState {
+    options: Arc<TunnelOptions>,
+    source: Arc<dyn TunnelSource>,
+    shared: Arc<WorkerShared>,
+    session: Option<Session>,
+    /// Bumped per session, so a late heartbeat answer of an old session is ignored.
+    session_gen: u64,
+    sessions: u64,
+    connect_failures: u32,
+    connecting: bool,
+    heartbeat_in_flight: bool,
+    heartbeat_again: bool,
+    last_ok: Instant,
+    last_ok_wall: Option<SystemTime>,
+    channels: BTreeMap<u32, Channel>,
+    status: WorkerStatus,
+    subscriber: Option<SubscriberRef>,
+    owned: Option<RunnerFactory>,
+    owned_restarts: u32,
+    grace_generation: u64,
+}
+
+impl WorkerState {
+    fn tunnel_id(&self) -> &str {
+        &self.options.tunnel_id
+    }
+
+    fn event(&self, event: TunnelEvent) {
+        let _ = self.shared.events.send(event);
+    }
+
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            tunnel_id: self.tunnel_id().to_string(),
+            client_id: self.session.as_ref().map(|s| s.client_id.to_string()),
+            status: self.status,
+            channels: self.channels.values().filter(|c| c.actor.is_some()).count(),
+            last_heartbeat: self.last_ok_wall,
+            sessions: self.sessions,
+        }
+    }
+
+    fn publish(&self) {
+        let info = self.info();
+        let _ = self.shared.registry.update(&self.shared.registry_key, |entry| {
+            *entry = TunnelEntry::Worker(info)
+        });
+    }
+
+    fn set_status(&mut self, status: WorkerStatus) {
+        if self.status != status {
+            debug!(from = ?self.status, to = ?status, "worker status");
+            self.status = status;
+            self.publish();
+        }
+    }
+
+    fn connect(&mut self, myself: &ActorRef<WorkerMsg>) {
+        if self.session.is_some()
+            || self.connecting
+            || self.subscriber.is_none() && self.status == WorkerStatus::Detached
+        {
+            return;
+        }
+        self.connecting = true;
+        self.set_status(WorkerStatus::Connecting);
+        let (source, options, me) = (
+            Arc::clone(&self.source),
+            Arc::clone(&self.options),
+            myself.clone(),
+        );
+        tokio::spawn(async move {
+            let result = source
+                .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
+                .await;
+            let _ = me.cast(WorkerMsg::Connected { result });
+        });
+    }
+
+    fn on_connected(&mut self, myself: &ActorRef<WorkerMsg>, result: Result<Session, TunnelError>) {
+        self.connecting = false;
+        match result {
+            Ok(session) => {
+                self.session_gen += 1;
+                self.sessions += 1;
+                self.connect_failures = 0;
+                self.last_ok = Instant::now();
+                self.last_ok_wall = Some(SystemTime::now());
+                info!(client_id = %session.client_id, heartbeat_timeout = ?session.heartbeat_timeout, "session opened");
+                self.event(TunnelEvent::Connected {
+                    client_id: session.client_id.to_string(),
+                });
+                self.session = Some(session);
+                let status = if self.subscriber.is_some() {
+                    WorkerStatus::Active
+                } else {
+                    WorkerStatus::Paused
+                };
+                self.set_status(status);
+                self.heartbeat(myself);
+            }
+            Err(err) if err.kind() == ErrorKind::Fatal => self.fail(myself, err),
+            Err(err) => {
+                let retry = Backoff {
+                    initial: Duration::from_millis(100),
+                    multiplier: 2.0,
+                    max: self.options.reconnect_delay_max.max(Duration::from_millis(100)),
+                    jitter: 0.2,
+                };
+                let delay = retry.delay(self.connect_failures);
+                self.connect_failures = self.connect_failures.saturating_add(1);
+                warn!(error = %err, cause = ?std::error::Error::source(&err), ?delay, "connecting failed; retrying");
+                myself.send_after(delay, || WorkerMsg::Connect);
+            }
+        }
+    }
+
+    fn reports(&self) -> Vec<ReportedChannel> {
+        self.channels
+            .iter()
+            .filter_map(|(&channel_id, c)| {
+                let (status, version) = match c.local? {
+                    Local::Running { status, version } | Local::Reported { status, version } => {
+                        (status, version)
+                    }
+                };
+                Some(ReportedChannel {
+                    channel_id,
+                    status,
+                    version,
+                })
+            })
+            .collect()
+    }
+
+    fn heartbeat(&mut self, myself: &ActorRef<WorkerMsg>) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        if self.heartbeat_in_flight {
+            self.heartbeat_again = true;
+            return;
+        }
+        self.heartbeat_in_flight = true;
+        self.heartbeat_again = false;
+        let reports = self.reports();
+        let (source, me, generation) = (Arc::clone(&self.source), myself.clone(), self.session_gen);
+        tokio::spawn(async move {
+            let result = source.heartbeat(&session, &reports).await;
+            let _ = me.cast(WorkerMsg::HeartbeatDone {
+                session: generation,
+                result,
+            });
+        });
+    }
+
+    fn on_tick(&mut self, myself: &ActorRef<WorkerMsg>) {
+        if self.session.is_none() {
+            return;
+        }
+        let silent = self.last_ok.elapsed();
+        if silent > self.options.heartbeat_timeout {
+            self.lose_session(
+                myself,
+                format!(
+                    "no successful heartbeat for {silent:?} (timeout {:?})",
+                    self.options.heartbeat_timeout
+                ),
+            );
+            return;
+        }
+        self.heartbeat(myself);
+    }
+
+    async fn on_heartbeat(
+        &mut self,
+        myself: &ActorRef<WorkerMsg>,
+        generation: u64,
+        result: Result<Vec<ServerChannel>, TunnelError>,
+    ) {
+        if generation != self.session_gen {
+            return;
+        }
+        self.heartbeat_in_flight = false;
+        match result {
+            Ok(owned) => {
+                self.last_ok = Instant::now();
+                self.last_ok_wall = Some(SystemTime::now());
+                self.apply(myself, owned).await;
+                self.publish();
+                if self.heartbeat_again {
+                    self.heartbeat(myself);
+                }
+            }
+            Err(err) => match err.kind() {
+                ErrorKind::OwnershipLost => {
+                    self.lose_session(myself, format!("the service no longer knows this client: {err}"))
+                }
+                ErrorKind::Fatal => self.fail(myself, err),
+                _ => {
+                    warn!(error = %err, cause = ?std::error::Error::source(&err), "heartbeat failed");
+                    if self.heartbeat_again {
+                        self.heartbeat(myself);
+                    }
+                }
+            },
+        }
+    }
+
+    /// Merges the service's answer, channel by channel.
+    async fn apply(&mut self, myself: &ActorRef<WorkerMsg>, owned: Vec<ServerChannel>) {
+        let server: BTreeMap<u32, ServerChannel> = owned.into_iter().map(|c| (c.channel_id, c)).collect();
+        let ids: Vec<u32> = self.channels.keys().chain(server.keys()).copied().collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for id in ids {
+            if !seen.insert(id) {
+                continue;
+            }
+            let s = server.get(&id);
+            let local = self.channels.get(&id).and_then(|c| c.local);
+            let decision = state::merge(
+                local,
+                s.map(|s| Server {
+                    status: s.status,
+                    version: s.version,
+                }),
+            );
+            match decision {
+                Decision::Keep => {}
+                Decision::Start(version) => {
+                    let channel_type = s.map_or(ChannelType::Stream, |s| s.channel_type);
+                    self.start_channel(myself, id, version, channel_type).await;
+                }
+                Decision::Renew(status, version) => self.control(id, status, version),
+                Decision::Drain(version) => {
+                    info!(channel = id, %version, "the service moves the channel: draining");
+                    self.control(id, ChannelStatus::Closing, version);
+                }
+                Decision::Stop => {
+                    info!(channel = id, "the channel is no longer ours: stopping it");
+                    if let Some(c) = self.channels.get_mut(&id) {
+                        c.local = None;
+                        if let Some(actor) = &c.actor {
+                            let _ = actor.cast(ChannelMsg::Stop(StopMode::Abandon));
+                        }
+                    }
+                    self.event(TunnelEvent::ChannelReleased {
+                        channel_id: id,
+                        reason: "no longer assigned to this consumer".into(),
+                    });
+                }
+                Decision::Report(status, version) => {
+                    let entry = self.channels.entry(id).or_insert_with(Channel::empty);
+                    entry.local = Some(Local::Reported { status, version });
+                    self.heartbeat_again = true;
+                }
+                Decision::Forget => {
+                    if let Some(c) = self.channels.get_mut(&id) {
+                        c.local = None;
+                    }
+                }
+            }
+        }
+        self.channels
+            .retain(|_, c| c.local.is_some() || c.actor.is_some());
+        // A channel stuck in CLOSING (a subscriber that never acks) must not hold what the service moves.
+        for (id, c) in &mut self.channels {
+            if let (
+                Some(Local::Running {
+                    status: ChannelStatus::Closing,
+                    ..
+                }),
+                Some(actor),
+            ) = (c.local, &c.actor)
+            {
+                c.closing_heartbeats += 1;
+                if c.closing_heartbeats > state::CLOSING_HEARTBEATS_BEFORE_FORCE && !c.forced {
+                    warn!(channel = id, "channel stuck in CLOSING: forcing it closed");
+                    c.forced = true;
+                    let _ = actor.cast(ChannelMsg::Stop(StopMode::Flush));
+                }
+            }
+        }
+    }
+
+    fn control(&mut self, id: u32, status: ChannelStatus, version: Version) {
+        if let Some(c) = self.channels.get_mut(&id) {
+            c.local = Some(Local::Running { status, version });
+            if status != ChannelStatus::Closing {
+                c.closing_heartbeats = 0;
+            }
+            if let Some(actor) = &c.actor {
+                let _ = actor.cast(ChannelMsg::Control(status, version));
+            }
+        }
+    }
+
+    async fn start_channel(
+        &mut self,
+        myself: &ActorRef<WorkerMsg>,
+        id: u32,
+        version: Version,
+        channel_type: ChannelType,
+    ) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        if self.channels.get(&id).is_some_and(|c| c.actor.is_some()) {
+            // The previous actor of this channel is still stopping; its exit asks for a heartbeat, whose answer
+            // starts the channel again.
+            return;
+        }
+        let outcome = Arc::new(OutcomeSlot::default());
+        let args = ChannelArgs {
+            lease: ChannelLease {
+                session,
+                channel_id: id,
+                version,
+            },
+            channel_type,
+            source: Arc::clone(&self.source),
+            options: Arc::clone(&self.options),
+            subscriber: self.shared.subscriber.subscribe(),
+            worker: myself.clone(),
+            registry: self.shared.registry.clone(),
+            events: self.shared.events.clone(),
+            outcome: Arc::clone(&outcome),
+        };
+        match Actor::spawn_linked(None, ChannelActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                info!(channel = id, %version, channel_type = %channel_type, actor = %actor.get_id(), "channel assigned");
+                self.channels.insert(
+                    id,
+                    Channel {
+                        local: Some(Local::Running {
+                            status: ChannelStatus::Open,
+                            version,
+                        }),
+                        actor: Some(actor),
+                        outcome,
+                        closing_heartbeats: 0,
+                        forced: false,
+                    },
+                );
+            }
+            Err(err) => {
+                // Give the channel back at once: the service assigns it again, here or elsewhere.
+                error!(channel = id, error = %err, "channel failed to start; reporting it CLOSE");
+                let entry = self.channels.entry(id).or_insert_with(Channel::empty);
+                entry.local = Some(Local::Reported {
+                    status: ChannelStatus::Close,
+                    version: version.next(),
+                });
+                self.heartbeat_again = true;
+            }
+        }
+    }
+
+    /// A channel actor exited: turn its outcome into what the next heartbeat reports.
+    fn on_channel_exit(&mut self, myself: &ActorRef<WorkerMsg>, id: u32, crash: Option<String>) {
+        let Some(c) = self.channels.get_mut(&id) else {
+            return;
+        };
+        c.actor = None;
+        let local = c.local;
+        let outcome = c.outcome.take();
+        let running_version = match local {
+            Some(Local::Running { version, .. }) => Some(version),
+            _ => None,
+        };
+        let report = |c: &mut Channel, status, version| {
+            c.local = Some(Local::Reported { status, version });
+        };
+        match (outcome, crash) {
+            (Some(Outcome::Released { version, reason }), _) => {
+                report(c, ChannelStatus::Close, version);
+                self.event(TunnelEvent::ChannelReleased {
+                    channel_id: id,
+                    reason,
+                });
+            }
+            (Some(Outcome::Terminated { version }), _) => report(c, ChannelStatus::Terminated, version),
+            (Some(Outcome::OwnershipLost), _) => {
+                c.local = None;
+                self.event(TunnelEvent::ChannelReleased {
+                    channel_id: id,
+                    reason: "ownership lost".into(),
+                });
+            }
+            (Some(Outcome::Stopped), _) if c.forced => {
+                if let Some(version) = running_version {
+                    report(c, ChannelStatus::Close, version.next());
+                }
+                self.event(TunnelEvent::ChannelReleased {
+                    channel_id: id,
+                    reason: "forced closed after staying CLOSING".into(),
+                });
+            }
+            (Some(Outcome::Stopped), _) => {}
+            (Some(Outcome::Fatal(err)), _) => {
+                self.fail(myself, err);
+                return;
+            }
+            (None, crash) => {
+                let reason = crash.unwrap_or_else(|| "killed".into());
+                warn!(channel = id, %reason, "channel actor crashed; reporting it CLOSE so that it is reassigned");
+                if let Some(version) = running_version {
+                    report(c, ChannelStatus::Close, version.next());
+                }
+                self.event(TunnelEvent::ChannelReleased {
+                    channel_id: id,
+                    reason: format!("the channel actor crashed: {reason}"),
+                });
+            }
+        }
+        self.channels
+            .retain(|_, c| c.local.is_some() || c.actor.is_some());
+        self.publish();
+        self.heartbeat(myself);
+    }
+
+    /// Stops every channel; with `flush`, they checkpoint what was acknowledged first. Waits for them.
+    async fn stop_channels(&mut self, mode: StopMode) {
+        let actors: Vec<ActorRef<ChannelMsg>> =
+            self.channels.values().filter_map(|c| c.actor.clone()).collect();
+        for actor in &actors {
+            let _ = actor.cast(ChannelMsg::Stop(mode));
+        }
+        let wait = self.options.call_timeout * 2 + self.options.retry_for.min(Duration::from_secs(5));
+        let cells: Vec<ActorCell> = actors.iter().map(|a| a.get_cell()).collect();
+        join_all(cells.iter().map(|c| c.wait(Some(wait)))).await;
+        for c in self.channels.values_mut() {
+            c.actor = None;
+            c.local = None;
+        }
+        self.channels.clear();
+    }
+
+    /// Ends the session without waiting for the service: the channels are abandoned (their unacknowledged
+    /// records are delivered again by their next owner), `Shutdown` is sent in the background, and a new
+    /// session is opened after a random delay.
+    fn lose_session(&mut self, myself: &ActorRef<WorkerMsg>, reason: String) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        self.session_gen += 1;
+        self.heartbeat_in_flight = false;
+        warn!(client_id = %session.client_id, %reason, "session lost: starting over with a new client id");
+        self.event(TunnelEvent::SessionLost {
+            client_id: session.client_id.to_string(),
+            reason,
+        });
+        for c in self.channels.values_mut() {
+            c.local = None;
+            if let Some(actor) = &c.actor {
+                let _ = actor.cast(ChannelMsg::Stop(StopMode::Abandon));
+            }
+        }
+        let source = Arc::clone(&self.source);
+        tokio::spawn(async move {
+            let _ = source.shutdown(&session).await;
+        });
+        let (min, max) = (self.options.reconnect_delay_min, self.options.reconnect_delay_max);
+        let delay = min + (max - min).mul_f64(rand::random::<f64>());
+        self.set_status(WorkerStatus::Connecting);
+        myself.send_after(delay, || WorkerMsg::Connect);
+    }
+
+    /// Ends the session cleanly: channels checkpoint what was acknowledged, then `Shutdown` releases them.
+    async fn release_session(&mut self, reason: &str) {
+        self.stop_channels(StopMode::Flush).await;
+        if let Some(session) = self.session.take() {
+            self.session_gen += 1;
+            self.heartbeat_in_flight = false;
+            info!(client_id = %session.client_id, %reason, "session shut down");
+            if let Err(err) = self.source.shutdown(&session).await {
+                warn!(error = %err, "Shutdown failed; the service releases the channels at the heartbeat timeout");
+            }
+        }
+    }
+
+    /// Stops the worker for good on an error it cannot retry (a normal exit: its supervisor does not
+    /// restart it into the same error; the cause is kept for `wait`).
+    fn fail(&mut self, myself: &ActorRef<WorkerMsg>, err: TunnelError) {
+        error!(error = %err, cause = ?std::error::Error::source(&err), "tunnel worker stops on a fatal error");
+        self.event(TunnelEvent::Fatal {
+            error: err.to_string(),
+        });
+        let reason = format!("shutdown:fatal: {err}");
+        self.shared.set_exit(TunnelExit::Fatal(Arc::new(err)));
+        myself.stop(Some(reason));
+    }
+
+    // --- the subscriber ---
+
+    fn attach(&mut self, myself: &ActorRef<WorkerMsg>, subscriber: SubscriberRef, owned: bool) {
+        if !owned {
+            myself.get_cell().monitor(subscriber.cell().clone());
+        }
+        info!(subscriber = %subscriber.cell().get_id(), owned, "subscriber attached");
+        self.subscriber = Some(subscriber.clone());
+        self.shared.subscriber.send_replace(Some(subscriber));
+        self.grace_generation += 1;
+        self.event(TunnelEvent::SubscriberAttached);
+        if self.session.is_some() {
+            self.set_status(WorkerStatus::Active);
+        } else {
+            if self.status == WorkerStatus::Detached {
+                self.status = WorkerStatus::Connecting;
+            }
+            self.connect(myself);
+        }
+    }
+
+    async fn subscriber_lost(
+        &mut self,
+        myself: &ActorRef<WorkerMsg>,
+        subscriber: ActorId,
+        reason: String,
+        kill: bool,
+    ) {
+        let Some(current) = &self.subscriber else {
+            return;
+        };
+        if current.cell().get_id() != subscriber {
+            return;
+        }
+        let current = self.subscriber.take().expect("checked above");
+        warn!(%subscriber, %reason, "subscriber lost: delivery paused");
+        self.shared.subscriber.send_replace(None);
+        self.event(TunnelEvent::SubscriberLost { reason });
+        if self.session.is_some() {
+            self.set_status(WorkerStatus::Paused);
+        }
+        if let Some(factory) = self.owned.clone() {
+            if kill {
+                current.cell().kill();
+            }
+            if self.owned_restarts < 3 {
+                self.owned_restarts += 1;
+                match factory(myself.get_cell()).await {
+                    Ok(subscriber) => {
+                        self.attach(myself, subscriber, true);
+                        return;
+                    }
+                    Err(err) => error!(error = %err, "the subscriber failed to start again"),
+                }
+            }
+        }
+        self.grace_generation += 1;
+        let generation = self.grace_generation;
+        myself.send_after(self.options.subscriber_grace, move || WorkerMsg::GraceExpired {
+            generation,
+        });
+    }
+
+    async fn grace_expired(&mut self, generation: u64) {
+        if generation != self.grace_generation || self.subscriber.is_some() {
+            return;
+        }
+        warn!(grace = ?self.options.subscriber_grace, "no subscriber came back: releasing the channels");
+        self.release_session("no subscriber within the grace period")
+            .await;
+        self.set_status(WorkerStatus::Detached);
+    }
+}
+
+impl Channel {
+    fn empty() -> Self {
+        Channel {
+            local: None,
+            actor: None,
+            outcome: Arc::new(OutcomeSlot::default()),
+            closing_heartbeats: 0,
+            forced: false,
+        }
+    }
+}
+
+impl Actor for WorkerActor {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        let shared = args.shared;
+        let info = WorkerInfo {
+            tunnel_id: args.options.tunnel_id.clone(),
+            client_id: None,
+            status: WorkerStatus::Connecting,
+            channels: 0,
+            last_heartbeat: None,
+            sessions: 0,
+        };
+        shared
+            .registry
+            .register(
+                shared.registry_key.clone(),
+                myself.get_cell(),
+                TunnelEntry::Worker(info),
+            )
+            .map_err(|err| match err {
+                crate::registry::RegistryError::Duplicate { holder, .. } => {
+                    Box::new(TunnelError::AlreadyRunning {
+                        tunnel_id: args.options.tunnel_id.clone(),
+                        actor: holder,
+                    }) as ActorProcessingErr
+                }
+                other => Box::new(other),
+            })?;
+        let source = (args.source)(myself.get_cell()).await.map_err(Box::new)?;
+        shared.set_actor(Some(myself.clone()));
+        let mut state = WorkerState {
+            options: args.options,
+            source,
+            shared,
+            session: None,
+            session_gen: 0,
+            sessions: 0,
+            connect_failures: 0,
+            connecting: false,
+            heartbeat_in_flight: false,
+            heartbeat_again: false,
+            last_ok: Instant::now(),
+            last_ok_wall: None,
+            channels: BTreeMap::new(),
+            status: WorkerStatus::Connecting,
+            subscriber: None,
+            owned: None,
+            owned_restarts: 0,
+            grace_generation: 0,
+        };
+        match args.subscriber {
+            Some(SubscriberSpec::Given(subscriber)) => state.attach(&myself, subscriber, false),
+            Some(SubscriberSpec::Owned(factory)) => {
+                let subscriber = factory(myself.get_cell()).await?;
+                state.owned = Some(factory);
+                state.attach(&myself, subscriber, true);
+            }
+            None => {}
+        }
+        let _ = myself.cast(WorkerMsg::Connect);
+        myself.send_interval(state.options.heartbeat_interval, || WorkerMsg::Tick);
+        info!(tunnel = %state.options.tunnel_id, "tunnel worker started");
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<WorkerMsg>,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.set_status(WorkerStatus::Stopping);
+        state.release_session("worker stopped").await;
+        if state.owned.is_some() {
+            if let Some(subscriber) = &state.subscriber {
+                let _ = subscriber
+                    .cell()
+                    .stop_and_wait(None, Some(state.options.call_timeout))
+                    .await;
+            }
+        }
+        state.shared.registry.unregister(&state.shared.registry_key);
+        state.shared.set_exit(TunnelExit::Shutdown);
+        info!(tunnel = %state.options.tunnel_id, "tunnel worker stopped");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Connect => state.connect(&myself),
+            WorkerMsg::Connected { result } => state.on_connected(&myself, result),
+            WorkerMsg::Tick => state.on_tick(&myself),
+            WorkerMsg::HeartbeatDone { session, result } => {
+                state.on_heartbeat(&myself, session, result).await
+            }
+            WorkerMsg::SubscriberFailed { subscriber, reason } => {
+                state.subscriber_lost(&myself, subscriber, reason, true).await
+            }
+            WorkerMsg::Attach(subscriber, reply) => {
+                if let Some(old) = state.subscriber.take() {
+                    if state.owned.is_some() {
+                        old.cell().stop(None);
+                    } else {
+                        myself.get_cell().unmonitor(old.cell().clone());
+                    }
+                }
+                state.owned = None;
+                state.owned_restarts = 0;
+                state.attach(&myself, subscriber, false);
+                let _ = reply.send(());
+            }
+            WorkerMsg::GraceExpired { generation } => state.grace_expired(generation).await,
+            WorkerMsg::Info(reply) => {
+                let _ = reply.send(state.info());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        event: SupervisionEvent,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, crash) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let crash = reason.filter(|r| r != "normal" && r != "shutdown");
+                (cell, crash)
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        if let Some(channel) = state
+            .channels
+            .iter()
+            .find(|(_, c)| c.actor.as_ref().is_some_and(|a| a.get_id() == id))
+            .map(|(id, _)| *id)
+        {
+            state.on_channel_exit(&myself, channel, crash);
+        } else if state.subscriber.as_ref().is_some_and(|s| s.cell().get_id() == id) {
+            let reason = crash.map_or_else(
+                || "the subscriber stopped".to_string(),
+                |r| format!("the subscriber died: {r}"),
+            );
+            state.subscriber_lost(&myself, id, reason, false).await;
+        }
+        Ok(())
+    }
+}
