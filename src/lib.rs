@@ -26,6 +26,13 @@ pub use arbor_actors::{registry, supervisor};
 
 pub mod demo;
 
+#[cfg(feature = "tunnel-service")]
+pub mod serve;
+#[cfg(feature = "tunnel-service")]
+pub mod tunnel_admin;
+#[cfg(feature = "tunnel-service")]
+pub mod tunnel_service;
+
 #[doc(inline)]
 pub use arbor_actors::activator;
 
