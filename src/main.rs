@@ -66,74 +66,10 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct TunnelArgs {
-    /// The tunnel service (`https://` with --ca-cert for TLS).
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    server: String,
-    /// File holding the api key to send (first non-comment line).
-    #[arg(long)]
-    api_key_file: Option<std::path::PathBuf>,
-    /// CA certificate (PEM) to trust for an https server.
-    #[arg(long)]
-    ca_cert: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    connection: arbor::tunnel_admin::AdminConnection,
     #[command(subcommand)]
-    command: TunnelCommand,
-}
-
-#[derive(Subcommand)]
-enum TunnelCommand {
-    /// Create a tunnel: base channels get ids 0.., stream channels follow.
-    Create {
-        /// The tunnel's name ([a-z0-9._-]).
-        name: String,
-        /// Number of stream channels.
-        #[arg(long, default_value_t = 4)]
-        stream: u32,
-        /// Number of base channels.
-        #[arg(long, default_value_t = 0)]
-        base: u32,
-        /// Make stream channel i wait for base channel i to terminate.
-        #[arg(long)]
-        parents: bool,
-        /// Trim records older than this (e.g. `7d`).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        max_age: Option<Duration>,
-        /// Keep at most about this many bytes per channel.
-        #[arg(long)]
-        max_bytes: Option<u64>,
-    },
-    /// Describe a tunnel: channels, owners, positions, clients.
-    Describe {
-        /// The tunnel's name.
-        name: String,
-    },
-    /// List the tunnels.
-    List,
-    /// Delete a tunnel and its records.
-    Delete {
-        /// The tunnel's name.
-        name: String,
-    },
-    /// Append one record per VALUE, routed by --key (or to --channel).
-    Append {
-        /// The tunnel's name.
-        name: String,
-        /// The records' key (routes them to a stream channel).
-        #[arg(long, default_value = "")]
-        key: String,
-        /// Append to this channel instead of routing by key.
-        #[arg(long)]
-        channel: Option<u32>,
-        /// The values.
-        #[arg(required = true)]
-        values: Vec<String>,
-    },
-    /// Seal a base channel: no more records; it finishes once read to its end.
-    Seal {
-        /// The tunnel's name.
-        name: String,
-        /// The base channel.
-        channel: u32,
-    },
+    command: arbor::tunnel_admin::AdminCommand,
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=info` shows every exit and restart); off by
@@ -200,52 +136,17 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
     match runtime.block_on(arbor::serve::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("arbor serve failed: {}", error_chain(&err));
+            eprintln!(
+                "arbor serve failed: {}",
+                arbor::tunnel_service::error::chain(&err)
+            );
             ExitCode::FAILURE
         }
     }
 }
 
 fn tunnel(runtime: &tokio::runtime::Runtime, args: TunnelArgs) -> ExitCode {
-    use arbor::tunnel_admin::{AdminCommand, AdminConnection};
-    let conn = AdminConnection {
-        server: args.server,
-        api_key_file: args.api_key_file,
-        ca_cert: args.ca_cert,
-    };
-    let command = match args.command {
-        TunnelCommand::Create {
-            name,
-            stream,
-            base,
-            parents,
-            max_age,
-            max_bytes,
-        } => AdminCommand::Create {
-            name,
-            base,
-            stream,
-            parents,
-            max_age,
-            max_bytes,
-        },
-        TunnelCommand::Describe { name } => AdminCommand::Describe { name },
-        TunnelCommand::List => AdminCommand::List,
-        TunnelCommand::Delete { name } => AdminCommand::Delete { name },
-        TunnelCommand::Append {
-            name,
-            key,
-            channel,
-            values,
-        } => AdminCommand::Append {
-            name,
-            channel,
-            key,
-            values,
-        },
-        TunnelCommand::Seal { name, channel } => AdminCommand::Seal { name, channel },
-    };
-    match runtime.block_on(arbor::tunnel_admin::run(&conn, command)) {
+    match runtime.block_on(arbor::tunnel_admin::run(&args.connection, args.command)) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
@@ -255,16 +156,4 @@ fn tunnel(runtime: &tokio::runtime::Runtime, args: TunnelArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

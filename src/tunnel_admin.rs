@@ -12,62 +12,73 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 /// How to reach the service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct AdminConnection {
-    /// `http://host:port` or `https://host:port`.
+    /// The tunnel service: `http://host:port`, or `https://host:port` with --ca-cert.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub server: String,
-    /// A file whose first key line is sent as `api-key`.
+    /// File holding the api key to send as `api-key` (its first non-comment line).
+    #[arg(long)]
     pub api_key_file: Option<PathBuf>,
-    /// A PEM CA certificate to trust for https (instead of none).
+    /// CA certificate (PEM) to trust for an https server.
+    #[arg(long)]
     pub ca_cert: Option<PathBuf>,
 }
 
-/// One admin command.
-#[derive(Debug, Clone)]
+/// One admin command (the `arbor tunnel` subcommands).
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum AdminCommand {
-    /// Create a tunnel.
+    /// Create a tunnel: base channels get ids 0.., stream channels follow.
     Create {
-        /// Its name.
+        /// The tunnel's name ([a-z0-9._-]).
         name: String,
-        /// Base channels (ids 0..base).
+        /// Number of base channels.
+        #[arg(long, default_value_t = 0)]
         base: u32,
-        /// Stream channels (ids base..base+stream).
+        /// Number of stream channels.
+        #[arg(long, default_value_t = 4)]
         stream: u32,
-        /// Give stream channel `base + i` the parent base channel `i` (for i < base).
+        /// Make stream channel i wait for base channel i to terminate.
+        #[arg(long)]
         parents: bool,
-        /// Retention by age.
+        /// Trim records older than this (e.g. `7d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
         max_age: Option<Duration>,
-        /// Retention by size, bytes per channel.
+        /// Keep at most about this many bytes per channel.
+        #[arg(long)]
         max_bytes: Option<u64>,
     },
-    /// Describe a tunnel by name.
+    /// Describe a tunnel: channels, owners, versions, positions, clients.
     Describe {
-        /// Its name.
+        /// The tunnel's name.
         name: String,
     },
-    /// List tunnels.
+    /// List the tunnels.
     List,
-    /// Delete a tunnel by name.
+    /// Delete a tunnel and its records.
     Delete {
-        /// Its name.
+        /// The tunnel's name.
         name: String,
     },
-    /// Append records.
+    /// Append one record per VALUE, routed by --key (or to --channel).
     Append {
         /// The tunnel's name.
         name: String,
-        /// The channel, or routed by key.
+        /// Append to this channel instead of routing by key.
+        #[arg(long)]
         channel: Option<u32>,
-        /// The key of every record.
+        /// The records' key (routes them to a stream channel).
+        #[arg(long, default_value = "")]
         key: String,
-        /// One record per value.
+        /// The values.
+        #[arg(required = true)]
         values: Vec<String>,
     },
-    /// Seal a base channel.
+    /// Seal a base channel: no more records; it finishes once read to its end.
     Seal {
         /// The tunnel's name.
         name: String,
-        /// The channel.
+        /// The base channel.
         channel: u32,
     },
 }

@@ -120,14 +120,7 @@ impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
         // The message carries the source chain once (a client logs one line); the kind and field travel in
         // metadata so no client parses the message.
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        status(e.code(), message, e.field())
+        status(e.code(), chain(&e), e.field())
     }
 }
 
@@ -170,4 +163,16 @@ pub enum StoreError {
     /// The engine was closed (server shutting down).
     #[error("the store is closed")]
     Closed,
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -83,6 +83,21 @@ fn record(r: super::store::StoredRecord) -> v1::Record {
     }
 }
 
+/// The fenced position a consumer request names, its ids checked as required.
+fn lease<'a>(
+    tunnel_id: &'a str,
+    client_id: &'a str,
+    channel: u32,
+    version: i64,
+) -> Result<Lease<'a>, ServiceError> {
+    Ok(Lease {
+        tunnel_id: validate::required(tunnel_id, "tunnel_id")?,
+        client_id: validate::required(client_id, "client_id")?,
+        channel,
+        version: Version(version),
+    })
+}
+
 type ReadStream = Pin<Box<dyn Stream<Item = Result<v1::ReadRecordsResponse, Status>> + Send>>;
 
 /// A ReadRecords stream's progress.
@@ -264,12 +279,12 @@ impl TunnelService for TunnelGrpc {
         request: Request<v1::GetCheckpointRequest>,
     ) -> Result<Response<v1::GetCheckpointResponse>, Status> {
         let req = request.into_inner();
-        let lease = Lease {
-            tunnel_id: validate::required(&req.tunnel_id, "tunnel_id")?,
-            client_id: validate::required(&req.client_id, "client_id")?,
-            channel: req.channel_id,
-            version: Version(req.channel_version),
-        };
+        let lease = lease(
+            &req.tunnel_id,
+            &req.client_id,
+            req.channel_id,
+            req.channel_version,
+        )?;
         let info = self.store.get_checkpoint(lease)?;
         Ok(Response::new(v1::GetCheckpointResponse {
             checkpoint_sequence_number: info.checkpoint,
@@ -287,8 +302,12 @@ impl TunnelService for TunnelGrpc {
         request: Request<v1::ReadRecordsRequest>,
     ) -> Result<Response<Self::ReadRecordsStream>, Status> {
         let req = request.into_inner();
-        validate::required(&req.tunnel_id, "tunnel_id")?;
-        validate::required(&req.client_id, "client_id")?;
+        lease(
+            &req.tunnel_id,
+            &req.client_id,
+            req.channel_id,
+            req.channel_version,
+        )?;
         let per_message = match req.max_records_per_message {
             0 => self.limits.default_records_per_message,
             n if n > self.limits.max_records_per_message => {
@@ -345,12 +364,12 @@ impl TunnelService for TunnelGrpc {
         request: Request<v1::CheckpointRequest>,
     ) -> Result<Response<v1::CheckpointResponse>, Status> {
         let req = request.into_inner();
-        let lease = Lease {
-            tunnel_id: validate::required(&req.tunnel_id, "tunnel_id")?,
-            client_id: validate::required(&req.client_id, "client_id")?,
-            channel: req.channel_id,
-            version: Version(req.channel_version),
-        };
+        let lease = lease(
+            &req.tunnel_id,
+            &req.client_id,
+            req.channel_id,
+            req.channel_version,
+        )?;
         self.store.checkpoint(lease, req.sequence_number).await?;
         Ok(Response::new(v1::CheckpointResponse {}))
     }

@@ -269,11 +269,14 @@ impl Engine for DurableEngine {
             if bytes > max_bytes && !out.is_empty() {
                 break;
             }
+            let (key_len, value_len) = (k.len(), v.len());
+            // Zero-copy: key and value are slices of the engine's buffer.
+            let value = Bytes::from(value);
             out.push(StoredRecord {
                 seq: seq_of(&key)?,
                 append_ms,
-                key: Bytes::copy_from_slice(k),
-                value: Bytes::copy_from_slice(v),
+                key: value.slice(12..12 + key_len),
+                value: value.slice(12 + key_len..12 + key_len + value_len),
             });
         }
         Ok(out)
@@ -324,7 +327,7 @@ impl Writer {
             let result = match poisoned {
                 Some(first_error) => Err(first_error),
                 None => self.commit(&group).map_err(|e| {
-                    let text = error_chain(&e);
+                    let text = crate::tunnel_service::error::chain(&e);
                     tracing::error!(error = %text, "tunnel store write failed; refusing writes until restart");
                     *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
                     text
@@ -413,17 +416,6 @@ fn op_bytes(ops: &[WriteOp]) -> usize {
             _ => 64,
         })
         .sum()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
