@@ -15,180 +15,33 @@ pub(crate) mod durable;
 pub mod engine;
 pub(crate) mod memory;
 mod tunnel;
+mod types;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use arbor_proto::tunnel::domain::{route_key, ChannelState, ChannelStatus, ChannelType, Version};
+use arbor_proto::tunnel::domain::{route_key, ChannelState, ChannelType};
 use bytes::Bytes;
 
 use self::engine::{BatchIndex, RecoveredChannel, TunnelDef, WriteOp};
 pub use self::engine::{ChannelDef, Engine, Retention, StoredRecord};
 pub use self::tunnel::AssignmentEvent;
-use self::tunnel::{now_ms, Client, TunnelState};
+use self::tunnel::{now_ms, Client, Tunnel};
+pub use self::types::{
+    ChannelAppend, ChannelDescription, CheckpointInfo, ClientDescription, Lease, NewTunnel, ReadBatch,
+    TunnelDescription, TunnelRef,
+};
 use super::config::StoreOptions;
 use super::error::{ServiceError, StoreError};
 
 /// Largest ReadRecords message, in bytes of keys and values: below tonic's default 4 MiB decoding limit.
 pub const READ_MESSAGE_MAX_BYTES: usize = 3 << 20;
 
-pub(crate) struct Tunnel {
-    pub def: TunnelDef,
-    pub id: String,
-    /// The STREAM channels' ids in id order: where key-routed appends go.
-    pub stream_channels: Vec<u32>,
-    pub state: Mutex<TunnelState>,
-}
-
-impl Tunnel {
-    fn lock(&self) -> MutexGuard<'_, TunnelState> {
-        // A panic while holding the lock leaves plain data; later requests still see a consistent enough view
-        // (each change is a few field assignments) rather than failing forever.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 #[derive(Default)]
 struct Catalog {
     by_id: HashMap<String, Arc<Tunnel>>,
     by_name: BTreeMap<String, String>,
-}
-
-/// How a request names a tunnel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TunnelRef {
-    /// By id.
-    Id(String),
-    /// By name.
-    Name(String),
-}
-
-impl std::fmt::Display for TunnelRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TunnelRef::Id(id) => write!(f, "id {id}"),
-            TunnelRef::Name(name) => write!(f, "named {name}"),
-        }
-    }
-}
-
-/// A tunnel to create (already validated).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewTunnel {
-    /// The name.
-    pub name: String,
-    /// The channels.
-    pub channels: Vec<ChannelDef>,
-    /// Retention.
-    pub retention: Retention,
-}
-
-/// A tunnel as DescribeTunnel shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TunnelDescription {
-    /// The id.
-    pub id: String,
-    /// The name.
-    pub name: String,
-    /// Creation time, ms since the Unix epoch.
-    pub created_unix_ms: u64,
-    /// Retention.
-    pub retention: Retention,
-    /// The channels, by id.
-    pub channels: Vec<ChannelDescription>,
-    /// The connected clients, by id.
-    pub clients: Vec<ClientDescription>,
-}
-
-/// A channel as DescribeTunnel shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelDescription {
-    /// The id.
-    pub id: u32,
-    /// Its type.
-    pub channel_type: ChannelType,
-    /// Its parent base channel.
-    pub parent: Option<u32>,
-    /// Its status.
-    pub status: ChannelStatus,
-    /// Its version.
-    pub version: Version,
-    /// Its owner, when OPEN or CLOSING.
-    pub owner: Option<String>,
-    /// One past the last acknowledged record.
-    pub end: u64,
-    /// The first retained sequence number.
-    pub first_retained: u64,
-    /// The checkpoint.
-    pub checkpoint: u64,
-    /// Whether sealed.
-    pub sealed: bool,
-}
-
-/// A client as DescribeTunnel shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientDescription {
-    /// The id.
-    pub id: String,
-    /// Its tag.
-    pub tag: String,
-    /// Its heartbeat timeout.
-    pub heartbeat_timeout: Duration,
-    /// Time since its last heartbeat.
-    pub since_last_heartbeat: Duration,
-    /// The channels it owns.
-    pub channels: Vec<u32>,
-}
-
-/// Where one channel's records of an append went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChannelAppend {
-    /// The channel.
-    pub channel: u32,
-    /// The first record's sequence number.
-    pub first_seq: u64,
-    /// How many records.
-    pub count: u32,
-}
-
-/// GetCheckpoint's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CheckpointInfo {
-    /// The checkpoint.
-    pub checkpoint: u64,
-    /// The first retained sequence number.
-    pub first_retained: u64,
-    /// One past the last acknowledged record.
-    pub end: u64,
-    /// The channel's type.
-    pub channel_type: ChannelType,
-    /// Sealed and checkpointed to the end.
-    pub finished: bool,
-}
-
-/// One read of a channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadBatch {
-    /// Consecutive records.
-    pub records: Vec<StoredRecord>,
-    /// Where the next read continues.
-    pub next: u64,
-    /// The channel is sealed and `next` is its end.
-    pub finished: bool,
-}
-
-/// A fenced consumer position: who asks, for which channel, under which version.
-#[derive(Debug, Clone, Copy)]
-pub struct Lease<'a> {
-    /// The tunnel id.
-    pub tunnel_id: &'a str,
-    /// The client id.
-    pub client_id: &'a str,
-    /// The channel.
-    pub channel: u32,
-    /// The version of the client's lease.
-    pub version: Version,
 }
 
 /// Tunnels, their channels and consumers, over a storage engine. Shared as `Arc<TunnelStore>` by the gRPC
@@ -825,115 +678,5 @@ fn out_of_range(channel: u32, from: u64, first_retained: u64) -> ServiceError {
         field: "from_sequence_number",
         requested: from,
         first_retained,
-    }
-}
-
-impl Tunnel {
-    fn from_def(def: TunnelDef, channels: Vec<RecoveredChannel>, history_capacity: usize) -> Tunnel {
-        let stream_channels = def
-            .channels
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.channel_type == ChannelType::Stream)
-            .map(|(i, _)| i as u32)
-            .collect();
-        let state = TunnelState::new(&def, channels, history_capacity);
-        Tunnel {
-            id: format!("{:016x}", def.uid),
-            def,
-            stream_channels,
-            state: Mutex::new(state),
-        }
-    }
-
-    /// Applies the retention policy to channel `c` at `now_ms`: drops whole batches from the front (by size,
-    /// always keeping the newest; by age, all that are too old) and returns the writes that store it.
-    fn trim(&self, state: &mut TunnelState, c: usize, now_ms: u64) -> Option<Vec<WriteOp>> {
-        let retention = self.def.retention;
-        let ch = &mut state.channels[c];
-        let from = ch.meta.first_retained;
-        let mut below = from;
-        while let Some(front) = ch.batches.front() {
-            let too_big = retention.max_bytes_per_channel > 0
-                && ch.retained_bytes > retention.max_bytes_per_channel
-                && ch.batches.len() > 1;
-            let too_old =
-                retention.max_age_ms > 0 && front.append_ms.saturating_add(retention.max_age_ms) < now_ms;
-            if !(too_big || too_old) {
-                break;
-            }
-            below = front.first + front.count;
-            ch.retained_bytes -= front.bytes;
-            ch.batches.pop_front();
-        }
-        if below == from {
-            return None;
-        }
-        ch.meta.first_retained = below;
-        tracing::info!(
-            tunnel = %self.id,
-            channel = c,
-            first_retained = below,
-            checkpoint = ch.meta.checkpoint,
-            "tunnel channel trimmed by retention"
-        );
-        Some(vec![
-            WriteOp::Trim {
-                uid: self.def.uid,
-                channel: c as u32,
-                from,
-                below,
-            },
-            WriteOp::PutChannelMeta {
-                uid: self.def.uid,
-                channel: c as u32,
-                meta: ch.meta,
-            },
-        ])
-    }
-
-    fn describe(&self) -> TunnelDescription {
-        let state = self.lock();
-        let now = Instant::now();
-        TunnelDescription {
-            id: self.id.clone(),
-            name: self.def.name.clone(),
-            created_unix_ms: self.def.created_ms,
-            retention: self.def.retention,
-            channels: state
-                .channels
-                .iter()
-                .enumerate()
-                .map(|(i, ch)| ChannelDescription {
-                    id: i as u32,
-                    channel_type: ch.channel_type,
-                    parent: ch.parent,
-                    status: ch.status,
-                    version: ch.version,
-                    owner: ch.owner.clone().filter(|_| ch.status.is_owned()),
-                    end: ch.visible_end,
-                    first_retained: ch.meta.first_retained,
-                    checkpoint: ch.meta.checkpoint,
-                    sealed: ch.meta.sealed_end.is_some(),
-                })
-                .collect(),
-            clients: state
-                .clients
-                .iter()
-                .map(|(id, c)| ClientDescription {
-                    id: id.clone(),
-                    tag: c.tag.clone(),
-                    heartbeat_timeout: c.timeout,
-                    since_last_heartbeat: now.saturating_duration_since(c.last_seen),
-                    channels: state
-                        .channels
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, ch)| ch.owner.as_deref() == Some(id.as_str()) && ch.status.is_owned())
-                        .map(|(i, _)| i as u32)
-                        .collect(),
-                })
-                .collect(),
-        }
     }
 }

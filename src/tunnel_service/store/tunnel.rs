@@ -3,12 +3,14 @@
 //! which is what makes fencing a storage invariant.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arbor_proto::tunnel::domain::{ChannelState, ChannelStatus, ChannelType, Version};
 use tokio::sync::watch;
 
-use super::engine::{BatchIndex, ChannelMeta, RecoveredChannel, TunnelDef};
+use super::engine::{BatchIndex, ChannelMeta, RecoveredChannel, TunnelDef, WriteOp};
+use super::types::{ChannelDescription, ClientDescription, TunnelDescription};
 use crate::tunnel_service::assign::{self, ChannelView, Move};
 use crate::tunnel_service::error::ServiceError;
 
@@ -399,5 +401,136 @@ impl TunnelState {
                 )
             })
             .collect()
+    }
+}
+
+/// A tunnel: its fixed definition and its state behind one lock.
+pub(crate) struct Tunnel {
+    pub def: TunnelDef,
+    pub id: String,
+    /// The STREAM channels' ids in id order: where key-routed appends go.
+    pub stream_channels: Vec<u32>,
+    pub state: Mutex<TunnelState>,
+}
+
+impl Tunnel {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, TunnelState> {
+        // A panic while holding the lock leaves plain data; later requests still see a consistent enough view
+        // (each change is a few field assignments) rather than failing forever.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Tunnel {
+    pub(crate) fn from_def(
+        def: TunnelDef,
+        channels: Vec<RecoveredChannel>,
+        history_capacity: usize,
+    ) -> Tunnel {
+        let stream_channels = def
+            .channels
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.channel_type == ChannelType::Stream)
+            .map(|(i, _)| i as u32)
+            .collect();
+        let state = TunnelState::new(&def, channels, history_capacity);
+        Tunnel {
+            id: format!("{:016x}", def.uid),
+            def,
+            stream_channels,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Applies the retention policy to channel `c` at `now_ms`: drops whole batches from the front (by size,
+    /// always keeping the newest; by age, all that are too old) and returns the writes that store it.
+    pub(crate) fn trim(&self, state: &mut TunnelState, c: usize, now_ms: u64) -> Option<Vec<WriteOp>> {
+        let retention = self.def.retention;
+        let ch = &mut state.channels[c];
+        let from = ch.meta.first_retained;
+        let mut below = from;
+        while let Some(front) = ch.batches.front() {
+            let too_big = retention.max_bytes_per_channel > 0
+                && ch.retained_bytes > retention.max_bytes_per_channel
+                && ch.batches.len() > 1;
+            let too_old =
+                retention.max_age_ms > 0 && front.append_ms.saturating_add(retention.max_age_ms) < now_ms;
+            if !(too_big || too_old) {
+                break;
+            }
+            below = front.first + front.count;
+            ch.retained_bytes -= front.bytes;
+            ch.batches.pop_front();
+        }
+        if below == from {
+            return None;
+        }
+        ch.meta.first_retained = below;
+        tracing::info!(
+            tunnel = %self.id,
+            channel = c,
+            first_retained = below,
+            checkpoint = ch.meta.checkpoint,
+            "tunnel channel trimmed by retention"
+        );
+        Some(vec![
+            WriteOp::Trim {
+                uid: self.def.uid,
+                channel: c as u32,
+                from,
+                below,
+            },
+            WriteOp::PutChannelMeta {
+                uid: self.def.uid,
+                channel: c as u32,
+                meta: ch.meta,
+            },
+        ])
+    }
+
+    pub(crate) fn describe(&self) -> TunnelDescription {
+        let state = self.lock();
+        let now = Instant::now();
+        TunnelDescription {
+            id: self.id.clone(),
+            name: self.def.name.clone(),
+            created_unix_ms: self.def.created_ms,
+            retention: self.def.retention,
+            channels: state
+                .channels
+                .iter()
+                .enumerate()
+                .map(|(i, ch)| ChannelDescription {
+                    id: i as u32,
+                    channel_type: ch.channel_type,
+                    parent: ch.parent,
+                    status: ch.status,
+                    version: ch.version,
+                    owner: ch.owner.clone().filter(|_| ch.status.is_owned()),
+                    end: ch.visible_end,
+                    first_retained: ch.meta.first_retained,
+                    checkpoint: ch.meta.checkpoint,
+                    sealed: ch.meta.sealed_end.is_some(),
+                })
+                .collect(),
+            clients: state
+                .clients
+                .iter()
+                .map(|(id, c)| ClientDescription {
+                    id: id.clone(),
+                    tag: c.tag.clone(),
+                    heartbeat_timeout: c.timeout,
+                    since_last_heartbeat: now.saturating_duration_since(c.last_seen),
+                    channels: state
+                        .channels
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, ch)| ch.owner.as_deref() == Some(id.as_str()) && ch.status.is_owned())
+                        .map(|(i, _)| i as u32)
+                        .collect(),
+                })
+                .collect(),
+        }
     }
 }
