@@ -267,7 +267,17 @@ fn sigterm_stops_cleanly_and_a_restart_serves_the_same_data() {
 
 #[tokio::test]
 async fn size_retention_trims_and_out_of_range_is_refused_by_kind() {
-    let server = TestServer::memory().await;
+    size_retention(TestServer::memory().await).await;
+}
+
+#[tokio::test]
+async fn size_retention_trims_durably_and_out_of_range_is_refused_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    size_retention(TestServer::start(StoreOptions::durable(dir.path()), ServerOptions::default()).await)
+        .await;
+}
+
+async fn size_retention(server: TestServer) {
     let mut client = server.client().await;
     let retention = v1::RetentionPolicy {
         max_age_ms: 0,
