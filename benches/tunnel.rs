@@ -220,8 +220,8 @@ fn batch(start: usize) -> Vec<v1::AppendRecord> {
         .collect()
 }
 
-/// `producers` tasks append `APPEND_BATCHES` batches in all; returns records/s.
-async fn append_rate(url: &str, tunnel: &str, producers: usize) -> f64 {
+/// `producers` tasks append `APPEND_BATCHES` batches in all; returns records/s and every call's latency.
+async fn append_rate(url: &str, tunnel: &str, producers: usize) -> (f64, Vec<Duration>) {
     let mut clients = Vec::new();
     for _ in 0..producers {
         clients.push(connect(url).await);
@@ -236,7 +236,9 @@ async fn append_rate(url: &str, tunnel: &str, producers: usize) -> f64 {
             let mine: Vec<_> = batches[p * per_producer..(p + 1) * per_producer].to_vec();
             let tunnel = tunnel.to_string();
             tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(mine.len());
                 for records in mine {
+                    let sent = Instant::now();
                     client
                         .append(v1::AppendRequest {
                             tunnel_id: tunnel.clone(),
@@ -246,14 +248,22 @@ async fn append_rate(url: &str, tunnel: &str, producers: usize) -> f64 {
                         })
                         .await
                         .unwrap();
+                    latencies.push(sent.elapsed());
                 }
+                latencies
             })
         })
         .collect();
+    let mut latencies = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        latencies.extend(t.await.unwrap());
     }
-    (per_producer * producers * BATCH) as f64 / started.elapsed().as_secs_f64()
+    let rate = (per_producer * producers * BATCH) as f64 / started.elapsed().as_secs_f64();
+    (rate, latencies)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
 struct Service {
@@ -395,6 +405,7 @@ async fn main() {
     row("ReadRecords drain, in memory (goal >= 0.8x)", raw_read, mem_read);
     row("ReadRecords drain, durable (fjall)", raw_read, dur_read);
 
+    let mut latency_notes = Vec::new();
     for producers in [1, 4] {
         let mut mem_client = connect(&memory.url).await;
         let mut dur_client = connect(&durable.url).await;
@@ -404,10 +415,13 @@ async fn main() {
         append_rate(&memory.url, &mem_tunnel, producers).await;
         append_rate(&durable.url, &dur_tunnel, producers).await;
         let (mut a_raw, mut a_mem, mut a_dur) = (Vec::new(), Vec::new(), Vec::new());
+        let mut durable_latencies = Vec::new();
         for _ in 0..RUNS {
-            a_raw.push(append_rate(&raw, "", producers).await);
-            a_mem.push(append_rate(&memory.url, &mem_tunnel, producers).await);
-            a_dur.push(append_rate(&durable.url, &dur_tunnel, producers).await);
+            a_raw.push(append_rate(&raw, "", producers).await.0);
+            a_mem.push(append_rate(&memory.url, &mem_tunnel, producers).await.0);
+            let (rate, latencies) = append_rate(&durable.url, &dur_tunnel, producers).await;
+            a_dur.push(rate);
+            durable_latencies.extend(latencies);
         }
         let raw_append = median(a_raw);
         row(
@@ -420,8 +434,18 @@ async fn main() {
             raw_append,
             median(a_dur),
         );
+        durable_latencies.sort();
+        latency_notes.push(format!(
+            "durable Append latency, {producers} producer(s): p50 {:?}, p99 {:?}, max {:?}",
+            percentile(&durable_latencies, 0.5),
+            percentile(&durable_latencies, 0.99),
+            durable_latencies.last().unwrap()
+        ));
+    }
+    println!();
+    for note in latency_notes {
+        println!("{note}");
     }
     durable.store.close().unwrap();
     memory.store.close().unwrap();
-    let _ = Duration::ZERO;
 }

@@ -18,7 +18,9 @@
 //! entries, memtable nodes), leaving the fsync: it matches or beats the hand-written log, while fjall still
 //! gives atomic multi-key batches (records + metadata in one commit), checksummed journal and tables, crash
 //! recovery, and compaction of trimmed ranges. Retention already trims whole append batches, so trims are
-//! whole-value deletes.
+//! whole-value deletes. The records keyspace uses fjall's key-value separation: batch values live in blob
+//! files and compaction moves only keys (in a 5,000-batch probe, 1.1 GB, the slowest commit fell from 137 ms to
+//! 15–31 ms).
 //!
 //! # Layout
 //! Keyspace `records`: key = tunnel uid (8 bytes BE) ‖ channel (4 bytes BE) ‖ first sequence number of the
@@ -43,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 use tokio::sync::oneshot;
 
 use super::codec;
@@ -208,8 +210,12 @@ impl DurableEngine {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(Box::new(e)))?;
         let db = Database::builder(dir).open().map_err(|e| open_err(Box::new(e)))?;
+        // Batches are large values (≈ 200 KiB for 1,000 records of 200 bytes): key-value separation keeps them
+        // in blob files, so compaction moves keys only instead of rewriting every record again and again.
         let records = db
-            .keyspace("records", KeyspaceCreateOptions::default)
+            .keyspace("records", || {
+                KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
+            })
             .map_err(|e| open_err(Box::new(e)))?;
         let meta = db
             .keyspace("meta", KeyspaceCreateOptions::default)
