@@ -38,6 +38,14 @@
 //! Under a supervisor, [`TunnelServer::child_spec`] starts the server in tree order and restarts it if it
 //! fails; the store is opened once outside and outlives the restarts.
 //!
+//! # Observability
+//! `tracing` events: every assignment change (`tunnel channel assignment changed`, info, with tunnel, channel,
+//! status, version, owner and reason: `rebalance`, `released`, `terminated`, `client-expired`,
+//! `client-shutdown`, `closing-timeout`), client connects and shutdowns (info), expiries (warn), tunnel
+//! creation, deletion and seals (info), and checkpoints and retention trims (debug, as they come at the rate
+//! of the traffic). [`TunnelStore::assignment_history`] keeps the recent assignment changes per tunnel;
+//! DescribeTunnel shows owners, versions, positions and lag.
+//!
 //! # Layout
 //! [`grpc`] (thin: validate, call the store, map errors), [`validate`] (each check names its field), [`store`]
 //! (tunnels, channels, consumers and the [`Engine`](store::Engine) trait with memory and fjall engines),

@@ -467,7 +467,7 @@ impl Tunnel {
             return None;
         }
         ch.meta.first_retained = below;
-        tracing::info!(
+        tracing::debug!(
             tunnel = %self.id,
             channel = c,
             first_retained = below,
