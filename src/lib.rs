@@ -3,6 +3,10 @@
 //! This crate is the facade: it re-exports the actors of [`arbor_actors`] and holds the `arbor` command line's
 //! demo. See the crate README for a tour and `ARCHITECTURE.md` for the codemap.
 //!
+//! With the feature `tunnel-service` (on through the default feature `cli`), `tunnel_service` is arbor's own
+//! tunnel service (server, storage, `arbor serve`); `default-features = false` leaves out the storage engine and
+//! the gRPC server.
+//!
 //! ```
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
@@ -28,6 +32,13 @@
 pub use arbor_actors::{ractor, registry, supervisor};
 
 pub mod demo;
+
+#[cfg(feature = "tunnel-service")]
+pub mod serve;
+#[cfg(feature = "tunnel-service")]
+pub mod tunnel_admin;
+#[cfg(feature = "tunnel-service")]
+pub mod tunnel_service;
 
 #[doc(inline)]
 pub use arbor_actors::activator;

@@ -33,6 +33,43 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Run the tunnel service until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Administer tunnels on a running tunnel service, and append records.
+    Tunnel(TunnelArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default; serve other interfaces with TLS).
+    #[arg(long, default_value = arbor::tunnel_service::server::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// Data directory: durable storage (survives SIGKILL). Without it, tunnels live in memory.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// TLS certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// File of accepted api keys, one per line; every call must then carry one (`api-key` or Bearer).
+    #[arg(long)]
+    api_key_file: Option<std::path::PathBuf>,
+    /// Heartbeat timeout for clients that do not ask for one.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Duration,
+    /// How long a channel being moved waits for its owner to release it.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    closing_timeout: Duration,
+}
+
+#[derive(clap::Args)]
+struct TunnelArgs {
+    #[command(flatten)]
+    connection: arbor::tunnel_admin::AdminConnection,
+    #[command(subcommand)]
+    command: arbor::tunnel_admin::AdminCommand,
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=info` shows every exit and restart); off by
@@ -77,6 +114,46 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Serve(args) => serve(&runtime, args),
+        Command::Tunnel(args) => tunnel(&runtime, args),
+    }
+}
+
+fn serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(arbor::tunnel_service::TlsFiles { cert, key }),
+        _ => None,
+    };
+    let options = arbor::serve::ServeOptions {
+        listen: args.listen,
+        data: args.data,
+        tls,
+        api_key_file: args.api_key_file,
+        default_heartbeat_timeout: args.heartbeat_timeout,
+        closing_timeout: args.closing_timeout,
+    };
+    match runtime.block_on(arbor::serve::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!(
+                "arbor serve failed: {}",
+                arbor::tunnel_service::error::chain(&err)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tunnel(runtime: &tokio::runtime::Runtime, args: TunnelArgs) -> ExitCode {
+    match runtime.block_on(arbor::tunnel_admin::run(&args.connection, args.command)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("arbor tunnel: {err}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,0 +1,682 @@
+//! The tunnel store: tunnels, channels with versions, owners and checkpoints, over a storage [`Engine`].
+//!
+//! Consumer sessions (clients, owners, versions, the assignment history) are soft state kept here, in memory;
+//! what must survive a crash (tunnel definitions, records, checkpoints, seals, retained ranges) goes through
+//! the engine. Every consumer operation takes the tunnel's lock, checks the fence and changes the state under
+//! it, and submits its durable writes before releasing it, so writes reach the engine in the order the state
+//! changed; the answer waits for the engine's acknowledgement.
+//!
+//! After a restart of a durable store every client id is unknown (sessions are not persisted): old clients get
+//! the ownership-lost kind, reconnect, and resume from the durable checkpoints. Channel versions restart from
+//! the version of the last checkpoint, so they never go below a version a checkpoint was written under.
+
+mod codec;
+pub(crate) mod durable;
+pub mod engine;
+pub(crate) mod memory;
+mod tunnel;
+mod types;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use arbor_proto::tunnel::domain::{route_key, ChannelState, ChannelType};
+use bytes::Bytes;
+
+use self::engine::{BatchIndex, RecoveredChannel, TunnelDef, WriteOp};
+pub use self::engine::{ChannelDef, Engine, Retention, StoredRecord};
+pub use self::tunnel::AssignmentEvent;
+use self::tunnel::{now_ms, Client, Tunnel};
+pub use self::types::{
+    ChannelAppend, ChannelDescription, CheckpointInfo, ClientDescription, Lease, NewTunnel, ReadBatch,
+    TunnelDescription, TunnelRef,
+};
+use super::config::StoreOptions;
+use super::error::{ServiceError, StoreError};
+
+/// Largest ReadRecords message, in bytes of keys and values: below tonic's default 4 MiB decoding limit.
+pub const READ_MESSAGE_MAX_BYTES: usize = 3 << 20;
+
+#[derive(Default)]
+struct Catalog {
+    by_id: HashMap<String, Arc<Tunnel>>,
+    by_name: BTreeMap<String, String>,
+}
+
+/// Tunnels, their channels and consumers, over a storage engine. Shared as `Arc<TunnelStore>` by the gRPC
+/// service and whoever embeds it (tests read [`TunnelStore::assignment_history`]).
+pub struct TunnelStore {
+    engine: Arc<dyn Engine>,
+    catalog: RwLock<Catalog>,
+    options: StoreOptions,
+}
+
+impl std::fmt::Debug for TunnelStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStore")
+            .field("engine", &self.engine.name())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn new_uid() -> u64 {
+    loop {
+        let uid: u64 = rand::random();
+        if uid != 0 {
+            return uid;
+        }
+    }
+}
+
+impl TunnelStore {
+    /// Opens the store: durable in `options.data_dir` (recovering what is there), else in memory.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the data directory cannot be opened or its contents do not decode.
+    pub fn open(options: StoreOptions) -> Result<Arc<TunnelStore>, StoreError> {
+        let engine: Arc<dyn Engine> = match &options.data_dir {
+            Some(dir) => Arc::new(durable::DurableEngine::open(dir)?),
+            None => Arc::new(memory::MemoryEngine::new()),
+        };
+        TunnelStore::with_engine(engine, options)
+    }
+
+    /// A store over any engine (recovering what it holds).
+    ///
+    /// # Errors
+    /// What [`Engine::recover`] returns.
+    pub fn with_engine(
+        engine: Arc<dyn Engine>,
+        options: StoreOptions,
+    ) -> Result<Arc<TunnelStore>, StoreError> {
+        let mut catalog = Catalog::default();
+        let recovered = engine.recover()?;
+        for t in recovered {
+            let tunnel = Tunnel::from_def(t.def, t.channels, options.history_capacity);
+            tracing::info!(tunnel = %tunnel.id, name = %tunnel.def.name, "tunnel recovered");
+            catalog.by_name.insert(tunnel.def.name.clone(), tunnel.id.clone());
+            catalog.by_id.insert(tunnel.id.clone(), Arc::new(tunnel));
+        }
+        Ok(Arc::new(TunnelStore {
+            engine,
+            catalog: RwLock::new(catalog),
+            options,
+        }))
+    }
+
+    /// Whether acknowledged writes survive a crash.
+    pub fn is_durable(&self) -> bool {
+        self.engine.is_durable()
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn find(&self, tunnel: &TunnelRef) -> Result<Arc<Tunnel>, ServiceError> {
+        let catalog = self.catalog();
+        let found = match tunnel {
+            TunnelRef::Id(id) => catalog.by_id.get(id),
+            TunnelRef::Name(name) => catalog.by_name.get(name).and_then(|id| catalog.by_id.get(id)),
+        };
+        found.cloned().ok_or_else(|| ServiceError::TunnelNotFound {
+            tunnel: tunnel.to_string(),
+        })
+    }
+
+    fn find_id(&self, tunnel_id: &str) -> Result<Arc<Tunnel>, ServiceError> {
+        self.find(&TunnelRef::Id(tunnel_id.to_string()))
+    }
+
+    async fn wait(&self, ack: engine::Ack) -> Result<(), ServiceError> {
+        match ack.await {
+            Ok(result) => result.map_err(ServiceError::from),
+            Err(_) => Err(StoreError::Closed.into()),
+        }
+    }
+
+    /// Creates a tunnel (the request already validated: name syntax, channel count, parents).
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelExists`], or [`ServiceError::Storage`].
+    pub async fn create_tunnel(&self, new: NewTunnel) -> Result<TunnelDescription, ServiceError> {
+        let (tunnel, ack) = {
+            let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(id) = catalog.by_name.get(&new.name) {
+                return Err(ServiceError::TunnelExists {
+                    name: new.name,
+                    tunnel_id: id.clone(),
+                });
+            }
+            let mut uid = new_uid();
+            while catalog.by_id.contains_key(&format!("{uid:016x}")) {
+                uid = new_uid();
+            }
+            let def = TunnelDef {
+                uid,
+                name: new.name,
+                created_ms: now_ms(),
+                channels: new.channels,
+                retention: new.retention,
+            };
+            let ack = self.engine.submit(vec![WriteOp::PutTunnel(def.clone())]);
+            let count = def.channels.len();
+            let tunnel = Arc::new(Tunnel::from_def(
+                def,
+                vec![RecoveredChannel::default(); count],
+                self.options.history_capacity,
+            ));
+            catalog.by_name.insert(tunnel.def.name.clone(), tunnel.id.clone());
+            catalog.by_id.insert(tunnel.id.clone(), Arc::clone(&tunnel));
+            (tunnel, ack)
+        };
+        if let Err(e) = self.wait(ack).await {
+            let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+            catalog.by_id.remove(&tunnel.id);
+            catalog.by_name.remove(&tunnel.def.name);
+            return Err(e);
+        }
+        tracing::info!(tunnel = %tunnel.id, name = %tunnel.def.name, channels = tunnel.def.channels.len(), "tunnel created");
+        Ok(tunnel.describe())
+    }
+
+    /// Describes a tunnel.
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelNotFound`].
+    pub fn describe(&self, tunnel: &TunnelRef) -> Result<TunnelDescription, ServiceError> {
+        Ok(self.find(tunnel)?.describe())
+    }
+
+    /// Every live tunnel, by name.
+    pub fn list(&self) -> Vec<TunnelDescription> {
+        let tunnels: Vec<Arc<Tunnel>> = {
+            let catalog = self.catalog();
+            catalog
+                .by_name
+                .values()
+                .filter_map(|id| catalog.by_id.get(id).cloned())
+                .collect()
+        };
+        tunnels.iter().map(|t| t.describe()).collect()
+    }
+
+    /// Deletes a tunnel and its records; returns its id.
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelNotFound`], or [`ServiceError::Storage`].
+    pub async fn delete_tunnel(&self, tunnel: &TunnelRef) -> Result<String, ServiceError> {
+        let (found, ack) = {
+            let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+            let id = match tunnel {
+                TunnelRef::Id(id) => id.clone(),
+                TunnelRef::Name(name) => catalog.by_name.get(name).cloned().unwrap_or_default(),
+            };
+            let Some(found) = catalog.by_id.remove(&id) else {
+                return Err(ServiceError::TunnelNotFound {
+                    tunnel: tunnel.to_string(),
+                });
+            };
+            catalog.by_name.remove(&found.def.name);
+            let mut state = found.lock();
+            state.deleted = true;
+            let ack = self.engine.submit(vec![WriteOp::DeleteTunnel {
+                uid: found.def.uid,
+                channels: found.def.channels.len() as u32,
+            }]);
+            drop(state);
+            (found, ack)
+        };
+        self.wait(ack).await?;
+        tracing::info!(tunnel = %found.id, name = %found.def.name, "tunnel deleted");
+        Ok(found.id.clone())
+    }
+
+    /// Appends records (validated: sizes and counts), to `channel` or routed by key hash over the stream
+    /// channels; answers once they are stored.
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelNotFound`]; [`ServiceError::InvalidArgument`] for an unknown `channel_id` or a
+    /// key-routed append to a tunnel without stream channels; [`ServiceError::FailedPrecondition`] for a
+    /// sealed channel; [`ServiceError::Storage`].
+    pub async fn append(
+        &self,
+        tunnel: &TunnelRef,
+        channel: Option<u32>,
+        records: Vec<(Bytes, Bytes)>,
+    ) -> Result<(String, Vec<ChannelAppend>), ServiceError> {
+        let tunnel = self.find(tunnel)?;
+        // Group by channel, keeping request order within each.
+        let mut groups: BTreeMap<u32, Vec<(Bytes, Bytes)>> = BTreeMap::new();
+        match channel {
+            Some(c) => {
+                groups.insert(c, records);
+            }
+            None => {
+                if tunnel.stream_channels.is_empty() {
+                    return Err(ServiceError::invalid(
+                        "channel_id",
+                        "required: the tunnel has no stream channels to route keys to",
+                    ));
+                }
+                let n = tunnel.stream_channels.len() as u32;
+                for record in records {
+                    let c = tunnel.stream_channels[route_key(&record.0, n) as usize];
+                    groups.entry(c).or_default().push(record);
+                }
+            }
+        }
+        let append_ms = now_ms();
+        let (ack, appended) = {
+            let mut state = tunnel.lock();
+            if state.deleted {
+                return Err(ServiceError::TunnelNotFound {
+                    tunnel: tunnel.id.clone(),
+                });
+            }
+            for &c in groups.keys() {
+                let index = state.channel_index(c, "channel_id")?;
+                if let Some(end) = state.channels[index].meta.sealed_end {
+                    return Err(ServiceError::FailedPrecondition {
+                        channel: c,
+                        reason: format!("sealed at sequence number {end}: it takes no more records"),
+                    });
+                }
+            }
+            let mut ops = Vec::with_capacity(groups.len());
+            let mut appended = Vec::with_capacity(groups.len());
+            for (c, records) in groups {
+                let ch = &mut state.channels[c as usize];
+                let count = records.len() as u64;
+                let bytes: u64 = records.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+                let first_seq = ch.next_seq;
+                ch.next_seq += count;
+                ch.batches.push_back(BatchIndex {
+                    first: first_seq,
+                    count,
+                    bytes,
+                    append_ms,
+                });
+                ch.retained_bytes += bytes;
+                ops.push(WriteOp::Append {
+                    uid: tunnel.def.uid,
+                    channel: c,
+                    first_seq,
+                    append_ms,
+                    records,
+                });
+                if let Some(trim) = tunnel.trim(&mut state, c as usize, append_ms) {
+                    ops.extend(trim);
+                }
+                appended.push(ChannelAppend {
+                    channel: c,
+                    first_seq,
+                    count: count as u32,
+                });
+            }
+            (self.engine.submit(ops), appended)
+        };
+        self.wait(ack).await?;
+        let mut state = tunnel.lock();
+        for a in &appended {
+            let ch = &mut state.channels[a.channel as usize];
+            // Groups are stored in submission order, so every lower sequence number is stored too; another
+            // task may already have published a later end.
+            let end = a.first_seq + u64::from(a.count);
+            if end > ch.visible_end {
+                ch.visible_end = end;
+                ch.end_tx.send_replace(end);
+            }
+        }
+        drop(state);
+        Ok((tunnel.id.clone(), appended))
+    }
+
+    /// Seals a base channel; returns its final end.
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelNotFound`], [`ServiceError::InvalidArgument`] (unknown channel),
+    /// [`ServiceError::FailedPrecondition`] (a stream channel), [`ServiceError::Storage`].
+    pub async fn seal(&self, tunnel: &TunnelRef, channel: u32) -> Result<u64, ServiceError> {
+        let tunnel = self.find(tunnel)?;
+        let (ack, end) = {
+            let mut state = tunnel.lock();
+            let index = state.channel_index(channel, "channel_id")?;
+            let ch = &mut state.channels[index];
+            if ch.channel_type != ChannelType::Base {
+                return Err(ServiceError::FailedPrecondition {
+                    channel,
+                    reason: "only BASE channels can be sealed".into(),
+                });
+            }
+            if let Some(end) = ch.meta.sealed_end {
+                return Ok(end);
+            }
+            ch.meta.sealed_end = Some(ch.next_seq);
+            let meta = ch.meta;
+            let ack = self.engine.submit(vec![WriteOp::PutChannelMeta {
+                uid: tunnel.def.uid,
+                channel,
+                meta,
+            }]);
+            (ack, ch.next_seq)
+        };
+        self.wait(ack).await?;
+        tracing::info!(tunnel = %tunnel.id, channel, end, "tunnel channel sealed");
+        let state = tunnel.lock();
+        state.channels[channel as usize].end_tx.send_modify(|_| {});
+        Ok(end)
+    }
+
+    /// Registers a consumer; returns its new client id and heartbeat timeout.
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelNotFound`]; [`ServiceError::InvalidArgument`] for a timeout out of bounds.
+    pub fn connect(
+        &self,
+        tunnel_id: &str,
+        tag: &str,
+        heartbeat_timeout: Option<Duration>,
+    ) -> Result<(String, Duration), ServiceError> {
+        let timeout = heartbeat_timeout.unwrap_or(self.options.default_heartbeat_timeout);
+        if timeout < self.options.min_heartbeat_timeout || timeout > self.options.max_heartbeat_timeout {
+            return Err(ServiceError::invalid(
+                "heartbeat_timeout_ms",
+                format!(
+                    "{} ms is outside {}..={} ms",
+                    timeout.as_millis(),
+                    self.options.min_heartbeat_timeout.as_millis(),
+                    self.options.max_heartbeat_timeout.as_millis()
+                ),
+            ));
+        }
+        let tunnel = self.find_id(tunnel_id)?;
+        let client_id = format!("c-{:016x}", rand::random::<u64>());
+        let mut state = tunnel.lock();
+        let now = Instant::now();
+        state.expire(now, self.options.closing_timeout, &tunnel.id);
+        state.clients.insert(
+            client_id.clone(),
+            Client {
+                tag: tag.to_string(),
+                timeout,
+                last_seen: now,
+            },
+        );
+        tracing::info!(tunnel = %tunnel.id, client = %client_id, tag, timeout = ?timeout, "tunnel client connected");
+        state.rebalance(&tunnel.id);
+        Ok((client_id, timeout))
+    }
+
+    /// A heartbeat: keeps the client alive, applies its reports, rebalances, and returns the channels it owns.
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelNotFound`], [`ServiceError::ClientUnknown`], [`ServiceError::InvalidArgument`]
+    /// for an unknown channel id, [`ServiceError::FailedPrecondition`] for TERMINATED before the end.
+    pub fn heartbeat(
+        &self,
+        tunnel_id: &str,
+        client_id: &str,
+        reports: &[ChannelState],
+    ) -> Result<Vec<(ChannelState, ChannelType)>, ServiceError> {
+        let tunnel = self.find_id(tunnel_id)?;
+        let mut state = tunnel.lock();
+        let now = Instant::now();
+        state.expire(now, self.options.closing_timeout, &tunnel.id);
+        let Some(client) = state.clients.get_mut(client_id) else {
+            return Err(ServiceError::ClientUnknown {
+                tunnel_id: tunnel.id.clone(),
+                client_id: client_id.to_string(),
+            });
+        };
+        client.last_seen = now;
+        let mut result = Ok(());
+        for (i, report) in reports.iter().enumerate() {
+            // Apply every valid report even if one is refused, then refuse the call: the accepted transitions
+            // stay accepted.
+            if let Err(e) = state.apply_report(client_id, *report, i, &tunnel.id) {
+                result = result.and(Err(e));
+            }
+        }
+        let mut terminated_meta = Vec::new();
+        for (i, ch) in state.channels.iter().enumerate() {
+            if ch.meta.terminated && reports.iter().any(|r| r.channel_id == i as u32) {
+                terminated_meta.push((i as u32, ch.meta));
+            }
+        }
+        state.rebalance(&tunnel.id);
+        if !terminated_meta.is_empty() {
+            // TERMINATED is remembered across restarts; losing it would only re-assign a finished channel,
+            // whose reader finds it finished at once, so there is no need to wait for the write.
+            let ops = terminated_meta
+                .into_iter()
+                .map(|(channel, meta)| WriteOp::PutChannelMeta {
+                    uid: tunnel.def.uid,
+                    channel,
+                    meta,
+                })
+                .collect();
+            drop(self.engine.submit(ops));
+        }
+        result?;
+        Ok(state.owned_by(client_id))
+    }
+
+    /// Where the owner of a channel resumes reading (fenced).
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelNotFound`], [`ServiceError::ClientUnknown`], [`ServiceError::NotOwner`],
+    /// [`ServiceError::InvalidArgument`] for an unknown channel.
+    pub fn get_checkpoint(&self, lease: Lease<'_>) -> Result<CheckpointInfo, ServiceError> {
+        let tunnel = self.find_id(lease.tunnel_id)?;
+        let state = tunnel.lock();
+        let index = state.fence(&tunnel.id, lease.client_id, lease.channel, lease.version)?;
+        let ch = &state.channels[index];
+        Ok(CheckpointInfo {
+            checkpoint: ch.meta.checkpoint,
+            first_retained: ch.meta.first_retained,
+            end: ch.visible_end,
+            channel_type: ch.channel_type,
+            finished: ch.checkpointed_to_end(),
+        })
+    }
+
+    /// Stores a checkpoint (fenced); answers once it is stored.
+    ///
+    /// # Errors
+    /// The fence's errors; [`ServiceError::OutOfRange`] below the retained range;
+    /// [`ServiceError::InvalidArgument`] beyond the end; [`ServiceError::Storage`].
+    pub async fn checkpoint(&self, lease: Lease<'_>, sequence_number: u64) -> Result<(), ServiceError> {
+        let tunnel = self.find_id(lease.tunnel_id)?;
+        let ack = {
+            let mut state = tunnel.lock();
+            let index = state.fence(&tunnel.id, lease.client_id, lease.channel, lease.version)?;
+            let ch = &mut state.channels[index];
+            if sequence_number < ch.meta.first_retained {
+                return Err(ServiceError::OutOfRange {
+                    channel: lease.channel,
+                    field: "sequence_number",
+                    requested: sequence_number,
+                    first_retained: ch.meta.first_retained,
+                });
+            }
+            if sequence_number > ch.visible_end {
+                return Err(ServiceError::invalid(
+                    "sequence_number",
+                    format!("{sequence_number} is beyond the channel's end {}", ch.visible_end),
+                ));
+            }
+            ch.meta.checkpoint = sequence_number;
+            ch.meta.checkpoint_version = ch.meta.checkpoint_version.max(lease.version.get());
+            let meta = ch.meta;
+            self.engine.submit(vec![WriteOp::PutChannelMeta {
+                uid: tunnel.def.uid,
+                channel: lease.channel,
+                meta,
+            }])
+        };
+        self.wait(ack).await?;
+        tracing::debug!(
+            tunnel = %tunnel.id,
+            channel = lease.channel,
+            client = lease.client_id,
+            version = lease.version.get(),
+            sequence_number,
+            "tunnel checkpoint stored"
+        );
+        Ok(())
+    }
+
+    /// Reads up to `max_records` records from `from` (fenced).
+    ///
+    /// # Errors
+    /// The fence's errors; [`ServiceError::OutOfRange`] below the retained range;
+    /// [`ServiceError::InvalidArgument`] beyond the end; [`ServiceError::Storage`].
+    pub async fn read(
+        &self,
+        lease: Lease<'_>,
+        from: u64,
+        max_records: usize,
+    ) -> Result<ReadBatch, ServiceError> {
+        let tunnel = self.find_id(lease.tunnel_id)?;
+        let (end, sealed_end) = {
+            let state = tunnel.lock();
+            let index = state.fence(&tunnel.id, lease.client_id, lease.channel, lease.version)?;
+            let ch = &state.channels[index];
+            if from < ch.meta.first_retained {
+                return Err(out_of_range(lease.channel, from, ch.meta.first_retained));
+            }
+            if from > ch.visible_end {
+                return Err(ServiceError::invalid(
+                    "from_sequence_number",
+                    format!("{from} is beyond the channel's end {}", ch.visible_end),
+                ));
+            }
+            (ch.visible_end, ch.meta.sealed_end)
+        };
+        let n = (end - from).min(max_records as u64) as usize;
+        let records = if n == 0 {
+            Vec::new()
+        } else if self.engine.reads_block() {
+            let (engine, uid, channel) = (Arc::clone(&self.engine), tunnel.def.uid, lease.channel);
+            tokio::task::spawn_blocking(move || engine.read(uid, channel, from, n, READ_MESSAGE_MAX_BYTES))
+                .await
+                .map_err(|e| StoreError::Engine {
+                    operation: "read records",
+                    source: Box::new(e),
+                })??
+        } else {
+            self.engine
+                .read(tunnel.def.uid, lease.channel, from, n, READ_MESSAGE_MAX_BYTES)?
+        };
+        if records.first().is_some_and(|r| r.seq != from) || (n > 0 && records.is_empty()) {
+            // Trimmed between the check and the read.
+            let first_retained = tunnel.lock().channels[lease.channel as usize].meta.first_retained;
+            return Err(out_of_range(lease.channel, from, first_retained));
+        }
+        let next = from + records.len() as u64;
+        Ok(ReadBatch {
+            records,
+            next,
+            finished: sealed_end == Some(next) && next == end,
+        })
+    }
+
+    /// Waits until channel `channel` has a record at `from` or is sealed there, or `timeout` passes.
+    pub async fn wait_for_records(&self, tunnel_id: &str, channel: u32, from: u64, timeout: Duration) {
+        let Ok(tunnel) = self.find_id(tunnel_id) else {
+            return;
+        };
+        let mut rx = {
+            let state = tunnel.lock();
+            match state.channels.get(channel as usize) {
+                Some(ch) if ch.meta.sealed_end.is_none() => ch.end_tx.subscribe(),
+                _ => return,
+            }
+        };
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|end| *end > from)).await;
+    }
+
+    /// Releases all the client's channels at once and forgets it.
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelNotFound`], [`ServiceError::ClientUnknown`].
+    pub fn shutdown_client(&self, tunnel_id: &str, client_id: &str) -> Result<(), ServiceError> {
+        let tunnel = self.find_id(tunnel_id)?;
+        let mut state = tunnel.lock();
+        if !state.clients.contains_key(client_id) {
+            return Err(ServiceError::ClientUnknown {
+                tunnel_id: tunnel.id.clone(),
+                client_id: client_id.to_string(),
+            });
+        }
+        state.remove_client(client_id, "client-shutdown", &tunnel.id);
+        tracing::info!(tunnel = %tunnel.id, client = client_id, "tunnel client shut down");
+        state.rebalance(&tunnel.id);
+        Ok(())
+    }
+
+    /// The tunnel's assignment history, oldest first (at most the history capacity).
+    ///
+    /// # Errors
+    /// [`ServiceError::TunnelNotFound`].
+    pub fn assignment_history(&self, tunnel_id: &str) -> Result<Vec<AssignmentEvent>, ServiceError> {
+        let tunnel = self.find_id(tunnel_id)?;
+        let state = tunnel.lock();
+        Ok(state.history.iter().cloned().collect())
+    }
+
+    /// Periodic upkeep: expires clients and CLOSING channels past their timeouts, rebalances, and trims
+    /// records past their tunnel's retention age. The server runs it every maintenance interval.
+    pub async fn maintain(&self) {
+        let tunnels: Vec<Arc<Tunnel>> = self.catalog().by_id.values().cloned().collect();
+        let now_ms = now_ms();
+        let mut acks = Vec::new();
+        for tunnel in tunnels {
+            let mut state = tunnel.lock();
+            if state.expire(Instant::now(), self.options.closing_timeout, &tunnel.id) {
+                state.rebalance(&tunnel.id);
+            }
+            if tunnel.def.retention.max_age_ms > 0 {
+                let mut ops = Vec::new();
+                for c in 0..state.channels.len() {
+                    if let Some(trim) = tunnel.trim(&mut state, c, now_ms) {
+                        ops.extend(trim);
+                    }
+                }
+                if !ops.is_empty() {
+                    acks.push(self.engine.submit(ops));
+                }
+            }
+        }
+        for ack in acks {
+            if let Err(e) = self.wait(ack).await {
+                tracing::error!(error = %e, "tunnel retention trim failed");
+            }
+        }
+    }
+
+    /// Stops taking writes, waits for those in flight and flushes (durable state on disk).
+    ///
+    /// # Errors
+    /// The engine's final flush failed.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.engine.close()
+    }
+}
+
+fn out_of_range(channel: u32, from: u64, first_retained: u64) -> ServiceError {
+    ServiceError::OutOfRange {
+        channel,
+        field: "from_sequence_number",
+        requested: from,
+        first_retained,
+    }
+}

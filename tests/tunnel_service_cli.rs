@@ -1,0 +1,104 @@
+//! `arbor serve` and `arbor tunnel` as a user runs them: child processes, an api key file, the admin commands.
+#![cfg(feature = "tunnel-service")]
+
+mod tunnel_service_common;
+
+use std::process::{Command, Output};
+
+use tunnel_service_common::ServeProcess;
+
+fn arbor(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(args)
+        .output()
+        .expect("arbor runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_admin_client_creates_appends_describes_lists_and_deletes_with_an_api_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# rotated monthly\nk-2026\n").unwrap();
+    let keys = keys.to_str().unwrap();
+    let serve = ServeProcess::start(&["--api-key-file", keys]);
+    let tunnel = |args: &[&str]| {
+        let mut all = vec!["tunnel", "--server", serve.url.as_str(), "--api-key-file", keys];
+        all.extend_from_slice(args);
+        arbor(&all)
+    };
+
+    let out = tunnel(&[
+        "create",
+        "orders",
+        "--base",
+        "1",
+        "--stream",
+        "2",
+        "--parents",
+        "--max-age",
+        "1h",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("channel 1 STREAM (parent 0) WAIT"), "{stdout}");
+
+    let out = tunnel(&["append", "orders", "--key", "user-42", "a", "b", "c"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("3 records, sequence numbers 0..=2"), "{stdout}");
+    let out = tunnel(&["append", "orders", "--channel", "0", "base"]);
+    assert!(out.status.success());
+    let out = tunnel(&["seal", "orders", "0"]);
+    assert!(text(&out).0.contains("channel 0 sealed at 1"), "{:?}", text(&out));
+
+    let (stdout, _) = text(&tunnel(&["describe", "orders"]));
+    assert!(stdout.contains("retention: max age 3600000 ms"), "{stdout}");
+    assert!(stdout.contains("sealed"), "{stdout}");
+    let (stdout, _) = text(&tunnel(&["list"]));
+    assert!(
+        stdout.contains("orders  3 channels  0 clients  lag 4"),
+        "{stdout}"
+    );
+
+    // A bad request names the field; a fatal error is an exit code.
+    let out = tunnel(&["create", "Orders"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("Fatal") && stderr.contains("tunnel_name"),
+        "{stderr}"
+    );
+
+    // Without the key: refused.
+    let out = arbor(&["tunnel", "--server", serve.url.as_str(), "list"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("api key is required"), "{stderr}");
+
+    let out = tunnel(&["delete", "orders"]);
+    assert!(out.status.success());
+    assert_eq!(text(&tunnel(&["list"])).0, "");
+}
+
+#[test]
+fn serve_refuses_bad_settings_naming_them() {
+    let out = arbor(&["serve", "--tls-cert", "cert.pem"]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("--tls-key"), "{:?}", text(&out));
+    let out = arbor(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key-file",
+        "/nonexistent/keys",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("/nonexistent/keys"), "{:?}", text(&out));
+}
