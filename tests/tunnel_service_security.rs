@@ -172,13 +172,13 @@ async fn the_server_runs_as_a_supervised_child() {
             let _ = tx.send(addr);
         },
     );
-    let (root, _join) = Supervisor::start(None, SupervisorOptions::default(), vec![spec])
+    let root = Supervisor::start(SupervisorOptions::default(), vec![spec])
         .await
         .unwrap();
     let addr = rx.recv().await.unwrap();
     let mut client = client(&format!("http://{addr}")).await;
     create_streams(&mut client, "supervised", 1).await;
-    root.shutdown(Some(Duration::from_secs(10))).await.unwrap();
+    root.shutdown(Duration::from_secs(10)).await.unwrap();
     // Stopped with the tree: new connections are refused.
     let gone = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
