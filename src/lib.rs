@@ -29,8 +29,10 @@ pub use arbor_actors::{ractor, registry, supervisor};
 
 pub mod demo;
 
+#[cfg(feature = "activator")]
 #[doc(inline)]
 pub use arbor_actors::activator;
 
+#[cfg(feature = "connection")]
 #[doc(inline)]
 pub use arbor_actors::connection;
