@@ -435,11 +435,31 @@ async fn invalid_names_are_refused_with_a_typed_error() {
     let registry = new_registry().await;
     let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(registry));
     let (tx, _rx) = mpsc::unbounded_channel();
-    for bad in ["", "a/b", "has space", "tab\t"] {
+    // Bidirectional overrides and invisible characters make names that look like others.
+    for bad in [
+        "",
+        "a/b",
+        "has space",
+        "tab\t",
+        "line\nbreak",
+        "evil\u{202E}txt",
+        "zero\u{200B}width",
+        "bom\u{FEFF}",
+    ] {
         let probe = Probe::plain(0, &tx);
         match Activator::start(probe, ActivatorOptions::new(bad), backend.clone()).await {
             Err(ActivatorError::InvalidName { name, .. }) => assert_eq!(name, bad),
             other => panic!("{bad:?}: expected InvalidName, got {:?}", other.map(|_| ())),
+        }
+    }
+    // Node ids are checked the same way when an activator starts.
+    for bad in ["", "a/b", "node 1", "n\r\n", "n\u{202E}1"] {
+        let registry = new_registry().await;
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(registry).with_node_id(bad));
+        let probe = Probe::plain(0, &tx);
+        match Activator::start(probe, ActivatorOptions::new("fine"), backend).await {
+            Err(ActivatorError::InvalidNodeId { node_id, .. }) => assert_eq!(node_id, bad),
+            other => panic!("{bad:?}: expected InvalidNodeId, got {:?}", other.map(|_| ())),
         }
     }
 }
