@@ -548,11 +548,14 @@ impl PoolState {
             key: key.to_string(),
             source: Arc::new(source),
         };
-        let actor = connections
-            .start_child(spec)
-            .await
-            .and_then(|child| child.cell())
-            .map_err(failed)?;
+        let child = connections.start_child(spec).await.map_err(failed)?;
+        // A connection can fail before this line (`max_attempts` reached at once against a refusing server):
+        // the supervisor then no longer runs the temporary child, but the entry is still this connection's,
+        // SHUTDOWN with its reason for the lease holder to see, and evicted by the next acquire.
+        let actor = match child.cell() {
+            Ok(cell) => cell,
+            Err(e) => handle.actor().ok_or_else(|| failed(e))?,
+        };
         let info = ConnectionInfo {
             target: handle.target().to_string(),
             key: key.to_string(),
