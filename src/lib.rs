@@ -40,8 +40,14 @@ pub mod tunnel_admin;
 #[cfg(feature = "tunnel-service")]
 pub mod tunnel_service;
 
+#[cfg(feature = "activator")]
 #[doc(inline)]
 pub use arbor_actors::activator;
 
+#[cfg(feature = "connection")]
 #[doc(inline)]
 pub use arbor_actors::connection;
+
+#[cfg(feature = "tunnel")]
+#[doc(inline)]
+pub use arbor_actors::tunnel;

@@ -5,8 +5,10 @@
 //! 1. Reconnect latency: the server is killed, the connection's immediate re-dial fails and it waits in
 //!    TRANSIENT_FAILURE; the server comes back; time from the later of (server accepting again, next scheduled
 //!    attempt) to READY. Goal: within 5 ms of the scheduled attempt.
-//! 2. `ConnectionHandle::channel()` vs cloning a tonic `Channel` directly.
-//! 3. Pool `acquire` throughput: 1,000 leases over 10 targets.
+//! 2. `ConnectionHandle::transport()` vs cloning a tonic `Channel` directly.
+//! 3. A unary call through the following `ConnectionChannel` (routing + auth layer) vs the same call on the raw
+//!    tonic `Channel` (the baseline), interleaved rounds on one connection.
+//! 4. Pool `acquire` throughput: 1,000 leases over 10 targets.
 
 #[path = "../tests/grpc_common/mod.rs"]
 mod grpc_common;
@@ -18,6 +20,8 @@ use arbor_actors::connection::{
 };
 use grpc_common::{free_port, InProcessServer};
 use tokio::time::Instant;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -118,18 +122,50 @@ async fn main() {
 
     let server = InProcessServer::start(0, None);
     let h = ConnectionHandle::start(config(server.port())).await.unwrap();
-    let ch = h.wait_ready(Duration::from_secs(10)).await.unwrap();
+    h.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let ch = h.transport().unwrap();
     let via_handle = per_op_ns(200, 10_000, || {
-        std::hint::black_box(h.channel().unwrap());
+        std::hint::black_box(h.transport().unwrap());
     });
     let direct = per_op_ns(200, 10_000, || {
         std::hint::black_box(ch.clone());
     });
     let (hm, hp, hx) = summary(via_handle);
     let (dm, dp, dx) = summary(direct);
-    println!("| `handle.channel()` (ns/call) | {hm:.1} | {hp:.1} | {hx:.1} |");
+    println!("| `handle.transport()` (ns/call) | {hm:.1} | {hp:.1} | {hx:.1} |");
     println!("| `Channel::clone()` direct (ns/call) | {dm:.1} | {dp:.1} | {dx:.1} |");
-    println!("| ratio channel()/clone (median) | {:.2}x | | |", hm / dm);
+    println!("| ratio transport()/clone (median) | {:.2}x | | |", hm / dm);
+
+    // Unary Check, 20 interleaved rounds of 500 calls per side, one client per side built once.
+    let mut following = HealthClient::new(h.channel());
+    let mut raw = HealthClient::new(ch.clone());
+    let (mut f_us, mut r_us) = (Vec::new(), Vec::new());
+    for round in 0..21 {
+        for (client_is_following, out) in [(true, &mut f_us), (false, &mut r_us)] {
+            for _ in 0..500 {
+                let t = StdInstant::now();
+                let reply = if client_is_following {
+                    following.check(HealthCheckRequest::default()).await
+                } else {
+                    raw.check(HealthCheckRequest::default()).await
+                };
+                reply.unwrap();
+                // Round 0 warms both sides up.
+                if round > 0 {
+                    out.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+    }
+    let (fm, fp, fx) = summary(f_us);
+    let (rm, rp, rx) = summary(r_us);
+    println!("| unary call via `ConnectionChannel` (us) | {fm:.1} | {fp:.1} | {fx:.1} |");
+    println!("| unary call via raw tonic `Channel` (us) | {rm:.1} | {rp:.1} | {rx:.1} |");
+    println!(
+        "| ratio ConnectionChannel/raw (median, p99) | {:.2}x | {:.2}x | |",
+        fm / rm,
+        fp / rp
+    );
     h.shutdown(Duration::from_secs(5)).await.unwrap();
     drop(server);
 

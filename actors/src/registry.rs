@@ -505,8 +505,9 @@ struct Watcher;
 
 fn watch(myself: &ActorRef<WatcherMsg>, registry: &dyn Erased, actor: ActorCell) {
     myself.get_cell().monitor(actor.clone());
-    // Monitoring an actor that has already exited yields no event.
-    if is_gone(&actor) {
+    // Monitoring an actor that has already exited yields no event; one that is still stopping (in its
+    // `post_stop`) sends its exit event later, and keeps its entries until then.
+    if has_exited(&actor) {
         registry.remove_actor(actor.get_id());
     }
 }

@@ -4,186 +4,29 @@
 //! a missing etcd fails them, so CI can never skip silently.
 #![cfg(feature = "etcd")]
 
+#[macro_use]
+mod etcd_common;
+
 use std::collections::BTreeSet;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor_actors::activator::{
-    Activator, ActivatorError, ActivatorEvent, ActivatorHandle, ActivatorOptions, Backend, ClusterChange,
-    EtcdBackend, EtcdOptions, Role, Singleton,
+    Activator, ActivatorError, ActivatorEvent, ActivatorHandle, ActivatorOptions, Backend, BackendError,
+    BackendOperation, ClusterChange, EtcdBackend, EtcdOptions, Role, Singleton,
 };
+use arbor_actors::backoff::BackoffConfig;
 use arbor_actors::supervisor::{Supervisor, SupervisorHandle, SupervisorOptions};
 use ractor::ActorProcessingErr;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use etcd_common::{Etcd, WAIT};
+
 const TTL: Duration = Duration::from_secs(2);
-/// Outer bound of any single wait.
-const WAIT: Duration = Duration::from_secs(30);
 
 /// etcd instances and timing-sensitive assertions do not share the two cores well: one test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// ---------------------------------------------------------------------------------------------------------
-// etcd harness
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral loopback port")
-        .port()
-}
-
-fn etcd_on_path() -> bool {
-    Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// `None` (after a loud message) when etcd is missing and `CI` is unset.
-fn etcd_available(test: &str) -> bool {
-    if etcd_on_path() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set but no `etcd` binary is on PATH: the etcd activator tests cannot be skipped in CI");
-    }
-    eprintln!(
-        "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-         !!! SKIPPED {test}: no `etcd` binary on PATH (apt-get install etcd-server)\n\
-         !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-    );
-    false
-}
-
-/// A private etcd on loopback: free ports, its own data dir, killed by pid on drop.
-struct Etcd {
-    child: Option<Child>,
-    dir: PathBuf,
-    client_port: u16,
-    peer_port: u16,
-}
-
-impl Etcd {
-    /// Reserves ports and a data dir without starting etcd (for the "unreachable at start" test).
-    fn prepare() -> Self {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("arbor-etcd-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create etcd data dir");
-        Etcd {
-            child: None,
-            dir,
-            client_port: free_port(),
-            peer_port: free_port(),
-        }
-    }
-
-    async fn start() -> Self {
-        let mut e = Self::prepare();
-        e.launch().await;
-        e
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    /// Starts (or restarts, on the same data dir and ports) and waits until a client call succeeds.
-    async fn launch(&mut self) {
-        assert!(self.child.is_none(), "etcd already running");
-        let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("etcd.log"))
-            .expect("etcd log file");
-        let child = Command::new("etcd")
-            .arg("--name")
-            .arg("default")
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("default={peer}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        self.child = Some(child);
-        let endpoint = self.endpoint();
-        timeout(WAIT, async {
-            loop {
-                let ok = async {
-                    let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
-                        .await
-                        .ok()?;
-                    c.status().await.ok()
-                };
-                if timeout(Duration::from_secs(1), ok).await.ok().flatten().is_some() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("etcd did not become ready");
-    }
-
-    fn pid(&self) -> String {
-        self.child.as_ref().expect("etcd running").id().to_string()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(sig)
-            .arg(self.pid())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} etcd failed");
-    }
-
-    fn freeze(&self) {
-        self.signal("-STOP");
-    }
-
-    fn thaw(&self) {
-        self.signal("-CONT");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // Continue a frozen etcd so that it exits cleanly and releases its ports and data dir at once.
-            let _ = Command::new("kill").arg("-CONT").arg(c.id().to_string()).status();
-        }
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Probe and trees
@@ -244,7 +87,10 @@ fn options(endpoint: &str, node: usize, ttl: Duration) -> EtcdOptions {
     EtcdOptions::new([endpoint.to_string()], format!("n{node}"))
         .ttl(ttl)
         .timeouts(Duration::from_millis(500), Duration::from_millis(500))
-        .backoff(Duration::from_millis(50), Duration::from_millis(400))
+        .backoff(BackoffConfig::new(
+            Duration::from_millis(50),
+            Duration::from_millis(400),
+        ))
 }
 
 impl World {
@@ -367,14 +213,6 @@ impl World {
     }
 }
 
-macro_rules! require_etcd {
-    ($name:expr) => {
-        if !etcd_available($name) {
-            return;
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Tests
 
@@ -493,6 +331,39 @@ async fn an_etcd_restart_ends_with_one_leader_again() {
     w.assert_no_violations();
 }
 
+/// etcd down for longer than the TTL: the lease the failed session held could not be revoked then, and a
+/// restarted etcd restores it with a fresh TTL, so the old leader key would hold the election for another TTL.
+/// The next session revokes it as soon as etcd answers: the election does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_etcd_outage_the_old_lease_is_revoked_and_the_election_does_not_wait_for_it() {
+    require_etcd!("after_an_etcd_outage_the_old_lease_is_revoked_and_the_election_does_not_wait_for_it");
+    let _serial = SERIAL.lock().await;
+    let ttl = Duration::from_secs(8);
+    let mut w = World::new(Etcd::start().await);
+    w.add_tree(ttl).await;
+    let (leader, token, _) = w.next_leader().await;
+    w.etcd.kill();
+    w.next_where("LostLeadership", |i, e| {
+        i == leader && *e == ActivatorEvent::LostLeadership
+    })
+    .await;
+    // Down for longer than the TTL (the scenario, not a wait for an event).
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    w.etcd.launch().await;
+    let back = Instant::now();
+    let (i, new_token, at) = w.next_leader().await;
+    assert_eq!(i, leader);
+    assert!(new_token > token);
+    // Waiting for the old lease would take a whole TTL after etcd's return; revoking it takes a round trip.
+    // The bound is half the TTL: generous on a loaded machine, and far below what the old lease would cost.
+    assert!(
+        at - back < ttl / 2,
+        "re-elected {:?} after etcd came back (TTL {ttl:?})",
+        at - back
+    );
+    w.assert_no_violations();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_joining_and_leaving_produce_cluster_changes_on_the_leader() {
     require_etcd!("nodes_joining_and_leaving_produce_cluster_changes_on_the_leader");
@@ -607,6 +478,23 @@ async fn etcd_unreachable_at_start_means_unknown_and_retries_not_a_crash_loop() 
     .expect("the activator reports the unreachable etcd");
     assert_eq!(d.role, Role::Unknown);
     assert_eq!(d.backend, "etcd");
+    // Typed: what failed, not a string to parse. (etcd-client connects lazily: the first request fails.)
+    assert!(
+        matches!(
+            d.backend_error,
+            Some(
+                BackendError::Request {
+                    operation: BackendOperation::Connect | BackendOperation::LeaseGrant,
+                    ..
+                } | BackendError::Timeout {
+                    operation: BackendOperation::Connect | BackendOperation::LeaseGrant,
+                    ..
+                }
+            )
+        ),
+        "{:?}",
+        d.backend_error
+    );
     assert!(a.is_alive());
     w.etcd.launch().await;
     let (i, _, _) = w.next_leader().await;
@@ -641,6 +529,59 @@ async fn bad_etcd_options_are_typed_errors_and_secrets_stay_out_of_debug() {
     assert_eq!(
         field(EtcdBackend::new(EtcdOptions::new(["http://x:1"], "a/b"))),
         "node_id"
+    );
+    // A TTL that does not fit etcd's lease (cast to a negative TTL, or above etcd's maximum) is refused here
+    // rather than granted as 2 s or failing every grant.
+    assert_eq!(
+        field(EtcdBackend::new(ok().ttl(Duration::from_secs(u64::MAX)))),
+        "ttl"
+    );
+    assert_eq!(
+        field(EtcdBackend::new(ok().ttl(Duration::from_secs(9_000_000_001)))),
+        "ttl"
+    );
+    assert!(EtcdBackend::new(ok().ttl(Duration::from_secs(9_000_000_000))).is_ok());
+    // Malformed endpoints and node ids that would leave the activator retrying forever.
+    for bad in [
+        "not a url",
+        "http://",
+        "http://[::1",
+        "ftp://127.0.0.1:2379",
+        "https://127.0.0.1:2379",
+        " http://h:1",
+        "http://u:p@h:1",
+        "http://h:1/path",
+    ] {
+        assert_eq!(
+            field(EtcdBackend::new(EtcdOptions::new([bad], "n0"))),
+            "endpoints",
+            "{bad:?}"
+        );
+    }
+    for good in [
+        "http://127.0.0.1:2379",
+        "127.0.0.1:2379",
+        "http://[::1]:2379",
+        "etcd.internal:2379",
+    ] {
+        assert!(
+            EtcdBackend::new(EtcdOptions::new([good], "n0")).is_ok(),
+            "{good:?}"
+        );
+    }
+    for bad in ["", "node 1", "n\n1", "n\t", "n\u{202E}1", "n\u{200B}1"] {
+        assert_eq!(
+            field(EtcdBackend::new(EtcdOptions::new(["http://x:1"], bad))),
+            "node_id",
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        field(EtcdBackend::new(ok().backoff(BackoffConfig::new(
+            Duration::ZERO,
+            Duration::from_secs(1)
+        )))),
+        "backoff.initial"
     );
     match ok().ttl_str("ten seconds") {
         Err(ActivatorError::InvalidConfig { field, value, .. }) => {

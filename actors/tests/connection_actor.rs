@@ -1,12 +1,13 @@
 //! The connection actor against real tonic servers on 127.0.0.1.
+#![cfg(feature = "connection")]
 
 mod grpc_common;
 
 use std::time::Duration;
 
 use arbor_actors::connection::{
-    classify, BackoffConfig, ConnectionConfig, ConnectionError, ConnectionHandle, ConnectivityState,
-    FailureClass, ShutdownReason,
+    classify, BackoffConfig, CloseReason, ConnectionConfig, ConnectionError, ConnectionHandle,
+    ConnectivityState, FailureClass, ShutdownReason,
 };
 use grpc_common::{free_port, InProcessServer, LONG};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -78,7 +79,13 @@ async fn server_down_at_start_backoff_schedule_then_ready() {
             "gap {n} = {gap:?}, expected within [{lo:?}, {hi:?}]"
         );
     }
-    assert!(matches!(h.channel(), Err(ConnectionError::NotReady { .. })));
+    assert!(matches!(
+        h.transport(),
+        Err(ConnectionError::NotReady {
+            reason: Some(CloseReason::Refused),
+            ..
+        })
+    ));
 
     let err = h.wait_ready(Duration::from_millis(150)).await.unwrap_err();
     assert!(matches!(err, ConnectionError::Timeout { .. }), "{err:?}");
@@ -114,13 +121,13 @@ async fn no_connect_storm_while_server_refuses() {
     let schedule = cfg.backoff.clone();
     let h = ConnectionHandle::start(cfg).await.unwrap();
     let started = Instant::now();
-    // Hammer the handle meanwhile: channel() must fail fast and never dial.
+    // Hammer the handle meanwhile: transport() must fail fast and never dial.
     let mut not_ready = 0u32;
     let mut rx = h.watch();
     timeout(LONG, async {
         loop {
             for _ in 0..100 {
-                if h.channel().is_err() {
+                if h.transport().is_err() {
                     not_ready += 1;
                 }
             }
@@ -234,10 +241,16 @@ async fn graceful_shutdown_mid_stream_then_recovery() {
     );
 
     server.graceful_shutdown();
-    // GOAWAY: no new streams on this connection, so the probe fails (or the socket closes): leaves READY.
-    h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+    // GOAWAY: the connection leaves READY at once, and says why; a clean close waits for the next call.
+    let next = h
+        .wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
         .await
         .unwrap();
+    assert_eq!(next, ConnectivityState::Idle);
+    match h.snapshot().close_reason {
+        Some(CloseReason::GoAway(g)) => assert!(g.is_graceful(), "{g}"),
+        other => panic!("expected a GOAWAY NO_ERROR, got {other:?}"),
+    }
     // The open stream ends once the old server is gone for good.
     server.kill();
     let end = timeout(LONG, stream.message())
@@ -494,7 +507,8 @@ async fn a_stale_channel_never_redials() {
     let mut server = InProcessServer::start(0, None);
     let port = server.port();
     let h = ConnectionHandle::start(config(port, 200)).await.unwrap();
-    let stale = h.wait_ready(LONG).await.unwrap();
+    h.wait_ready(LONG).await.unwrap();
+    let stale = h.transport().unwrap();
     server.kill();
     drop(server);
     h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
@@ -530,12 +544,16 @@ async fn stream_limit_exhausted_calls_time_out_and_a_new_connection_serves() {
     grpc_common::init_tracing();
     // hyper #3559: with the server's stream limit taken by open streams, a new call queues forever.
     let server = InProcessServer::start_limited(2);
+    // No health Watch: it would hold one of the two streams.
     let cfg = config(server.port(), 100)
+        .with_health_watch(false)
         .with_probe_interval(Some(Duration::from_millis(200)))
         .with_health_check_timeout(Duration::from_millis(300))
         .with_call_timeout(Duration::from_millis(300));
     let h = ConnectionHandle::start(cfg).await.unwrap();
-    let first = h.wait_ready(LONG).await.unwrap();
+    h.wait_ready(LONG).await.unwrap();
+    // The raw transport of the first connection, so that every stream below stays on it.
+    let first = h.transport().unwrap();
     let gen = h.snapshot().generation;
     let mut streams = Vec::new();
     for _ in 0..2 {

@@ -1,5 +1,7 @@
 //! Auth: api-key and bearer headers arrive at a real tonic server; OAuth2 client credentials against a real local
-//! HTTP token endpoint (refresh, retry interval, default lifetime); secrets stay out of Debug output and logs.
+//! HTTP token endpoint (refresh, retry interval, default lifetime, hostile answers); secrets stay out of Debug
+//! output and logs.
+#![cfg(feature = "connection")]
 
 mod grpc_common;
 
@@ -9,7 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arbor_actors::connection::{
-    Auth, AuthError, AuthInterceptor, ConnectionHandle, OAuth2Config, Secret, TokenSource,
+    Auth, AuthError, AuthInterceptor, CloseReason, ConnectionHandle, ConnectivityState, OAuth2Config, Secret,
+    TokenSource,
 };
 use bytes::Bytes;
 use grpc_common::{quick_config, InProcessServer, MetadataLog, LONG};
@@ -76,7 +79,7 @@ async fn api_key_and_static_bearer_headers_arrive() {
     .await
     .unwrap();
     h.wait_ready(LONG).await.unwrap();
-    let mut client = HealthClient::new(h.authed_channel().unwrap());
+    let mut client = HealthClient::new(h.channel());
     client
         .check(h.request(HealthCheckRequest::default()))
         .await
@@ -94,8 +97,9 @@ async fn api_key_and_static_bearer_headers_arrive() {
         .with_auth(Auth::Bearer(TokenSource::fixed(Secret::new("static-SECRET"))));
     assert!(!format!("{cfg:?}").contains("SECRET"));
     let h = ConnectionHandle::start(cfg).await.unwrap();
-    let ch = h.wait_ready(LONG).await.unwrap();
-    HealthClient::with_interceptor(ch, h.interceptor())
+    h.wait_ready(LONG).await.unwrap();
+    // The raw transport with the interceptor, as before the following channel existed.
+    HealthClient::with_interceptor(h.transport().unwrap(), h.interceptor())
         .check(HealthCheckRequest::default())
         .await
         .unwrap();
@@ -111,17 +115,22 @@ async fn api_key_and_static_bearer_headers_arrive() {
 #[test]
 fn api_key_that_cannot_be_a_header_is_a_typed_error() {
     let err = AuthInterceptor::new(&Auth::ApiKey(Secret::new("bad\nkey"))).unwrap_err();
-    assert_eq!(err, AuthError::InvalidHeaderValue { which: "api key" });
+    assert!(
+        matches!(err, AuthError::InvalidHeaderValue { which: "api key" }),
+        "{err:?}"
+    );
 }
 
-/// A real HTTP/1.1 token endpoint: `POST /connect/token`, tokens `tok-1`, `tok-2`, ...
+/// A real HTTP/1.1 token endpoint: `POST /connect/token`; the `n`-th request gets `reply(n)` (status, body).
 struct TokenEndpoint {
     port: u16,
     hits: Arc<AtomicUsize>,
     forms: Arc<Mutex<Vec<String>>>,
 }
 
-async fn token_endpoint(expires_in: Option<u64>, fail: bool) -> TokenEndpoint {
+type Reply = fn(usize) -> (u16, String);
+
+async fn token_endpoint_with(reply: Reply) -> TokenEndpoint {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -143,21 +152,11 @@ async fn token_endpoint(expires_in: Option<u64>, fail: bool) -> TokenEndpoint {
                             .unwrap()
                             .push(String::from_utf8(body.to_vec()).unwrap());
                         let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
-                        let resp = if fail {
-                            hyper::Response::builder()
-                                .status(500)
-                                .body(Full::new(Bytes::from("down")))
-                        } else {
-                            let json = match expires_in {
-                                Some(e) => format!(
-                                    r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":{e}}}"#
-                                ),
-                                None => format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer"}}"#),
-                            };
-                            hyper::Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(json)))
-                        };
+                        let (status, body) = reply(n);
+                        let resp = hyper::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body)));
                         Ok::<_, std::convert::Infallible>(resp.unwrap())
                     }
                 });
@@ -170,11 +169,29 @@ async fn token_endpoint(expires_in: Option<u64>, fail: bool) -> TokenEndpoint {
     TokenEndpoint { port, hits, forms }
 }
 
+/// Tokens `tok-1`, `tok-2`, ... with `expires_in` as given (or none), or HTTP 500 when `fail`.
+async fn token_endpoint(expires_in: Option<u64>, fail: bool) -> TokenEndpoint {
+    let reply: Reply = match (fail, expires_in) {
+        (true, _) => |_| (500, "down".into()),
+        (false, None) => |n| {
+            (
+                200,
+                format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer"}}"#),
+            )
+        },
+        (false, Some(5)) => |n| (200, format!(r#"{{"access_token":"tok-{n}","expires_in":5}}"#)),
+        (false, Some(30)) => |n| (200, format!(r#"{{"access_token":"tok-{n}","expires_in":30}}"#)),
+        (false, Some(3600)) => |n| (200, format!(r#"{{"access_token":"tok-{n}","expires_in":3600}}"#)),
+        (false, Some(other)) => panic!("no endpoint for expires_in {other}"),
+    };
+    token_endpoint_with(reply).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_client_credentials_token_sent_and_refreshed_before_expiry() {
     log_buffer();
-    // 60 s lifetime with the 60 s refresh margin: every token is due for refresh as soon as it is fetched.
-    let tokens = token_endpoint(Some(60), false).await;
+    // A 5 s lifetime: due for refresh after 4 s (a fifth of the lifetime early), valid for 1 s more.
+    let tokens = token_endpoint(Some(5), false).await;
     let log = MetadataLog::default();
     let server = InProcessServer::start(0, Some(log.clone()));
     let cfg = quick_config(&format!(
@@ -194,20 +211,20 @@ async fn oauth2_client_credentials_token_sent_and_refreshed_before_expiry() {
     // Calls go on with the still-valid token while a refresh runs in the background; then the new one is used.
     timeout(LONG, async {
         loop {
-            let mut client = HealthClient::new(h.authed_channel().unwrap());
+            let mut client = HealthClient::new(h.channel());
             client
                 .check(h.request(HealthCheckRequest::default()))
                 .await
                 .unwrap();
-            // Any refreshed token will do: every token is due at once, so under load the refresh spawned by
-            // one call can finish, and the next one too, before a call reads the cache: tok-2 may never be sent.
+            // Any refreshed token will do: on a loaded machine more than one lifetime can pass between two
+            // calls, so tok-2 may never be sent.
             if header(&log, "authorization")
                 .iter()
                 .any(|a| a.starts_with("Bearer tok-") && a != "Bearer tok-1")
             {
                 return;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
@@ -245,7 +262,10 @@ async fn token_without_expiry_lasts_an_hour_and_failed_fetches_are_spaced() {
     let mut cfg = OAuth2Config::for_target(&target).unwrap();
     cfg.token_url = format!("http://127.0.0.1:{}/connect/token", failing.port);
     let source = TokenSource::oauth2(cfg).unwrap();
-    assert!(matches!(source.token().await, Err(AuthError::Fetch { .. })));
+    assert!(matches!(
+        source.token().await,
+        Err(AuthError::Status { status: 500, .. })
+    ));
     match source.token().await {
         Err(AuthError::RetryLater { retry_in, .. }) => assert!(retry_in <= Duration::from_secs(5)),
         other => panic!("{other:?}"),
@@ -261,5 +281,124 @@ async fn token_without_expiry_lasts_an_hour_and_failed_fetches_are_spaced() {
     let mut i = AuthInterceptor::new(&Auth::Bearer(source)).unwrap();
     let status = tonic::service::Interceptor::call(&mut i, tonic::Request::new(())).unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_no_secret_logged();
+}
+
+/// A tonic server logging metadata, and a connection to it with OAuth2 credentials against `tokens`.
+async fn oauth2_connection(tokens: &TokenEndpoint, log: &MetadataLog) -> (InProcessServer, ConnectionHandle) {
+    let server = InProcessServer::start(0, Some(log.clone()));
+    let h = ConnectionHandle::start(quick_config(&format!(
+        "grpc://c:pa55-SECRET@127.0.0.1:{}?disableTls=true&authPort={}",
+        server.port(),
+        tokens.port
+    )))
+    .await
+    .unwrap();
+    h.wait_ready(LONG).await.unwrap();
+    (server, h)
+}
+
+/// 200 calls through the connection's channel with a 30 s token: one fetch (a fixed 60 s refresh margin made
+/// every short-lived token due at once: one fetch per call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_token_is_fetched_once_not_once_per_call() {
+    log_buffer();
+    let tokens = token_endpoint(Some(30), false).await;
+    let log = MetadataLog::default();
+    let (_server, h) = oauth2_connection(&tokens, &log).await;
+    let mut client = HealthClient::new(h.channel());
+    for _ in 0..200 {
+        client
+            .check(h.request(HealthCheckRequest::default()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(tokens.hits.load(Ordering::SeqCst), 1, "one fetch for 200 calls");
+    assert!(header(&log, "authorization").iter().all(|a| a == "Bearer tok-1"));
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_no_secret_logged();
+}
+
+/// `expires_in: 0` (no lifetime given) and `expires_in: u64::MAX` (an overflow that used to panic under the
+/// token cache's lock, poisoning it) both give a READY connection whose calls carry the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expires_in_zero_and_u64_max_give_a_ready_connection() {
+    log_buffer();
+    let replies: [Reply; 2] = [
+        |n| (200, format!(r#"{{"access_token":"tok-{n}","expires_in":0}}"#)),
+        |n| {
+            (
+                200,
+                format!(r#"{{"access_token":"tok-{n}","expires_in":18446744073709551615}}"#),
+            )
+        },
+    ];
+    for reply in replies {
+        let tokens = token_endpoint_with(reply).await;
+        let log = MetadataLog::default();
+        let (_server, h) = oauth2_connection(&tokens, &log).await;
+        for _ in 0..5 {
+            grpc_common::check_via(&h).await.unwrap();
+        }
+        assert_eq!(tokens.hits.load(Ordering::SeqCst), 1);
+        assert!(header(&log, "authorization").iter().all(|a| a == "Bearer tok-1"));
+        h.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+    assert_no_secret_logged();
+}
+
+/// Garbage, an empty token, HTTP 500, and an endpoint that never answers: every attempt fails with a typed
+/// `Auth` reason, the connection goes to TRANSIENT_FAILURE with `last_error` set, and tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_token_endpoints_fail_attempts_which_are_retried() {
+    log_buffer();
+    let replies: [Reply; 3] = [
+        |_| (200, "<html>not json</html>".into()),
+        |_| (200, r#"{"access_token":"","expires_in":60}"#.into()),
+        |_| (500, "down".into()),
+    ];
+    let mut ports = Vec::new();
+    for reply in replies {
+        let tokens = token_endpoint_with(reply).await;
+        ports.push((tokens.port, tokens.hits));
+    }
+    // Accepts and never answers: only the attempt's connect timeout ends the fetch.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            held.push(silent.accept().await.unwrap());
+        }
+    });
+    ports.push((silent_port, Arc::new(AtomicUsize::new(0))));
+    let server = InProcessServer::start(0, None);
+    for (port, hits) in ports {
+        let mut cfg = quick_config(&format!(
+            "grpc://c:pa55-SECRET@127.0.0.1:{}?disableTls=true&authPort={port}",
+            server.port()
+        ));
+        cfg.backoff.min_connect_timeout = Duration::from_millis(500);
+        cfg.backoff.initial = Duration::from_millis(100);
+        let h = ConnectionHandle::start(cfg).await.unwrap();
+        let mut rx = h.watch();
+        // Two failed attempts: the second proves the first one's failure was reported and retried.
+        let snap = timeout(LONG, rx.wait_for(|s| s.failed_attempts >= 2))
+            .await
+            .expect("attempts fail and are retried")
+            .unwrap()
+            .clone();
+        assert!(
+            matches!(snap.close_reason, Some(CloseReason::Auth { .. })),
+            "{snap:?}"
+        );
+        assert!(snap.last_error.is_some());
+        assert_ne!(snap.state, ConnectivityState::Ready);
+        if port != silent_port {
+            assert!(hits.load(Ordering::SeqCst) >= 1);
+        }
+        h.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+    holder.abort();
     assert_no_secret_logged();
 }

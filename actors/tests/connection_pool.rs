@@ -1,4 +1,5 @@
 //! The refcounted connection pool, under the arbor supervisor, against real tonic servers on 127.0.0.1.
+#![cfg(feature = "connection")]
 
 mod grpc_common;
 
@@ -7,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arbor_actors::connection::{
-    BackoffConfig, ConnectionConfig, ConnectionPool, ConnectivityState, PoolOptions, PoolStats,
+    BackoffConfig, ConfigError, ConnectionConfig, ConnectionPool, ConnectivityState, PoolError, PoolOptions,
+    PoolStats, TargetError,
 };
 use arbor_actors::registry::RegistryEvent;
 use arbor_actors::supervisor::{Supervisor, SupervisorOptions};
@@ -98,7 +100,18 @@ async fn concurrent_acquires_share_one_actor_and_release_to_zero_closes_tcp() {
         }
     );
     leases[0].wait_ready(LONG).await.unwrap();
-    assert!(leases[7].channel().is_ok());
+    assert!(leases[7].transport().is_ok());
+    // A lease builds requests with the connection's deadline, and its channel serves a generated client.
+    let reply = tonic_health::pb::health_client::HealthClient::new(leases[7].channel())
+        .check(leases[7].request(tonic_health::pb::HealthCheckRequest::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let timed = leases[7].request_with_timeout((), Duration::from_millis(250));
+    assert_eq!(timed.metadata().get("grpc-timeout").unwrap(), "250000u");
 
     // Registered with target and live state.
     let key = leases[0].key().to_string();
@@ -181,7 +194,15 @@ async fn different_credentials_get_different_entries() {
     .await;
     // Bad input is a typed error naming the part, and creates nothing.
     let err = pool.acquire_str("grpc://h:99999").await.unwrap_err();
-    assert!(err.to_string().contains("99999"), "{err}");
+    match &err {
+        PoolError::Config(ConfigError::Target(TargetError::InvalidPort { port, .. })) => {
+            assert_eq!(port, "99999")
+        }
+        other => panic!("expected an invalid port, got {other:?}"),
+    }
+    // The cause is reachable by walking the chain, as a logger would.
+    let source = std::error::Error::source(&err).and_then(std::error::Error::source);
+    assert!(source.unwrap().to_string().contains("99999"), "{err}");
     assert_eq!(pool.stats().await.unwrap().connections, 0);
     pool.shutdown(LONG).await.unwrap();
 }

@@ -1,6 +1,10 @@
-//! Connection strings: table tests, redaction, and a property test (no panic on any input).
+//! Connection strings: table tests, redaction, and a property test (no panic on any input); the configuration
+//! as a serde document.
+#![cfg(feature = "connection")]
 
-use arbor_actors::connection::{Auth, ConnectionConfig, HostPort, Secret, Target, TargetError};
+use arbor_actors::connection::{
+    Auth, ConnectionConfig, HostPort, IdleReconnect, Secret, Target, TargetError,
+};
 use proptest::prelude::*;
 
 fn hp(host: &str, port: u16) -> HostPort {
@@ -168,8 +172,8 @@ fn secrets_never_in_display_debug_or_errors() {
     assert_eq!(t.to_string(), "chronicle://h:35000?apiKey=***");
     assert!(!format!("{t:?}").contains("SECRET"));
 
-    let cfg = ConnectionConfig::new(t).unwrap();
-    assert!(matches!(cfg.auth, Auth::ApiKey(_)));
+    let cfg = ConnectionConfig::new(t.clone()).with_auth(Auth::for_target(&t).unwrap());
+    assert!(matches!(cfg.auth, Some(Auth::ApiKey(_))));
     assert!(!format!("{cfg:?}").contains("SECRET"));
 
     let cfg = ConnectionConfig::parse(s).unwrap();
@@ -233,15 +237,14 @@ proptest! {
 }
 
 #[test]
-fn options_document_with_humantime_durations() {
-    use arbor_actors::connection::ConnectionOptions;
+fn config_document_with_humantime_durations() {
     use std::time::Duration;
-    let opts: ConnectionOptions = serde_json::from_str(
+    let cfg: ConnectionConfig = serde_json::from_str(
         r#"{"server_address": "kernel:35100", "backoff": {"initial": "250ms", "multiplier": 2.0},
-            "probe_interval": null, "keepalive": {"interval": "45s"}, "call_timeout": "2s"}"#,
+            "probe_interval": null, "keepalive": {"interval": "45s"}, "call_timeout": "2s",
+            "idle_reconnect": "eager", "health_watch": false}"#,
     )
     .unwrap();
-    let cfg = ConnectionConfig::from_options(&opts).unwrap();
     assert_eq!(cfg.target.hosts, vec![hp("kernel", 35100)]);
     assert_eq!(cfg.backoff.initial, Duration::from_millis(250));
     assert_eq!(cfg.backoff.multiplier, 2.0);
@@ -249,21 +252,60 @@ fn options_document_with_humantime_durations() {
     assert_eq!(cfg.probe_interval, None);
     assert_eq!(cfg.keepalive.unwrap().timeout, Duration::from_secs(20));
     assert_eq!(cfg.call_timeout, Duration::from_secs(2));
+    assert_eq!(cfg.idle_reconnect, IdleReconnect::Eager);
+    assert!(!cfg.health_watch);
+    // Defaults are the builder's.
+    let doc: ConnectionConfig = serde_json::from_str(r#"{"connection_string": "grpc://h:1"}"#).unwrap();
+    let built = ConnectionConfig::parse("grpc://h:1").unwrap();
+    assert_eq!(
+        format!("{doc:?}"),
+        format!("{built:?}"),
+        "a document with only a target is the builder's default"
+    );
 
-    let err = serde_json::from_str::<ConnectionOptions>(r#"{"call_timeot": "2s"}"#).unwrap_err();
+    let err = serde_json::from_str::<ConnectionConfig>(r#"{"call_timeot": "2s"}"#).unwrap_err();
     assert!(err.to_string().contains("call_timeot"), "{err}");
-    let err = serde_json::from_str::<ConnectionOptions>(r#"{"call_timeout": "soon"}"#).unwrap_err();
+    let err = serde_json::from_str::<ConnectionConfig>(r#"{"call_timeout": "soon"}"#).unwrap_err();
     assert!(
         err.to_string().contains(r#""soon", expected a duration"#),
         "{err}"
     );
-    let bad = ConnectionOptions {
-        connection_string: Some("grpc://h".into()),
-        max_attempts: Some(0),
-        ..Default::default()
-    };
-    let err = ConnectionConfig::from_options(&bad).unwrap_err();
+    let err =
+        serde_json::from_str::<ConnectionConfig>(r#"{"connection_string": "grpc://h", "max_attempts": 0}"#)
+            .unwrap_err();
     assert!(err.to_string().contains("max_attempts"), "{err}");
-    let err = ConnectionConfig::from_options(&ConnectionOptions::default()).unwrap_err();
+    let err = serde_json::from_str::<ConnectionConfig>("{}").unwrap_err();
     assert!(err.to_string().contains("connection_string"), "{err}");
+    // A refused connection string: the document's error carries the whole chain (serde shows one message).
+    let err =
+        serde_json::from_str::<ConnectionConfig>(r#"{"connection_string": "grpc://h:99999"}"#).unwrap_err();
+    assert!(err.to_string().contains("99999"), "{err}");
+    // Secrets in a refused document are not echoed.
+    let err = serde_json::from_str::<ConnectionConfig>(
+        r#"{"connection_string": "grpc://u:topsecret@h?apiKey=alsosecret"}"#,
+    )
+    .unwrap_err();
+    assert!(!err.to_string().contains("secret"), "{err}");
+}
+
+#[test]
+fn tls_file_parameters() {
+    let t: Target = "grpc://h?caFile=/ca.pem&certFile=/c.pem&keyFile=/k.pem"
+        .parse()
+        .unwrap();
+    assert_eq!(t.cert_file.as_deref(), Some(std::path::Path::new("/c.pem")));
+    assert_eq!(t.key_file.as_deref(), Some(std::path::Path::new("/k.pem")));
+    assert_eq!(
+        t.to_string(),
+        "grpc://h:443?caFile=/ca.pem&certFile=/c.pem&keyFile=/k.pem"
+    );
+    for (s, name) in [
+        ("grpc://h?certFile=/c.pem", "keyFile"),
+        ("grpc://h?keyFile=/k.pem", "certFile"),
+    ] {
+        match s.parse::<Target>() {
+            Err(TargetError::InvalidParameter { name: n, .. }) => assert_eq!(n, name, "{s}"),
+            other => panic!("{s}: {other:?}"),
+        }
+    }
 }

@@ -1,10 +1,14 @@
-//! TLS against a tonic server with a freshly generated self-signed certificate (rcgen).
+//! TLS against a tonic server with a freshly generated self-signed certificate (rcgen): the connector's own
+//! TLS (custom CA, system roots, server name, client certificates), TLS files checked when prepared.
+#![cfg(feature = "connection")]
 
 mod grpc_common;
 
 use std::time::Duration;
 
-use arbor_actors::connection::{ConnectionHandle, ConnectivityState};
+use arbor_actors::connection::{
+    CloseReason, ConfigError, ConnectionError, ConnectionHandle, ConnectivityState,
+};
 use grpc_common::{quick_config, InProcessServer, LONG};
 use tonic::transport::{Identity, ServerTlsConfig};
 use tonic_health::pb::health_client::HealthClient;
@@ -51,6 +55,11 @@ async fn tls_with_custom_ca_connects_and_unknown_ca_fails() {
     assert!(h.wait_ready(LONG).await.is_err());
     let err = h.snapshot().last_error.unwrap();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        matches!(h.snapshot().close_reason, Some(CloseReason::Tls { .. })),
+        "{:?}",
+        h.snapshot()
+    );
     h.shutdown(Duration::from_secs(5)).await.unwrap();
 
     // Wrong name: refused too.
@@ -107,8 +116,125 @@ async fn tls_handshake_timeout_against_a_silent_peer() {
 fn missing_ca_file_is_a_typed_error() {
     let err =
         ConnectionHandle::prepare(quick_config("grpc://h:1?caFile=/nonexistent/arbor-ca.pem")).unwrap_err();
-    let text = err.to_string();
-    assert!(text.contains("/nonexistent/arbor-ca.pem"), "{text}");
+    match &err {
+        ConfigError::TlsFile { field, path, .. } => {
+            assert_eq!((*field, path.as_str()), ("caFile", "/nonexistent/arbor-ca.pem"))
+        }
+        other => panic!("expected TlsFile, got {other:?}"),
+    }
+    let source = std::error::Error::source(&err).expect("the io error is the source");
+    assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");
+}
+
+/// caFile, certFile and keyFile that hold no PEM item of the right kind (empty, garbage, a key where a
+/// certificate belongs, a key that does not match the certificate) are refused when the configuration is
+/// prepared, naming the parameter; `ConnectionHandle::start` keeps the typed error as its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_files_without_pem_are_refused_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!(
+        "arbor-pem-{}-{}",
+        std::process::id(),
+        grpc_common::free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["arbor.test".to_string()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["other.test".to_string()]).unwrap();
+    let file = |name: &str, content: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    };
+    let empty = file("empty.pem", b"");
+    let garbage = file("garbage.pem", b"\x00\x01 this is not PEM at all \xff");
+    let cert = file("cert.pem", ck.cert.pem().as_bytes());
+    let key = file("key.pem", ck.signing_key.serialize_pem().as_bytes());
+    let other_key = file("other-key.pem", other.signing_key.serialize_pem().as_bytes());
+    let cases = [
+        (format!("caFile={empty}"), "caFile"),
+        (format!("caFile={garbage}"), "caFile"),
+        (format!("caFile={key}"), "caFile"),
+        (
+            format!("caFile={cert}&certFile={garbage}&keyFile={key}"),
+            "certFile",
+        ),
+        (
+            format!("caFile={cert}&certFile={cert}&keyFile={empty}"),
+            "keyFile",
+        ),
+        (format!("caFile={cert}&certFile={cert}&keyFile={cert}"), "keyFile"),
+        (
+            format!("caFile={cert}&certFile={cert}&keyFile={other_key}"),
+            "keyFile",
+        ),
+    ];
+    for (params, want) in cases {
+        let cs = format!("grpc://127.0.0.1:1?tlsServerName=arbor.test&{params}");
+        match ConnectionHandle::prepare(quick_config(&cs)) {
+            Err(ConfigError::Pem { field, .. }) => assert_eq!(field, want, "{params}"),
+            other => panic!("{params}: expected a Pem error on {want}, got {other:?}"),
+        }
+        match ConnectionHandle::start(quick_config(&cs)).await {
+            Err(ConnectionError::Config(ConfigError::Pem { field, .. })) => assert_eq!(field, want),
+            other => panic!("{params}: expected Config(Pem), got {other:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Mutual TLS: a server that requires a client certificate admits the connection that presents
+/// certFile/keyFile and refuses (with a TLS reason) the one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_for_mutual_tls() {
+    grpc_common::init_tracing();
+    let server_ck = rcgen::generate_simple_self_signed(vec!["arbor.test".to_string()]).unwrap();
+    let client_ck = rcgen::generate_simple_self_signed(vec!["client.arbor.test".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "arbor-mtls-{}-{}",
+        std::process::id(),
+        grpc_common::free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, content: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    };
+    let ca = write("ca.pem", server_ck.cert.pem());
+    let cert = write("client.pem", client_ck.cert.pem());
+    let key = write("client-key.pem", client_ck.signing_key.serialize_pem());
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            server_ck.cert.pem(),
+            server_ck.signing_key.serialize_pem(),
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(client_ck.cert.pem()));
+    let server = InProcessServer::start_with(0, None, Some(tls));
+    let base = format!(
+        "grpc://127.0.0.1:{}?tlsServerName=arbor.test&caFile={ca}",
+        server.port()
+    );
+    let h = ConnectionHandle::start(quick_config(&format!("{base}&certFile={cert}&keyFile={key}")))
+        .await
+        .unwrap();
+    HealthClient::new(
+        h.wait_ready(LONG)
+            .await
+            .expect("the client certificate is accepted"),
+    )
+    .check(h.request(HealthCheckRequest::default()))
+    .await
+    .unwrap();
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    let h = ConnectionHandle::start(quick_config(&base).with_max_attempts(Some(1)))
+        .await
+        .unwrap();
+    assert!(h.wait_ready(LONG).await.is_err());
+    // TLS 1.3 reports a missing client certificate as an alert on the first read after the handshake: the
+    // attempt fails either in the handshake (Tls) or when the peer closes.
+    assert!(h.snapshot().close_reason.is_some(), "{:?}", h.snapshot());
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An https token endpoint (tokio-rustls + hyper) serving `tok-<n>`; returns its port.

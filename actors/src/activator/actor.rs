@@ -200,6 +200,9 @@ impl<S: Singleton> ActivatorState<S> {
                 if generation == self.timer_gen && !self.shut_down {
                     self.info.next_timer_at = None;
                     self.timer = None;
+                    if self.info.role == Role::Leader && self.claim_expired() {
+                        return self.step_down_expired(myself).await;
+                    }
                     let result = self.callback(ActivatorEvent::Timer).await;
                     self.rearm_timer(myself);
                     result?;
@@ -218,6 +221,16 @@ impl<S: Singleton> ActivatorState<S> {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             BackendEvent::Elected { fencing_token } => {
+                if self.claim_expired() {
+                    // Elected, but the claim's renew deadline passed before this event was handled (the
+                    // process was frozen): never act on it. The backend reports the loss and campaigns again.
+                    tracing::warn!(
+                        fencing_token,
+                        "elected on a claim already past its renew deadline: not acting"
+                    );
+                    self.become_non_leader(Role::Unknown, None);
+                    return Ok(());
+                }
                 tracing::info!(fencing_token, "became leader");
                 self.info.backend_error = None;
                 self.info.role = Role::Leader;
@@ -232,6 +245,7 @@ impl<S: Singleton> ActivatorState<S> {
             BackendEvent::Lost { reason } => {
                 if self.info.role == Role::Leader {
                     tracing::warn!(%reason, "stepping down: lost leadership");
+                    self.info.backend_error = Some(reason);
                     self.become_non_leader(Role::Unknown, None);
                     self.rearm_timer(myself);
                     self.callback(ActivatorEvent::LostLeadership).await
@@ -268,13 +282,32 @@ impl<S: Singleton> ActivatorState<S> {
             }
             BackendEvent::Cluster(change) => {
                 tracing::info!(?change, leader = self.info.role == Role::Leader, "cluster change");
-                if self.info.role == Role::Leader {
+                if self.info.role == Role::Leader && self.claim_expired() {
+                    self.step_down_expired(myself).await
+                } else if self.info.role == Role::Leader {
                     self.callback(ActivatorEvent::ClusterChange(change)).await
                 } else {
                     Ok(())
                 }
             }
         }
+    }
+
+    /// Whether the backend's claim is past its renew deadline (only backends with expiring claims say so).
+    fn claim_expired(&self) -> bool {
+        self.candidacy
+            .as_ref()
+            .and_then(|c| c.leadership_valid_until())
+            .is_some_and(|until| tokio::time::Instant::now() >= until)
+    }
+
+    /// Before a leader callback the claim turned out expired: step down first (`LostLeadership`), and run
+    /// nothing else. The backend's own `Lost` follows and finds a non-leader.
+    async fn step_down_expired(&mut self, myself: &ActorRef<ActivatorMsg>) -> Result<(), ActorProcessingErr> {
+        tracing::warn!("stepping down: the claim is past its renew deadline");
+        self.become_non_leader(Role::Unknown, None);
+        self.rearm_timer(myself);
+        self.callback(ActivatorEvent::LostLeadership).await
     }
 
     fn become_non_leader(&mut self, role: Role, leader: Option<String>) {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{ActorCell, SupervisionEvent};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::callbacks::ClusterChange;
 use super::handle::ActivatorInfo;
@@ -30,8 +32,8 @@ pub enum BackendEvent {
     },
     /// This candidate was leader and must stop acting as one (claim not renewed in time, leader key gone).
     Lost {
-        /// Why, for logs.
-        reason: String,
+        /// Why.
+        reason: BackendError,
     },
     /// The backend cannot reach its service; it retries after `delay`.
     Retrying {
@@ -40,7 +42,7 @@ pub enum BackendEvent {
         /// Backoff before the next attempt.
         delay: Duration,
         /// The error that caused the retry.
-        error: String,
+        error: BackendError,
     },
     /// Node membership changed.
     Cluster(ClusterChange),
@@ -81,20 +83,116 @@ pub struct Campaign {
     pub events: EventSink,
 }
 
-/// Failure to join an election.
-#[derive(Debug, thiserror::Error)]
+/// What a backend was doing when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BackendOperation {
+    /// Connecting to the election service.
+    Connect,
+    /// Granting the session's lease.
+    LeaseGrant,
+    /// Keeping the lease alive.
+    KeepAlive,
+    /// Writing the node's membership key.
+    Membership,
+    /// Watching the membership keys.
+    MembershipWatch,
+    /// Campaigning for leadership.
+    Campaign,
+    /// Observing the current leader.
+    Observe,
+    /// Resigning leadership.
+    Resign,
+    /// Revoking the session's lease.
+    Revoke,
+}
+
+impl fmt::Display for BackendOperation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendOperation::Connect => "connect",
+            BackendOperation::LeaseGrant => "lease grant",
+            BackendOperation::KeepAlive => "lease keep-alive",
+            BackendOperation::Membership => "membership put",
+            BackendOperation::MembershipWatch => "membership watch",
+            BackendOperation::Campaign => "campaign",
+            BackendOperation::Observe => "observe",
+            BackendOperation::Resign => "resign",
+            BackendOperation::Revoke => "lease revoke",
+        })
+    }
+}
+
+/// A failure of an election backend: why joining failed, why a leader stepped down ([`BackendEvent::Lost`]),
+/// why the backend retries ([`BackendEvent::Retrying`], [`ActivatorInfo::backend_error`]).
+///
+/// `Clone`, `Eq` and serde, so that it can sit in [`ActivatorInfo`]; the election client's own error (not
+/// clonable) is kept as its message in `Request`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum BackendError {
-    /// The registry refused an operation.
-    #[error("registry error for key {key:?}: {reason}")]
+    /// The registry refused an operation (local backend).
+    #[error("registry refused key {key:?}: {reason}")]
     Registry {
         /// The registry key.
         key: String,
         /// What went wrong.
         reason: String,
     },
-    /// Backend-specific failure.
-    #[error("{0}")]
-    Other(String),
+    /// A request to the election service failed.
+    #[error("{operation} failed: {message}")]
+    Request {
+        /// What was being done.
+        operation: BackendOperation,
+        /// The client's error message.
+        message: String,
+    },
+    /// A request got no answer in time.
+    #[error("{operation}: no answer within {timeout:?}")]
+    Timeout {
+        /// What was being done.
+        operation: BackendOperation,
+        /// The time given.
+        #[serde(with = "humantime_serde")]
+        timeout: Duration,
+    },
+    /// A stream the session depends on ended (keep-alive, observe, membership watch).
+    #[error("{operation} stream ended")]
+    StreamEnded {
+        /// Which stream.
+        operation: BackendOperation,
+    },
+    /// No keep-alive sent within the renew deadline was acknowledged: the claim may be lost on the server
+    /// soon, so the leader steps down now.
+    #[error("lease {lease:x} not renewed within {within:?}")]
+    NotRenewed {
+        /// The lease.
+        lease: i64,
+        /// The renew deadline.
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// The server reports the lease expired.
+    #[error("lease {lease:x} expired on the server")]
+    LeaseExpired {
+        /// The lease.
+        lease: i64,
+    },
+    /// Another candidate was observed leading while this one believed it led.
+    #[error("observed another leader: {leader}")]
+    OtherLeader {
+        /// The other leader's identity.
+        leader: String,
+    },
+    /// The service answered something the backend cannot use.
+    #[error("{operation}: {reason}")]
+    Protocol {
+        /// What was being done.
+        operation: BackendOperation,
+        /// What was wrong with the answer.
+        reason: String,
+    },
 }
 
 /// A leader-election service (local registry, etcd, ...). One backend value can serve many activators.
@@ -124,6 +222,14 @@ pub trait Candidacy: Send + 'static {
     /// through a monitor).
     fn supervision_event(&mut self, event: &SupervisionEvent) {
         let _ = event;
+    }
+
+    /// Until when this candidate's leadership is certain: `None` for no time bound (the local backend, whose
+    /// claim lasts as long as the activator). The activator checks it before every leader callback and steps
+    /// down instead once it has passed: a process frozen past its lease must not act on resuming, whatever
+    /// its timers fire first. Backends whose claims expire (etcd) must implement it.
+    fn leadership_valid_until(&self) -> Option<Instant> {
+        None
     }
 
     /// Gives leadership up at once (if held) and leaves the election.

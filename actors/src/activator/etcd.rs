@@ -7,12 +7,16 @@
 //! Step-down rule: a keep-alive request sent at `t` and acknowledged proves the lease lives until at least
 //! `t + ttl` on the server (the server restarts the countdown when it *receives* the request, after `t`).
 //! The session ends, and a leader reports `Lost`, when no request sent within the last `ttl / 2` was
-//! acknowledged — half a TTL before the server could possibly expire the lease. Any session failure leads
-//! to a retry with exponential backoff; nothing crashes the activator.
+//! acknowledged — half a TTL before the server could possibly expire the lease. The same deadline is what
+//! [`Candidacy::leadership_valid_until`] reports, so the activator checks it before every leader callback: a
+//! process frozen past it runs no callback on resuming before it has stepped down, whichever of its timers
+//! fires first. Any session failure leads to a retry with the gRPC backoff schedule ([`BackoffConfig`]);
+//! nothing crashes the activator. A lease left behind by a failed session is revoked as soon as etcd answers
+//! again (the first thing the next session does), so the next election does not wait for it to expire.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, LeaderKey, PutOptions, ResignOptions, WatchOptions};
@@ -21,167 +25,11 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::Instrument;
 
-use super::backend::{Backend, BackendError, BackendEvent, BoxFuture, Campaign, Candidacy};
+use super::backend::{Backend, BackendError, BackendEvent, BackendOperation, BoxFuture, Campaign, Candidacy};
 use super::callbacks::ClusterChange;
+use super::etcd_options::EtcdOptions;
 use super::handle::ActivatorError;
-
-/// Smallest TTL accepted: etcd rounds shorter leases up to its own minimum (about 1.5 s with default
-/// election timeouts), which would silently break the step-down arithmetic.
-const MIN_TTL: Duration = Duration::from_secs(2);
-
-/// Configuration of [`EtcdBackend`].
-#[derive(Clone)]
-pub struct EtcdOptions {
-    endpoints: Vec<String>,
-    node_id: String,
-    ttl: Duration,
-    prefix: String,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-    backoff_min: Duration,
-    backoff_max: Duration,
-    credentials: Option<(String, String)>,
-}
-
-impl fmt::Debug for EtcdOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdOptions")
-            .field("endpoints", &self.endpoints)
-            .field("node_id", &self.node_id)
-            .field("ttl", &humantime::format_duration(self.ttl).to_string())
-            .field("prefix", &self.prefix)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("backoff", &(self.backoff_min, self.backoff_max))
-            // Never the password, not even its length.
-            .field(
-                "credentials",
-                &self.credentials.as_ref().map(|(u, _)| format!("{u}:<redacted>")),
-            )
-            .finish()
-    }
-}
-
-impl EtcdOptions {
-    /// Options for `endpoints` (e.g. `http://127.0.0.1:2379`); `node_id` names this process in the
-    /// cluster and must be unique among the processes running activators of a name. Defaults: TTL 10 s,
-    /// prefix `arbor/activator`, connect and request timeouts 2 s, backoff 100 ms .. 5 s.
-    pub fn new<E: Into<String>>(endpoints: impl IntoIterator<Item = E>, node_id: impl Into<String>) -> Self {
-        Self {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
-            node_id: node_id.into(),
-            ttl: Duration::from_secs(10),
-            prefix: "arbor/activator".to_string(),
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(2),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
-            credentials: None,
-        }
-    }
-
-    /// Lease TTL: whole seconds, at least 2 s. A leader that cannot renew steps down after half of it.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// Lease TTL as a humantime string (`"10s"`, `"1m"`).
-    pub fn ttl_str(self, ttl: &str) -> Result<Self, ActivatorError> {
-        let parsed = humantime::parse_duration(ttl).map_err(|e| ActivatorError::InvalidConfig {
-            field: "ttl",
-            value: ttl.to_string(),
-            reason: leak_reason(e),
-        })?;
-        Ok(self.ttl(parsed))
-    }
-
-    /// Key prefix under which elections and membership keys live.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Timeout of one connection attempt and of each unary request (lease grant, put, resign, revoke).
-    pub fn timeouts(mut self, connect: Duration, request: Duration) -> Self {
-        self.connect_timeout = connect;
-        self.request_timeout = request;
-        self
-    }
-
-    /// Exponential backoff between session attempts while etcd is unreachable.
-    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = min;
-        self.backoff_max = max;
-        self
-    }
-
-    /// Authenticates as `user`. The password is never printed by `Debug` or logged.
-    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.credentials = Some((user.into(), password.into()));
-        self
-    }
-
-    fn validate(&self) -> Result<(), ActivatorError> {
-        let bad = |field, value: String, reason| Err(ActivatorError::InvalidConfig { field, value, reason });
-        if self.endpoints.is_empty() {
-            return bad("endpoints", "[]".into(), "at least one endpoint is required");
-        }
-        if let Some(e) = self.endpoints.iter().find(|e| e.trim().is_empty()) {
-            return bad("endpoints", format!("{e:?}"), "empty endpoint");
-        }
-        if self.node_id.is_empty() || self.node_id.contains('/') {
-            return bad(
-                "node_id",
-                format!("{:?}", self.node_id),
-                "must be non-empty and contain no '/'",
-            );
-        }
-        if self.ttl < MIN_TTL {
-            return bad(
-                "ttl",
-                humantime::format_duration(self.ttl).to_string(),
-                "must be at least 2s",
-            );
-        }
-        if self.ttl.subsec_nanos() != 0 {
-            return bad(
-                "ttl",
-                humantime::format_duration(self.ttl).to_string(),
-                "must be whole seconds",
-            );
-        }
-        if self.prefix.is_empty() {
-            return bad("prefix", "\"\"".into(), "must not be empty");
-        }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
-            return bad(
-                "timeouts",
-                format!("{:?}/{:?}", self.connect_timeout, self.request_timeout),
-                "must be > 0",
-            );
-        }
-        if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
-            return bad(
-                "backoff",
-                format!("{:?}..{:?}", self.backoff_min, self.backoff_max),
-                "need 0 < min <= max",
-            );
-        }
-        Ok(())
-    }
-}
-
-/// humantime's error is a value, `InvalidConfig::reason` a static str: map the few kinds.
-fn leak_reason(e: humantime::DurationError) -> &'static str {
-    match e {
-        humantime::DurationError::InvalidCharacter(_) => "invalid character in duration",
-        humantime::DurationError::NumberExpected(_) => "number expected in duration",
-        humantime::DurationError::UnknownUnit { .. } => "unknown unit in duration",
-        humantime::DurationError::NumberOverflow => "duration too large",
-        humantime::DurationError::Empty => "empty duration",
-    }
-}
+use crate::backoff::Backoff;
 
 /// Leader election through etcd (one backend per process; it can serve many activators).
 #[derive(Debug, Clone)]
@@ -211,24 +59,43 @@ impl Backend for EtcdBackend {
         Box::pin(async move {
             let (resign_tx, resign_rx) = oneshot::channel();
             let base = format!("{}/{}", opts.prefix, campaign.name);
+            let valid_until = ValidUntil::default();
             let session = Session {
                 election: format!("{base}/election"),
                 members: format!("{base}/nodes/"),
                 opts,
                 campaign,
+                valid_until: valid_until.clone(),
             };
             let task = tokio::spawn(session.run(resign_rx).in_current_span());
             Ok(Box::new(EtcdCandidacy {
                 resign: Some(resign_tx),
                 task: Some(task),
+                valid_until,
             }) as Box<dyn Candidacy>)
         })
+    }
+}
+
+/// The renew deadline of the current leadership, shared by the session (which moves it on every
+/// acknowledged keep-alive) and the activator (which checks it before leader callbacks).
+#[derive(Clone, Default)]
+struct ValidUntil(Arc<Mutex<Option<Instant>>>);
+
+impl ValidUntil {
+    fn set(&self, until: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
+    fn get(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 struct EtcdCandidacy {
     resign: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    valid_until: ValidUntil,
 }
 
 /// Aborts the session task when dropped, also when a resignation is cut short.
@@ -241,6 +108,11 @@ impl Drop for AbortOnDrop {
 }
 
 impl Candidacy for EtcdCandidacy {
+    fn leadership_valid_until(&self) -> Option<Instant> {
+        // Not leading: `now` (any leader callback would be refused; the actor asks only while it leads).
+        Some(self.valid_until.get().unwrap_or_else(Instant::now))
+    }
+
     fn resign(&mut self) -> BoxFuture<'static, ()> {
         let tx = self.resign.take();
         let task = self.task.take();
@@ -268,10 +140,59 @@ impl Drop for EtcdCandidacy {
     }
 }
 
-/// Why a session ended.
-enum End {
-    Resigned,
-    Failed(String),
+/// At most this many leases of failed sessions are remembered for revocation (one per failed session that got
+/// a lease; they are revoked as soon as the next session reaches etcd, so the list stays short).
+const MAX_STALE: usize = 16;
+
+/// Leases that failed sessions left on the server. A lease outlives an etcd outage (a restarted etcd restores
+/// it with a fresh TTL), and while it lives its leader key holds the election: each session revokes them as
+/// soon as etcd answers.
+#[derive(Clone, Default)]
+struct StaleLeases(Arc<Mutex<Vec<i64>>>);
+
+impl StaleLeases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, lease: i64) {
+        let mut leases = self.lock();
+        leases.push(lease);
+        if leases.len() > MAX_STALE {
+            leases.remove(0);
+        }
+    }
+
+    /// Revoke every listed lease, retrying until each is revoked or found gone; runs for one session.
+    async fn revoke(self, mut client: etcd_client::LeaseClient, request_timeout: Duration) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let leases = self.lock().clone();
+            if leases.is_empty() {
+                return;
+            }
+            for lease in leases {
+                let gone = match timeout(request_timeout, client.revoke(lease)).await {
+                    Ok(Ok(_)) => {
+                        tracing::info!(lease = %format_args!("{lease:x}"), "revoked the lease of a failed session");
+                        true
+                    }
+                    // Already gone (expired, or revoked before the failure was seen): nothing left to free.
+                    Ok(Err(e)) if e.to_string().contains("lease not found") => true,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "stale lease not revoked yet");
+                        false
+                    }
+                    Err(_) => false,
+                };
+                if gone {
+                    self.lock().retain(|l| *l != lease);
+                }
+            }
+            sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
 }
 
 struct Session {
@@ -279,124 +200,139 @@ struct Session {
     campaign: Campaign,
     election: String,
     members: String,
+    valid_until: ValidUntil,
 }
 
 /// What the session holds on the server, for cleanup after a failure.
 #[derive(Default)]
 struct Held {
-    client: Option<Client>,
     lease: Option<i64>,
     leading: bool,
 }
 
 impl Session {
     async fn run(self, mut resign_rx: oneshot::Receiver<()>) {
+        let mut backoff = Backoff::new(self.opts.backoff.clone());
+        let stale = StaleLeases::default();
         let mut attempt: u32 = 0;
         loop {
+            let plan = backoff.begin_attempt(Instant::now());
             let mut held = Held::default();
-            match self.session(&mut held, &mut resign_rx).await {
-                End::Resigned => return,
-                End::Failed(error) => {
-                    if held.leading {
-                        // First thing: stop acting. Everything else (cleanup, backoff) comes after.
-                        tracing::warn!(%error, "etcd session lost while leading: stepping down");
-                        self.campaign.events.send(BackendEvent::Lost {
-                            reason: error.clone(),
-                        });
-                    }
-                    if let (Some(client), Some(lease)) = (held.client.take(), held.lease) {
-                        // Free the election as soon as etcd listens again instead of after the TTL.
-                        let t = self.opts.ttl;
-                        tokio::spawn(async move {
-                            let mut lc = client.lease_client();
-                            let _ = timeout(t, lc.revoke(lease)).await;
-                        });
-                    }
-                    // A session that got a lease counted as a success: restart the backoff.
-                    attempt = if held.lease.is_some() {
-                        1
-                    } else {
-                        attempt.saturating_add(1)
-                    };
-                    let delay = self.backoff(attempt);
-                    tracing::warn!(attempt, ?delay, %error, "etcd campaign failed, retrying");
-                    if !self.campaign.events.send(BackendEvent::Retrying {
-                        attempt,
-                        delay,
-                        error,
-                    }) {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = sleep(delay) => {}
-                        _ = &mut resign_rx => return,
-                    }
-                }
+            let result = self.session(&mut held, &stale, &mut resign_rx).await;
+            self.valid_until.set(None);
+            let Err(error) = result else { return };
+            if held.leading {
+                // First thing: stop acting. Everything else (cleanup, backoff) comes after.
+                tracing::warn!(%error, "etcd session lost while leading: stepping down");
+                self.campaign.events.send(BackendEvent::Lost {
+                    reason: error.clone(),
+                });
+            }
+            // Revoked by the next session as soon as etcd answers, so the election is free at once rather than
+            // after the TTL, which a restarted etcd even renews for every lease it restores.
+            if let Some(lease) = held.lease {
+                stale.add(lease);
+            }
+            // A session that got a lease counted as a success: the schedule starts over.
+            let delay = if held.lease.is_some() {
+                backoff.reset();
+                attempt = 1;
+                self.opts.backoff.initial
+            } else {
+                attempt = attempt.saturating_add(1);
+                plan.next_start.saturating_duration_since(Instant::now())
+            };
+            tracing::warn!(attempt, ?delay, %error, "etcd campaign failed, retrying");
+            if !self.campaign.events.send(BackendEvent::Retrying {
+                attempt,
+                delay,
+                error,
+            }) {
+                return;
+            }
+            tokio::select! {
+                _ = sleep(delay) => {}
+                _ = &mut resign_rx => return,
             }
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .opts
-            .backoff_min
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let capped = exp.min(self.opts.backoff_max);
-        // Jitter (50..100 %) so that nodes restarted together do not retry in lockstep.
-        capped.mul_f64(0.5 + rand::random::<f64>() / 2.0)
-    }
-
+    /// One unary request within the request timeout, its failure typed with `operation`.
     async fn unary<T, E: fmt::Display>(
         &self,
-        what: &str,
+        operation: BackendOperation,
         fut: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, BackendError> {
         match timeout(self.opts.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("{what}: {e}")),
-            Err(_) => Err(format!(
-                "{what}: no answer within {:?}",
-                self.opts.request_timeout
-            )),
+            Ok(Err(e)) => Err(BackendError::Request {
+                operation,
+                message: e.to_string(),
+            }),
+            Err(_) => Err(BackendError::Timeout {
+                operation,
+                timeout: self.opts.request_timeout,
+            }),
         }
     }
 
-    async fn session(&self, held: &mut Held, resign_rx: &mut oneshot::Receiver<()>) -> End {
-        match self.session_inner(held, resign_rx).await {
-            Ok(()) => End::Resigned,
-            Err(e) => End::Failed(e),
-        }
-    }
-
-    async fn session_inner(
+    async fn session(
         &self,
         held: &mut Held,
+        stale: &StaleLeases,
         resign_rx: &mut oneshot::Receiver<()>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BackendError> {
         let o = &self.opts;
         let mut copts = ConnectOptions::new().with_connect_timeout(o.connect_timeout);
         if let Some((user, password)) = &o.credentials {
             copts = copts.with_user(user.clone(), password.clone());
         }
         let client = self
-            .unary("connect", Client::connect(o.endpoints.clone(), Some(copts)))
+            .unary(
+                BackendOperation::Connect,
+                Client::connect(o.endpoints.clone(), Some(copts)),
+            )
             .await?;
-        held.client = Some(client.clone());
+        // Beside the campaign, which a stale lease's leader key may be holding up: the campaign goes on the moment
+        // the key is gone. A restarting etcd may refuse the first requests, so this retries.
+        let _revoker = AbortOnDrop(
+            tokio::spawn(
+                stale
+                    .clone()
+                    .revoke(client.lease_client(), o.request_timeout)
+                    .in_current_span(),
+            )
+            .abort_handle(),
+        );
 
         let mut lease_client = client.lease_client();
         // The lease cannot have started on the server before this instant.
         let granted_at = Instant::now();
+        let asked = i64::try_from(o.ttl.as_secs()).unwrap_or(i64::MAX); // validation bounds it far below
         let grant = self
-            .unary("lease grant", lease_client.grant(o.ttl.as_secs() as i64, None))
+            .unary(BackendOperation::LeaseGrant, lease_client.grant(asked, None))
             .await?;
-        held.lease = Some(grant.id());
         let lease = grant.id();
-        // The server may round the TTL; the shorter of both keeps the step-down rule safe.
-        let ttl = o.ttl.min(Duration::from_secs(grant.ttl().max(1) as u64));
+        let granted = u64::try_from(grant.ttl()).unwrap_or(0);
+        if granted == 0 {
+            return Err(BackendError::Protocol {
+                operation: BackendOperation::LeaseGrant,
+                reason: format!("granted a TTL of {}s", grant.ttl()),
+            });
+        }
+        held.lease = Some(lease);
+        if granted != o.ttl.as_secs() {
+            tracing::warn!(
+                asked = o.ttl.as_secs(),
+                granted,
+                "etcd granted another lease TTL; stepping down on the shorter of both"
+            );
+        }
+        let ttl = o.ttl.min(Duration::from_secs(granted));
         let renew_deadline = ttl / 2;
         let renew_every = ttl / 4;
         let (mut keeper, mut ka_stream) = self
-            .unary("lease keep-alive", lease_client.keep_alive(lease))
+            .unary(BackendOperation::KeepAlive, lease_client.keep_alive(lease))
             .await?;
         let mut last_ok = granted_at;
         let mut in_flight: VecDeque<Instant> = VecDeque::new();
@@ -404,7 +340,7 @@ impl Session {
         let member_key = format!("{}{}", self.members, o.node_id);
         let mut kv = client.kv_client();
         self.unary(
-            "membership put",
+            BackendOperation::Membership,
             kv.put(
                 member_key.clone(),
                 self.campaign.identity.clone(),
@@ -415,21 +351,25 @@ impl Session {
         let mut watch_client = client.watch_client();
         let mut members = self
             .unary(
-                "membership watch",
+                BackendOperation::MembershipWatch,
                 watch_client.watch(self.members.clone(), Some(WatchOptions::new().with_prefix())),
             )
             .await?;
         // etcd sends Observe's response headers only with the first leader, so the call itself blocks while
         // there is none: run it beside the loop and hear from it through a channel.
-        let (obs_tx, mut observed) = mpsc::unbounded_channel::<Result<(Vec<u8>, Vec<u8>), String>>();
+        let (obs_tx, mut observed) = mpsc::unbounded_channel::<Result<(Vec<u8>, Vec<u8>), BackendError>>();
         let mut election = client.election_client();
         let name = self.election.clone();
         let _observer = AbortOnDrop(
             tokio::spawn(async move {
+                let failed = |e: etcd_client::Error| BackendError::Request {
+                    operation: BackendOperation::Observe,
+                    message: e.to_string(),
+                };
                 let mut stream = match election.observe(name).await {
                     Ok(s) => s,
                     Err(e) => {
-                        let _ = obs_tx.send(Err(format!("observe: {e}")));
+                        let _ = obs_tx.send(Err(failed(e)));
                         return;
                     }
                 };
@@ -439,8 +379,10 @@ impl Session {
                             Some(kv) => Ok((kv.key().to_vec(), kv.value().to_vec())),
                             None => continue,
                         },
-                        Ok(None) => Err("observe stream closed".to_string()),
-                        Err(e) => Err(format!("observe: {e}")),
+                        Ok(None) => Err(BackendError::StreamEnded {
+                            operation: BackendOperation::Observe,
+                        }),
+                        Err(e) => Err(failed(e)),
                     };
                     let end = msg.is_err();
                     if obs_tx.send(msg).is_err() || end {
@@ -463,49 +405,63 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut *resign_rx => {
+                    self.valid_until.set(None);
                     self.resign(&client, leader_key.take(), lease).await;
                     held.leading = false;
                     held.lease = None;
                     return Ok(());
                 }
                 _ = sleep_until(last_ok + renew_deadline) => {
-                    return Err(format!("lease {lease:x} not renewed within {renew_deadline:?}"));
+                    return Err(BackendError::NotRenewed { lease, within: renew_deadline });
                 }
                 msg = ka_stream.message() => match msg {
                     Ok(Some(resp)) if resp.ttl() > 0 => {
                         if let Some(sent) = in_flight.pop_front() {
                             last_ok = last_ok.max(sent);
+                            if leader_key.is_some() {
+                                self.valid_until.set(Some(last_ok + renew_deadline));
+                            }
                         }
                     }
-                    Ok(Some(_)) => return Err(format!("lease {lease:x} expired on the server")),
-                    Ok(None) => return Err("keep-alive stream closed".into()),
-                    Err(e) => return Err(format!("keep-alive: {e}")),
+                    Ok(Some(_)) => return Err(BackendError::LeaseExpired { lease }),
+                    Ok(None) => return Err(BackendError::StreamEnded { operation: BackendOperation::KeepAlive }),
+                    Err(e) => {
+                        return Err(BackendError::Request { operation: BackendOperation::KeepAlive, message: e.to_string() })
+                    }
                 },
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    keeper.keep_alive().await.map_err(|e| format!("keep-alive send: {e}"))?;
+                    keeper.keep_alive().await.map_err(|e| BackendError::Request {
+                        operation: BackendOperation::KeepAlive,
+                        message: e.to_string(),
+                    })?;
                     in_flight.push_back(now);
                 }
                 res = &mut campaign, if leader_key.is_none() => {
-                    let resp = res.map_err(|e| format!("campaign: {e}"))?;
-                    let key = resp.leader().cloned().ok_or("campaign answered without a leader key")?;
-                    let token = u64::try_from(key.rev()).map_err(|_| format!("negative revision {}", key.rev()))?;
+                    let resp = res.map_err(|e| BackendError::Request {
+                        operation: BackendOperation::Campaign,
+                        message: e.to_string(),
+                    })?;
+                    let protocol = |reason: String| BackendError::Protocol { operation: BackendOperation::Campaign, reason };
+                    let key = resp.leader().cloned().ok_or_else(|| protocol("answered without a leader key".into()))?;
+                    let token = u64::try_from(key.rev()).map_err(|_| protocol(format!("negative revision {}", key.rev())))?;
                     // Elected on a lease we may already be unable to renew: do not act on it.
                     if Instant::now() >= last_ok + renew_deadline {
-                        return Err("elected after the renew deadline".into());
+                        return Err(BackendError::NotRenewed { lease, within: renew_deadline });
                     }
                     leader_key = Some(key);
                     held.leading = true;
+                    // Set before the event is sent: the activator checks it when it handles `Elected`.
+                    self.valid_until.set(Some(last_ok + renew_deadline));
                     tracing::info!(fencing_token = token, "won the etcd election");
                     self.campaign.events.send(BackendEvent::Elected { fencing_token: token });
                 }
                 obs = observed.recv() => match obs {
                     Some(Ok((key, value))) => match &leader_key {
                         Some(ours) if key != ours.key() => {
-                            return Err(format!(
-                                "observed another leader: {}",
-                                String::from_utf8_lossy(&value)
-                            ));
+                            return Err(BackendError::OtherLeader {
+                                leader: String::from_utf8_lossy(&value).into_owned(),
+                            });
                         }
                         Some(_) => {}
                         // Our own key, observed before `Campaign` has answered: not a follower.
@@ -517,12 +473,15 @@ impl Session {
                         }
                     },
                     Some(Err(e)) => return Err(e),
-                    None => return Err("observer ended".into()),
+                    None => return Err(BackendError::StreamEnded { operation: BackendOperation::Observe }),
                 },
                 w = members.message() => match w {
                     Ok(Some(resp)) => {
                         if resp.canceled() {
-                            return Err(format!("membership watch cancelled: {}", resp.cancel_reason()));
+                            return Err(BackendError::Protocol {
+                                operation: BackendOperation::MembershipWatch,
+                                reason: format!("cancelled: {}", resp.cancel_reason()),
+                            });
                         }
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
@@ -539,8 +498,10 @@ impl Session {
                             self.campaign.events.send(BackendEvent::Cluster(change));
                         }
                     }
-                    Ok(None) => return Err("membership watch closed".into()),
-                    Err(e) => return Err(format!("membership watch: {e}")),
+                    Ok(None) => return Err(BackendError::StreamEnded { operation: BackendOperation::MembershipWatch }),
+                    Err(e) => {
+                        return Err(BackendError::Request { operation: BackendOperation::MembershipWatch, message: e.to_string() })
+                    }
                 },
             }
         }
@@ -553,7 +514,7 @@ impl Session {
             let mut election = client.election_client();
             match self
                 .unary(
-                    "resign",
+                    BackendOperation::Resign,
                     election.resign(Some(ResignOptions::new().with_leader(key))),
                 )
                 .await
@@ -563,7 +524,7 @@ impl Session {
             }
         }
         let mut lc = client.lease_client();
-        if let Err(e) = self.unary("lease revoke", lc.revoke(lease)).await {
+        if let Err(e) = self.unary(BackendOperation::Revoke, lc.revoke(lease)).await {
             tracing::warn!(error = %e, "lease revoke failed; it expires after its TTL");
         }
     }

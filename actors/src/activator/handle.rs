@@ -6,6 +6,7 @@ use ractor::{ActorCell, ActorRef, ActorStatus, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
 use super::actor::ActivatorMsg;
+use super::backend::BackendError;
 use super::callbacks::Role;
 
 /// A snapshot of an activator (Stoker's `dump/1`); also its metadata in the registry.
@@ -32,7 +33,7 @@ pub struct ActivatorInfo {
     /// When the next [`ActivatorEvent::Timer`](super::ActivatorEvent::Timer) fires, if one is armed.
     pub next_timer_at: Option<SystemTime>,
     /// The last error of the backend while it retries (e.g. etcd unreachable); `None` once it answers.
-    pub backend_error: Option<String>,
+    pub backend_error: Option<BackendError>,
 }
 
 /// Errors from an [`ActivatorHandle`] or from starting an activator.
@@ -56,13 +57,22 @@ pub enum ActivatorError {
         /// Why it was refused.
         reason: &'static str,
     },
-    /// The actor could not be spawned.
-    #[error("activator {name:?} failed to start: {reason}")]
+    /// The actor could not be spawned (its `init`, or joining the election, failed: see the source).
+    #[error("activator {name:?} failed to start")]
     Spawn {
         /// Singleton name.
         name: String,
-        /// The spawn error.
-        reason: String,
+        /// ractor's error, which holds the cause.
+        #[source]
+        source: ractor::SpawnErr,
+    },
+    /// A node id is unusable in the election (empty, a `/`, whitespace, control or invisible characters).
+    #[error("invalid node id {node_id:?}: {reason}")]
+    InvalidNodeId {
+        /// The node id given.
+        node_id: String,
+        /// Why it was refused.
+        reason: &'static str,
     },
     /// The activator is not running (any more).
     #[error("activator {name:?} is not running")]

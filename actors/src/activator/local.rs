@@ -1,21 +1,27 @@
 //! In-process backend: the registry is the mutex (as Stoker uses `:global` names).
 //!
-//! The activator that registers `activator/<name>` is the leader. The others monitor the registered actor
-//! (ractor monitors) and try to register again when it dies; a watch on the registry covers the cases a
-//! monitor cannot see (the entry outliving its actor for a moment, a graceful resign that leaves the actor
-//! running until its `post_stop` ends).
+//! The activator whose *claim* registers `activator/<name>` is the leader. The claim is a tiny actor linked to
+//! its activator as a child, started when the activator joins: it is stopped after the activator resigned
+//! (graceful stop: after its `Shutdown` callback returned) and killed with it (crash, kill), never earlier.
+//! Registering the activator itself would not do: the registry treats an actor that is *stopping* as holding
+//! nothing (its key may be taken over, its entries dropped), and a leader stopping gracefully is still running
+//! its `Shutdown` callback, still the leader. The claim stays running until leadership really ends.
+//!
+//! The others monitor the claim (ractor monitors) and try to register again when it exits; a watch on the
+//! registry covers the cases a monitor cannot see (the entry outliving its actor for a moment, a graceful
+//! resign that unregisters before the claim stops).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use ractor::{ActorCell, ActorStatus, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use super::backend::{Backend, BackendError, BackendEvent, BoxFuture, Campaign, Candidacy};
 use super::callbacks::{ClusterChange, Role};
-use super::handle::ActivatorInfo;
+use super::handle::{ActivatorHandle, ActivatorInfo};
 use super::{leader_key, member_prefix};
 use crate::registry::{Registry, RegistryError, RegistryEvent};
 
@@ -53,6 +59,26 @@ impl LocalBackend {
     pub fn registry(&self) -> &Registry<ActivatorInfo> {
         &self.registry
     }
+
+    /// The leader of `name`, if one holds the claim (`activator/<name>` in the registry holds its claim actor,
+    /// whose parent is the activator).
+    pub fn leader(&self, name: &str) -> Option<ActivatorHandle> {
+        let entry = self.registry.lookup(&leader_key(name))?;
+        ActivatorHandle::from_cell(name, entry.actor.try_get_supervisor()?)
+    }
+}
+
+/// Holds the leader key for its activator; see the module docs.
+struct Claim;
+
+impl Actor for Claim {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -80,12 +106,20 @@ impl Backend for LocalBackend {
         let registry = self.registry.clone();
         let node_id = self.node_id.clone();
         Box::pin(async move {
+            let key = leader_key(&campaign.name);
+            let (claim, _) = Actor::spawn_linked(None, Claim, (), campaign.actor.clone())
+                .await
+                .map_err(|e| BackendError::Registry {
+                    key: key.clone(),
+                    reason: format!("could not start the claim actor: {e}"),
+                })?;
             let shared = Arc::new(Shared {
-                key: leader_key(&campaign.name),
+                key,
                 members: member_prefix(&campaign.name),
                 registry,
                 node_id,
                 campaign,
+                claim: claim.get_cell(),
                 state: Mutex::new(LocalState::default()),
             });
             // Subscribe before the first attempt so no `Removed` between the attempt and the subscription
@@ -111,6 +145,8 @@ struct Shared {
     members: String,
     node_id: String,
     campaign: Campaign,
+    /// Holds the leader key while this candidate leads.
+    claim: ActorCell,
     state: Mutex<LocalState>,
 }
 
@@ -134,7 +170,7 @@ impl Shared {
         }
         for _ in 0..ACQUIRE_ATTEMPTS {
             if let Some(holder) = self.registry.lookup(&self.key) {
-                if holder.actor.get_id() == self.me().get_id() {
+                if holder.actor.get_id() == self.claim.get_id() {
                     // Cannot happen through this type (`leader` would be set); refuse to report
                     // leadership twice rather than guess.
                     return;
@@ -142,16 +178,21 @@ impl Shared {
                 match holder.actor.get_status() {
                     // Dead for good: `register` below replaces the stale entry.
                     ActorStatus::Stopped => {}
-                    // The registry would also replace a *stopping* holder, but a leader stopping
-                    // gracefully is still running its `Shutdown` callback: taking over now would make two
-                    // leaders. Its resignation (`Removed`) or its exit (monitor) calls us again.
-                    status => {
+                    // A claim stops only after its activator resigned or died. Its resignation (`Removed`)
+                    // or its exit (monitor) calls us again.
+                    _ => {
                         self.follow(&mut st, &holder.actor);
                         // A monitor set on an actor that has already exited never fires: look again.
                         if holder.actor.get_status() == ActorStatus::Stopped {
                             continue;
                         }
-                        let leader = (status != ActorStatus::Stopping).then(|| holder.value.identity.clone());
+                        // A leader that is stopping (running its `Shutdown` callback) still leads, but is on
+                        // its way out: name no leader.
+                        let activator = holder.actor.try_get_supervisor();
+                        let stepping_down = activator.is_none_or(|a| {
+                            matches!(a.get_status(), ActorStatus::Stopping | ActorStatus::Stopped)
+                        });
+                        let leader = (!stepping_down).then(|| holder.value.identity.clone());
                         self.campaign.events.send(BackendEvent::Following { leader });
                         return;
                     }
@@ -172,7 +213,7 @@ impl Shared {
                 next_timer_at: None,
                 backend_error: None,
             };
-            match self.registry.register(self.key.clone(), self.me().clone(), info) {
+            match self.registry.register(self.key.clone(), self.claim.clone(), info) {
                 Ok(()) => {
                     st.leader = true;
                     if let Some(old) = st.monitored.take() {
@@ -242,12 +283,13 @@ impl Shared {
             if self
                 .registry
                 .lookup(&self.key)
-                .is_some_and(|e| e.actor.get_id() == self.me().get_id())
+                .is_some_and(|e| e.actor.get_id() == self.claim.get_id())
             {
                 self.registry.unregister(&self.key);
                 tracing::info!(key = %self.key, "resigned leadership");
             }
         }
+        self.claim.stop(Some("resigned".into()));
     }
 }
 
@@ -310,5 +352,8 @@ impl Candidacy for LocalCandidacy {
 impl Drop for LocalCandidacy {
     fn drop(&mut self) {
         self.watcher.abort();
+        // Abandoned without resigning (the activator crashed): the claim goes, the key with it. ractor would
+        // kill the linked claim when the activator exits; this also covers a candidacy dropped earlier.
+        self.shared.claim.stop(Some("abandoned".into()));
     }
 }

@@ -16,12 +16,16 @@
 //! At most one activator of a name believes it is the leader at a time, *as far as the backend can tell*:
 //!
 //! - [`LocalBackend`]: the registry entry `activator/<name>` is the mutex; there is exactly one holder at a
-//!   time inside the process. A killed leader is replaced as soon as the followers' monitors fire.
+//!   time inside the process. It is held by the leader's *claim*, a child actor of the leader that lives until
+//!   the leader has resigned (after its `Shutdown` callback) or died, so a stopping leader is never replaced
+//!   early. A killed leader is replaced as soon as the followers' monitors fire.
 //! - `EtcdBackend` (feature `etcd`): leadership is an etcd election key under a lease with a TTL. A leader
 //!   that cannot renew its lease steps down (`LostLeadership`) after half the TTL, before the lease can have
 //!   expired on the server, so a new leader can only be elected after the old one has stopped acting, on
 //!   condition that clocks run at roughly the same rate. A leader that is frozen (stopped process, long GC-like
-//!   pause) cannot step down: use the fencing token.
+//!   pause) cannot step down while frozen: use the fencing token. On resuming it runs no leader callback
+//!   before stepping down: every leader callback first checks that the claim is still within its renew deadline
+//!   ([`Candidacy::leadership_valid_until`]).
 //!
 //! Every leadership gets a **fencing token** that is strictly greater than the previous leader's; hand it
 //! to the resources you modify so they can reject a deposed leader's late writes. A graceful stop of the
@@ -74,6 +78,8 @@ mod backend;
 mod callbacks;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+mod etcd_options;
 mod handle;
 mod local;
 
@@ -83,10 +89,14 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell};
 
 use actor::{ActivatorActor, ActivatorArgs};
-pub use backend::{Backend, BackendError, BackendEvent, BoxFuture, Campaign, Candidacy, EventSink};
+pub use backend::{
+    Backend, BackendError, BackendEvent, BackendOperation, BoxFuture, Campaign, Candidacy, EventSink,
+};
 pub use callbacks::{ActivatorEvent, ClusterChange, Role, Singleton};
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdBackend, EtcdOptions};
+pub use etcd::EtcdBackend;
+#[cfg(feature = "etcd")]
+pub use etcd_options::EtcdOptions;
 pub use handle::{ActivatorError, ActivatorHandle, ActivatorInfo};
 pub use local::LocalBackend;
 
@@ -105,21 +115,54 @@ pub(crate) fn member_prefix(name: &str) -> String {
 
 /// Names become registry keys and etcd key segments: keep them to one printable segment.
 pub(crate) fn validate_name(name: &str) -> Result<(), ActivatorError> {
-    let reason = if name.is_empty() {
-        "must not be empty"
-    } else if name.len() > 200 {
-        "longer than 200 bytes"
-    } else if name.contains('/') {
-        "must not contain '/'"
-    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        "must not contain whitespace or control characters"
-    } else {
-        return Ok(());
-    };
-    Err(ActivatorError::InvalidName {
+    check_segment(name).map_err(|reason| ActivatorError::InvalidName {
         name: name.to_string(),
         reason,
     })
+}
+
+/// What names and node ids must be: one visible key segment. Control characters break logs and keys;
+/// bidirectional overrides (U+202E) and invisible characters (U+200B) make two different names look alike, or
+/// a name look like another, in every log and dump that shows it.
+pub(crate) fn check_segment(segment: &str) -> Result<(), &'static str> {
+    if segment.is_empty() {
+        Err("must not be empty")
+    } else if segment.len() > 200 {
+        Err("longer than 200 bytes")
+    } else if segment.contains('/') {
+        Err("must not contain '/'")
+    } else if segment.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("must not contain whitespace or control characters")
+    } else if segment.chars().any(is_invisible_or_bidi) {
+        Err("must not contain bidirectional-override or invisible characters")
+    } else {
+        Ok(())
+    }
+}
+
+/// Unicode format characters that change how text reads without being seen: bidi marks, embeddings,
+/// overrides and isolates, zero-width characters, the BOM, soft hyphen, and other invisible formatters.
+fn is_invisible_or_bidi(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Options of one activator.
@@ -169,7 +212,9 @@ impl ActivatorOptions {
     }
 }
 
-/// Starting activators.
+/// Starting activators. The singleton name and the backend's node id must each be one visible key segment: not
+/// empty, no `/`, no whitespace or control characters, no bidirectional-override or invisible characters
+/// (U+202E, U+200B, ...): [`ActivatorError::InvalidName`], [`ActivatorError::InvalidNodeId`].
 pub struct Activator;
 
 impl Activator {
@@ -199,6 +244,10 @@ impl Activator {
         supervisor: Option<ActorCell>,
     ) -> Result<ActivatorHandle, ActivatorError> {
         validate_name(&options.name)?;
+        check_segment(backend.node_id()).map_err(|reason| ActivatorError::InvalidNodeId {
+            node_id: backend.node_id().to_string(),
+            reason,
+        })?;
         let name = options.name.clone();
         let args = ActivatorArgs {
             singleton,
@@ -210,9 +259,9 @@ impl Activator {
             None => Actor::spawn(None, ActivatorActor::<S>::new(), args).await,
         };
         // The join handle is not needed: `ActivatorHandle::shutdown` waits for the exit.
-        let (actor, _join) = spawned.map_err(|e| ActivatorError::Spawn {
+        let (actor, _join) = spawned.map_err(|source| ActivatorError::Spawn {
             name: name.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         Ok(ActivatorHandle::new(name, actor))
     }

@@ -1,34 +1,37 @@
-//! The connection actor: owns the tonic `Channel` to one target, runs attempts off its message loop, applies the
-//! backoff schedule and `max_attempts`, and watches a READY connection for loss.
+//! The connection actor: owns the transports to one target, runs attempts off its message loop, applies the
+//! backoff schedule and `max_attempts`, watches a READY connection for loss (GOAWAY, close, health), and tracks
+//! the calls tied to callers.
 
-use std::error::Error as StdError;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::watch;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic::transport::Channel;
 use tracing::{Instrument, Span};
 
-use super::auth::AuthInterceptor;
-use super::backoff::Backoff;
-use super::config::ConnectionConfig;
-use super::state::{ConnectionSnapshot, ConnectivityState, ShutdownReason};
-use super::transport::{CloseReporter, DialOnceConnector};
+pub(crate) use super::shared::Shared;
+
+use super::attempt::{Attempt, AttemptReport};
+use super::config::IdleReconnect;
+use super::state::{CloseReason, ConnectionSnapshot, ConnectivityState, GoAway, ShutdownReason};
+use super::tied::{StreamEnd, Tied, TiedCalls};
+use super::transport::{KillSwitch, TransportEvent, TransportReporter};
+use crate::backoff::Backoff;
 
 /// Messages of the connection actor; users go through [`ConnectionHandle`](super::ConnectionHandle).
-#[derive(Debug)]
 pub(crate) enum ConnectionMsg {
-    /// Connect now if IDLE (gRPC `GetState(try_to_connect = true)`).
-    Connect,
+    /// Connect now if IDLE (gRPC `GetState(try_to_connect = true)`); with `reopen`, also leave the closed
+    /// state ([`ConnectionHandle::connect`](super::ConnectionHandle::connect)).
+    Connect {
+        reopen: bool,
+    },
     /// Connect now if IDLE or waiting in TRANSIENT_FAILURE, skipping the rest of the backoff wait.
     Reconnect,
+    /// Close the connection and stay closed until `Connect { reopen: true }`.
+    Close(RpcReplyPort<()>),
     /// A health check right away, after a caller saw a call fail with a connection-level error.
     CheckNow {
         /// The generation the failing call used.
@@ -37,66 +40,28 @@ pub(crate) enum ConnectionMsg {
     AttemptDone {
         seq: u64,
         generation: u64,
-        result: Result<Channel, String>,
+        result: Result<Channel, CloseReason>,
     },
     BackoffElapsed {
         seq: u64,
     },
-    TransportClosed {
+    Transport {
+        generation: u64,
+        event: TransportEvent,
+    },
+    HealthFailed {
         generation: u64,
         reason: String,
     },
-    ProbeFailed {
-        generation: u64,
-        reason: String,
+    /// Track a call tied to a caller.
+    Tie {
+        id: u64,
+        call: Tied,
     },
-}
-
-/// What the actor and every handle share; survives actor restarts so handles keep working.
-pub(crate) struct Shared {
-    pub(crate) config: Arc<ConnectionConfig>,
-    pub(crate) endpoint: Endpoint,
-    pub(crate) interceptor: AuthInterceptor,
-    pub(crate) hosts: Arc<[(String, u16)]>,
-    pub(crate) tx: watch::Sender<ConnectionSnapshot>,
-    pub(crate) actor: Mutex<Option<ActorRef<ConnectionMsg>>>,
-    /// Set (before READY is published) the first time the connection is READY.
-    pub(crate) ever_ready: AtomicBool,
-    generation: AtomicU64,
-    /// Bumped (under the watch's lock) when an actor starts a new life; an old life's late `Drop` must not
-    /// overwrite the new life's state.
-    life: AtomicU64,
-}
-
-impl Shared {
-    pub(crate) fn new(
-        config: Arc<ConnectionConfig>,
-        endpoint: Endpoint,
-        interceptor: AuthInterceptor,
-    ) -> Arc<Shared> {
-        let hosts: Arc<[(String, u16)]> = config
-            .target
-            .hosts
-            .iter()
-            .map(|h| (h.host.clone(), h.port))
-            .collect();
-        let (tx, _rx) = watch::channel(ConnectionSnapshot::initial());
-        Arc::new(Shared {
-            config,
-            endpoint,
-            interceptor,
-            hosts,
-            tx,
-            actor: Mutex::new(None),
-            ever_ready: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
-            life: AtomicU64::new(0),
-        })
-    }
-
-    fn next_generation(&self) -> u64 {
-        self.generation.fetch_add(1, Ordering::Relaxed) + 1
-    }
+    /// A tied call ended by itself.
+    TiedDone {
+        id: u64,
+    },
 }
 
 /// The actor. Spawn it through [`ConnectionHandle`](super::ConnectionHandle).
@@ -112,16 +77,24 @@ pub(crate) struct ConnectionState {
     seq: u64,
     generation: u64,
     failed: u32,
-    /// A close report for the generation of the attempt in flight.
-    closed_during_attempt: Option<String>,
+    /// A GOAWAY or close reported for the generation of the attempt in flight: the attempt fails.
+    interrupted: Option<CloseReason>,
     attempt: Option<JoinHandle<()>>,
     timer: Option<JoinHandle<()>>,
-    probe: Option<JoinHandle<()>>,
+    health: Option<JoinHandle<()>>,
+    /// Thrown by `close()`: fails every transport of this life made since the last `close()`, draining
+    /// ones included.
+    kill: Arc<KillSwitch>,
+    keepalive_interval: Option<Duration>,
+    closed: bool,
+    tied: TiedCalls,
 }
 
 impl Drop for ConnectionState {
     fn drop(&mut self) {
         self.abort_tasks();
+        self.kill.kill();
+        self.tied.end_all(None, StreamEnd::Closed);
         // Killed, or failed in a handler: post_stop does not run, so make sure observers see the end, unless a
         // supervisor already started the next life (this drop can run after the new actor's pre_start).
         let (shared, life) = (&self.shared, self.life);
@@ -153,12 +126,13 @@ impl Actor for ConnectionActor {
             actor_name = myself.get_name().as_deref().unwrap_or(""),
             target = %shared.config.target,
         );
-        *shared.actor.lock().expect("actor slot poisoned") = Some(myself.clone());
+        *shared.actor.lock().unwrap_or_else(|e| e.into_inner()) = Some(myself.clone());
+        let keepalive_interval = shared.config.keepalive.map(|k| k.interval);
         // A new life (first start or supervisor restart) starts at IDLE.
         let mut life = 0;
         shared.tx.send_modify(|s| {
             life = shared.life.fetch_add(1, Ordering::SeqCst) + 1;
-            *s = ConnectionSnapshot::initial();
+            *s = ConnectionSnapshot::initial(keepalive_interval);
         });
         span.in_scope(|| tracing::info!("connection actor started"));
         Ok(ConnectionState {
@@ -170,10 +144,14 @@ impl Actor for ConnectionActor {
             seq: 0,
             generation: 0,
             failed: 0,
-            closed_during_attempt: None,
+            interrupted: None,
             attempt: None,
             timer: None,
-            probe: None,
+            health: None,
+            kill: Arc::default(),
+            keepalive_interval,
+            closed: false,
+            tied: TiedCalls::default(),
         })
     }
 
@@ -191,10 +169,11 @@ impl Actor for ConnectionActor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.abort_tasks();
+        state.tied.end_all(Some(&myself), StreamEnd::Closed);
         if state.shared.tx.borrow().state != ConnectivityState::Shutdown {
             let span = state.span.clone();
             span.in_scope(|| {
@@ -214,6 +193,23 @@ impl Actor for ConnectionActor {
         let _enter = span.enter();
         state.on_message(&myself, msg)
     }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // The connection has no children: these are the monitors on the callers of tied calls. Never stop on
+        // them (ractor's default would).
+        if let SupervisionEvent::ActorTerminated(who, ..) | SupervisionEvent::ActorFailed(who, _) = &event {
+            if state.tied.is_caller(&who.get_id()) {
+                let _enter = state.span.enter();
+                state.tied.caller_died(&myself, who.get_id());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ConnectionState {
@@ -222,7 +218,7 @@ impl ConnectionState {
     }
 
     fn abort_tasks(&mut self) {
-        for task in [self.attempt.take(), self.timer.take(), self.probe.take()]
+        for task in [self.attempt.take(), self.timer.take(), self.health.take()]
             .into_iter()
             .flatten()
         {
@@ -230,7 +226,8 @@ impl ConnectionState {
         }
     }
 
-    /// Publish a transition. Transitions gRPC forbids are refused (and logged): they would be a bug here.
+    /// Publish a transition with why the connection is not READY (cleared on READY). Transitions gRPC forbids
+    /// are refused (and logged): they would be a bug here.
     fn set_state(&mut self, to: ConnectivityState, channel: Option<Channel>, reason: Option<ShutdownReason>) {
         let from = self.current();
         if !from.can_become(to) {
@@ -242,22 +239,40 @@ impl ConnectionState {
         let next_attempt_at = self
             .next_start
             .filter(|_| to == ConnectivityState::TransientFailure);
+        let (closed, keepalive_interval) = (self.closed, self.keepalive_interval);
+        let mut why = None;
         self.shared.tx.send_modify(|s| {
             s.state = to;
             s.next_attempt_at = next_attempt_at;
             s.generation = generation;
             s.channel = channel;
             s.failed_attempts = failed;
+            s.closed = closed;
+            s.keepalive_interval = keepalive_interval;
+            if to == ConnectivityState::Ready {
+                s.close_reason = None;
+            }
             if reason.is_some() {
                 s.shutdown_reason = reason;
             }
+            why = s.close_reason.clone();
         });
-        tracing::info!(%from, %to, generation, failed_attempts = failed, "state change");
+        match why {
+            Some(why) => {
+                tracing::info!(%from, %to, generation, failed_attempts = failed, %why, "state change")
+            }
+            None => tracing::info!(%from, %to, generation, failed_attempts = failed, "state change"),
+        }
     }
 
-    fn set_error(&self, error: &str) {
-        let e: Arc<str> = Arc::from(error);
-        self.shared.tx.send_modify(|s| s.last_error = Some(e));
+    /// Record why the connection is not READY (published with the next state change).
+    fn set_reason(&self, reason: &CloseReason) {
+        let text: Arc<str> = Arc::from(reason.to_string());
+        let reason = reason.clone();
+        self.shared.tx.send_modify(|s| {
+            s.last_error = Some(text);
+            s.close_reason = Some(reason);
+        });
     }
 
     fn on_message(
@@ -266,12 +281,24 @@ impl ConnectionState {
         msg: ConnectionMsg,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConnectionMsg::Connect => {
+            ConnectionMsg::Connect { reopen } => {
+                if self.closed {
+                    if !reopen {
+                        return Ok(());
+                    }
+                    self.closed = false;
+                    self.kill = Arc::default();
+                    self.backoff.reset();
+                    self.failed = 0;
+                    tracing::info!("connect: leaving the closed state");
+                    self.shared.tx.send_modify(|s| s.closed = false);
+                }
                 if self.current() == ConnectivityState::Idle {
                     self.start_attempt(myself);
                 }
             }
             ConnectionMsg::Reconnect => match self.current() {
+                _ if self.closed => {}
                 ConnectivityState::Idle => self.start_attempt(myself),
                 ConnectivityState::TransientFailure => {
                     if let Some(t) = self.timer.take() {
@@ -282,6 +309,10 @@ impl ConnectionState {
                 }
                 _ => {}
             },
+            ConnectionMsg::Close(reply) => {
+                self.close(myself);
+                let _ = reply.send(());
+            }
             ConnectionMsg::CheckNow { generation } => {
                 if self.current() == ConnectivityState::Ready && generation == self.generation {
                     self.spawn_check_once(myself);
@@ -297,17 +328,13 @@ impl ConnectionState {
                     return Ok(());
                 }
                 self.attempt = None;
-                match result {
-                    Ok(_) if self.closed_during_attempt.is_some() => {
-                        let why = self.closed_during_attempt.take().unwrap_or_default();
-                        return self.on_attempt_failed(
-                            myself,
-                            format!("connection closed right after connecting: {why}"),
-                        );
+                return match (result, self.interrupted.take()) {
+                    (Ok(channel), None) => {
+                        self.on_ready(myself, channel);
+                        Ok(())
                     }
-                    Ok(channel) => self.on_ready(myself, channel),
-                    Err(error) => return self.on_attempt_failed(myself, error),
-                }
+                    (Ok(_), Some(why)) | (Err(why), _) => self.on_attempt_failed(myself, why),
+                };
             }
             ConnectionMsg::BackoffElapsed { seq } => {
                 if seq == self.seq && self.current() == ConnectivityState::TransientFailure {
@@ -315,51 +342,126 @@ impl ConnectionState {
                     self.start_attempt(myself);
                 }
             }
-            ConnectionMsg::TransportClosed { generation, reason } => {
-                if generation == self.generation && self.current() == ConnectivityState::Connecting {
-                    // Closed while the attempt is finishing: its result may still say healthy.
-                    self.closed_during_attempt = Some(reason);
-                    return Ok(());
-                }
-                if generation != self.generation || self.current() != ConnectivityState::Ready {
-                    tracing::debug!(generation, current = self.generation, %reason, "late close report ignored");
-                    return Ok(());
-                }
-                tracing::warn!(generation, %reason, "connection lost");
-                self.stop_probe();
-                self.set_error(&reason);
-                self.set_state(ConnectivityState::Idle, None, None);
-                if self.shared.config.auto_connect {
-                    tracing::info!("reconnecting after loss");
-                    self.start_attempt(myself);
-                }
-            }
-            ConnectionMsg::ProbeFailed { generation, reason } => {
+            ConnectionMsg::Transport { generation, event } => self.on_transport(myself, generation, event),
+            ConnectionMsg::HealthFailed { generation, reason } => {
                 if generation != self.generation || self.current() != ConnectivityState::Ready {
                     return Ok(());
                 }
-                tracing::warn!(generation, %reason, "health probe failed on a READY connection");
-                self.stop_probe();
-                self.set_error(&reason);
+                tracing::warn!(generation, %reason, "health check failed on a READY connection");
+                self.stop_health();
+                self.set_reason(&CloseReason::Health { reason });
                 // Backoff was reset on READY: the next attempt starts after the initial delay.
                 let at = Instant::now() + self.shared.config.backoff.initial;
                 self.next_start = Some(at);
                 self.set_state(ConnectivityState::TransientFailure, None, None);
                 self.schedule_retry(myself, at);
             }
+            ConnectionMsg::Tie { id, call } => {
+                if self.closed {
+                    call.abort.abort();
+                    super::tied::deliver_end(&call.end, StreamEnd::Closed);
+                } else {
+                    self.tied.add(myself, id, call);
+                }
+            }
+            ConnectionMsg::TiedDone { id } => self.tied.done(myself, id),
         }
         Ok(())
     }
 
-    fn stop_probe(&mut self) {
-        if let Some(p) = self.probe.take() {
+    fn on_transport(&mut self, myself: &ActorRef<ConnectionMsg>, generation: u64, event: TransportEvent) {
+        let reason = match event {
+            TransportEvent::GoAway(g) => {
+                if generation == self.generation {
+                    self.heed_goaway(&g);
+                }
+                CloseReason::GoAway(g)
+            }
+            TransportEvent::Closed(reason) => reason,
+        };
+        if generation == self.generation && self.current() == ConnectivityState::Connecting {
+            // Gone while the attempt is finishing: its result may still say healthy.
+            self.interrupted.get_or_insert(reason);
+            return;
+        }
+        if generation != self.generation || self.current() != ConnectivityState::Ready {
+            tracing::debug!(generation, current = self.generation, %reason, "late transport report ignored");
+            return;
+        }
+        self.on_lost(myself, reason);
+    }
+
+    /// gRFC A8: `too_many_pings` doubles the keepalive interval for this connection, from the next transport on.
+    fn heed_goaway(&mut self, g: &GoAway) {
+        if !g.is_too_many_pings() {
+            return;
+        }
+        if let Some(interval) = self.keepalive_interval {
+            let doubled = interval.saturating_mul(2);
+            tracing::warn!(
+                from = ?interval,
+                to = ?doubled,
+                "server answered too_many_pings: keepalive interval doubled"
+            );
+            self.keepalive_interval = Some(doubled);
+        }
+    }
+
+    /// A READY connection is gone (or going: GOAWAY). It leaves READY at once: calls already on the old
+    /// transport finish there, new ones wait for the next transport. A clean close reconnects per
+    /// `idle_reconnect`; a failure at once (when `auto_connect`).
+    fn on_lost(&mut self, myself: &ActorRef<ConnectionMsg>, reason: CloseReason) {
+        let clean = reason.is_clean();
+        if clean {
+            tracing::info!(generation = self.generation, %reason, "server closed the connection cleanly");
+        } else {
+            tracing::warn!(generation = self.generation, %reason, "connection lost");
+        }
+        // Also ends the health Watch stream, so a draining server is not kept waiting for it.
+        self.stop_health();
+        self.set_reason(&reason);
+        self.set_state(ConnectivityState::Idle, None, None);
+        let reconnect = if clean {
+            self.shared.config.idle_reconnect == IdleReconnect::Eager
+        } else {
+            self.shared.config.auto_connect
+        };
+        if reconnect {
+            tracing::info!("reconnecting");
+            self.start_attempt(myself);
+        }
+    }
+
+    fn close(&mut self, myself: &ActorRef<ConnectionMsg>) {
+        if self.closed {
+            return;
+        }
+        tracing::info!(
+            tied_calls = self.tied.len(),
+            "closing the connection: no attempt until connect()"
+        );
+        self.closed = true;
+        self.seq += 1;
+        self.abort_tasks();
+        self.kill.kill();
+        self.tied.end_all(Some(myself), StreamEnd::Closed);
+        self.set_reason(&CloseReason::Closed);
+        if self.current() == ConnectivityState::Idle {
+            self.shared.tx.send_modify(|s| s.closed = true);
+        } else {
+            self.set_state(ConnectivityState::Idle, None, None);
+        }
+    }
+
+    fn stop_health(&mut self) {
+        if let Some(p) = self.health.take() {
             p.abort();
         }
     }
 
     fn start_attempt(&mut self, myself: &ActorRef<ConnectionMsg>) {
         self.seq += 1;
-        self.closed_during_attempt = None;
+        self.interrupted = None;
         self.generation = self.shared.next_generation();
         let plan = self.backoff.begin_attempt(Instant::now());
         self.next_start = Some(plan.next_start);
@@ -373,22 +475,29 @@ impl ConnectionState {
             connect_timeout = ?plan.connect_timeout,
             "connect attempt"
         );
-        let report: CloseReporter = {
+        let report: TransportReporter = {
             let me = myself.clone();
-            Arc::new(move |generation, reason| {
-                let _ = me.cast(ConnectionMsg::TransportClosed { generation, reason });
+            Arc::new(move |generation, event| {
+                let _ = me.cast(ConnectionMsg::Transport { generation, event });
             })
         };
-        let shared = self.shared.clone();
+        let attempt = Attempt {
+            shared: self.shared.clone(),
+            generation,
+            report,
+            kill: self.kill.clone(),
+            keepalive_interval: self.keepalive_interval,
+            connect_timeout: plan.connect_timeout,
+        };
         let me = myself.clone();
-        let task = async move {
-            let result = attempt(&shared, generation, report, plan.connect_timeout).await;
+        let done = AttemptReport::new(move |result| {
             let _ = me.cast(ConnectionMsg::AttemptDone {
                 seq,
                 generation,
                 result,
             });
-        };
+        });
+        let task = done.run(attempt.run());
         self.attempt = Some(tokio::spawn(task.instrument(self.span.clone())));
     }
 
@@ -400,41 +509,38 @@ impl ConnectionState {
         self.shared.ever_ready.store(true, Ordering::SeqCst);
         self.set_state(ConnectivityState::Ready, Some(channel.clone()), None);
         tracing::info!(generation = self.generation, attempts, "connection ready");
-        if let Some(every) = self.shared.config.probe_interval {
-            let shared = self.shared.clone();
+        let config = &self.shared.config;
+        if config.health_watch || config.probe_interval.is_some() {
+            let health = self.shared.health();
+            let (watch, probe) = (config.health_watch, config.probe_interval);
             let me = myself.clone();
             let generation = self.generation;
             let task = async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if let Err(reason) = health_check(&shared, channel.clone()).await {
-                        let _ = me.cast(ConnectionMsg::ProbeFailed { generation, reason });
-                        return;
-                    }
-                }
+                let reason = health.monitor(channel, watch, probe).await;
+                let _ = me.cast(ConnectionMsg::HealthFailed { generation, reason });
             };
-            self.probe = Some(tokio::spawn(task.instrument(self.span.clone())));
+            self.health = Some(tokio::spawn(task.instrument(self.span.clone())));
         }
     }
 
     fn on_attempt_failed(
         &mut self,
         myself: &ActorRef<ConnectionMsg>,
-        error: String,
+        why: CloseReason,
     ) -> Result<(), ActorProcessingErr> {
         self.failed += 1;
-        self.set_error(&error);
+        self.set_reason(&why);
         if let Some(max) = self.shared.config.max_attempts {
             if self.failed >= max {
-                tracing::error!(attempts = self.failed, %error, "max_attempts exhausted: giving up");
+                tracing::error!(attempts = self.failed, error = %why, "max_attempts exhausted: giving up");
                 self.abort_tasks();
                 let reason = ShutdownReason::AttemptsExhausted {
                     attempts: self.failed,
-                    last_error: error.clone(),
+                    last_error: why.to_string(),
                 };
                 self.set_state(ConnectivityState::Shutdown, None, Some(reason));
                 return Err(format!(
-                    "connection to {} failed {} attempts: {error}",
+                    "connection to {} failed {} attempts: {why}",
                     self.shared.config.target, self.failed
                 )
                 .into());
@@ -443,7 +549,7 @@ impl ConnectionState {
         let next = self.next_start.unwrap_or_else(Instant::now);
         tracing::warn!(
             attempt = self.failed,
-            %error,
+            error = %why,
             retry_in = ?next.saturating_duration_since(Instant::now()),
             "connect attempt failed"
         );
@@ -469,89 +575,16 @@ impl ConnectionState {
         let Some(channel) = self.shared.tx.borrow().channel.clone() else {
             return;
         };
-        let shared = self.shared.clone();
+        let health = self.shared.health();
         let me = myself.clone();
         let generation = self.generation;
         tokio::spawn(
             async move {
-                if let Err(reason) = health_check(&shared, channel).await {
-                    let _ = me.cast(ConnectionMsg::ProbeFailed { generation, reason });
+                if let Err(reason) = health.check(channel).await {
+                    let _ = me.cast(ConnectionMsg::HealthFailed { generation, reason });
                 }
             }
             .instrument(self.span.clone()),
         );
     }
-}
-
-/// One attempt: token (if OAuth2), dial + TLS + HTTP/2 handshake within `connect_timeout`, then a health check
-/// with its own deadline. Only a passed check proves the server is alive: a frozen server accepts a connect.
-async fn attempt(
-    shared: &Shared,
-    generation: u64,
-    report: CloseReporter,
-    connect_timeout: Duration,
-) -> Result<Channel, String> {
-    if let Some(source) = shared.config.auth.token_source() {
-        match tokio::time::timeout(connect_timeout, source.token()).await {
-            Err(_) => return Err(format!("access token fetch timed out after {connect_timeout:?}")),
-            Ok(Err(e)) => return Err(format!("access token: {e}")),
-            Ok(Ok(_)) => {}
-        }
-    }
-    let connector = DialOnceConnector::new(shared.hosts.clone(), generation, report);
-    let channel = match tokio::time::timeout(
-        connect_timeout,
-        shared.endpoint.connect_with_connector(connector),
-    )
-    .await
-    {
-        Err(_) => return Err(format!("connect timed out after {connect_timeout:?}")),
-        Ok(Err(e)) => return Err(format!("connect failed: {}", error_chain(&e))),
-        Ok(Ok(ch)) => ch,
-    };
-    health_check(shared, channel.clone()).await?;
-    Ok(channel)
-}
-
-/// `grpc.health.v1.Health/Check` with a deadline. UNIMPLEMENTED counts as healthy: the server answered, it just
-/// has no health service.
-pub(crate) async fn health_check(shared: &Shared, channel: Channel) -> Result<(), String> {
-    let timeout = shared.config.health_check_timeout;
-    let mut client = HealthClient::with_interceptor(channel, shared.interceptor.clone());
-    let mut req = tonic::Request::new(HealthCheckRequest {
-        service: shared.config.health_service.clone(),
-    });
-    req.set_timeout(timeout);
-    // The outer timer guards against a frozen server even if the grpc-timeout machinery does not fire.
-    match tokio::time::timeout(timeout + Duration::from_millis(100), client.check(req)).await {
-        Err(_) => Err(format!("health check timed out after {timeout:?}")),
-        Ok(Ok(resp)) => match resp.into_inner().status() {
-            ServingStatus::Serving => Ok(()),
-            other => Err(format!("health check: server reports {}", other.as_str_name())),
-        },
-        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(()),
-        Ok(Err(status)) => Err(format!(
-            "health check failed: {:?}: {}{}",
-            status.code(),
-            status.message(),
-            status
-                .source()
-                .map(|s| format!(" ({})", error_chain(s)))
-                .unwrap_or_default()
-        )),
-    }
-}
-
-fn error_chain(e: &(dyn StdError + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
 }

@@ -1,31 +1,48 @@
 //! Authentication as a tonic interceptor: an `api-key` header, or `authorization: Bearer <token>` from a
 //! [`TokenSource`] (a static token, or OAuth2 client credentials against `POST /connect/token`).
 //!
-//! OAuth2 follows Chronicle's rules: a token is refreshed [`OAuth2Config::refresh_before`] (60 s) before it
-//! expires, fetches that failed are not retried more often than [`OAuth2Config::min_retry_interval`] (5 s), and a
-//! response without `expires_in` is taken to last [`OAuth2Config::default_lifetime`] (3600 s). The interceptor is
-//! synchronous (tonic's design), so it reads the cached token and, when the token is due, starts a refresh in the
-//! background; the connection actor fetches the first token before it reports READY.
+//! # OAuth2 tokens
+//!
+//! - A token is refreshed once, at a margin before its expiry that is proportional to its lifetime: a fifth of
+//!   it, at most [`OAuth2Config::refresh_before`] (60 s, Chronicle's margin). A 30 s token is refreshed after
+//!   24 s, an hour-long one a minute before it expires; a fixed 60 s margin would make every short-lived token
+//!   due at once and fetch one per call.
+//! - Fetches are single-flight: callers that find the token due wait for the one fetch in progress.
+//! - Failed fetches are not retried more often than [`OAuth2Config::min_retry_interval`] (5 s); a still valid
+//!   token is used meanwhile.
+//! - `expires_in` missing, or `0`, means the server gave no lifetime (RFC 6749 makes the field optional, and
+//!   servers such as Keycloak use 0 for "no expiry"): [`OAuth2Config::default_lifetime`] (3600 s) is assumed,
+//!   so the token is still refreshed on a schedule. A huge `expires_in` (up to `u64::MAX` seconds) saturates.
+//! - The interceptor is synchronous (tonic's design): it reads the cached token and, when the token is due,
+//!   starts the refresh in the background; the connection fetches the first token before it reports READY.
+//!
+//! Written here rather than with the `oauth2` crate: the client-credentials grant is one form POST and a JSON
+//! answer; `oauth2` would bring its own HTTP client stack (or an adapter to write), `url`, `chrono`, `sha2`,
+//! `base64` and `rand` for flows arbor does not use, and none of the caching, refresh margin or retry spacing
+//! above, which is where the work is.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use super::config::ConfigError;
+use super::error::ErrorChain;
 use super::target::{Secret, Target};
+use super::tls::{self, TlsSettings};
+use super::transport::{dial, Io};
 
 /// Why a token could not be had, or an auth setting is invalid. Never carries a secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// A secret has characters a header cannot carry.
     #[error("the {which} contains characters not allowed in a header")]
@@ -41,28 +58,49 @@ pub enum AuthError {
         /// Why.
         reason: String,
     },
+    /// The TLS settings for an https token endpoint were refused (the target's `caFile`, ...).
+    #[error("unusable TLS settings for the token endpoint")]
+    Tls(#[source] Arc<ConfigError>),
     /// The last fetch failed less than `min_retry_interval` ago.
-    #[error("token fetch failed recently ({last_error}); next try in {retry_in:?}")]
+    #[error("token fetch failed recently; next try in {retry_in:?}")]
     RetryLater {
         /// Time left before a fetch is allowed.
         retry_in: Duration,
         /// The last fetch's error.
-        last_error: String,
+        #[source]
+        last_error: Box<AuthError>,
     },
-    /// The CA file for an https token endpoint could not be used.
-    #[error("cannot use CA file `{path}` for the token endpoint: {reason}")]
-    CaFile {
-        /// The path.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// The fetch failed.
-    #[error("token fetch from {url} failed: {reason}")]
-    Fetch {
+    /// The token endpoint could not be reached (dial, TLS, HTTP exchange).
+    #[error("token endpoint {url} unreachable")]
+    Unreachable {
         /// The token endpoint.
         url: String,
-        /// Why.
+        /// What failed.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The token endpoint did not answer in time.
+    #[error("token endpoint {url} did not answer within {after:?}")]
+    Timeout {
+        /// The token endpoint.
+        url: String,
+        /// The time given.
+        after: Duration,
+    },
+    /// The token endpoint answered with an error status.
+    #[error("token endpoint {url} answered HTTP {status}")]
+    Status {
+        /// The token endpoint.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The answer is not a token response.
+    #[error("bad token response from {url}: {reason}")]
+    BadResponse {
+        /// The token endpoint.
+        url: String,
+        /// What is wrong (never the token).
         reason: String,
     },
 }
@@ -76,12 +114,14 @@ pub struct OAuth2Config {
     pub client_id: String,
     /// The client secret (the connection string's password).
     pub client_secret: Secret,
-    /// Refresh this long before expiry (60 s).
+    /// The largest refresh margin (60 s); shorter-lived tokens are refreshed a fifth of their lifetime early.
     pub refresh_before: Duration,
     /// At least this long between failed fetches (5 s).
     pub min_retry_interval: Duration,
-    /// Lifetime assumed when the response has no `expires_in` (3600 s).
+    /// Lifetime assumed when the response has no `expires_in`, or `0` (3600 s).
     pub default_lifetime: Duration,
+    /// Longest wait for one token fetch (30 s).
+    pub fetch_timeout: Duration,
     /// Trust anchors for an https token endpoint instead of the system roots (the target's `caFile`).
     pub ca_file: Option<std::path::PathBuf>,
 }
@@ -95,6 +135,7 @@ impl fmt::Debug for OAuth2Config {
             .field("refresh_before", &self.refresh_before)
             .field("min_retry_interval", &self.min_retry_interval)
             .field("default_lifetime", &self.default_lifetime)
+            .field("fetch_timeout", &self.fetch_timeout)
             .field("ca_file", &self.ca_file)
             .finish()
     }
@@ -114,26 +155,56 @@ impl OAuth2Config {
             refresh_before: Duration::from_secs(60),
             min_retry_interval: Duration::from_secs(5),
             default_lifetime: Duration::from_secs(3600),
+            fetch_timeout: Duration::from_secs(30),
             ca_file: target.ca_file.clone(),
         })
     }
+
+    /// When a token fetched at `at` with `lifetime` expires and when it is due for refresh. Never panics: a
+    /// lifetime too long for the clock saturates to a century.
+    fn schedule(&self, at: Instant, lifetime: Duration) -> (Instant, Instant) {
+        let lifetime = lifetime.min(CENTURY);
+        let margin = (lifetime / 5).min(self.refresh_before);
+        (
+            saturating_add(at, lifetime),
+            saturating_add(at, lifetime - margin),
+        )
+    }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn saturating_add(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d.min(CENTURY)).unwrap_or(at)
+}
+
+/// A mutex that stays usable after a panic elsewhere: the token cache is consistent between statements (each
+/// write is one assignment), so a poisoned lock holds nothing half-done.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 struct OAuth2 {
     config: OAuth2Config,
     uri: http::Uri,
-    client: HttpsClient,
+    host: String,
+    port: u16,
+    tls: Option<TlsSettings>,
     cache: Mutex<TokenCache>,
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
 }
 
+struct CachedToken {
+    token: Secret,
+    expires_at: Instant,
+    refresh_at: Instant,
+}
+
 #[derive(Default)]
 struct TokenCache {
-    token: Option<(Secret, Instant)>,
-    last_failure: Option<(Instant, String)>,
+    token: Option<CachedToken>,
+    last_failure: Option<(Instant, AuthError)>,
     refreshing: bool,
 }
 
@@ -161,39 +232,44 @@ impl TokenSource {
         TokenSource(Arc::new(SourceKind::Static(token)))
     }
 
-    /// OAuth2 client credentials.
+    /// OAuth2 client credentials. The URL, and for https the CA file, are checked here.
     pub fn oauth2(config: OAuth2Config) -> Result<TokenSource, AuthError> {
-        let uri: http::Uri =
-            config
-                .token_url
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| AuthError::InvalidTokenUrl {
-                    url: config.token_url.clone(),
-                    reason: e.to_string(),
-                })?;
-        let connector = if uri.scheme_str() == Some("https") {
-            let builder = match &config.ca_file {
-                None => hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-                    .map_err(|e| AuthError::InvalidTokenUrl {
-                        url: config.token_url.clone(),
-                        reason: format!("no TLS trust roots: {e}"),
-                    })?,
-                Some(path) => {
-                    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(ca_file_tls_config(path)?)
-                }
-            };
-            builder.https_or_http().enable_http1().build()
-        } else {
-            let mut http = HttpConnector::new();
-            http.enforce_http(true);
-            hyper_rustls::HttpsConnector::from((http, Arc::new(empty_tls_config())))
+        let invalid = |reason: String| AuthError::InvalidTokenUrl {
+            url: config.token_url.clone(),
+            reason,
         };
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let uri: http::Uri = config
+            .token_url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(invalid("the scheme must be http or https".into())),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| invalid("no host".into()))?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let tls_error = |e| AuthError::Tls(Arc::new(e));
+            let rustls_config = tls::client_config(config.ca_file.as_deref(), None).map_err(tls_error)?;
+            let handshake = config.fetch_timeout;
+            Some(
+                TlsSettings::new(rustls_config, &host, tls::ALPN_HTTP1, false, handshake)
+                    .map_err(tls_error)?,
+            )
+        } else {
+            None
+        };
         Ok(TokenSource(Arc::new(SourceKind::OAuth2(Box::new(OAuth2 {
             config,
             uri,
-            client,
+            host,
+            port,
+            tls,
             cache: Mutex::new(TokenCache::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
@@ -205,9 +281,9 @@ impl TokenSource {
         match &*self.0 {
             SourceKind::Static(t) => Some(t.clone()),
             SourceKind::OAuth2(o) => {
-                let cache = o.cache.lock().expect("token cache poisoned");
+                let cache = lock(&o.cache);
                 match &cache.token {
-                    Some((t, expires)) if Instant::now() < *expires => Some(t.clone()),
+                    Some(t) if Instant::now() < t.expires_at => Some(t.token.clone()),
                     _ => None,
                 }
             }
@@ -231,45 +307,49 @@ impl TokenSource {
         if let Some(t) = o.fresh() {
             return Ok(t);
         }
-        let _guard = o.fetch_lock.lock().await;
-        // Another caller may have refreshed while this one waited for the lock.
+        let _single_flight = o.fetch_lock.lock().await;
+        // The fetch that held the lock may have refreshed the token.
         if let Some(t) = o.fresh() {
             return Ok(t);
         }
-        let now = Instant::now();
         {
-            let cache = o.cache.lock().expect("token cache poisoned");
+            let cache = lock(&o.cache);
             if let Some((at, err)) = &cache.last_failure {
-                let next = *at + o.config.min_retry_interval;
+                let now = Instant::now();
+                let next = saturating_add(*at, o.config.min_retry_interval);
                 if now < next {
-                    if let Some((t, exp)) = &cache.token {
-                        if now < *exp {
-                            return Ok(t.clone());
-                        }
+                    if let Some(t) = cache.token.as_ref().filter(|t| now < t.expires_at) {
+                        return Ok(t.token.clone());
                     }
                     return Err(AuthError::RetryLater {
                         retry_in: next - now,
-                        last_error: err.clone(),
+                        last_error: Box::new(err.clone()),
                     });
                 }
             }
         }
         o.fetches.fetch_add(1, Ordering::Relaxed);
+        let fetched_at = Instant::now();
         let result = o.fetch().await;
-        let mut cache = o.cache.lock().expect("token cache poisoned");
+        let mut cache = lock(&o.cache);
         match result {
             Ok((token, lifetime)) => {
+                let (expires_at, refresh_at) = o.config.schedule(fetched_at, lifetime);
                 tracing::debug!(url = %o.config.token_url, ?lifetime, "access token fetched");
-                cache.token = Some((token.clone(), Instant::now() + lifetime));
+                cache.token = Some(CachedToken {
+                    token: token.clone(),
+                    expires_at,
+                    refresh_at,
+                });
                 cache.last_failure = None;
                 Ok(token)
             }
             Err(e) => {
-                tracing::warn!(url = %o.config.token_url, error = %e, "access token fetch failed");
-                cache.last_failure = Some((Instant::now(), e.to_string()));
+                tracing::warn!(url = %o.config.token_url, error = %ErrorChain(&e), "access token fetch failed");
+                cache.last_failure = Some((Instant::now(), e.clone()));
                 match &cache.token {
                     // Still valid, just due: keep using it until the next allowed try.
-                    Some((t, exp)) if Instant::now() < *exp => Ok(t.clone()),
+                    Some(t) if Instant::now() < t.expires_at => Ok(t.token.clone()),
                     _ => Err(e),
                 }
             }
@@ -285,21 +365,21 @@ impl TokenSource {
             return;
         }
         {
-            let mut cache = o.cache.lock().expect("token cache poisoned");
+            let mut cache = lock(&o.cache);
             if cache.refreshing {
                 return;
             }
             cache.refreshing = true;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            o.cache.lock().expect("token cache poisoned").refreshing = false;
+            lock(&o.cache).refreshing = false;
             return;
         };
         let me = self.clone();
         rt.spawn(async move {
             let _ = me.token().await;
             if let SourceKind::OAuth2(o) = &*me.0 {
-                o.cache.lock().expect("token cache poisoned").refreshing = false;
+                lock(&o.cache).refreshing = false;
             }
         });
     }
@@ -308,94 +388,119 @@ impl TokenSource {
 impl OAuth2 {
     /// The cached token if it is not yet due for refresh.
     fn fresh(&self) -> Option<Secret> {
-        let cache = self.cache.lock().expect("token cache poisoned");
+        let cache = lock(&self.cache);
         match &cache.token {
-            Some((t, expires)) if Instant::now() + self.config.refresh_before < *expires => Some(t.clone()),
+            Some(t) if Instant::now() < t.refresh_at => Some(t.token.clone()),
             _ => None,
         }
     }
 
+    /// One client-credentials grant: a form POST over a fresh HTTP/1.1 connection (a fetch per token
+    /// lifetime does not need a pool), within `fetch_timeout`.
     async fn fetch(&self) -> Result<(Secret, Duration), AuthError> {
-        let fail = |reason: String| AuthError::Fetch {
+        let after = self.config.fetch_timeout;
+        match tokio::time::timeout(after, self.exchange()).await {
+            Err(_) => Err(AuthError::Timeout {
+                url: self.config.token_url.clone(),
+                after,
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((status, body))) => self.parse(status, &body),
+        }
+    }
+
+    async fn exchange(&self) -> Result<(http::StatusCode, Bytes), AuthError> {
+        let unreachable = |e: Box<dyn std::error::Error + Send + Sync>| AuthError::Unreachable {
             url: self.config.token_url.clone(),
-            reason,
+            source: Arc::from(e),
         };
         let body: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
             .append_pair("client_id", &self.config.client_id)
             .append_pair("client_secret", self.config.client_secret.expose())
             .finish();
-        let req = http::Request::post(self.uri.clone())
+        let tcp = dial(&[(self.host.clone(), self.port)])
+            .await
+            .map_err(|e| unreachable(e.into()))?;
+        let io = match &self.tls {
+            None => Io::Plain(tcp),
+            Some(tls) => Io::Tls(Box::new(
+                tls.handshake(tcp).await.map_err(|e| unreachable(e.into()))?,
+            )),
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| unreachable(e.into()))?;
+        let driver = tokio::spawn(connection);
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = self.uri.authority().map_or(self.host.as_str(), |a| a.as_str());
+        let req = http::Request::post(path)
+            .header(http::header::HOST, authority)
             .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| fail(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
-            .await
-            .map_err(|_| fail("timed out after 30s".into()))?
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_bytes();
+            .map_err(|e| unreachable(e.into()))?;
+        let result = async {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| unreachable(e.into()))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.into()))?
+                .to_bytes();
+            Ok((status, bytes))
+        }
+        .await;
+        driver.abort();
+        result
+    }
+
+    fn parse(&self, status: http::StatusCode, body: &[u8]) -> Result<(Secret, Duration), AuthError> {
+        let bad = |reason: String| AuthError::BadResponse {
+            url: self.config.token_url.clone(),
+            reason,
+        };
         if !status.is_success() {
-            return Err(fail(format!("HTTP {status}")));
+            return Err(AuthError::Status {
+                url: self.config.token_url.clone(),
+                status: status.as_u16(),
+            });
         }
         #[derive(serde::Deserialize)]
         struct TokenResponse {
             access_token: String,
-            expires_in: Option<u64>,
+            #[serde(default)]
+            expires_in: Option<serde_json::Value>,
         }
-        let parsed: TokenResponse =
-            serde_json::from_slice(&bytes).map_err(|e| fail(format!("bad token response: {e}")))?;
+        // Only where and what kind of error: serde_json's messages can quote a value, and a value may be a token.
+        let parsed: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+            bad(format!(
+                "not a token response ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
         if parsed.access_token.is_empty() {
-            return Err(fail("empty access_token".into()));
+            return Err(bad("empty access_token".into()));
         }
-        let lifetime = parsed
-            .expires_in
-            .map(Duration::from_secs)
-            .unwrap_or(self.config.default_lifetime);
+        // Some servers send the number as a string.
+        let expires_in = match parsed.expires_in {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+            Some(_) => None,
+        };
+        let lifetime = match expires_in {
+            None | Some(0) => self.config.default_lifetime,
+            Some(secs) => Duration::from_secs(secs),
+        };
         Ok((Secret::new(parsed.access_token), lifetime))
     }
-}
-
-/// Trust exactly the certificates of a PEM file (the connection string's `caFile`).
-fn ca_file_tls_config(path: &std::path::Path) -> Result<rustls::ClientConfig, AuthError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let bad = |reason: String| AuthError::CaFile {
-        path: path.display().to_string(),
-        reason,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
-        roots
-            .add(cert.map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no certificate in the file".into()));
-    }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// The `HttpsConnector` type wants a TLS config even for a plain-http token endpoint; this one trusts nothing,
-/// and `enforce_http(true)` keeps it from ever being used.
-fn empty_tls_config() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
 }
 
 /// How calls are authenticated.
@@ -431,7 +536,9 @@ impl Auth {
     }
 }
 
-/// A tonic interceptor adding the configured credentials to every call.
+/// A tonic interceptor adding the configured credentials to every call. The connection's
+/// [`ConnectionChannel`](super::ConnectionChannel) applies it as a layer; use it directly with a raw
+/// [`transport`](super::ConnectionHandle::transport) channel.
 #[derive(Clone)]
 pub struct AuthInterceptor {
     api_key: Option<AsciiMetadataValue>,
@@ -488,5 +595,73 @@ impl Interceptor for AuthInterceptor {
             request.metadata_mut().insert("authorization", v);
         }
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> OAuth2Config {
+        let target: Target = "grpc://c:p@127.0.0.1:1?disableTls=true".parse().unwrap();
+        OAuth2Config::for_target(&target).unwrap()
+    }
+
+    #[test]
+    fn refresh_margin_is_a_fifth_of_the_lifetime_at_most_a_minute() {
+        let cfg = config();
+        let t0 = Instant::now();
+        let (exp, refresh) = cfg.schedule(t0, Duration::from_secs(30));
+        assert_eq!(
+            (exp - t0, refresh - t0),
+            (Duration::from_secs(30), Duration::from_secs(24))
+        );
+        let (exp, refresh) = cfg.schedule(t0, Duration::from_secs(3600));
+        assert_eq!(exp - refresh, Duration::from_secs(60));
+        let (exp, refresh) = cfg.schedule(t0, Duration::from_millis(500));
+        assert!(refresh > t0 && refresh < exp);
+    }
+
+    #[test]
+    fn an_endless_lifetime_saturates_instead_of_panicking() {
+        let cfg = config();
+        let t0 = Instant::now();
+        let (exp, refresh) = cfg.schedule(t0, Duration::from_secs(u64::MAX));
+        assert!(exp > t0 + Duration::from_secs(50 * 365 * 24 * 3600));
+        assert!(refresh < exp);
+    }
+
+    #[test]
+    fn expires_in_zero_missing_string_and_huge() {
+        let source = TokenSource::oauth2(config()).unwrap();
+        let SourceKind::OAuth2(o) = &*source.0 else {
+            unreachable!()
+        };
+        let ok = http::StatusCode::OK;
+        let lifetime = |body: &str| o.parse(ok, body.as_bytes()).unwrap().1;
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":0}"#),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(lifetime(r#"{"access_token":"t"}"#), Duration::from_secs(3600));
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":"30"}"#),
+            Duration::from_secs(30)
+        );
+        let max = format!(r#"{{"access_token":"t","expires_in":{}}}"#, u64::MAX);
+        assert_eq!(lifetime(&max), Duration::from_secs(u64::MAX));
+        assert!(matches!(
+            o.parse(ok, b"{\"access_token\":\"\"}"),
+            Err(AuthError::BadResponse { .. })
+        ));
+        // A malformed answer is refused without quoting it: its values may be secrets.
+        match o.parse(ok, br#"{"access_token": 987654321}"#) {
+            Err(e @ AuthError::BadResponse { .. }) => assert!(!e.to_string().contains("987654321"), "{e}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert!(matches!(
+            o.parse(http::StatusCode::INTERNAL_SERVER_ERROR, b""),
+            Err(AuthError::Status { status: 500, .. })
+        ));
     }
 }

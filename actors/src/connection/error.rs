@@ -1,23 +1,36 @@
 //! Errors of the connection API, and classification of a failed call from its error's source chain.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::state::{ConnectivityState, ShutdownReason};
+use super::config::ConfigError;
+use super::state::{CloseReason, ConnectivityState, ShutdownReason};
 
-/// Errors returned by [`ConnectionHandle`](super::ConnectionHandle).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Errors returned by [`ConnectionHandle`](super::ConnectionHandle), [`Lease`](super::Lease) and, as the
+/// source of an `Unavailable` status, by [`ConnectionChannel`](super::ConnectionChannel).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectionError {
-    /// `channel()` was called while the connection was not READY.
-    #[error("connection to {target} is not ready (state {state})")]
+    /// The connection is not READY and the caller does not wait (`transport()`), or a call found it down
+    /// past its deadline.
+    #[error(
+        "connection to {target} is not ready (state {state}{})",
+        reason_suffix(reason)
+    )]
     NotReady {
         /// The (redacted) target.
         target: String,
         /// The state at the time of the call.
         state: ConnectivityState,
+        /// Why it is not READY, when known.
+        reason: Option<CloseReason>,
     },
-    /// `wait_ready` or `wait_for_state_change` ran out of time.
-    #[error("timed out after {waited:?} waiting for {target} (state {state})")]
+    /// `wait_ready`, `wait_for_state_change` or a call waiting for READY ran out of time.
+    #[error(
+        "timed out after {waited:?} waiting for {target} (state {state}{})",
+        reason_suffix(reason)
+    )]
     Timeout {
         /// The (redacted) target.
         target: String,
@@ -25,6 +38,15 @@ pub enum ConnectionError {
         state: ConnectivityState,
         /// How long the caller waited.
         waited: Duration,
+        /// Why it is not READY, when known.
+        reason: Option<CloseReason>,
+    },
+    /// [`close`](super::ConnectionHandle::close) was called: nothing is attempted until
+    /// [`connect`](super::ConnectionHandle::connect).
+    #[error("connection to {target} is closed")]
+    Closed {
+        /// The (redacted) target.
+        target: String,
     },
     /// The connection was shut down (on request, or after `max_attempts`).
     #[error("connection to {target} is shut down: {reason:?}")]
@@ -40,12 +62,24 @@ pub enum ConnectionError {
         /// The (redacted) target.
         target: String,
     },
-    /// The configuration is invalid.
-    #[error("invalid connection configuration: {0}")]
-    Config(String),
+    /// The actor a caller-tied call or stream was opened for has already exited.
+    #[error("the caller of a tied call on {target} has already exited")]
+    CallerGone {
+        /// The (redacted) target.
+        target: String,
+    },
+    /// The configuration is invalid (the source names the field).
+    #[error("invalid connection configuration")]
+    Config(#[source] ConfigError),
     /// The actor could not be spawned.
-    #[error("could not start the connection actor: {0}")]
-    Spawn(String),
+    #[error("could not start the connection actor for {target}")]
+    Spawn {
+        /// The (redacted) target.
+        target: String,
+        /// ractor's error.
+        #[source]
+        source: Arc<ractor::SpawnErr>,
+    },
     /// `shutdown` ran out of time; the actor goes on stopping.
     #[error("connection to {target} did not stop within {timeout:?}")]
     ShutdownTimedOut {
@@ -54,6 +88,45 @@ pub enum ConnectionError {
         /// The time given.
         timeout: Duration,
     },
+}
+
+fn reason_suffix(reason: &Option<CloseReason>) -> String {
+    reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+}
+
+impl From<ConfigError> for ConnectionError {
+    fn from(e: ConfigError) -> Self {
+        ConnectionError::Config(e)
+    }
+}
+
+impl ConnectionError {
+    /// This error as the `Unavailable` status a call through a
+    /// [`ConnectionChannel`](super::ConnectionChannel) fails with; the status's source is this error.
+    pub fn to_status(&self) -> tonic::Status {
+        let mut status = tonic::Status::unavailable(self.to_string());
+        status.set_source(Arc::new(self.clone()));
+        status
+    }
+}
+
+/// Renders an error with its sources, for logs.
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn StdError + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = self.0.to_string();
+        let mut cur = self.0.source();
+        while let Some(s) = cur {
+            let t = s.to_string();
+            if !out.contains(&t) {
+                out.push_str(": ");
+                out.push_str(&t);
+            }
+            cur = s.source();
+        }
+        f.write_str(&out)
+    }
 }
 
 /// What a failed call says about the connection, read from the error's source chain (a dropped connection shows

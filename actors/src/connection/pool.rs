@@ -27,8 +27,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
+use super::channel::ConnectionChannel;
 use super::config::{ConfigError, ConnectionConfig};
-use super::error::ConnectionError;
+use super::error::{ConnectionError, FailureClass};
 use super::handle::ConnectionHandle;
 use super::state::{ConnectionSnapshot, ConnectivityState};
 use crate::registry::Registry;
@@ -86,8 +87,8 @@ pub enum PoolError {
     /// The pool's actors are not running (not started, or stopped).
     #[error("connection pool is not running")]
     NotRunning,
-    /// The connection configuration is invalid.
-    #[error(transparent)]
+    /// The connection configuration is invalid (the source names the field).
+    #[error("invalid connection configuration")]
     Config(#[from] ConfigError),
     /// The connection (or the pool itself, key `"pool"`) could not be started under its supervisor.
     #[error("could not start connection {key}")]
@@ -273,7 +274,9 @@ impl ConnectionPool {
     }
 }
 
-/// A share of a pooled connection. Dropping it releases it.
+/// A share of a pooled connection. Dropping it releases it: the connection stops with its last lease (after
+/// the pool's linger), and channels taken from it then fail with `Unavailable` (source
+/// [`ConnectionError::Shutdown`]). Keep the lease as long as its channels are used.
 pub struct Lease {
     pool: ActorRef<PoolMsg>,
     key: String,
@@ -300,13 +303,31 @@ impl Lease {
     pub fn handle(&self) -> &ConnectionHandle {
         &self.handle
     }
-    /// The channel if READY (see [`ConnectionHandle::channel`]).
-    pub fn channel(&self) -> Result<Channel, ConnectionError> {
+    /// A channel that follows the connection across reconnects, auth included: `MyClient::new(lease.channel())`
+    /// (see [`ConnectionHandle::channel`]).
+    pub fn channel(&self) -> ConnectionChannel {
         self.handle.channel()
     }
+    /// The current transport if READY (see [`ConnectionHandle::transport`]).
+    pub fn transport(&self) -> Result<Channel, ConnectionError> {
+        self.handle.transport()
+    }
     /// Wait for READY (see [`ConnectionHandle::wait_ready`]).
-    pub async fn wait_ready(&self, timeout: Duration) -> Result<Channel, ConnectionError> {
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<ConnectionChannel, ConnectionError> {
         self.handle.wait_ready(timeout).await
+    }
+    /// `message` as a request with the connection's `call_timeout` as deadline (see
+    /// [`ConnectionHandle::request`]).
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        self.handle.request(message)
+    }
+    /// `message` as a request with `timeout` as deadline.
+    pub fn request_with_timeout<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        self.handle.request_with_timeout(message, timeout)
+    }
+    /// Report a failed call (see [`ConnectionHandle::report_failure`]).
+    pub fn report_failure(&self, status: &tonic::Status) -> FailureClass {
+        self.handle.report_failure(status)
     }
     /// The state watch.
     pub fn watch(&self) -> watch::Receiver<ConnectionSnapshot> {
@@ -527,11 +548,14 @@ impl PoolState {
             key: key.to_string(),
             source: Arc::new(source),
         };
-        let actor = connections
-            .start_child(spec)
-            .await
-            .and_then(|child| child.cell())
-            .map_err(failed)?;
+        let child = connections.start_child(spec).await.map_err(failed)?;
+        // A connection can fail before this line (`max_attempts` reached at once against a refusing server):
+        // the supervisor then no longer runs the temporary child, but the entry is still this connection's,
+        // SHUTDOWN with its reason for the lease holder to see, and evicted by the next acquire.
+        let actor = match child.cell() {
+            Ok(cell) => cell,
+            Err(e) => handle.actor().ok_or_else(|| failed(e))?,
+        };
         let info = ConnectionInfo {
             target: handle.target().to_string(),
             key: key.to_string(),

@@ -10,8 +10,10 @@
 //!
 //! Query parameters (names are case-sensitive, each at most once, values percent-decoded):
 //! `disableTls` (`true`/`false`), `apiKey`, `authPort` (port of the OAuth2 token endpoint, default 8080),
-//! `caFile` (PEM file of extra trust anchors), `tlsServerName` (name the certificate must carry, default the
-//! first host). `user:pass` and `apiKey` together are an error. Secrets never appear in `Display` or `Debug`.
+//! `caFile` (PEM file of the trust anchors to use instead of the system's), `certFile` and `keyFile` (PEM client
+//! certificate chain and its private key, for mutual TLS; both or neither), `tlsServerName` (name the certificate
+//! must carry, default the first host). `user:pass` and `apiKey` together are an error. Secrets never appear in
+//! `Display` or `Debug`.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -87,8 +89,12 @@ pub struct Target {
     pub api_key: Option<Secret>,
     /// Port of the OAuth2 token endpoint on the first host.
     pub auth_port: Option<u16>,
-    /// Extra trust anchors (PEM).
+    /// Trust anchors (PEM) used instead of the system's.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM), for mutual TLS; set together with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
     /// Name the server certificate must carry, when it is not the first host.
     pub tls_server_name: Option<String>,
 }
@@ -167,7 +173,15 @@ pub enum TargetError {
     },
 }
 
-const KNOWN_PARAMS: [&str; 5] = ["disableTls", "apiKey", "authPort", "caFile", "tlsServerName"];
+const KNOWN_PARAMS: [&str; 7] = [
+    "disableTls",
+    "apiKey",
+    "authPort",
+    "caFile",
+    "certFile",
+    "keyFile",
+    "tlsServerName",
+];
 
 impl Target {
     /// Chronicle's `server_address` option: `host:port` (or `host`), TLS on, default port 35000.
@@ -208,6 +222,8 @@ impl Target {
         self.api_key.hash(&mut h);
         self.auth_port.hash(&mut h);
         self.ca_file.hash(&mut h);
+        self.cert_file.hash(&mut h);
+        self.key_file.hash(&mut h);
         self.tls_server_name.hash(&mut h);
         let hosts: Vec<String> = self.hosts.iter().map(|h| h.to_string()).collect();
         format!("{}://{}#{:016x}", self.scheme, hosts.join(","), h.finish())
@@ -244,6 +260,8 @@ impl FromStr for Target {
         let mut api_key = None;
         let mut auth_port = None;
         let mut ca_file = None;
+        let mut cert_file = None;
+        let mut key_file = None;
         let mut tls_server_name = None;
         if let Some(query) = query {
             let mut seen = Vec::new();
@@ -289,11 +307,16 @@ impl FromStr for Target {
                             _ => return Err(invalid(format!("`{}` is not a port", truncate(&value)))),
                         })
                     }
-                    "caFile" => {
+                    "caFile" | "certFile" | "keyFile" => {
                         if value.is_empty() {
                             return Err(invalid("is empty".into()));
                         }
-                        ca_file = Some(PathBuf::from(value));
+                        let slot = match name.as_str() {
+                            "caFile" => &mut ca_file,
+                            "certFile" => &mut cert_file,
+                            _ => &mut key_file,
+                        };
+                        *slot = Some(PathBuf::from(value));
                     }
                     "tlsServerName" => {
                         if !valid_host_name(&value) {
@@ -304,6 +327,18 @@ impl FromStr for Target {
                     _ => unreachable!("checked against KNOWN_PARAMS"),
                 }
             }
+        }
+
+        if cert_file.is_some() != key_file.is_some() {
+            return Err(TargetError::InvalidParameter {
+                name: if cert_file.is_some() {
+                    "keyFile"
+                } else {
+                    "certFile"
+                }
+                .into(),
+                reason: "certFile and keyFile go together".into(),
+            });
         }
 
         let tls = match (scheme.as_str(), disable_tls) {
@@ -364,6 +399,8 @@ impl FromStr for Target {
             api_key,
             auth_port,
             ca_file,
+            cert_file,
+            key_file,
             tls_server_name,
         })
     }
@@ -391,8 +428,14 @@ impl fmt::Display for Target {
         if let Some(p) = self.auth_port {
             params.push(format!("authPort={p}"));
         }
-        if let Some(p) = &self.ca_file {
-            params.push(format!("caFile={}", p.display()));
+        for (name, file) in [
+            ("caFile", &self.ca_file),
+            ("certFile", &self.cert_file),
+            ("keyFile", &self.key_file),
+        ] {
+            if let Some(p) = file {
+                params.push(format!("{name}={}", p.display()));
+            }
         }
         if let Some(n) = &self.tls_server_name {
             params.push(format!("tlsServerName={n}"));
@@ -468,24 +511,22 @@ fn valid_host_name(h: &str) -> bool {
         && !h.starts_with('-')
 }
 
-/// Strict percent-decoding (`+` stays `+`): a bad escape or non-UTF-8 result is an error.
+/// Strict percent-decoding (`+` stays `+`): a malformed escape or a non-UTF-8 result is an error. The decoding is
+/// `percent-encoding`'s (already in the tree through tonic); it passes malformed escapes through unchanged, so
+/// they are refused first.
 fn percent_decode(s: &str) -> Result<String, &'static str> {
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or("truncated percent escape")?;
-            let hex = std::str::from_utf8(hex).map_err(|_| "bad percent escape")?;
-            let b = u8::from_str_radix(hex, 16).map_err(|_| "bad percent escape")?;
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+    for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'%') {
+        match bytes.get(i + 1..i + 3) {
+            None => return Err("truncated percent escape"),
+            Some(hex) if !hex.iter().all(u8::is_ascii_hexdigit) => return Err("bad percent escape"),
+            Some(_) => {}
         }
     }
-    String::from_utf8(out).map_err(|_| "percent-decoded value is not UTF-8")
+    percent_encoding::percent_decode(bytes)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| "percent-decoded value is not UTF-8")
 }
 
 /// Keep error messages short whatever the input.

@@ -52,6 +52,9 @@ pub enum TunnelError {
     /// No usable connection to the service.
     #[error("no connection to the tunnel service")]
     Connection(#[source] ConnectionError),
+    /// The connection pool could not lease a connection to the service.
+    #[error("no pooled connection to the tunnel service")]
+    Pool(#[source] crate::connection::PoolError),
     /// A channel's position is below what the service still keeps, and the options say to stop.
     #[error(
         "channel {channel_id}: position {position} is below the first retained record {first_retained} \
@@ -107,6 +110,8 @@ impl TunnelError {
         match self {
             TunnelError::Call { kind, .. } => *kind,
             TunnelError::Connection(_) => ErrorKind::Retryable,
+            TunnelError::Pool(crate::connection::PoolError::Config(_)) => ErrorKind::Fatal,
+            TunnelError::Pool(_) => ErrorKind::Retryable,
             TunnelError::OutOfRange { .. } => ErrorKind::CheckpointOutOfRange,
             _ => ErrorKind::Fatal,
         }

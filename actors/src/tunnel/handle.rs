@@ -182,9 +182,7 @@ impl TunnelWorkerBuilder {
             SourceSpec::Pool(pool, config) => Arc::new(move |worker: ActorCell| {
                 let (pool, config) = (pool.clone(), config.clone());
                 async move {
-                    let lease = pool.acquire_for(config, worker).await.map_err(|err| {
-                        TunnelError::Connection(crate::connection::ConnectionError::Spawn(err.to_string()))
-                    })?;
+                    let lease = pool.acquire_for(config, worker).await.map_err(TunnelError::Pool)?;
                     Ok(Arc::new(GrpcSource::pooled(lease, call_timeout)) as Arc<dyn TunnelSource>)
                 }
                 .boxed()

@@ -13,11 +13,9 @@ use arbor_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 use super::error::TunnelError;
-use crate::connection::{AuthInterceptor, ConnectionHandle, FailureClass, Lease as PoolLease};
+use crate::connection::{ConnectionChannel, ConnectionHandle, FailureClass, Lease as PoolLease};
 
 /// A consumer session: the client id the service gave at `connect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +169,7 @@ pub struct GrpcSource {
     call_timeout: Duration,
 }
 
-type Client = TunnelServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+type Client = TunnelServiceClient<ConnectionChannel>;
 
 impl GrpcSource {
     /// A source on a connection this worker uses alone (or shares by cloning the handle).
@@ -190,20 +188,10 @@ impl GrpcSource {
         }
     }
 
-    /// A client on the connection's current transport, waiting (within the call timeout) while it connects.
+    /// A client on the connection's following channel: each call goes to the current transport, carries the
+    /// credentials, and waits (within its deadline) while the connection connects.
     async fn client(&self) -> Result<Client, TunnelError> {
-        let handle = self.connection.handle();
-        let channel = match handle.channel() {
-            Ok(channel) => channel,
-            Err(_) => handle
-                .wait_ready(self.call_timeout)
-                .await
-                .map_err(TunnelError::Connection)?,
-        };
-        Ok(TunnelServiceClient::new(InterceptedService::new(
-            channel,
-            handle.interceptor(),
-        )))
+        Ok(TunnelServiceClient::new(self.connection.handle().channel()))
     }
 
     fn request<T>(&self, message: T, extra: Duration) -> tonic::Request<T> {

@@ -57,7 +57,10 @@ impl InProcessServer {
 
     /// With an HTTP/2 `max_concurrent_streams` limit.
     pub fn start_limited(max_streams: u32) -> InProcessServer {
-        Self::start_full(0, None, None, Some(max_streams))
+        Self::start_opts(ServerOptions {
+            max_streams: Some(max_streams),
+            ..Default::default()
+        })
     }
 
     fn start_full(
@@ -66,6 +69,24 @@ impl InProcessServer {
         tls: Option<tonic::transport::ServerTlsConfig>,
         max_streams: Option<u32>,
     ) -> InProcessServer {
+        Self::start_opts(ServerOptions {
+            port,
+            log,
+            tls,
+            max_streams,
+            ..Default::default()
+        })
+    }
+
+    /// A server with every option.
+    pub fn start_opts(opts: ServerOptions) -> InProcessServer {
+        let ServerOptions {
+            port,
+            log,
+            tls,
+            max_streams,
+            max_connection_age,
+        } = opts;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -87,6 +108,9 @@ impl InProcessServer {
             };
             let svc = tonic_health::pb::health_server::HealthServer::with_interceptor(service, interceptor);
             let mut builder = Server::builder().max_concurrent_streams(max_streams);
+            if let Some(age) = max_connection_age {
+                builder = builder.max_connection_age(age);
+            }
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls).unwrap();
             }
@@ -130,6 +154,22 @@ impl Drop for InProcessServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Options of an [`InProcessServer`].
+#[derive(Default)]
+pub struct ServerOptions {
+    /// Port (0: any).
+    pub port: u16,
+    /// Every request's metadata is appended here.
+    pub log: Option<MetadataLog>,
+    /// TLS.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// HTTP/2 `max_concurrent_streams`.
+    pub max_streams: Option<u32>,
+    /// Each connection is drained (GOAWAY NO_ERROR, in-flight streams finish) once this old: tonic's server
+    /// side of gRPC's `MAX_CONNECTION_AGE`, and its way to close idle connections.
+    pub max_connection_age: Option<Duration>,
 }
 
 /// A child process serving grpc.health.v1 on a port; SIGKILL / SIGSTOP / SIGCONT by pid.
@@ -182,8 +222,26 @@ impl ChildServer {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP, and wait until the kernel reports the process stopped (the signal is delivered
+    /// asynchronously: a call made right after `kill` may still be served).
     pub fn sigstop(&self) {
         self.signal(libc::SIGSTOP);
+        let stat = format!("/proc/{}/stat", self.child.id());
+        let deadline = std::time::Instant::now() + LONG;
+        loop {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state is the field after the parenthesised command name.
+            let state = text.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            if matches!(state, Some('T' | 't')) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {} never stopped",
+                self.child.id()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub fn sigcont(&self) {
@@ -228,6 +286,20 @@ pub fn child_server_main() {
 /// Generous outer bound for waiting on events.
 pub const LONG: Duration = Duration::from_secs(20);
 
+/// `grpc://127.0.0.1:<port>?disableTls=true`.
+pub fn plain_target(port: u16) -> String {
+    format!("grpc://127.0.0.1:{port}?disableTls=true")
+}
+
+/// One health `Check` through the connection's following channel, with the connection's deadline.
+pub async fn check_via(
+    h: &arbor_actors::connection::ConnectionHandle,
+) -> Result<tonic_health::pb::HealthCheckResponse, tonic::Status> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(h.channel());
+    let request = h.request(tonic_health::pb::HealthCheckRequest::default());
+    Ok(client.check(request).await?.into_inner())
+}
+
 /// A config for `cs` with a fast backoff (100 ms to 500 ms, 2 s connect timeout) and no health probe.
 pub fn quick_config(cs: &str) -> arbor_actors::connection::ConnectionConfig {
     arbor_actors::connection::ConnectionConfig::parse(cs)
@@ -239,4 +311,122 @@ pub fn quick_config(cs: &str) -> arbor_actors::connection::ConnectionConfig {
             ..Default::default()
         })
         .with_probe_interval(None)
+}
+
+/// An HTTP/2 server written at the frame level, for what no stock server can be made to do: it answers every
+/// gRPC call with a health `SERVING` response, and answers the client's first keepalive PING on each
+/// connection with the exact frame a gRPC server sends when pinged too often (gRFC A8): GOAWAY
+/// `ENHANCE_YOUR_CALM` with debug data `too_many_pings`, then closes the connection. (h2's server API cannot
+/// put debug data in a GOAWAY.)
+pub struct TooManyPingsServer {
+    pub port: u16,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// PINGs received (each answered with the GOAWAY).
+    pub pings: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TooManyPingsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// HEADERS + DATA + trailers of a `HealthCheckResponse { status: SERVING }` on `stream`. HPACK by hand:
+/// `:status: 200` is static entry 8; `content-type` (static name 31) and `grpc-status` are literals without
+/// indexing.
+fn serving_response(stream: u32) -> Vec<u8> {
+    let mut headers = vec![0x88, 0x0f, 0x10, 16];
+    headers.extend_from_slice(b"application/grpc");
+    let mut out = frame(0x1, 0x4, stream, &headers);
+    // gRPC message: uncompressed, length 2, protobuf field 1 (varint) = 1 (SERVING).
+    out.extend(frame(0x0, 0x0, stream, &[0, 0, 0, 0, 2, 0x08, 0x01]));
+    let mut trailers = vec![0x00, 11];
+    trailers.extend_from_slice(b"grpc-status");
+    trailers.extend_from_slice(&[1, b'0']);
+    out.extend(frame(0x1, 0x5, stream, &trailers));
+    out
+}
+
+impl TooManyPingsServer {
+    pub async fn start() -> TooManyPingsServer {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (c, p) = (connections.clone(), pings.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let pings = p.clone();
+                tokio::spawn(async move {
+                    let mut preface = [0u8; 24];
+                    if tcp.read_exact(&mut preface).await.is_err() || &preface[..3] != b"PRI" {
+                        return;
+                    }
+                    // Our SETTINGS (empty: the defaults).
+                    if tcp.write_all(&frame(0x4, 0, 0, &[])).await.is_err() {
+                        return;
+                    }
+                    let mut last_stream = 0u32;
+                    loop {
+                        let mut head = [0u8; 9];
+                        if tcp.read_exact(&mut head).await.is_err() {
+                            return;
+                        }
+                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                        let (kind, flags) = (head[3], head[4]);
+                        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                        let mut payload = vec![0u8; len];
+                        if tcp.read_exact(&mut payload).await.is_err() {
+                            return;
+                        }
+                        let reply = match kind {
+                            // SETTINGS (not an ack): ack it.
+                            0x4 if flags & 0x1 == 0 => frame(0x4, 0x1, 0, &[]),
+                            // HEADERS opening a call: answer SERVING at once (the request's DATA is ignored).
+                            0x1 => {
+                                last_stream = stream;
+                                serving_response(stream)
+                            }
+                            // A PING (not an ack): too many pings.
+                            0x6 if flags & 0x1 == 0 => {
+                                pings.fetch_add(1, Ordering::SeqCst);
+                                let mut goaway = last_stream.to_be_bytes().to_vec();
+                                goaway.extend_from_slice(&0xbu32.to_be_bytes());
+                                goaway.extend_from_slice(b"too_many_pings");
+                                let _ = tcp.write_all(&frame(0x7, 0, 0, &goaway)).await;
+                                let _ = tcp.shutdown().await;
+                                return;
+                            }
+                            _ => continue,
+                        };
+                        if tcp.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        TooManyPingsServer {
+            port,
+            connections,
+            pings,
+            task,
+        }
+    }
 }

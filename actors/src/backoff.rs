@@ -1,4 +1,5 @@
-//! gRPC's connection-backoff schedule (`doc/connection-backoff.md`).
+//! gRPC's connection-backoff schedule (`doc/connection-backoff.md`): the one backoff of arbor, used by the
+//! connection actor between connect attempts and by the activator's etcd backend between sessions.
 //!
 //! Written here rather than taken from `backon` or `backoff`: `backon`'s jitter adds a uniform `(0, delay)` (it
 //! cannot express gRPC's symmetric +-20 %), and both crates count delays from the end of a failed try, whereas
@@ -45,6 +46,15 @@ impl Default for BackoffConfig {
 }
 
 impl BackoffConfig {
+    /// gRPC's multiplier, jitter and minimum connect timeout between `initial` and `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        BackoffConfig {
+            initial,
+            max,
+            ..BackoffConfig::default()
+        }
+    }
+
     /// Check the values; the error names the offending field.
     pub fn validate(&self) -> Result<(), BackoffConfigError> {
         if self.initial.is_zero() {
