@@ -128,7 +128,7 @@ async fn a_client_that_stops_heartbeating_loses_its_channels_to_the_others() {
     let server = TestServer::memory().await;
     let mut client = server.client().await;
     let tunnel = create_streams(&mut client, "expiry", 8).await;
-    let short = Duration::from_millis(400);
+    let short = Duration::from_millis(1_000);
     let mut consumers = Vec::new();
     for _ in 0..3 {
         consumers.push(Consumer::connect(&server.url, &tunnel, short).await);
