@@ -72,7 +72,7 @@ impl WorkerShared {
 enum SourceSpec {
     Source(Arc<dyn TunnelSource>),
     Connection(ConnectionHandle),
-    Pool(ConnectionPool, ConnectionConfig),
+    Pool(ConnectionPool, Box<ConnectionConfig>),
 }
 
 /// Tunnel workers: consume a tunnel at-least-once, in order within each channel, under supervision.
@@ -119,7 +119,7 @@ impl TunnelWorkerBuilder {
     /// Reach the service through a pooled connection for `config`, leased by the worker (released when it
     /// dies); every incarnation of the worker leases again.
     pub fn pool(mut self, pool: ConnectionPool, config: ConnectionConfig) -> Self {
-        self.source = Some(SourceSpec::Pool(pool, config));
+        self.source = Some(SourceSpec::Pool(pool, Box::new(config)));
         self
     }
 
@@ -180,9 +180,12 @@ impl TunnelWorkerBuilder {
                 async move { Ok(source) }.boxed()
             }),
             SourceSpec::Pool(pool, config) => Arc::new(move |worker: ActorCell| {
-                let (pool, config) = (pool.clone(), config.clone());
+                let (pool, config) = (pool.clone(), (*config).clone());
                 async move {
-                    let lease = pool.acquire_for(config, worker).await.map_err(TunnelError::Pool)?;
+                    let lease = pool
+                        .acquire_for(config, worker)
+                        .await
+                        .map_err(TunnelError::Pool)?;
                     Ok(Arc::new(GrpcSource::pooled(lease, call_timeout)) as Arc<dyn TunnelSource>)
                 }
                 .boxed()
