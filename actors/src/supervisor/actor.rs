@@ -32,6 +32,7 @@ use tracing::{debug, error, info, warn};
 use super::children::{Child, ChildCounts, ChildInfo, ChildState, Children, ShownId};
 use super::dynamic::{DynamicShared, Pending};
 use super::error::{BoxError, StartPanic, SupervisorError};
+use super::events::{EventSink, SupervisorEvent};
 use super::exit::{Exit, ExitCell, Orphan, SupervisorExit};
 use super::intensity::RestartIntensity;
 use super::slot::{ChildHandle, ChildSlot};
@@ -93,6 +94,7 @@ pub(crate) struct SupervisorArgs {
     pub(crate) auto_shutdown: AutoShutdown,
     pub(crate) children: Vec<ChildSpec>,
     pub(crate) exit: ExitCell,
+    pub(crate) events: Option<EventSink>,
 }
 
 impl SupervisorArgs {
@@ -135,6 +137,19 @@ pub(crate) struct SupervisorState {
     /// is killed meanwhile.
     stopping: Vec<Orphan>,
     exit: ExitCell,
+    events: Option<EventSink>,
+}
+
+/// An error and its causes, on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// The cause inside ractor's "panicked during startup" wrapper: what `pre_start` returned, or its panic.
@@ -257,6 +272,7 @@ impl SupervisorState {
             exiting: None,
             stopping: Vec::new(),
             exit: Arc::clone(&args.exit),
+            events: args.events.clone(),
         }
     }
 
@@ -291,6 +307,11 @@ impl SupervisorState {
             .children
             .push(Child::new(spec, cell.clone(), Arc::clone(&slot)));
         info!(child = %self.children.id_of(order), actor = %cell.get_id(), "child started");
+        self.publish(|supervisor| SupervisorEvent::Started {
+            supervisor,
+            child: self.children.id_of(order).to_string(),
+            actor: cell.get_id(),
+        });
         Ok(ChildHandle::new(slot))
     }
 
@@ -384,6 +405,11 @@ impl SupervisorState {
             let actor = p.cell.get_id();
             self.children.push_at(p.order, Child::new(p.spec, p.cell, p.slot));
             debug!(child = %self.children.id_of(p.order), %actor, "child started");
+            self.publish(|supervisor| SupervisorEvent::Started {
+                supervisor,
+                child: self.children.id_of(p.order).to_string(),
+                actor,
+            });
             if let Some(exit) = self.early_exits.remove(&actor) {
                 early.push((actor, exit));
             }
@@ -405,6 +431,13 @@ impl SupervisorState {
             kind,
             uptime: self.started_at.elapsed(),
             children: self.children.infos(),
+        }
+    }
+
+    /// Publishes an event, built only when someone set a sink.
+    fn publish(&self, event: impl FnOnce(Arc<str>) -> SupervisorEvent) {
+        if let Some(events) = &self.events {
+            events.send(event(events.label_arc()));
         }
     }
 
@@ -443,7 +476,20 @@ impl SupervisorState {
                 warn!(child = %id, %actor, %reason, restart = restart_it, "child exited abnormally")
             }
         }
-        child.last_exit = Some(exit.into_description());
+        let normal = exit.is_normal();
+        let description = exit.into_description();
+        if let Some(events) = &self.events {
+            events.send(SupervisorEvent::Exited {
+                supervisor: events.label_arc(),
+                child: id.to_string(),
+                actor,
+                reason: description.to_string(),
+                normal,
+                restart: restart_it,
+            });
+        }
+        let child = self.children.get_mut(order).expect("indexed child exists");
+        child.last_exit = Some(description);
         if self.exiting.is_some() {
             return;
         }
@@ -591,11 +637,22 @@ impl SupervisorState {
                         restarts = self.children.get(order).map_or(0, |c| c.restart_count),
                         "child restarted"
                     );
+                    self.publish(|supervisor| SupervisorEvent::Restarted {
+                        supervisor,
+                        child: self.children.id_of(order).to_string(),
+                        actor: cell.get_id(),
+                        restarts: self.children.get(order).map_or(0, |c| c.restart_count),
+                    });
                     self.children.set_state(order, ChildState::Running(cell));
                 }
                 Err(err) => {
                     let id = self.children.id_of(order);
                     warn!(child = %id, error = %err, cause = ?std::error::Error::source(&err), "restart failed; retrying");
+                    self.publish(|supervisor| SupervisorEvent::RestartFailed {
+                        supervisor,
+                        child: id.to_string(),
+                        error: error_chain(&err),
+                    });
                     if let Some(c) = self.children.get_mut(order) {
                         c.last_exit = Some(format!("restart failed: {err}").into());
                     }
@@ -658,6 +715,10 @@ impl Actor for SupervisorActor {
         state.stop_all(pending).await;
         let exit = state.exiting.take().unwrap_or(SupervisorExit::Shutdown);
         info!(%exit, "supervisor stopped");
+        state.publish(|supervisor| SupervisorEvent::Stopped {
+            supervisor,
+            exit: exit.clone(),
+        });
         state.exit.set_exit(exit);
         Ok(())
     }
@@ -788,6 +849,11 @@ impl SupervisorState {
         let (spec, slot) = (child.spec.clone(), Arc::clone(&child.slot));
         let cell = start_one(&spec, myself, &slot).await?;
         info!(child = %id, actor = %cell.get_id(), "child restarted by request");
+        self.publish(|supervisor| SupervisorEvent::Started {
+            supervisor,
+            child: id.to_string(),
+            actor: cell.get_id(),
+        });
         self.children.set_state(order, ChildState::Running(cell));
         Ok(ChildHandle::new(slot))
     }

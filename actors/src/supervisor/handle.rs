@@ -16,6 +16,7 @@ use super::actor::{
 use super::children::{ChildCounts, ChildInfo};
 use super::dynamic::{self, DynamicShared};
 use super::error::SupervisorError;
+use super::events::EventSink;
 use super::exit::{ExitCell, SupervisorExit};
 use super::slot::{ChildHandle, ChildRef};
 use super::snapshot::{self, TreeSnapshot};
@@ -83,7 +84,11 @@ fn supervisor_child_spec(
         .shutdown(Shutdown::Infinity)
 }
 
-fn static_args(options: SupervisorOptions, children: Vec<ChildSpec>) -> SupervisorArgs {
+fn static_args(
+    options: SupervisorOptions,
+    children: Vec<ChildSpec>,
+    events: Option<EventSink>,
+) -> SupervisorArgs {
     SupervisorArgs {
         mode: Mode::Static,
         strategy: options.strategy,
@@ -92,10 +97,11 @@ fn static_args(options: SupervisorOptions, children: Vec<ChildSpec>) -> Supervis
         auto_shutdown: options.auto_shutdown,
         children,
         exit: ExitCell::default(),
+        events,
     }
 }
 
-fn dynamic_args(options: DynamicSupervisorOptions) -> SupervisorArgs {
+fn dynamic_args(options: DynamicSupervisorOptions, events: Option<EventSink>) -> SupervisorArgs {
     SupervisorArgs {
         mode: Mode::Dynamic(Arc::new(DynamicShared::new(options.max_children))),
         strategy: Strategy::OneForOne,
@@ -104,6 +110,7 @@ fn dynamic_args(options: DynamicSupervisorOptions) -> SupervisorArgs {
         auto_shutdown: AutoShutdown::Never,
         children: Vec::new(),
         exit: ExitCell::default(),
+        events,
     }
 }
 
@@ -192,6 +199,7 @@ pub struct SupervisorBuilder {
     name: Option<String>,
     options: SupervisorOptions,
     children: Vec<ChildSpec>,
+    events: Option<EventSink>,
 }
 
 impl SupervisorBuilder {
@@ -225,6 +233,12 @@ impl SupervisorBuilder {
         self
     }
 
+    /// Publishes the supervisor's [`SupervisorEvent`](super::SupervisorEvent)s to `sink` (default none).
+    pub fn events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
     /// Appends a child, started after the ones added before it.
     pub fn child(mut self, spec: impl Into<ChildSpec>) -> Self {
         self.children.push(spec.into());
@@ -239,7 +253,12 @@ impl SupervisorBuilder {
 
     /// Starts it unlinked (a root).
     pub async fn start(self) -> Result<SupervisorHandle, SupervisorError> {
-        let target = spawn(self.name, static_args(self.options, self.children), None).await?;
+        let target = spawn(
+            self.name,
+            static_args(self.options, self.children, self.events),
+            None,
+        )
+        .await?;
         Ok(SupervisorHandle { target })
     }
 
@@ -247,7 +266,7 @@ impl SupervisorBuilder {
     pub async fn start_linked(self, supervisor: ActorCell) -> Result<SupervisorHandle, SupervisorError> {
         let target = spawn(
             self.name,
-            static_args(self.options, self.children),
+            static_args(self.options, self.children, self.events),
             Some(supervisor),
         )
         .await?;
@@ -259,7 +278,10 @@ impl SupervisorBuilder {
     pub fn child_spec(self, id: impl Into<String>) -> ChildSpec {
         let name = self.name.clone();
         supervisor_child_spec(id, ChildKind::Supervisor, move || {
-            spawn_args(name.clone(), static_args(self.options, self.children.clone()))
+            spawn_args(
+                name.clone(),
+                static_args(self.options, self.children.clone(), self.events.clone()),
+            )
         })
     }
 }
@@ -331,6 +353,7 @@ impl DynamicSupervisor {
 pub struct DynamicSupervisorBuilder {
     name: Option<String>,
     options: DynamicSupervisorOptions,
+    events: Option<EventSink>,
 }
 
 impl DynamicSupervisorBuilder {
@@ -352,6 +375,12 @@ impl DynamicSupervisorBuilder {
         self
     }
 
+    /// Publishes the supervisor's [`SupervisorEvent`](super::SupervisorEvent)s to `sink` (default none).
+    pub fn events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
     /// See [`DynamicSupervisorOptions::max_children`] (default no limit).
     pub fn max_children(mut self, max_children: usize) -> Self {
         self.options.max_children = Some(max_children);
@@ -360,7 +389,7 @@ impl DynamicSupervisorBuilder {
 
     /// Starts it unlinked (a root).
     pub async fn start(self) -> Result<DynamicSupervisorHandle, SupervisorError> {
-        let target = spawn(self.name, dynamic_args(self.options), None).await?;
+        let target = spawn(self.name, dynamic_args(self.options, self.events), None).await?;
         Ok(DynamicSupervisorHandle::new(target))
     }
 
@@ -369,7 +398,12 @@ impl DynamicSupervisorBuilder {
         self,
         supervisor: ActorCell,
     ) -> Result<DynamicSupervisorHandle, SupervisorError> {
-        let target = spawn(self.name, dynamic_args(self.options), Some(supervisor)).await?;
+        let target = spawn(
+            self.name,
+            dynamic_args(self.options, self.events),
+            Some(supervisor),
+        )
+        .await?;
         Ok(DynamicSupervisorHandle::new(target))
     }
 
@@ -377,7 +411,7 @@ impl DynamicSupervisorBuilder {
     /// [`SupervisorHandle::child_dynamic_supervisor`].
     pub fn child_spec(self, id: impl Into<String>) -> ChildSpec {
         supervisor_child_spec(id, ChildKind::DynamicSupervisor, move || {
-            spawn_args(self.name.clone(), dynamic_args(self.options))
+            spawn_args(self.name.clone(), dynamic_args(self.options, self.events.clone()))
         })
     }
 }

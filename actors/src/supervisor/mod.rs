@@ -58,6 +58,7 @@ mod actor;
 mod children;
 mod dynamic;
 mod error;
+mod events;
 mod exit;
 mod handle;
 mod intensity;
@@ -68,6 +69,7 @@ mod template;
 
 pub use children::{ChildCounts, ChildInfo, ChildStatus};
 pub use error::{BoxError, StartPanic, SupervisorError};
+pub use events::{EventSink, SupervisorEvent};
 pub use exit::SupervisorExit;
 pub use handle::{
     DynamicSupervisor, DynamicSupervisorBuilder, DynamicSupervisorHandle, StartSpec, Supervisor,

@@ -1,0 +1,120 @@
+//! What a supervisor tells subscribers: every start, exit, restart and its own end, as typed events.
+//!
+//! Opt in with [`SupervisorBuilder::events`](super::SupervisorBuilder::events) (or the dynamic builder's): an
+//! [`EventSink`] is a broadcast sender plus the label the supervisor's events carry (its path in a tree).
+//! Publishing costs nothing when no sink is set, and a send to a sink nobody listens to is dropped.
+
+use std::sync::Arc;
+
+use ractor::ActorId;
+use tokio::sync::broadcast;
+
+use super::exit::SupervisorExit;
+
+/// Something a supervisor did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SupervisorEvent {
+    /// A child started (at the supervisor's start, by `start_child`, or by `restart_child`).
+    Started {
+        /// The supervisor's label.
+        supervisor: Arc<str>,
+        /// The child's id (`id#n` for a dynamic supervisor's children).
+        child: String,
+        /// The running actor.
+        actor: ActorId,
+    },
+    /// A child exited.
+    Exited {
+        /// The supervisor's label.
+        supervisor: Arc<str>,
+        /// The child's id.
+        child: String,
+        /// The actor that exited.
+        actor: ActorId,
+        /// Why: `normal`, `shutdown…`, `killed`, a panic message, an error.
+        reason: String,
+        /// Whether the exit counts as normal (OTP's `normal` / `shutdown`).
+        normal: bool,
+        /// Whether the supervisor restarts it.
+        restart: bool,
+    },
+    /// A child was restarted after an exit.
+    Restarted {
+        /// The supervisor's label.
+        supervisor: Arc<str>,
+        /// The child's id.
+        child: String,
+        /// The new incarnation.
+        actor: ActorId,
+        /// How many times this supervisor restarted it.
+        restarts: u32,
+    },
+    /// A restart failed; it is retried.
+    RestartFailed {
+        /// The supervisor's label.
+        supervisor: Arc<str>,
+        /// The child's id.
+        child: String,
+        /// The start error.
+        error: String,
+    },
+    /// The supervisor itself stopped (`IntensityReached`: it gave up, an escalation to its parent).
+    Stopped {
+        /// The supervisor's label.
+        supervisor: Arc<str>,
+        /// How.
+        exit: SupervisorExit,
+    },
+}
+
+impl SupervisorEvent {
+    /// The label of the supervisor that published it.
+    pub fn supervisor(&self) -> &str {
+        match self {
+            SupervisorEvent::Started { supervisor, .. }
+            | SupervisorEvent::Exited { supervisor, .. }
+            | SupervisorEvent::Restarted { supervisor, .. }
+            | SupervisorEvent::RestartFailed { supervisor, .. }
+            | SupervisorEvent::Stopped { supervisor, .. } => supervisor,
+        }
+    }
+}
+
+/// Where a supervisor publishes its [`SupervisorEvent`]s, and under which label.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    label: Arc<str>,
+    sender: broadcast::Sender<SupervisorEvent>,
+}
+
+impl EventSink {
+    /// A sink publishing to `sender` under `label`.
+    pub fn new(label: impl Into<String>, sender: broadcast::Sender<SupervisorEvent>) -> Self {
+        EventSink {
+            label: Arc::from(label.into()),
+            sender,
+        }
+    }
+
+    /// The same channel, for a child supervisor: `label/child`.
+    pub fn child(&self, child: &str) -> Self {
+        EventSink {
+            label: Arc::from(format!("{}/{child}", self.label)),
+            sender: self.sender.clone(),
+        }
+    }
+
+    /// The label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub(crate) fn label_arc(&self) -> Arc<str> {
+        Arc::clone(&self.label)
+    }
+
+    pub(crate) fn send(&self, event: SupervisorEvent) {
+        let _ = self.sender.send(event);
+    }
+}
