@@ -33,6 +33,9 @@ pub use arbor_actors::{ractor, registry, supervisor};
 
 pub mod demo;
 
+#[cfg(feature = "tree")]
+pub mod tree;
+
 #[cfg(feature = "tunnel-service")]
 pub mod serve;
 #[cfg(feature = "tunnel-service")]

@@ -42,7 +42,7 @@ use crate::supervisor::{
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the registry holds for each pooled connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConnectionInfo {
     /// The target, secrets redacted.
     pub target: String,
@@ -52,14 +52,17 @@ pub struct ConnectionInfo {
     pub state: ConnectivityState,
 }
 
-/// Pool settings.
-#[derive(Debug, Clone)]
+/// Pool settings. Deserializes from a document with humantime durations; missing fields take their defaults.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PoolOptions {
     /// How long a connection with no lease is kept before it is stopped (default 0: at once).
+    #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// Restart intensity of the pool's supervisor.
+    /// Restart intensity of the pool's supervisor (default 3).
     pub max_restarts: u32,
-    /// Window of the restart intensity.
+    /// Window of the restart intensity (default 5 s).
+    #[serde(with = "humantime_serde")]
     pub period: Duration,
 }
 

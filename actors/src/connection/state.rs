@@ -18,7 +18,8 @@ use tonic::transport::Channel;
 /// | `Ready` | `Idle` (connection closed, GOAWAY), `TransientFailure` (health check failed), `Shutdown` |
 /// | `TransientFailure` | `Connecting` (only after the backoff wait, or [`reconnect`](super::ConnectionHandle::reconnect)), `Idle` ([`close`](super::ConnectionHandle::close)), `Shutdown` |
 /// | `Shutdown` | nothing: it is final |
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConnectivityState {
     /// No connection and no attempt in flight.
     Idle,

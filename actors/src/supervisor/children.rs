@@ -11,7 +11,7 @@ use ractor::{ActorCell, ActorId};
 use serde::{Deserialize, Serialize};
 
 use super::slot::ChildSlot;
-use super::spec::{ChildKind, ChildSpec, Restart};
+use super::spec::{ChildKind, ChildSpec, Restart, RestartBackoff, Shutdown};
 
 /// Where a child is in its life, as `which_children` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,12 @@ pub struct ChildInfo {
     pub restart: Restart,
     /// Worker or supervisor.
     pub kind: ChildKind,
+    /// How it is stopped.
+    pub shutdown: Shutdown,
+    /// Whether it is significant for `auto_shutdown`.
+    pub significant: bool,
+    /// Its restart backoff, if it has one.
+    pub backoff: Option<RestartBackoff>,
     /// How often it has been restarted by this supervisor.
     pub restart_count: u32,
     /// When the running incarnation started.
@@ -224,6 +230,9 @@ impl Children {
                     status,
                     restart: child.spec.restart,
                     kind: child.spec.kind,
+                    shutdown: child.spec.shutdown,
+                    significant: child.spec.significant,
+                    backoff: child.spec.backoff.as_deref().copied(),
                     restart_count: child.restart_count,
                     started_at: child.started_at.map(|at| now - at.elapsed()),
                     last_exit: child.last_exit.as_deref().map(str::to_string),

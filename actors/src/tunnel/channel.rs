@@ -270,6 +270,8 @@ struct Ctx {
     /// Since when reads have failed with transient errors (reset by a read that works).
     read_failing_since: Option<Instant>,
     read_attempts: u32,
+    /// Writing the final checkpoint of a graceful stop: that stop must not interrupt it (an abandon does).
+    flushing: bool,
 }
 
 impl Ctx {
@@ -294,6 +296,7 @@ impl Ctx {
             lag: None,
             read_failing_since: None,
             read_attempts: 0,
+            flushing: false,
         }
     }
 
@@ -327,6 +330,7 @@ impl Ctx {
         tokio::pin!(what);
         loop {
             match self.poll_control() {
+                Some(Interrupted::Stop(StopMode::Flush)) if self.flushing => {}
                 Some(Interrupted::Stop(mode)) => return Err(Interrupted::Stop(mode)),
                 Some(Interrupted::Drain) if drain_interrupts => return Err(Interrupted::Drain),
                 _ => {}
@@ -481,7 +485,9 @@ async fn run(ctx: &mut Ctx) -> Outcome {
         | Ended::Fatal(_) => false,
     };
     if flush {
-        // A stop that comes during the flush abandons it; the flush itself is bounded by `retry_for`.
+        // The stop that ended the loop asked for this flush; only an abandon interrupts it. The flush itself is
+        // bounded by `retry_for`.
+        ctx.flushing = true;
         match ctx.checkpoint().await {
             Ok(()) => {}
             Err(Ended::OwnershipLost(err)) => {

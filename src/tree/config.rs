@@ -1,0 +1,347 @@
+//! The whole tree as one document: [`TreeConfig`], read from TOML with [`TreeConfig::from_file`] or
+//! [`TreeConfig::from_toml`]. Unknown keys are errors, and every error names the file, the field's path and
+//! what was expected.
+//!
+//! ```toml
+//! name = "orders"
+//!
+//! [root]                      # the root supervisor
+//! strategy = "one_for_one"
+//! max_restarts = 3
+//! period = "10s"
+//!
+//! [pool]                      # the connection pool
+//! linger = "30s"
+//!
+//! [connections.tunnels]       # named connections (what tunnels name in `connection`)
+//! connection_string = "grpc://127.0.0.1:7700?disableTls=true"
+//!
+//! [[tunnels]]                 # tunnel workers started with the tree
+//! connection = "tunnels"
+//! subscriber = "log"          # a kind registered with the builder; "log" and "count" are built in
+//! [tunnels.options]
+//! tunnel_id = "t-1234"
+//! heartbeat_interval = "10s"
+//!
+//! [activators.backend]        # "local" (the default) or etcd
+//! etcd = { endpoints = ["127.0.0.1:2379"], node_id = "host-1", ttl = "10s" }
+//!
+//! [[activators.singletons]]   # activators started with the tree
+//! name = "janitor"
+//! kind = "janitor"            # a kind registered with the builder
+//!
+//! [[dynamic]]                 # named dynamic supervisors for your own children
+//! name = "jobs"
+//! max_children = 1000
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arbor_actors::connection::{ConnectionConfig, PoolOptions};
+use arbor_actors::supervisor::{DynamicSupervisorOptions, SupervisorOptions};
+use arbor_actors::tunnel::TunnelOptions;
+use serde::Deserialize;
+
+/// The whole tree. Every section is optional; missing fields take the defaults their types document.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TreeConfig {
+    /// The tree's name: the root supervisor's label in snapshots and events (default `arbor`).
+    pub name: String,
+    /// The root supervisor's flags (default one_for_one, 3 restarts in 5 s).
+    pub root: SupervisorOptions,
+    /// The connection pool.
+    pub pool: PoolOptions,
+    /// The dynamic supervisor of tunnel workers.
+    pub tunnel_supervisor: DynamicSupervisorOptions,
+    /// The dynamic supervisor of activators.
+    pub activator_supervisor: DynamicSupervisorOptions,
+    /// Named connections: what tunnels refer to.
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    /// Tunnel workers started with the tree.
+    pub tunnels: Vec<TunnelConfig>,
+    /// Activators (cluster singletons).
+    pub activators: ActivatorsConfig,
+    /// Named dynamic supervisors for the application's own children.
+    pub dynamic: Vec<DynamicConfig>,
+}
+
+impl Default for TreeConfig {
+    fn default() -> Self {
+        TreeConfig {
+            name: "arbor".into(),
+            root: SupervisorOptions::default(),
+            pool: PoolOptions::default(),
+            tunnel_supervisor: DynamicSupervisorOptions::default().intensity(10, Duration::from_secs(60)),
+            activator_supervisor: DynamicSupervisorOptions::default(),
+            connections: BTreeMap::new(),
+            tunnels: Vec::new(),
+            activators: ActivatorsConfig::default(),
+            dynamic: Vec::new(),
+        }
+    }
+}
+
+/// A tunnel worker started with the tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TunnelConfig {
+    /// The named connection to the tunnel service (a key of `connections`).
+    pub connection: String,
+    /// The subscriber kind: `log`, `count`, or one registered with
+    /// [`TreeBuilder::subscriber_kind`](super::TreeBuilder::subscriber_kind).
+    pub subscriber: String,
+    /// The worker's options.
+    pub options: TunnelOptions,
+}
+
+/// Where activators elect their leaders, and which ones start with the tree.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ActivatorsConfig {
+    /// The election backend (default `local`: within this process).
+    pub backend: BackendConfig,
+    /// Activators started with the tree.
+    pub singletons: Vec<SingletonConfig>,
+}
+
+/// An election backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum BackendConfig {
+    /// Within this process (the registry is the mutex).
+    #[default]
+    Local,
+    /// etcd (feature `etcd`).
+    Etcd(EtcdConfig),
+}
+
+/// The etcd backend's settings (see `EtcdOptions` in the activator module).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EtcdConfig {
+    /// `http://host:port` or `host:port`.
+    pub endpoints: Vec<String>,
+    /// This process's name in the cluster (unique among the processes running these activators).
+    pub node_id: String,
+    /// The leadership lease's TTL (default 10 s).
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// The key prefix (default `arbor/activator`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// An activator started with the tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SingletonConfig {
+    /// The singleton's name (one leader per name across the cluster).
+    pub name: String,
+    /// The singleton kind, registered with [`TreeBuilder::singleton_kind`](super::TreeBuilder::singleton_kind).
+    pub kind: String,
+    /// Deliver timers on followers too (default leader only).
+    #[serde(default)]
+    pub timers_on_followers: bool,
+}
+
+/// A named dynamic supervisor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DynamicConfig {
+    /// Its name, unique in the tree.
+    pub name: String,
+    /// At most this many children (default no limit).
+    #[serde(default)]
+    pub max_children: Option<usize>,
+    /// At most this many restarts within `period` (default 3).
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// The intensity's window (default 5 s).
+    #[serde(default = "default_period", with = "humantime_serde")]
+    pub period: Duration,
+}
+
+fn default_max_restarts() -> u32 {
+    3
+}
+
+fn default_period() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl DynamicConfig {
+    /// A dynamic supervisor named `name` with the default flags.
+    pub fn new(name: impl Into<String>) -> Self {
+        DynamicConfig {
+            name: name.into(),
+            max_children: None,
+            max_restarts: default_max_restarts(),
+            period: default_period(),
+        }
+    }
+
+    pub(crate) fn options(&self) -> DynamicSupervisorOptions {
+        let options = DynamicSupervisorOptions::default().intensity(self.max_restarts, self.period);
+        match self.max_children {
+            Some(max) => options.max_children(max),
+            None => options,
+        }
+    }
+}
+
+/// A tree configuration that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read tree configuration {file}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The document does not fit: a syntax error, an unknown key, or a value of the wrong shape.
+    #[error("{file}: {path}: {message}")]
+    Invalid {
+        /// The file (`<inline>` for a string).
+        file: String,
+        /// The field's path (`tunnels[0].options.heartbeat_timeout`), `.` for the whole document.
+        path: String,
+        /// What was expected, and what came (the TOML parser's words, with the line).
+        message: String,
+    },
+    /// The document parses, but does not hold together (a tunnel naming an unknown connection, a duplicate
+    /// name...).
+    #[error("{file}: {path}: {message}")]
+    Inconsistent {
+        /// The file.
+        file: String,
+        /// The field's path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl TreeConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<TreeConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        TreeConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// Reads a TOML document.
+    pub fn from_toml(text: &str) -> Result<TreeConfig, ConfigError> {
+        TreeConfig::parse(text, "<inline>")
+    }
+
+    fn parse(text: &str, file: &str) -> Result<TreeConfig, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|err| ConfigError::Invalid {
+            file: file.to_string(),
+            path: ".".into(),
+            message: err.to_string().trim().to_string(),
+        })?;
+        let config: TreeConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            ConfigError::Invalid {
+                file: file.to_string(),
+                path,
+                message: err.into_inner().to_string().trim().to_string(),
+            }
+        })?;
+        config.check(file)?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: references between sections, unique names, every option valid.
+    pub fn check(&self, file: &str) -> Result<(), ConfigError> {
+        let inconsistent = |path: String, message: String| ConfigError::Inconsistent {
+            file: file.to_string(),
+            path,
+            message,
+        };
+        self.root
+            .validate()
+            .map_err(|e| inconsistent("root".into(), e.to_string()))?;
+        self.tunnel_supervisor
+            .validate()
+            .map_err(|e| inconsistent("tunnel_supervisor".into(), e.to_string()))?;
+        self.activator_supervisor
+            .validate()
+            .map_err(|e| inconsistent("activator_supervisor".into(), e.to_string()))?;
+        let mut tunnel_ids = std::collections::HashSet::new();
+        for (i, tunnel) in self.tunnels.iter().enumerate() {
+            if !self.connections.contains_key(&tunnel.connection) {
+                return Err(inconsistent(
+                    format!("tunnels[{i}].connection"),
+                    format!(
+                        "names connection {:?}, which is not under [connections] (have: {:?})",
+                        tunnel.connection,
+                        self.connections.keys().collect::<Vec<_>>()
+                    ),
+                ));
+            }
+            tunnel
+                .options
+                .validate()
+                .map_err(|e| inconsistent(format!("tunnels[{i}].options"), e.to_string()))?;
+            if !tunnel_ids.insert(&tunnel.options.tunnel_id) {
+                return Err(inconsistent(
+                    format!("tunnels[{i}].options.tunnel_id"),
+                    format!(
+                        "tunnel {:?} is listed twice (one worker per tunnel)",
+                        tunnel.options.tunnel_id
+                    ),
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.activators.singletons.iter().enumerate() {
+            if !names.insert(&s.name) {
+                return Err(inconsistent(
+                    format!("activators.singletons[{i}].name"),
+                    format!("{:?} is listed twice", s.name),
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, d) in self.dynamic.iter().enumerate() {
+            let reserved = ["registry", "connections", "tunnels", "activators"];
+            if reserved.contains(&d.name.as_str()) || d.name.is_empty() || d.name.contains('/') {
+                return Err(inconsistent(
+                    format!("dynamic[{i}].name"),
+                    format!(
+                        "{:?} is empty, has a '/', or is one of the tree's own {reserved:?}",
+                        d.name
+                    ),
+                ));
+            }
+            if !names.insert(&d.name) {
+                return Err(inconsistent(
+                    format!("dynamic[{i}].name"),
+                    format!("{:?} is listed twice", d.name),
+                ));
+            }
+            d.options()
+                .validate()
+                .map_err(|e| inconsistent(format!("dynamic[{i}]"), e.to_string()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! The tree's TOML configuration: a good file, and each kind of bad file naming its field.
+
+use std::io::Write;
+
+use arbor::tree::{ConfigError, TreeConfig};
+
+fn invalid(text: &str) -> (String, String) {
+    match TreeConfig::from_toml(text) {
+        Err(ConfigError::Invalid { path, message, .. } | ConfigError::Inconsistent { path, message, .. }) => {
+            (path, message)
+        }
+        other => panic!("expected an invalid configuration, got {other:?}"),
+    }
+}
+
+const GOOD: &str = r#"
+name = "orders"
+
+[root]
+strategy = "rest_for_one"
+max_restarts = 5
+period = "30s"
+
+[pool]
+linger = "10s"
+
+[connections.tunnels]
+connection_string = "grpc://127.0.0.1:7700?disableTls=true"
+
+[[tunnels]]
+connection = "tunnels"
+subscriber = "log"
+[tunnels.options]
+tunnel_id = "t-1"
+heartbeat_interval = "10s"
+heartbeat_timeout = "60s"
+checkpoint = { every = "2s" }
+
+[[activators.singletons]]
+name = "janitor"
+kind = "janitor"
+
+[[dynamic]]
+name = "jobs"
+max_children = 100
+"#;
+
+#[test]
+fn a_good_file_reads_whole() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(GOOD.as_bytes()).unwrap();
+    let config = TreeConfig::from_file(file.path()).unwrap();
+    assert_eq!(config.name, "orders");
+    assert_eq!(config.root.max_restarts, 5);
+    assert_eq!(config.pool.linger, std::time::Duration::from_secs(10));
+    assert_eq!(config.tunnels[0].options.tunnel_id, "t-1");
+    assert_eq!(
+        config.tunnels[0].options.heartbeat_interval,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(config.activators.singletons[0].kind, "janitor");
+    assert_eq!(config.dynamic[0].max_children, Some(100));
+    assert!(config.connections.contains_key("tunnels"));
+}
+
+#[test]
+fn each_kind_of_bad_file_names_its_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("name = \"x\"\nbogus = 1\n", "bogus", "unknown field"),
+        ("[root]\nstrategy = \"one_for_two\"\n", "root.strategy", "unknown variant"),
+        ("[root]\nperiod = \"five seconds\"\n", "root.period", ""),
+        ("[root]\nmax_restarts = -1\n", "root.max_restarts", ""),
+        ("[pool]\nlinger = 3\n", "pool.linger", ""),
+        (
+            "[[tunnels]]\nconnection = \"nope\"\nsubscriber = \"log\"\n[tunnels.options]\ntunnel_id = \"t\"\n",
+            "tunnels[0].connection",
+            "not under [connections]",
+        ),
+        (
+            "[connections.a]\nconnection_string = \"grpc://127.0.0.1:1?disableTls=true\"\n[[tunnels]]\nconnection = \"a\"\nsubscriber = \"log\"\n[tunnels.options]\ntunnel_id = \"t\"\nheartbeat_interval = \"1s\"\n",
+            "tunnels[0].options",
+            "heartbeat_interval",
+        ),
+        (
+            "[[tunnels]]\nconnection = \"a\"\nsubscriber = \"log\"\noptions = { tunnel_id = \"t\", heartbeat = \"1s\" }\n",
+            "tunnels[0].options.heartbeat",
+            "unknown field",
+        ),
+        ("[[dynamic]]\nname = \"tunnels\"\n", "dynamic[0].name", "tree's own"),
+        ("[[dynamic]]\nname = \"a\"\n[[dynamic]]\nname = \"a\"\n", "dynamic[1].name", "twice"),
+        ("[root]\nperiod = \"0s\"\n", "root", "period"),
+        ("[connections.a]\nconnection_string = \"nope://\"\n", "connections.a", ""),
+        ("name = \n", ".", ""),
+    ];
+    for (text, path, needle) in cases {
+        let (got_path, message) = invalid(text);
+        assert_eq!(&got_path, path, "for {text:?}: {message}");
+        assert!(
+            message.contains(needle),
+            "for {text:?}: {message:?} lacks {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_read_error_naming_it() {
+    let err = TreeConfig::from_file("/nonexistent/arbor.toml").unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Read { file, .. } if file.ends_with("arbor.toml")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("/nonexistent/arbor.toml"));
+}

@@ -1,0 +1,297 @@
+//! The tree: builder and file are the same tree; its events; a graceful shutdown flushes tunnel checkpoints
+//! and shuts the sessions down.
+
+mod tunnel_worker_common;
+
+use std::time::Duration;
+
+use arbor::activator::{ActivatorEvent, ActivatorOptions, Role, Singleton};
+use arbor::connection::ConnectionConfig;
+use arbor::ractor::{Actor, ActorProcessingErr, ActorRef};
+use arbor::supervisor::{ChildKind, ChildSpec, SupervisorEvent, TreeSnapshot};
+use arbor::tree::{DynamicConfig, Tree, TreeEvent};
+use arbor::tunnel::{CheckpointPolicy, TunnelEvent};
+use tokio::sync::broadcast;
+use tunnel_worker_common::*;
+
+#[derive(Clone)]
+struct Janitor;
+
+impl Singleton for Janitor {
+    type State = ();
+    fn init(&self) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+    async fn on_event(&self, _: &mut (), _: ActivatorEvent) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+struct Job;
+
+impl Actor for Job {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+fn target(url: &str) -> ConnectionConfig {
+    let target = format!("{}?disableTls=true", url.replace("http://", "grpc://"));
+    ConnectionConfig::parse(&target).unwrap()
+}
+
+/// The tree's shape: every node's path and kind, without actor ids or timings.
+fn shape(snapshot: &TreeSnapshot) -> Vec<(String, ChildKind)> {
+    let mut nodes: Vec<(String, ChildKind)> = snapshot
+        .nodes()
+        .iter()
+        .map(|n| (n.path.clone(), n.kind))
+        .collect();
+    nodes.sort_by(|a, b| a.0.cmp(&b.0));
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builder_and_file_are_the_same_tree() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "same", 2).await;
+    let toml = format!(
+        r#"
+name = "orders"
+[root]
+strategy = "one_for_one"
+max_restarts = 5
+period = "10s"
+[connections.tunnels]
+connection_string = "{}?disableTls=true"
+[[tunnels]]
+connection = "tunnels"
+subscriber = "log"
+[tunnels.options]
+tunnel_id = "{tunnel}"
+min_heartbeat_interval = "10ms"
+heartbeat_interval = "100ms"
+heartbeat_timeout = "2s"
+[[activators.singletons]]
+name = "janitor"
+kind = "janitor"
+[[dynamic]]
+name = "jobs"
+max_children = 10
+"#,
+        server.url.replace("http://", "grpc://")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tree.toml");
+    std::fs::write(&path, toml).unwrap();
+    let from_file = Tree::from_file(&path).unwrap().singleton_kind("janitor", Janitor);
+
+    let mut dynamic = DynamicConfig::new("jobs");
+    dynamic.max_children = Some(10);
+    let from_code = Tree::builder()
+        .name("orders")
+        .root(arbor::supervisor::SupervisorOptions::default().intensity(5, Duration::from_secs(10)))
+        .connection("tunnels", target(&server.url))
+        .tunnel(
+            "tunnels",
+            "log",
+            arbor::tunnel::TunnelOptions::new(&tunnel)
+                .min_heartbeat_interval(Duration::from_millis(10))
+                .heartbeat(Duration::from_millis(100), Duration::from_secs(2)),
+        )
+        .singleton_kind("janitor", Janitor)
+        .activator("janitor", "janitor")
+        .dynamic(dynamic);
+    assert_eq!(
+        format!("{:?}", from_file.config()),
+        format!("{:?}", from_code.config())
+    );
+
+    // Started, they are the same tree (two trees on one tunnel share its two channels: one each).
+    let a = from_file.start().await.unwrap();
+    let b = from_code.start().await.unwrap();
+    tokio::time::timeout(LONG, async {
+        loop {
+            let spread: Vec<usize> = [&a, &b]
+                .iter()
+                .flat_map(|t| t.tunnels().into_values().map(|w| w.channels().len()))
+                .collect();
+            if spread == [1, 1] && a.activator("janitor").is_some() && b.activator("janitor").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both trees run their worker and activator");
+    assert_eq!(
+        shape(&a.snapshot().await.unwrap()),
+        shape(&b.snapshot().await.unwrap())
+    );
+    a.shutdown(Duration::from_secs(30)).await.unwrap();
+    b.shutdown(Duration::from_secs(30)).await.unwrap();
+    server.stop().await;
+}
+
+async fn event(
+    rx: &mut broadcast::Receiver<TreeEvent>,
+    mut pick: impl FnMut(&TreeEvent) -> bool,
+) -> TreeEvent {
+    tokio::time::timeout(LONG, async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if pick(&e) => return e,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the event comes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_cover_starts_restarts_reconnects_rebalances_checkpoints_and_leadership() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "events", 2).await;
+    let tree = Tree::builder()
+        .dynamic(DynamicConfig::new("jobs"))
+        .start()
+        .await
+        .unwrap();
+    let mut events = tree.subscribe_events();
+
+    let job = tree
+        .start_child("jobs", ChildSpec::actor("job", || (Job, ())))
+        .await
+        .unwrap();
+    event(&mut events, |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Started { supervisor, child, .. }) if &**supervisor == "arbor/jobs" && child.starts_with("job#"))).await;
+    job.kill().unwrap();
+    event(&mut events, |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Restarted { child, restarts: 1, .. }) if child.starts_with("job#"))).await;
+
+    let recorder = Recorder::default();
+    tree.tunnel(fast_options(&tunnel), target(&server.url))
+        .run_subscriber(recorder.clone())
+        .start()
+        .await
+        .unwrap();
+    event(&mut events, |e| {
+        matches!(
+            e,
+            TreeEvent::Connection {
+                state: arbor::connection::ConnectivityState::Ready,
+                ..
+            }
+        )
+    })
+    .await;
+    event(&mut events, |e| {
+        matches!(
+            e,
+            TreeEvent::Tunnel {
+                event: TunnelEvent::ChannelAssigned { .. },
+                ..
+            }
+        )
+    })
+    .await;
+    append_to(&mut client, &tunnel, None, vec![record("k", "v")])
+        .await
+        .unwrap();
+    event(&mut events, |e| {
+        matches!(
+            e,
+            TreeEvent::Tunnel {
+                event: TunnelEvent::Checkpointed { position: 1, .. },
+                ..
+            }
+        )
+    })
+    .await;
+
+    tree.start_activator(Janitor, ActivatorOptions::new("janitor"))
+        .await
+        .unwrap();
+    event(&mut events, |e| matches!(e, TreeEvent::Leadership { name, role: Role::Leader, fencing_token: Some(_), .. } if name == "janitor")).await;
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_tunnel_checkpoints_and_shuts_sessions_down() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "flush", 4).await;
+    append_to(
+        &mut client,
+        &tunnel,
+        None,
+        (0..500)
+            .map(|i| record(format!("k{i}"), format!("{i}")))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let tree = Tree::builder().start().await.unwrap();
+    let recorder = Recorder::default();
+    // Checkpoints only on close: what the service holds after the shutdown is what the shutdown flushed.
+    let options = fast_options(&tunnel).checkpoint(CheckpointPolicy::Every(Duration::from_secs(3600)));
+    tree.tunnel(options, target(&server.url))
+        .run_subscriber(recorder.clone())
+        .start()
+        .await
+        .unwrap();
+    recorder.wait_for(500).await;
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
+    let info = describe(&mut client, &tunnel).await;
+    assert!(
+        info.clients.is_empty(),
+        "the session was shut down: {:?}",
+        info.clients
+    );
+    for c in &info.channels {
+        assert_eq!(
+            c.checkpoint_sequence_number, c.end_sequence_number,
+            "channel {} flushed",
+            c.channel_id
+        );
+    }
+    // a new consumer resumes exactly after them: it gets only what comes next
+    append_to(
+        &mut client,
+        &tunnel,
+        None,
+        (500..600)
+            .map(|i| record(format!("k{i}"), format!("{i}")))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let next = Tree::builder().start().await.unwrap();
+    let fresh = Recorder::default();
+    next.tunnel(fast_options(&tunnel), target(&server.url))
+        .run_subscriber(fresh.clone())
+        .start()
+        .await
+        .unwrap();
+    fresh.wait_for(100).await;
+    let values: std::collections::BTreeSet<u32> = fresh
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| String::from_utf8(s.value.clone()).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        (500..600).collect(),
+        "nothing before the checkpoints was delivered again"
+    );
+    next.shutdown(Duration::from_secs(30)).await.unwrap();
+    server.stop().await;
+}
