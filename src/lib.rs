@@ -31,11 +31,14 @@
 
 pub use arbor_actors::{ractor, registry, supervisor};
 
+#[cfg(feature = "cli")]
 pub mod demo;
 
 #[cfg(feature = "tree")]
 pub mod tree;
 
+#[cfg(feature = "tunnel-service")]
+mod closable;
 #[cfg(feature = "tunnel-service")]
 pub mod serve;
 #[cfg(feature = "tunnel-service")]

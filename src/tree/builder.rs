@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use arbor_actors::activator::{ActivatorOptions, Backend, LocalBackend, Singleton};
+use arbor_actors::activator::{ActivatorInfo, ActivatorOptions, Backend, LocalBackend, Singleton};
 use arbor_actors::connection::{ConnectionConfig, ConnectionPool, PoolOptions};
 use arbor_actors::registry::Registry;
 use arbor_actors::supervisor::{ChildSpec, DynamicSupervisor, EventSink, Supervisor, SupervisorOptions};
@@ -34,6 +34,7 @@ pub struct TreeBuilder {
     children: Vec<ChildSpec>,
     subscriber_kinds: HashMap<String, SubscriberKind>,
     singleton_kinds: HashMap<String, SingletonKind>,
+    shared_activators: Option<Registry<ActivatorInfo>>,
 }
 
 impl fmt::Debug for TreeBuilder {
@@ -52,6 +53,7 @@ impl fmt::Debug for TreeBuilder {
                 "singleton_kinds",
                 &self.singleton_kinds.keys().collect::<Vec<_>>(),
             )
+            .field("shared_activators", &self.shared_activators.is_some())
             .finish()
     }
 }
@@ -90,6 +92,7 @@ impl TreeBuilder {
             children: Vec::new(),
             subscriber_kinds: HashMap::new(),
             singleton_kinds: HashMap::new(),
+            shared_activators: None,
         };
         builder = builder
             .subscriber_kind("log", |b| b.run_subscriber(LogSubscriber))
@@ -158,6 +161,15 @@ impl TreeBuilder {
         self
     }
 
+    /// Elects and publishes activators through `registry` rather than a registry of the tree's own, with the
+    /// local backend: trees of one process that share it elect one leader per singleton between them, as
+    /// trees in separate processes do through etcd. Each tree still sees only its own activators
+    /// ([`TreeHandle::activator`], leadership events).
+    pub fn activator_registry(mut self, registry: Registry<ActivatorInfo>) -> Self {
+        self.shared_activators = Some(registry);
+        self
+    }
+
     /// Registers a singleton kind for configured activators.
     pub fn singleton_kind<S: Singleton + Clone>(mut self, kind: impl Into<String>, singleton: S) -> Self {
         let start: SingletonKind = Arc::new(move |tree: TreeHandle, options: ActivatorOptions| {
@@ -197,6 +209,7 @@ impl TreeBuilder {
             children,
             subscriber_kinds,
             singleton_kinds,
+            shared_activators,
         } = self;
         config.check("<builder>")?;
         for (i, t) in config.tunnels.iter().enumerate() {
@@ -223,9 +236,9 @@ impl TreeBuilder {
         let sink = EventSink::new(config.name.clone(), supervisor_events);
         let registry = Registry::new("app");
         let tunnel_registry = Registry::new("tunnels");
-        let activator_registry = Registry::new("activators");
+        let activator_registry = shared_activators.unwrap_or_else(|| Registry::new("activators"));
         let pool = ConnectionPool::new(config.pool.clone());
-        let backend = backend(&config.activators.backend, &activator_registry)?;
+        let backend = backend(&config, &activator_registry)?;
 
         let registries = Supervisor::builder()
             .events(sink.child("registry"))
@@ -263,7 +276,11 @@ impl TreeBuilder {
         let mut pumps = vec![
             pump_supervisors(supervisor_rx, events.clone()),
             pump_connections(pool.registry().clone(), events.clone()),
-            pump_leadership(activator_registry.clone(), events.clone()),
+            pump_leadership(
+                activator_registry.clone(),
+                backend.node_id().to_string(),
+                events.clone(),
+            ),
         ];
         let root = match root.start().await {
             Ok(root) => root,
@@ -311,12 +328,15 @@ impl TreeBuilder {
     }
 }
 
-fn backend(
-    config: &BackendConfig,
-    registry: &Registry<arbor_actors::activator::ActivatorInfo>,
-) -> Result<Arc<dyn Backend>, TreeError> {
-    match config {
-        BackendConfig::Local => Ok(Arc::new(LocalBackend::new(registry.clone()))),
+/// The tree's election backend. A local one is named after the tree (`<tree>@local-<pid>`), so trees sharing
+/// an activator registry tell their activators apart.
+fn backend(config: &TreeConfig, registry: &Registry<ActivatorInfo>) -> Result<Arc<dyn Backend>, TreeError> {
+    match &config.activators.backend {
+        BackendConfig::Local => {
+            Ok(Arc::new(LocalBackend::new(registry.clone()).with_node_id(
+                format!("{}@local-{}", config.name, std::process::id()),
+            )))
+        }
         #[cfg(feature = "etcd")]
         BackendConfig::Etcd(etcd) => {
             let mut options =

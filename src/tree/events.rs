@@ -177,6 +177,7 @@ pub(crate) fn pump_connections(
 /// Turns the activator registry's updates into leadership events (one per role change).
 pub(crate) fn pump_leadership(
     registry: Registry<ActivatorInfo>,
+    node_id: String,
     to: broadcast::Sender<TreeEvent>,
 ) -> JoinHandle<()> {
     let mut from = registry.watch();
@@ -185,6 +186,9 @@ pub(crate) fn pump_leadership(
         loop {
             let (key, info) = match from.recv().await {
                 Ok(RegistryEvent::Registered(entry) | RegistryEvent::Updated(entry)) => {
+                    if entry.value.node_id != node_id {
+                        continue; // another tree's activator, in a shared registry
+                    }
                     (entry.key, entry.value)
                 }
                 Ok(RegistryEvent::Removed(entry, _)) => {

@@ -234,7 +234,7 @@ impl TreeHandle {
             .activator_registry
             .select_prefix(&format!("activator/{name}/"))
             .into_iter()
-            .filter(|e| e.value.name == name)
+            .filter(|e| e.value.name == name && e.value.node_id == self.inner.backend.node_id())
             .find_map(|e| ActivatorHandle::from_cell(name, e.actor))
     }
 

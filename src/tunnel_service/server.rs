@@ -21,6 +21,7 @@ use super::config::Limits;
 use super::error::StoreError;
 use super::grpc::TunnelGrpc;
 use super::store::TunnelStore;
+use crate::closable::Closer;
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -233,6 +234,8 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     maintenance: JoinHandle<()>,
+    /// Ends the connections still open when the grace period is over.
+    closer: Arc<Closer>,
     /// Resolves when the serve task ends, with its error if it failed.
     exit: Option<oneshot::Receiver<Result<(), String>>>,
 }
@@ -243,9 +246,10 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// Stops accepting calls, lets calls in flight finish (up to `grace`), and stops maintenance. The store
-    /// stays open (it may outlive a server, e.g. across supervisor restarts); close it with
-    /// [`TunnelStore::close`].
+    /// Stops accepting calls, lets calls in flight finish (up to `grace`), then closes the connections still
+    /// open (long polls, streams) and stops maintenance. When it returns, nothing of the server runs or holds
+    /// the store any more. The store stays open (it may outlive a server, e.g. across supervisor restarts);
+    /// close it with [`TunnelStore::close`].
     ///
     /// # Errors
     /// [`ServerError::Transport`] if the server had failed.
@@ -254,16 +258,30 @@ impl RunningServer {
             let _ = tx.send(());
         }
         self.maintenance.abort();
-        match tokio::time::timeout(grace, &mut self.serve).await {
-            Ok(Ok(result)) => result.map_err(ServerError::Transport),
-            Ok(Err(_)) => Ok(()),
+        let _ = (&mut self.maintenance).await;
+        let result = match tokio::time::timeout(grace, &mut self.serve).await {
+            Ok(joined) => joined,
             Err(_) => {
-                self.serve.abort();
-                Ok(())
+                // The server waits for its connections to close: close them.
+                self.closer.close_all();
+                match tokio::time::timeout(CLOSE_WAIT, &mut self.serve).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        self.serve.abort();
+                        (&mut self.serve).await
+                    }
+                }
             }
+        };
+        match result {
+            Ok(served) => served.map_err(ServerError::Transport),
+            Err(_) => Ok(()),
         }
     }
 }
+
+/// How long [`RunningServer::stop`] waits for closed connections to wind down before it aborts the server.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts tunnel servers.
 #[derive(Debug, Clone, Copy)]
@@ -337,7 +355,17 @@ impl TunnelServer {
             .add_service(reflection_alpha)
             .add_service(tunnel_service);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let closer = Closer::new();
+        let incoming = {
+            use futures::StreamExt;
+            let closer_for_accept = Arc::new(closer);
+            let wrap = Arc::clone(&closer_for_accept);
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(move |accepted| accepted.map(|stream| wrap.wrap(stream)));
+            (incoming, closer_for_accept)
+        };
+        let (incoming, closer) = incoming;
         let (exit_tx, exit_rx) = oneshot::channel();
         let serve = tokio::spawn(async move {
             let result = router
@@ -372,6 +400,7 @@ impl TunnelServer {
             shutdown: Some(shutdown_tx),
             serve,
             maintenance,
+            closer,
             exit: Some(exit_rx),
         })
     }
