@@ -682,8 +682,19 @@ async fn recover(ctx: &mut Ctx, err: TunnelError, position: u64) -> Result<u64, 
         }
         ErrorKind::Fatal if matches!(err, TunnelError::Malformed { .. }) => {
             // The two sides disagree on positions: resync from the checkpoint (records after it are delivered
-            // again, which at-least-once allows).
-            warn!(error = %err, "read out of sequence; resyncing from the checkpoint");
+            // again, which at-least-once allows). A service that keeps answering out of sequence is broken:
+            // resyncs back off like transient errors, and after `retry_for` the error stops the worker
+            // rather than spin.
+            let since = *ctx.read_failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= ctx.options.retry_for {
+                return Err(Ended::Fatal(err));
+            }
+            let delay = ctx.options.retry_backoff.delay(ctx.read_attempts);
+            ctx.read_attempts = ctx.read_attempts.saturating_add(1);
+            warn!(error = %err, ?delay, "read out of sequence; resyncing from the checkpoint");
+            ctx.or_stop(tokio::time::sleep(delay))
+                .await
+                .map_err(Ended::Stopped)?;
             let info = ctx
                 .retrying("GetCheckpoint", |source, lease| {
                     async move { source.get_checkpoint(&lease).await }.boxed()

@@ -136,8 +136,10 @@ impl TunnelWorkerBuilder {
         self
     }
 
-    /// Run `subscriber` in an actor the worker supervises (started again if it dies, three times in a row at
-    /// most).
+    /// Run `subscriber` in an actor the worker supervises: started again at once if it dies or misses the
+    /// processing timeout, at most three times within one `subscriber_grace` period (a restart intensity, as
+    /// a supervisor's); past that, the worker waits for [`TunnelHandle::attach_subscriber`] as it would for a
+    /// user's subscriber.
     pub fn run_subscriber<S: Subscriber>(mut self, subscriber: S) -> Self {
         let subscriber = Arc::new(subscriber);
         let factory: RunnerFactory = Arc::new(move |worker: ActorCell| {
