@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arbor::registry::{Registry, RegistryEvent, RemovalReason};
-use arbor::tunnel::{ChannelType, TunnelEntry, TunnelEvent};
+use arbor::tunnel::{ChannelType, CheckpointPolicy, TunnelEntry, TunnelEvent, WorkerStatus};
 use arbor_proto::tunnel::v1;
 use tunnel_worker_common::*;
 
@@ -258,5 +258,42 @@ async fn a_finished_base_channel_is_terminated_never_read_again_and_its_stream_c
     assert!(registry.lookup(&format!("tunnel/{tunnel}/channel/0")).is_none());
     assert_eq!(worker.channels().len(), 1);
     worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_finishes_the_batch_in_delivery_and_flushes_what_was_acknowledged() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "flushed", 1).await;
+    append_to(&mut client, &tunnel, Some(0), records("a", 200))
+        .await
+        .unwrap();
+    // checkpoints on a timer that never fires in this test: only the shutdown's flush writes one
+    let options = fast_options(&tunnel).checkpoint(CheckpointPolicy::Every(Duration::from_secs(3600)));
+    let inbox = Inbox::holding_from(100);
+    let (_actor, subscriber) = actor_subscriber(Arc::clone(&inbox)).await;
+    let worker = start_worker_with(&server.url, options, Registry::new("flushed"), subscriber).await;
+    inbox
+        .wait_received("the batch 100..200", |&r| r == (0, 100, 200))
+        .await;
+    assert_eq!(inbox.acked_on(0), (0..100).collect::<Vec<u64>>());
+    assert_eq!(checkpoints(&mut client, &tunnel).await, vec![0]);
+
+    // the shutdown starts while the second batch is in the subscriber's hands, which then acknowledges it
+    let stopping = {
+        let worker = worker.clone();
+        tokio::spawn(async move { worker.shutdown(Duration::from_secs(10)).await })
+    };
+    let mut status = worker.status();
+    tokio::time::timeout(LONG, status.wait_for(|s| *s == WorkerStatus::Stopping))
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    inbox.release();
+    stopping.await.unwrap().unwrap();
+    let info = describe(&mut client, &tunnel).await;
+    assert_eq!(info.channels[0].checkpoint_sequence_number, 200);
+    assert!(info.clients.is_empty(), "{:?}", info.clients);
     server.stop().await;
 }

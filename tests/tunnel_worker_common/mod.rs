@@ -207,6 +207,8 @@ pub struct Inbox {
     pub hold_from: Mutex<Option<u64>>,
     /// When set, the next delivery is refused (nack).
     pub nack_next: std::sync::atomic::AtomicBool,
+    /// The acknowledgements held, with the records they would acknowledge.
+    pub held: Mutex<Vec<(Arc<Batch>, arbor::tunnel::Ack)>>,
     pub changed: Notify,
 }
 
@@ -216,6 +218,27 @@ impl Inbox {
         let inbox = Inbox::default();
         *inbox.hold_from.lock().unwrap() = Some(from);
         Arc::new(inbox)
+    }
+
+    /// Acknowledges the held deliveries (as a subscriber that was slow, not stuck).
+    pub fn release(&self) {
+        for (batch, ack) in self.held.lock().unwrap().drain(..) {
+            self.record_acked(&batch);
+            ack.ack();
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn record_acked(&self, batch: &Batch) {
+        self.acked
+            .lock()
+            .unwrap()
+            .extend(batch.records.iter().map(|r| Seen {
+                channel: batch.channel_id,
+                sequence: r.sequence,
+                key: r.key.to_vec(),
+                value: r.value.to_vec(),
+            }));
     }
 
     /// Waits until a delivery matching `pick` was received (panics after [`LONG`]).
@@ -259,7 +282,7 @@ pub struct ActorSubscriber;
 
 impl arbor::ractor::Actor for ActorSubscriber {
     type Msg = Delivery;
-    type State = (Arc<Inbox>, Vec<arbor::tunnel::Ack>);
+    type State = Arc<Inbox>;
     type Arguments = Arc<Inbox>;
 
     async fn pre_start(
@@ -267,14 +290,14 @@ impl arbor::ractor::Actor for ActorSubscriber {
         _: arbor::ractor::ActorRef<Delivery>,
         inbox: Arc<Inbox>,
     ) -> Result<Self::State, arbor::ractor::ActorProcessingErr> {
-        Ok((inbox, Vec::new()))
+        Ok(inbox)
     }
 
     async fn handle(
         &self,
         _: arbor::ractor::ActorRef<Delivery>,
         delivery: Delivery,
-        (inbox, held): &mut Self::State,
+        inbox: &mut Self::State,
     ) -> Result<(), arbor::ractor::ActorProcessingErr> {
         use std::sync::atomic::Ordering::SeqCst;
         let batch = &delivery.batch;
@@ -289,20 +312,11 @@ impl arbor::ractor::Actor for ActorSubscriber {
             .unwrap()
             .is_some_and(|from| batch.first_sequence() >= from);
         if hold {
-            held.push(delivery.ack);
+            inbox.held.lock().unwrap().push((Arc::clone(batch), delivery.ack));
         } else if inbox.nack_next.swap(false, SeqCst) {
             delivery.ack.nack("refused by the test");
         } else {
-            inbox
-                .acked
-                .lock()
-                .unwrap()
-                .extend(batch.records.iter().map(|r| Seen {
-                    channel: batch.channel_id,
-                    sequence: r.sequence,
-                    key: r.key.to_vec(),
-                    value: r.value.to_vec(),
-                }));
+            inbox.record_acked(batch);
             delivery.ack.ack();
         }
         inbox.changed.notify_waiters();
@@ -335,18 +349,16 @@ pub async fn start_worker_with(
         .expect("worker starts")
 }
 
-/// Waits until the worker is in `status`.
+/// Waits until the worker is in `status`; returns its state then.
 pub async fn wait_for_status(worker: &TunnelHandle, status: WorkerStatus) -> WorkerInfo {
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let info = worker.info().await.expect("worker runs");
-        if info.status == status {
-            return info;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "worker never reached {status:?}: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut watch = worker.status();
+    let reached = tokio::time::timeout(LONG, watch.wait_for(|s| *s == status))
+        .await
+        .map(|r| r.is_ok());
+    assert!(
+        reached == Ok(true),
+        "the worker never reached {status:?}: {:?}",
+        *worker.status().borrow()
+    );
+    worker.info().await.expect("the worker runs")
 }

@@ -270,6 +270,9 @@ struct Ctx {
     /// Since when reads have failed with transient errors (reset by a read that works).
     read_failing_since: Option<Instant>,
     read_attempts: u32,
+    /// Writing the last checkpoint (or finishing the batch in delivery) for a graceful stop: only
+    /// [`StopMode::Abandon`] interrupts now.
+    flushing: bool,
 }
 
 impl Ctx {
@@ -294,6 +297,7 @@ impl Ctx {
             lag: None,
             read_failing_since: None,
             read_attempts: 0,
+            flushing: false,
         }
     }
 
@@ -327,8 +331,12 @@ impl Ctx {
         tokio::pin!(what);
         loop {
             match self.poll_control() {
+                // The stop being flushed does not interrupt its own flush; abandoning it does.
+                Some(Interrupted::Stop(StopMode::Flush)) if self.flushing => {}
                 Some(Interrupted::Stop(mode)) => return Err(Interrupted::Stop(mode)),
-                Some(Interrupted::Drain) if drain_interrupts => return Err(Interrupted::Drain),
+                Some(Interrupted::Drain) if drain_interrupts && !self.flushing => {
+                    return Err(Interrupted::Drain)
+                }
                 _ => {}
             }
             tokio::select! {
@@ -481,7 +489,9 @@ async fn run(ctx: &mut Ctx) -> Outcome {
         | Ended::Fatal(_) => false,
     };
     if flush {
-        // A stop that comes during the flush abandons it; the flush itself is bounded by `retry_for`.
+        // Only an abandoning stop cuts the flush short (the graceful stop that may have ended the loop does
+        // not); the flush itself is bounded by `retry_for`.
+        ctx.flushing = true;
         match ctx.checkpoint().await {
             Ok(()) => {}
             Err(Ended::OwnershipLost(err)) => {
@@ -747,12 +757,25 @@ async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended> {
             Ok(subscriber) => subscriber,
             Err(mode) => return Err(Ended::Stopped(mode)),
         };
-        let (delivery, ack) = Delivery::new(Arc::clone(&batch));
+        let (delivery, mut ack) = Delivery::new(Arc::clone(&batch));
         let failure = if subscriber.deliver(delivery).is_err() {
             "the subscriber is gone".to_string()
         } else {
             let timeout = ctx.options.processing_timeout;
-            match ctx.or_stop(tokio::time::timeout(timeout, ack)).await {
+            let deadline = tokio::time::Instant::now() + timeout;
+            match ctx.or_stop(tokio::time::timeout_at(deadline, &mut ack)).await {
+                Err(StopMode::Flush) => {
+                    // A graceful stop while the subscriber has the batch: let it finish (within the call
+                    // timeout) so that the flush includes it rather than deliver it again elsewhere.
+                    ctx.flushing = true;
+                    let until = deadline.min(tokio::time::Instant::now() + ctx.options.call_timeout);
+                    let answer = ctx.or_stop(tokio::time::timeout_at(until, &mut ack)).await;
+                    if let Ok(Ok(Ok(Ok(())))) = answer {
+                        ctx.acked = next;
+                        ctx.delivered += count;
+                    }
+                    return Err(Ended::Stopped(StopMode::Flush));
+                }
                 Err(mode) => return Err(Ended::Stopped(mode)),
                 Ok(Ok(Ok(Ok(())))) => {
                     ctx.acked = next;

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::{broadcast, watch};
 
 use super::error::TunnelError;
-use super::info::{ChannelInfo, TunnelEntry, TunnelEvent, WorkerInfo};
+use super::info::{ChannelInfo, TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
 use super::options::TunnelOptions;
 use super::source::{GrpcSource, TunnelSource};
 use super::subscriber::{Subscriber, SubscriberActor, SubscriberRef};
@@ -47,6 +47,7 @@ pub(crate) struct WorkerShared {
     pub(crate) registry_key: String,
     pub(crate) events: broadcast::Sender<TunnelEvent>,
     pub(crate) subscriber: watch::Sender<Option<SubscriberRef>>,
+    pub(crate) status: watch::Sender<WorkerStatus>,
     actor: Mutex<Option<ActorRef<WorkerMsg>>>,
     exit: Mutex<Option<TunnelExit>>,
 }
@@ -202,6 +203,7 @@ impl TunnelWorkerBuilder {
             registry,
             events,
             subscriber: subscriber_tx,
+            status: watch::channel(WorkerStatus::Connecting).0,
             actor: Mutex::new(None),
             exit: Mutex::new(None),
         });
@@ -378,6 +380,14 @@ impl TunnelHandle {
                 TunnelEntry::Worker(_) => None,
             })
             .collect()
+    }
+
+    /// The worker's status, now and as it changes (across restarts): `borrow()` it, or await one with
+    /// `wait_for` (`status().wait_for(|s| *s == WorkerStatus::Active)`). `Stopping` is the last status a
+    /// stopping worker shows; a killed worker's status is not updated ([`TunnelHandle::wait`] tells how it
+    /// ended).
+    pub fn status(&self) -> watch::Receiver<WorkerStatus> {
+        self.shared.status.subscribe()
     }
 
     /// Every event of the worker and its channels from now on.

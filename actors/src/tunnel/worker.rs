@@ -159,6 +159,7 @@ impl WorkerState {
         if self.status != status {
             debug!(from = ?self.status, to = ?status, "worker status");
             self.status = status;
+            self.shared.status.send_replace(status);
             self.publish();
         }
     }
@@ -623,7 +624,7 @@ impl WorkerState {
             self.set_status(WorkerStatus::Active);
         } else {
             if self.status == WorkerStatus::Detached {
-                self.status = WorkerStatus::Connecting;
+                self.set_status(WorkerStatus::Connecting);
             }
             self.connect(myself);
         }
@@ -741,6 +742,7 @@ impl Actor for WorkerActor {
             })?;
         let source = (args.source)(myself.get_cell()).await.map_err(Box::new)?;
         shared.set_actor(Some(myself.clone()));
+        shared.status.send_replace(WorkerStatus::Connecting);
         let mut state = WorkerState {
             options: args.options,
             source,
