@@ -4,8 +4,11 @@ mod tunnel_worker_common;
 
 use std::time::Duration;
 
+use std::time::Instant;
+
 use arbor::registry::Registry;
-use arbor::tunnel::{TunnelError, TunnelWorker};
+use arbor::supervisor::{DynamicSupervisor, DynamicSupervisorOptions};
+use arbor::tunnel::{TunnelError, TunnelEvent, TunnelExit, TunnelHandle, TunnelOptions, TunnelWorker};
 use tunnel_worker_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,13 +83,56 @@ async fn a_worker_consumes_every_record_in_order_per_key_and_checkpoints_to_the_
     server.stop().await;
 }
 
-/// Channels of each worker, as its registry entries say.
-fn spread(workers: &[arbor::tunnel::TunnelHandle]) -> Vec<usize> {
-    workers.iter().map(|w| w.channels().len()).collect()
+/// Channels of each worker, as its registry entries say, sorted.
+fn spread(workers: &[TunnelHandle]) -> Vec<usize> {
+    let mut spread: Vec<usize> = workers.iter().map(|w| w.channels().len()).collect();
+    spread.sort();
+    spread
+}
+
+/// Heartbeat interval and timeout of the failover tests: the bound on a failover is the timeout plus two
+/// intervals (one for the service's expiry to be seen, one of slack for a loaded machine).
+const INTERVAL: Duration = Duration::from_millis(500);
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn failover_options(tunnel: &str, tag: String) -> TunnelOptions {
+    fast_options(tunnel).heartbeat(INTERVAL, TIMEOUT).client_tag(tag)
+}
+
+async fn wait_for_spread(workers: &[TunnelHandle], expected: &[usize]) {
+    wait_until(&format!("the channels spread as {expected:?}"), || {
+        spread(workers) == expected
+    })
+    .await;
+}
+
+/// Appends `n` records over the tunnel and waits until the recorders have them all.
+async fn flow(client: &mut Client, tunnel: &str, recorders: &[Recorder], n: usize) {
+    let before: usize = recorders.iter().map(|r| r.count()).sum();
+    let records = (0..n).map(|i| record(format!("k{i}"), format!("{i}"))).collect();
+    append_to(client, tunnel, None, records).await.unwrap();
+    wait_until("the records are delivered", || {
+        recorders.iter().map(|r| r.count()).sum::<usize>() >= before + n
+    })
+    .await;
+}
+
+/// Kills what `kill` kills at once and checks that the channels are all owned by `survivors` within the bound.
+async fn assert_failover_within_bound(survivors: &[TunnelHandle], kill: impl FnOnce()) {
+    let bound = TIMEOUT + 2 * INTERVAL;
+    let killed_at = Instant::now();
+    kill();
+    wait_for_spread(survivors, &[4, 4]).await;
+    let took = killed_at.elapsed();
+    println!("channels moved {took:?} after the kill (bound {bound:?}: timeout {TIMEOUT:?} + 2 heartbeats)");
+    assert!(
+        took <= bound,
+        "failover took {took:?}, beyond the heartbeat timeout + 2 heartbeats ({bound:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_share_eight_channels_and_a_killed_one_is_replaced_within_its_timeout() {
+async fn three_workers_share_eight_channels_and_a_killed_ones_move_within_timeout_plus_two_heartbeats() {
     let server = TestServer::memory().await;
     let mut client = server.client().await;
     let tunnel = create_streams(&mut client, "shared", 8).await;
@@ -96,61 +142,81 @@ async fn three_workers_share_eight_channels_and_a_killed_one_is_replaced_within_
         // one registry per worker: three processes' worth of workers in one test
         let (w, r) = start_worker(
             &server.url,
-            fast_options(&tunnel).client_tag(format!("w{i}")),
+            failover_options(&tunnel, format!("w{i}")),
             Registry::new(format!("w{i}")),
         )
         .await;
         workers.push(w);
         recorders.push(r);
     }
-    tokio::time::timeout(LONG, async {
-        loop {
-            let mut s = spread(&workers);
-            s.sort();
-            if s == [2, 3, 3] {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("not balanced: {:?}", spread(&workers)));
+    wait_for_spread(&workers, &[2, 3, 3]).await;
+    flow(&mut client, &tunnel, &recorders, 400).await;
 
-    // records flow to whoever owns the channels
-    let records = (0..400)
-        .map(|i| record(format!("k{i}"), format!("{i}")))
-        .collect();
-    append_to(&mut client, &tunnel, None, records).await.unwrap();
-    tokio::time::timeout(LONG, async {
-        while recorders.iter().map(|r| r.count()).sum::<usize>() < 400 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("all records delivered");
-
-    // kill one worker outright: no Shutdown, so the service waits for its heartbeat timeout (2 s)
+    // kill one worker outright (its channel actors and its runner die with it): no Shutdown, so the service
+    // waits for its heartbeat timeout
     let victim = workers.remove(0);
-    let killed_at = std::time::Instant::now();
-    victim.cell().unwrap().kill();
-    tokio::time::timeout(LONG, async {
-        loop {
-            let mut s = spread(&workers);
-            s.sort();
-            if s == [4, 4] {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("channels not taken over: {:?}", spread(&workers)));
-    println!(
-        "channels moved {:?} after the kill (timeout 2 s, heartbeat 100 ms)",
-        killed_at.elapsed()
-    );
+    assert_failover_within_bound(&workers, || victim.cell().unwrap().kill()).await;
+    assert!(matches!(victim.wait().await, TunnelExit::Killed));
+    flow(&mut client, &tunnel, &recorders[1..], 400).await;
     for w in &workers {
         w.shutdown(Duration::from_secs(10)).await.unwrap();
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_under_dynamic_supervisors_restart_after_a_crash_and_move_away_when_their_tree_dies() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "supervised", 8).await;
+    let mut trees = Vec::new();
+    let mut workers = Vec::new();
+    let mut recorders = Vec::new();
+    for i in 0..3 {
+        let supervisor = DynamicSupervisor::start(DynamicSupervisorOptions::default())
+            .await
+            .unwrap();
+        let recorder = Recorder::default();
+        let worker = TunnelWorker::builder(failover_options(&tunnel, format!("t{i}")))
+            .connection(connection(&server.url).await)
+            .run_subscriber(recorder.clone())
+            .registry(Registry::new(format!("t{i}")))
+            .start_under(&supervisor)
+            .await
+            .unwrap();
+        trees.push(supervisor);
+        workers.push(worker);
+        recorders.push(recorder);
+    }
+    wait_for_spread(&workers, &[2, 3, 3]).await;
+    flow(&mut client, &tunnel, &recorders, 400).await;
+
+    // a crashed worker is restarted by its supervisor as a new session (new client id); the old session's
+    // channels come back after its timeout, and the three balance again
+    let mut events = workers[0].events();
+    let old_client = workers[0].info().await.unwrap().client_id.unwrap();
+    let old_actor = workers[0].cell().unwrap().get_id();
+    workers[0].cell().unwrap().kill();
+    let new_client = next_event(&mut events, |e| match e {
+        TunnelEvent::Connected { client_id } => Some(client_id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_ne!(new_client, old_client);
+    assert_ne!(workers[0].cell().unwrap().get_id(), old_actor);
+    wait_for_spread(&workers, &[2, 3, 3]).await;
+    flow(&mut client, &tunnel, &recorders, 400).await;
+
+    // killing a tree kills its worker and the worker's channels: the others take them within the bound
+    let tree = trees.remove(0);
+    workers.remove(0);
+    assert_failover_within_bound(&workers, || tree.cell().unwrap().kill()).await;
+    flow(&mut client, &tunnel, &recorders[1..], 400).await;
+    for tree in &trees {
+        tree.shutdown(Duration::from_secs(10)).await.unwrap();
+    }
+    // a supervisor's graceful shutdown is the worker's: checkpoints flushed, session shut down
+    let info = describe(&mut client, &tunnel).await;
+    assert!(info.clients.is_empty(), "{:?}", info.clients);
     server.stop().await;
 }

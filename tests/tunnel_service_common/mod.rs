@@ -344,8 +344,13 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `arbor serve --listen 127.0.0.1:0 <args>` and waits for its "listening on" line.
     pub fn start(args: &[&str]) -> ServeProcess {
+        ServeProcess::start_at("127.0.0.1:0", args)
+    }
+
+    /// Starts `arbor serve --listen <listen> <args>` and waits for its "listening on" line.
+    pub fn start_at(listen: &str, args: &[&str]) -> ServeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use arbor::connection::{ConnectionConfig, ConnectionHandle};
 use arbor::supervisor::BoxError;
-use arbor::tunnel::{Batch, Subscriber, TunnelEvent, TunnelHandle, TunnelOptions, TunnelWorker};
+use arbor::tunnel::{
+    Batch, Delivery, Subscriber, SubscriberRef, TunnelEvent, TunnelHandle, TunnelOptions, TunnelWorker,
+    WorkerInfo, WorkerStatus,
+};
 use tokio::sync::{broadcast, Notify};
 
 #[path = "../tunnel_service_common/mod.rs"]
@@ -16,16 +19,20 @@ pub mod service;
 
 pub use service::*;
 
-/// Heartbeats fast enough for tests (the floor is lowered on purpose).
+/// Heartbeats fast enough for tests (the floor is lowered on purpose); idle channels poll at least every
+/// 100 ms (a long-poll read, then at most 100 ms of empty-read backoff), so that a test's new records are
+/// picked up at once.
 pub fn fast_options(tunnel_id: &str) -> TunnelOptions {
-    TunnelOptions::new(tunnel_id)
+    let mut options = TunnelOptions::new(tunnel_id)
         .min_heartbeat_interval(Duration::from_millis(10))
         .heartbeat(Duration::from_millis(100), Duration::from_secs(2))
         .read_batch_size(100)
         .read_wait(Duration::from_millis(100))
         .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
         .subscriber_grace(Duration::from_secs(1))
-        .call_timeout(Duration::from_secs(2))
+        .call_timeout(Duration::from_secs(2));
+    options.empty_read_backoff.max = Duration::from_millis(100);
+    options
 }
 
 /// A connection to the service at `url` (`http://127.0.0.1:port`).
@@ -136,4 +143,222 @@ pub async fn next_event<T>(
     })
     .await
     .expect("timed out waiting for a tunnel event")
+}
+
+/// Waits until `done` holds, checking every 10 ms (panics after [`LONG`], naming `what`).
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `done` holds for the tunnel's description (panics after [`LONG`], naming `what`).
+pub async fn wait_for_tunnel(
+    client: &mut Client,
+    tunnel_id: &str,
+    what: &str,
+    mut done: impl FnMut(&arbor_proto::tunnel::v1::TunnelInfo) -> bool,
+) -> arbor_proto::tunnel::v1::TunnelInfo {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let info = describe(client, tunnel_id).await;
+        if done(&info) {
+            return info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}: {info:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The service's checkpoint of each channel, by channel id.
+pub async fn checkpoints(client: &mut Client, tunnel_id: &str) -> Vec<u64> {
+    describe(client, tunnel_id)
+        .await
+        .channels
+        .iter()
+        .map(|c| c.checkpoint_sequence_number)
+        .collect()
+}
+
+/// `n` records with keys `k<i>` and values `<prefix><i>`, all for `channel` when named.
+pub fn records(prefix: &str, n: usize) -> Vec<arbor_proto::tunnel::v1::AppendRecord> {
+    (0..n)
+        .map(|i| record(format!("k{i}"), format!("{prefix}{i}")))
+        .collect()
+}
+
+/// What an [`ActorSubscriber`] got, shared with the test.
+#[derive(Default)]
+pub struct Inbox {
+    /// Every delivery received, acknowledged or not: (channel, first sequence, next sequence).
+    pub received: Mutex<Vec<(u32, u64, u64)>>,
+    /// The records acknowledged, in order.
+    pub acked: Mutex<Vec<Seen>>,
+    /// Deliveries starting at or after this sequence are kept without an answer (the acknowledgement is
+    /// held, as by a subscriber that hangs).
+    pub hold_from: Mutex<Option<u64>>,
+    /// When set, the next delivery is refused (nack).
+    pub nack_next: std::sync::atomic::AtomicBool,
+    /// The acknowledgements held, with the records they would acknowledge.
+    pub held: Mutex<Vec<(Arc<Batch>, arbor::tunnel::Ack)>>,
+    pub changed: Notify,
+}
+
+impl Inbox {
+    /// An inbox that holds every delivery from sequence `from` on.
+    pub fn holding_from(from: u64) -> Arc<Inbox> {
+        let inbox = Inbox::default();
+        *inbox.hold_from.lock().unwrap() = Some(from);
+        Arc::new(inbox)
+    }
+
+    /// Acknowledges the held deliveries (as a subscriber that was slow, not stuck).
+    pub fn release(&self) {
+        for (batch, ack) in self.held.lock().unwrap().drain(..) {
+            self.record_acked(&batch);
+            ack.ack();
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn record_acked(&self, batch: &Batch) {
+        self.acked
+            .lock()
+            .unwrap()
+            .extend(batch.records.iter().map(|r| Seen {
+                channel: batch.channel_id,
+                sequence: r.sequence,
+                key: r.key.to_vec(),
+                value: r.value.to_vec(),
+            }));
+    }
+
+    /// Waits until a delivery matching `pick` was received (panics after [`LONG`]).
+    pub async fn wait_received(&self, what: &str, mut pick: impl FnMut(&(u32, u64, u64)) -> bool) {
+        tokio::time::timeout(LONG, async {
+            loop {
+                let notified = self.changed.notified();
+                if self.received.lock().unwrap().iter().any(&mut pick) {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never received {what}: {:?}", self.received()));
+    }
+
+    pub fn received(&self) -> Vec<(u32, u64, u64)> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Sequences acknowledged on `channel`, in order.
+    pub fn acked_on(&self, channel: u32) -> Vec<u64> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.channel == channel)
+            .map(|s| s.sequence)
+            .collect()
+    }
+}
+
+/// A user's ractor actor as a subscriber ([`SubscriberRef::actor`]): records what it receives, acknowledges
+/// unless told to hold or refuse.
+pub struct ActorSubscriber;
+
+impl arbor::ractor::Actor for ActorSubscriber {
+    type Msg = Delivery;
+    type State = Arc<Inbox>;
+    type Arguments = Arc<Inbox>;
+
+    async fn pre_start(
+        &self,
+        _: arbor::ractor::ActorRef<Delivery>,
+        inbox: Arc<Inbox>,
+    ) -> Result<Self::State, arbor::ractor::ActorProcessingErr> {
+        Ok(inbox)
+    }
+
+    async fn handle(
+        &self,
+        _: arbor::ractor::ActorRef<Delivery>,
+        delivery: Delivery,
+        inbox: &mut Self::State,
+    ) -> Result<(), arbor::ractor::ActorProcessingErr> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let batch = &delivery.batch;
+        inbox.received.lock().unwrap().push((
+            batch.channel_id,
+            batch.first_sequence(),
+            batch.next_sequence(),
+        ));
+        let hold = inbox
+            .hold_from
+            .lock()
+            .unwrap()
+            .is_some_and(|from| batch.first_sequence() >= from);
+        if hold {
+            inbox.held.lock().unwrap().push((Arc::clone(batch), delivery.ack));
+        } else if inbox.nack_next.swap(false, SeqCst) {
+            delivery.ack.nack("refused by the test");
+        } else {
+            inbox.record_acked(batch);
+            delivery.ack.ack();
+        }
+        inbox.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Spawns an [`ActorSubscriber`] on `inbox`; returns the actor and the reference a worker takes.
+pub async fn actor_subscriber(inbox: Arc<Inbox>) -> (arbor::ractor::ActorRef<Delivery>, SubscriberRef) {
+    let (actor, _) = arbor::ractor::Actor::spawn(None, ActorSubscriber, inbox)
+        .await
+        .expect("subscriber starts");
+    let subscriber = SubscriberRef::actor(actor.clone(), |d| d);
+    (actor, subscriber)
+}
+
+/// Starts a worker on `tunnel_id` at `url` with a user actor as its subscriber.
+pub async fn start_worker_with(
+    url: &str,
+    options: TunnelOptions,
+    registry: arbor::registry::Registry<arbor::tunnel::TunnelEntry>,
+    subscriber: SubscriberRef,
+) -> TunnelHandle {
+    TunnelWorker::builder(options)
+        .connection(connection(url).await)
+        .subscriber(subscriber)
+        .registry(registry)
+        .start()
+        .await
+        .expect("worker starts")
+}
+
+/// Waits until the worker is in `status`; returns its state then.
+pub async fn wait_for_status(worker: &TunnelHandle, status: WorkerStatus) -> WorkerInfo {
+    let mut watch = worker.status();
+    let reached = tokio::time::timeout(LONG, watch.wait_for(|s| *s == status))
+        .await
+        .map(|r| r.is_ok());
+    assert!(
+        reached == Ok(true),
+        "the worker never reached {status:?}: {:?}",
+        *worker.status().borrow()
+    );
+    worker.info().await.expect("the worker runs")
 }

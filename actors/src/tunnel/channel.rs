@@ -270,7 +270,8 @@ struct Ctx {
     /// Since when reads have failed with transient errors (reset by a read that works).
     read_failing_since: Option<Instant>,
     read_attempts: u32,
-    /// Writing the final checkpoint of a graceful stop: that stop must not interrupt it (an abandon does).
+    /// Writing the last checkpoint (or finishing the batch in delivery) for a graceful stop: only
+    /// [`StopMode::Abandon`] interrupts now.
     flushing: bool,
 }
 
@@ -330,9 +331,12 @@ impl Ctx {
         tokio::pin!(what);
         loop {
             match self.poll_control() {
+                // The stop being flushed does not interrupt its own flush; abandoning it does.
                 Some(Interrupted::Stop(StopMode::Flush)) if self.flushing => {}
                 Some(Interrupted::Stop(mode)) => return Err(Interrupted::Stop(mode)),
-                Some(Interrupted::Drain) if drain_interrupts => return Err(Interrupted::Drain),
+                Some(Interrupted::Drain) if drain_interrupts && !self.flushing => {
+                    return Err(Interrupted::Drain)
+                }
                 _ => {}
             }
             tokio::select! {
@@ -485,8 +489,8 @@ async fn run(ctx: &mut Ctx) -> Outcome {
         | Ended::Fatal(_) => false,
     };
     if flush {
-        // The stop that ended the loop asked for this flush; only an abandon interrupts it. The flush itself is
-        // bounded by `retry_for`.
+        // Only an abandoning stop cuts the flush short (the graceful stop that may have ended the loop does
+        // not); the flush itself is bounded by `retry_for`.
         ctx.flushing = true;
         match ctx.checkpoint().await {
             Ok(()) => {}
@@ -688,8 +692,19 @@ async fn recover(ctx: &mut Ctx, err: TunnelError, position: u64) -> Result<u64, 
         }
         ErrorKind::Fatal if matches!(err, TunnelError::Malformed { .. }) => {
             // The two sides disagree on positions: resync from the checkpoint (records after it are delivered
-            // again, which at-least-once allows).
-            warn!(error = %err, "read out of sequence; resyncing from the checkpoint");
+            // again, which at-least-once allows). A service that keeps answering out of sequence is broken:
+            // resyncs back off like transient errors, and after `retry_for` the error stops the worker
+            // rather than spin.
+            let since = *ctx.read_failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= ctx.options.retry_for {
+                return Err(Ended::Fatal(err));
+            }
+            let delay = ctx.options.retry_backoff.delay(ctx.read_attempts);
+            ctx.read_attempts = ctx.read_attempts.saturating_add(1);
+            warn!(error = %err, ?delay, "read out of sequence; resyncing from the checkpoint");
+            ctx.or_stop(tokio::time::sleep(delay))
+                .await
+                .map_err(Ended::Stopped)?;
             let info = ctx
                 .retrying("GetCheckpoint", |source, lease| {
                     async move { source.get_checkpoint(&lease).await }.boxed()
@@ -742,12 +757,25 @@ async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended> {
             Ok(subscriber) => subscriber,
             Err(mode) => return Err(Ended::Stopped(mode)),
         };
-        let (delivery, ack) = Delivery::new(Arc::clone(&batch));
+        let (delivery, mut ack) = Delivery::new(Arc::clone(&batch));
         let failure = if subscriber.deliver(delivery).is_err() {
             "the subscriber is gone".to_string()
         } else {
             let timeout = ctx.options.processing_timeout;
-            match ctx.or_stop(tokio::time::timeout(timeout, ack)).await {
+            let deadline = tokio::time::Instant::now() + timeout;
+            match ctx.or_stop(tokio::time::timeout_at(deadline, &mut ack)).await {
+                Err(StopMode::Flush) => {
+                    // A graceful stop while the subscriber has the batch: let it finish (within the call
+                    // timeout) so that the flush includes it rather than deliver it again elsewhere.
+                    ctx.flushing = true;
+                    let until = deadline.min(tokio::time::Instant::now() + ctx.options.call_timeout);
+                    let answer = ctx.or_stop(tokio::time::timeout_at(until, &mut ack)).await;
+                    if let Ok(Ok(Ok(Ok(())))) = answer {
+                        ctx.acked = next;
+                        ctx.delivered += count;
+                    }
+                    return Err(Ended::Stopped(StopMode::Flush));
+                }
                 Err(mode) => return Err(Ended::Stopped(mode)),
                 Ok(Ok(Ok(Ok(())))) => {
                     ctx.acked = next;

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::{broadcast, watch};
 
 use super::error::TunnelError;
-use super::info::{ChannelInfo, TunnelEntry, TunnelEvent, WorkerInfo};
+use super::info::{ChannelInfo, TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
 use super::options::TunnelOptions;
 use super::source::{GrpcSource, TunnelSource};
 use super::subscriber::{Subscriber, SubscriberActor, SubscriberRef};
@@ -47,6 +47,7 @@ pub(crate) struct WorkerShared {
     pub(crate) registry_key: String,
     pub(crate) events: broadcast::Sender<TunnelEvent>,
     pub(crate) subscriber: watch::Sender<Option<SubscriberRef>>,
+    pub(crate) status: watch::Sender<WorkerStatus>,
     actor: Mutex<Option<ActorRef<WorkerMsg>>>,
     exit: Mutex<Option<TunnelExit>>,
 }
@@ -136,8 +137,10 @@ impl TunnelWorkerBuilder {
         self
     }
 
-    /// Run `subscriber` in an actor the worker supervises (started again if it dies, three times in a row at
-    /// most).
+    /// Run `subscriber` in an actor the worker supervises: started again at once if it dies or misses the
+    /// processing timeout, at most three times within one `subscriber_grace` period (a restart intensity, as
+    /// a supervisor's); past that, the worker waits for [`TunnelHandle::attach_subscriber`] as it would for a
+    /// user's subscriber.
     pub fn run_subscriber<S: Subscriber>(mut self, subscriber: S) -> Self {
         let subscriber = Arc::new(subscriber);
         let factory: RunnerFactory = Arc::new(move |worker: ActorCell| {
@@ -200,6 +203,7 @@ impl TunnelWorkerBuilder {
             registry,
             events,
             subscriber: subscriber_tx,
+            status: watch::channel(WorkerStatus::Connecting).0,
             actor: Mutex::new(None),
             exit: Mutex::new(None),
         });
@@ -376,6 +380,14 @@ impl TunnelHandle {
                 TunnelEntry::Worker(_) => None,
             })
             .collect()
+    }
+
+    /// The worker's status, now and as it changes (across restarts): `borrow()` it, or await one with
+    /// `wait_for` (`status().wait_for(|s| *s == WorkerStatus::Active)`). `Stopping` is the last status a
+    /// stopping worker shows; a killed worker's status is not updated ([`TunnelHandle::wait`] tells how it
+    /// ended).
+    pub fn status(&self) -> watch::Receiver<WorkerStatus> {
+        self.shared.status.subscribe()
     }
 
     /// Every event of the worker and its channels from now on.

@@ -11,8 +11,9 @@
 //!   timeout, ends the session: every channel is stopped, `Shutdown` is sent, and the worker connects again
 //!   after a random delay with a new client id.
 //! - **Paused**: the subscriber died or failed; deliveries wait (nothing past what it acknowledged is ever
-//!   checkpointed). A subscriber the worker runs itself is started again at once (three times in a row at
-//!   most); otherwise, or after that, the worker waits for [`attach_subscriber`] for the grace period.
+//!   checkpointed). A subscriber the worker runs itself is started again at once (at most three times
+//!   within a grace period); otherwise, or after that, the worker waits for [`attach_subscriber`] for the
+//!   grace period.
 //! - **Detached**: the grace period passed: the session was shut down cleanly (acknowledged positions
 //!   checkpointed, `Shutdown` sent) so that other consumers take the channels; the worker waits for a
 //!   subscriber and then connects again.
@@ -23,7 +24,7 @@
 //!
 //! [`attach_subscriber`]: super::TunnelHandle::attach_subscriber
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +42,10 @@ use super::options::TunnelOptions;
 use super::source::{ChannelLease, ReportedChannel, ServerChannel, Session, TunnelSource};
 use super::state::{self, Decision, Local, Server};
 use super::subscriber::SubscriberRef;
+
+/// How many times a subscriber the worker runs itself is started again within one grace period before the
+/// worker gives up on it (and releases its channels once the grace period has passed).
+pub(crate) const RUNNER_RESTARTS: usize = 3;
 
 /// Starts a subscriber the worker runs itself, linked to the worker.
 pub(crate) type RunnerFactory =
@@ -118,7 +123,8 @@ pub(crate) struct WorkerState {
     status: WorkerStatus,
     subscriber: Option<SubscriberRef>,
     owned: Option<RunnerFactory>,
-    owned_restarts: u32,
+    /// When the runner was restarted, within the last grace period (at most [`RUNNER_RESTARTS`]).
+    owned_restarts: VecDeque<Instant>,
     grace_generation: u64,
 }
 
@@ -153,6 +159,7 @@ impl WorkerState {
         if self.status != status {
             debug!(from = ?self.status, to = ?status, "worker status");
             self.status = status;
+            self.shared.status.send_replace(status);
             self.publish();
         }
     }
@@ -182,6 +189,15 @@ impl WorkerState {
     fn on_connected(&mut self, myself: &ActorRef<WorkerMsg>, result: Result<Session, TunnelError>) {
         self.connecting = false;
         match result {
+            Ok(session) if self.subscriber.is_none() && self.status == WorkerStatus::Detached => {
+                // The grace period ran out while this session was being opened: give it back at once rather
+                // than hold channels nobody consumes.
+                info!(client_id = %session.client_id, "session opened while detached: shutting it down");
+                let source = Arc::clone(&self.source);
+                tokio::spawn(async move {
+                    let _ = source.shutdown(&session).await;
+                });
+            }
             Ok(session) => {
                 self.session_gen += 1;
                 self.sessions += 1;
@@ -608,7 +624,7 @@ impl WorkerState {
             self.set_status(WorkerStatus::Active);
         } else {
             if self.status == WorkerStatus::Detached {
-                self.status = WorkerStatus::Connecting;
+                self.set_status(WorkerStatus::Connecting);
             }
             self.connect(myself);
         }
@@ -638,8 +654,18 @@ impl WorkerState {
             if kill {
                 current.cell().kill();
             }
-            if self.owned_restarts < 3 {
-                self.owned_restarts += 1;
+            // Restart intensity, as a supervisor's: at most RUNNER_RESTARTS within a grace period. A runner
+            // that keeps dying (a batch that makes it panic) is then given up on like a user's subscriber.
+            let window = self.options.subscriber_grace;
+            while self
+                .owned_restarts
+                .front()
+                .is_some_and(|at| at.elapsed() > window)
+            {
+                self.owned_restarts.pop_front();
+            }
+            if self.owned_restarts.len() < RUNNER_RESTARTS {
+                self.owned_restarts.push_back(Instant::now());
                 match factory(myself.get_cell()).await {
                     Ok(subscriber) => {
                         self.attach(myself, subscriber, true);
@@ -716,6 +742,7 @@ impl Actor for WorkerActor {
             })?;
         let source = (args.source)(myself.get_cell()).await.map_err(Box::new)?;
         shared.set_actor(Some(myself.clone()));
+        shared.status.send_replace(WorkerStatus::Connecting);
         let mut state = WorkerState {
             options: args.options,
             source,
@@ -733,7 +760,7 @@ impl Actor for WorkerActor {
             status: WorkerStatus::Connecting,
             subscriber: None,
             owned: None,
-            owned_restarts: 0,
+            owned_restarts: VecDeque::new(),
             grace_generation: 0,
         };
         match args.subscriber {
@@ -797,7 +824,7 @@ impl Actor for WorkerActor {
                     }
                 }
                 state.owned = None;
-                state.owned_restarts = 0;
+                state.owned_restarts.clear();
                 state.attach(&myself, subscriber, false);
                 let _ = reply.send(());
             }

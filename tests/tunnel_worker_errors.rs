@@ -1,0 +1,335 @@
+//! Bad input and a misbehaving service: invalid options and missing builder parts are typed errors naming the
+//! field; a service that answers outside the protocol (a real tonic server on 127.0.0.1 implementing the
+//! generated `TunnelService` with protocol-violating data) stops the worker with a typed `Malformed` error, or
+//! makes the channel resync, as the protocol says. Nothing panics.
+
+mod tunnel_worker_common;
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arbor::registry::Registry;
+use arbor::supervisor::{DynamicSupervisor, DynamicSupervisorOptions};
+use arbor::tunnel::{TunnelError, TunnelExit, TunnelOptions, TunnelWorker};
+use arbor_proto::tunnel::v1;
+use arbor_proto::tunnel::v1::tunnel_service_server::{TunnelService, TunnelServiceServer};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use tunnel_worker_common::*;
+
+fn invalid_field(result: Result<impl std::fmt::Debug, TunnelError>) -> String {
+    match result {
+        Err(TunnelError::InvalidOptions { field, .. }) => field,
+        other => panic!("expected InvalidOptions, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_without_connection_or_subscriber_or_with_bad_options_is_refused_naming_the_field() {
+    let server = TestServer::memory().await;
+    let options = || fast_options("t-1");
+    // nothing is started: no connection needed for the first check
+    let no_connection = TunnelWorker::builder(options())
+        .run_subscriber(Recorder::default())
+        .start()
+        .await;
+    assert_eq!(invalid_field(no_connection), "connection");
+    let no_subscriber = TunnelWorker::builder(options())
+        .connection(connection(&server.url).await)
+        .start()
+        .await;
+    assert_eq!(invalid_field(no_subscriber), "subscriber");
+    let bad_timeout =
+        TunnelWorker::builder(options().heartbeat(Duration::from_secs(1), Duration::from_millis(500)))
+            .connection(connection(&server.url).await)
+            .run_subscriber(Recorder::default())
+            .start()
+            .await;
+    assert_eq!(invalid_field(bad_timeout), "heartbeat_timeout");
+    let no_tunnel = TunnelWorker::builder(TunnelOptions::default())
+        .connection(connection(&server.url).await)
+        .run_subscriber(Recorder::default())
+        .start()
+        .await;
+    assert_eq!(invalid_field(no_tunnel), "tunnel_id");
+
+    // the same through a supervisor: refused before anything starts, with the same typed error
+    let supervisor = DynamicSupervisor::start(DynamicSupervisorOptions::default())
+        .await
+        .unwrap();
+    let under = TunnelWorker::builder(options().read_batch_size(0))
+        .connection(connection(&server.url).await)
+        .run_subscriber(Recorder::default())
+        .start_under(&supervisor)
+        .await;
+    assert_eq!(invalid_field(under), "read_batch_size");
+    let spec = TunnelWorker::builder(options()).child_spec("tunnel");
+    assert_eq!(invalid_field(spec.map(|(_, handle)| handle)), "connection");
+    assert_eq!(supervisor.count_children().await.unwrap().active, 0);
+
+    // the serde form names the field too
+    let options: TunnelOptions =
+        serde_json::from_str(r#"{"tunnel_id":"t","heartbeat_interval":"1s","heartbeat_timeout":"2s"}"#)
+            .unwrap();
+    assert!(matches!(
+        options.validate(),
+        Err(TunnelError::InvalidOptions { ref field, .. }) if field == "heartbeat_interval"
+    ));
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+    server.stop().await;
+}
+
+/// How the fake service breaks the protocol.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// ConnectTunnel answers an empty client id.
+    EmptyClientId,
+    /// Heartbeat answers channel 0 with status UNSPECIFIED.
+    UnspecifiedStatus,
+    /// Heartbeat answers channel 0 as CLOSE (a status a client never owns).
+    ClosedButListed,
+    /// GetCheckpoint answers channel type UNSPECIFIED.
+    UnspecifiedChannelType,
+    /// ReadRecords skips 5 records, always.
+    RecordsOutOfSequence,
+    /// ReadRecords skips 5 records the first time only.
+    RecordsOutOfSequenceOnce,
+}
+
+/// A tunnel service that follows the protocol except for its fault, on one STREAM channel of 10 records.
+struct Faulty {
+    fault: Fault,
+    reads: Mutex<u32>,
+    checkpoints: Arc<Mutex<Vec<u64>>>,
+}
+
+const END: u64 = 10;
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<v1::ReadRecordsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TunnelService for Faulty {
+    type ReadRecordsStream = ReadStream;
+
+    async fn connect_tunnel(
+        &self,
+        _: Request<v1::ConnectTunnelRequest>,
+    ) -> Result<Response<v1::ConnectTunnelResponse>, Status> {
+        let client_id = if self.fault == Fault::EmptyClientId {
+            String::new()
+        } else {
+            "c-faulty".into()
+        };
+        Ok(Response::new(v1::ConnectTunnelResponse {
+            client_id,
+            heartbeat_timeout_ms: 2_000,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        _: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let status = match self.fault {
+            Fault::UnspecifiedStatus => v1::ChannelStatus::Unspecified,
+            Fault::ClosedButListed => v1::ChannelStatus::Close,
+            _ => v1::ChannelStatus::Open,
+        };
+        Ok(Response::new(v1::HeartbeatResponse {
+            channels: vec![v1::ChannelState {
+                channel_id: 0,
+                status: status.into(),
+                version: 1,
+                channel_type: v1::ChannelType::Stream.into(),
+            }],
+        }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        _: Request<v1::GetCheckpointRequest>,
+    ) -> Result<Response<v1::GetCheckpointResponse>, Status> {
+        let channel_type = if self.fault == Fault::UnspecifiedChannelType {
+            v1::ChannelType::Unspecified
+        } else {
+            v1::ChannelType::Stream
+        };
+        Ok(Response::new(v1::GetCheckpointResponse {
+            checkpoint_sequence_number: self.checkpoints.lock().unwrap().last().copied().unwrap_or(0),
+            first_retained_sequence_number: 0,
+            end_sequence_number: END,
+            channel_type: channel_type.into(),
+            finished: false,
+        }))
+    }
+
+    async fn read_records(
+        &self,
+        request: Request<v1::ReadRecordsRequest>,
+    ) -> Result<Response<ReadStream>, Status> {
+        let from = request.into_inner().from_sequence_number;
+        let first_read = {
+            let mut reads = self.reads.lock().unwrap();
+            *reads += 1;
+            *reads == 1
+        };
+        let skip = match self.fault {
+            Fault::RecordsOutOfSequence => 5,
+            Fault::RecordsOutOfSequenceOnce if first_read => 5,
+            _ => 0,
+        };
+        let records: Vec<v1::Record> = (from + skip..END)
+            .map(|seq| v1::Record {
+                sequence_number: seq,
+                append_time_unix_ms: 1,
+                key: format!("k{seq}").into_bytes().into(),
+                value: format!("v{seq}").into_bytes().into(),
+            })
+            .collect();
+        let message = v1::ReadRecordsResponse {
+            records,
+            next_sequence_number: END.max(from),
+            finished: false,
+        };
+        if from >= END {
+            // nothing more: a long poll would wait; answer an empty message after a short wait
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(message)]))))
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<v1::CheckpointRequest>,
+    ) -> Result<Response<v1::CheckpointResponse>, Status> {
+        self.checkpoints
+            .lock()
+            .unwrap()
+            .push(request.into_inner().sequence_number);
+        Ok(Response::new(v1::CheckpointResponse {}))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<v1::ShutdownRequest>,
+    ) -> Result<Response<v1::ShutdownResponse>, Status> {
+        Ok(Response::new(v1::ShutdownResponse {}))
+    }
+
+    async fn create_tunnel(
+        &self,
+        _: Request<v1::CreateTunnelRequest>,
+    ) -> Result<Response<v1::CreateTunnelResponse>, Status> {
+        Err(Status::unimplemented("faulty"))
+    }
+    async fn describe_tunnel(
+        &self,
+        _: Request<v1::DescribeTunnelRequest>,
+    ) -> Result<Response<v1::DescribeTunnelResponse>, Status> {
+        Err(Status::unimplemented("faulty"))
+    }
+    async fn list_tunnels(
+        &self,
+        _: Request<v1::ListTunnelsRequest>,
+    ) -> Result<Response<v1::ListTunnelsResponse>, Status> {
+        Err(Status::unimplemented("faulty"))
+    }
+    async fn delete_tunnel(
+        &self,
+        _: Request<v1::DeleteTunnelRequest>,
+    ) -> Result<Response<v1::DeleteTunnelResponse>, Status> {
+        Err(Status::unimplemented("faulty"))
+    }
+    async fn append(&self, _: Request<v1::AppendRequest>) -> Result<Response<v1::AppendResponse>, Status> {
+        Err(Status::unimplemented("faulty"))
+    }
+    async fn seal_channel(
+        &self,
+        _: Request<v1::SealChannelRequest>,
+    ) -> Result<Response<v1::SealChannelResponse>, Status> {
+        Err(Status::unimplemented("faulty"))
+    }
+}
+
+/// Serves a [`Faulty`] service on a free loopback port; returns its url and the checkpoints it was sent.
+async fn serve_faulty(fault: Fault) -> (String, Arc<Mutex<Vec<u64>>>) {
+    init_tracing();
+    let checkpoints = Arc::new(Mutex::new(Vec::new()));
+    let service = Faulty {
+        fault,
+        reads: Mutex::new(0),
+        checkpoints: Arc::clone(&checkpoints),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TunnelServiceServer::new(service))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (url, checkpoints)
+}
+
+/// Runs a worker against a faulty service; returns how it ended (it must end), and what it recorded.
+async fn run_against(fault: Fault) -> (TunnelExit, Recorder, Vec<u64>) {
+    let (url, checkpoints) = serve_faulty(fault).await;
+    let (worker, recorder) = start_worker(
+        &url,
+        fast_options("t-faulty").retry_for(Duration::from_millis(500)),
+        Registry::new(format!("{fault:?}")),
+    )
+    .await;
+    let exit = tokio::time::timeout(LONG, worker.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{fault:?}: the worker never stopped"));
+    let checkpoints = checkpoints.lock().unwrap().clone();
+    (exit, recorder, checkpoints)
+}
+
+fn malformed(exit: &TunnelExit) -> (&'static str, String) {
+    match exit {
+        TunnelExit::Fatal(err) => match &**err {
+            TunnelError::Malformed { call, field, .. } => (*call, field.clone()),
+            other => panic!("expected Malformed, got {other:?}"),
+        },
+        other => panic!("expected a fatal exit, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_session_answers_stop_the_worker_with_the_field_at_fault() {
+    let (exit, ..) = run_against(Fault::EmptyClientId).await;
+    assert_eq!(malformed(&exit), ("ConnectTunnel", "client_id".into()));
+    let (exit, ..) = run_against(Fault::UnspecifiedStatus).await;
+    assert_eq!(malformed(&exit), ("Heartbeat", "channels[0].status".into()));
+    let (exit, ..) = run_against(Fault::ClosedButListed).await;
+    assert_eq!(malformed(&exit), ("Heartbeat", "channels[0].status".into()));
+    let (exit, recorder, _) = run_against(Fault::UnspecifiedChannelType).await;
+    assert_eq!(malformed(&exit), ("GetCheckpoint", "channel_type".into()));
+    assert_eq!(recorder.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_out_of_sequence_resync_from_the_checkpoint_and_stop_the_worker_if_they_persist() {
+    // once: the channel resyncs (GetCheckpoint) and delivers every record in order
+    let (url, checkpoints) = serve_faulty(Fault::RecordsOutOfSequenceOnce).await;
+    let (worker, recorder) = start_worker(&url, fast_options("t-faulty"), Registry::new("once")).await;
+    recorder.wait_for(END as usize).await;
+    let seen: Vec<u64> = recorder.seen.lock().unwrap().iter().map(|s| s.sequence).collect();
+    assert_eq!(seen, (0..END).collect::<Vec<u64>>());
+    wait_until("checkpoint at the end", || {
+        checkpoints.lock().unwrap().last() == Some(&END)
+    })
+    .await;
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
+
+    // always: after `retry_for` of resyncs the worker stops with the typed error, nothing delivered
+    let (exit, recorder, checkpoints) = run_against(Fault::RecordsOutOfSequence).await;
+    assert_eq!(
+        malformed(&exit),
+        ("ReadRecords", "records.sequence_number".into())
+    );
+    assert_eq!(recorder.count(), 0);
+    assert!(checkpoints.iter().all(|&c| c == 0), "{checkpoints:?}");
+}
