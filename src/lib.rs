@@ -36,6 +36,12 @@ pub mod demo;
 #[cfg(feature = "tree")]
 pub mod tree;
 
+#[cfg(any(feature = "tunnel-service", feature = "introspection"))]
+pub mod serving;
+
+#[cfg(feature = "introspection")]
+pub mod introspect;
+
 #[cfg(feature = "tunnel-service")]
 pub mod serve;
 #[cfg(feature = "tunnel-service")]
