@@ -42,6 +42,11 @@ pub mod serving;
 #[cfg(feature = "introspection")]
 pub mod introspect;
 
+#[cfg(feature = "cli")]
+pub mod inspect;
+#[cfg(feature = "cli")]
+pub mod top;
+
 #[cfg(feature = "tunnel-service")]
 pub mod serve;
 #[cfg(feature = "tunnel-service")]
