@@ -1,4 +1,4 @@
-//! Compiles `arbor/tunnel/v1/tunnel.proto` with protox (a protobuf compiler in pure Rust, so no `protoc` is
+//! Compiles `arbor/tunnel/v1/tunnel.proto` and `arbor/inspect/v1/inspect.proto` with protox (a protobuf compiler in pure Rust, so no `protoc` is
 //! needed) and generates the prost messages plus the tonic client (feature `client`) and server (feature
 //! `server`) stubs. Also writes the file descriptor set, which servers hand to tonic-reflection.
 
@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "arbor/tunnel/v1/tunnel.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["."])?;
+    let protos = ["arbor/tunnel/v1/tunnel.proto", "arbor/inspect/v1/inspect.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["."])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("arbor_descriptor.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()

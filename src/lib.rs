@@ -37,6 +37,17 @@ pub mod demo;
 #[cfg(feature = "tree")]
 pub mod tree;
 
+#[cfg(any(feature = "tunnel-service", feature = "introspection"))]
+pub mod serving;
+
+#[cfg(feature = "introspection")]
+pub mod introspect;
+
+#[cfg(feature = "cli")]
+pub mod inspect;
+#[cfg(feature = "cli")]
+pub mod top;
+
 #[cfg(feature = "tunnel-service")]
 mod closable;
 #[cfg(feature = "tunnel-service")]

@@ -43,6 +43,30 @@ enum Command {
     Serve(ServeArgs),
     /// Administer tunnels on a running tunnel service, and append records.
     Tunnel(TunnelArgs),
+    /// Look at a running tree through its introspection server: tree, node, registry, events.
+    Inspect(InspectArgs),
+    /// A live terminal view of a running tree (its introspection server): tree, registries, channels, events.
+    Top(TopArgs),
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    connection: arbor::inspect::InspectConnection,
+    /// Machine-readable output: one JSON document (one JSON object a line for `events`).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: arbor::inspect::InspectCommand,
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    #[command(flatten)]
+    connection: arbor::inspect::InspectConnection,
+    /// How often to re-read the tree when no event comes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
 }
 
 #[derive(clap::Args)]
@@ -127,6 +151,30 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => serve(&runtime, args),
         Command::Tunnel(args) => tunnel(&runtime, args),
+        Command::Inspect(args) => inspect(&runtime, args),
+        Command::Top(args) => top(&runtime, args),
+    }
+}
+
+fn inspect(runtime: &tokio::runtime::Runtime, args: InspectArgs) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    let run = arbor::inspect::run(&args.connection, args.command, args.json, &mut stdout);
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("arbor inspect: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn top(runtime: &tokio::runtime::Runtime, args: TopArgs) -> ExitCode {
+    match runtime.block_on(arbor::top::run(&args.connection.options(), args.interval)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("arbor top: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -53,7 +53,8 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
         .api_key_file
         .as_deref()
         .map(ApiKeys::from_file)
-        .transpose()?;
+        .transpose()
+        .map_err(ServerError::from)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let store_options = match &options.data {

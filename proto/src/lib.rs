@@ -13,6 +13,9 @@
 //!   hash of key-routed appends.
 //! - [`tunnel::error`]: the [`ErrorKind`](tunnel::error::ErrorKind) a client acts on, read from a
 //!   [`tonic::Status`] without parsing its message, and the metadata keys that carry it.
+//! - [`inspect::v1`]: package `arbor.inspect.v1`, the introspection protocol of a running tree (GetTree, GetNode,
+//!   ListRegistry, WatchEvents): messages, `inspect_service_client::InspectServiceClient` (feature `client`) and
+//!   `inspect_service_server::InspectService` with `InspectServiceServer` (feature `server`).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every file, for gRPC server reflection.
 //!
 //! ```
@@ -39,12 +42,36 @@ pub mod tunnel {
     pub mod error;
 }
 
+/// The introspection protocol, `arbor/inspect/v1/inspect.proto`.
+pub mod inspect {
+    /// Generated code of package `arbor.inspect.v1`: messages, enums, client and server stubs.
+    #[allow(clippy::all, missing_docs, rustdoc::all)]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/arbor.inspect.v1.rs"));
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every arbor `.proto` file, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/arbor_descriptor.bin"));
 
 #[cfg(test)]
 mod tests {
     use prost::Message;
+
+    #[test]
+    fn the_descriptor_set_describes_the_inspect_service() {
+        let set = prost_types_lite::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+        let file = set
+            .file
+            .iter()
+            .find(|f| f.name.as_deref() == Some("arbor/inspect/v1/inspect.proto"));
+        let file = file.expect("inspect.proto is in the set");
+        assert_eq!(file.package.as_deref(), Some("arbor.inspect.v1"));
+        assert!(file
+            .service
+            .iter()
+            .any(|s| s.name.as_deref() == Some("InspectService")));
+    }
 
     #[test]
     fn the_descriptor_set_describes_the_tunnel_service() {

@@ -196,6 +196,15 @@ impl TreeBuilder {
         self
     }
 
+    /// Runs the introspection server (gRPC `arbor.inspect.v1`, health, reflection; optional TLS, token and
+    /// Prometheus exporter) as the root's last child: it starts once the tree is up and stops first. Its
+    /// journal records the tree's events from before the first child starts. See [`crate::introspect`].
+    #[cfg(feature = "introspection")]
+    pub fn introspection(mut self, options: crate::introspect::IntrospectionOptions) -> Self {
+        self.config.introspection = Some(options);
+        self
+    }
+
     /// Adds one of the application's children, started after the tree's own parts, in order.
     pub fn child(mut self, spec: impl Into<ChildSpec>) -> Self {
         self.children.push(spec.into());
@@ -282,6 +291,16 @@ impl TreeBuilder {
                 events.clone(),
             ),
         ];
+        #[cfg(feature = "introspection")]
+        let journal = config.introspection.as_ref().map(|options| {
+            let (journal, task) = crate::introspect::Journal::start(
+                events.subscribe(),
+                options.replay_events,
+                options.history_per_node,
+            );
+            pumps.push(task);
+            journal
+        });
         let root = match root.start().await {
             Ok(root) => root,
             Err(err) => {
@@ -309,8 +328,23 @@ impl TreeBuilder {
                 dynamic,
                 events,
                 pumps: Mutex::new(pumps),
+                #[cfg(feature = "introspection")]
+                introspection: Arc::default(),
             }),
         };
+        #[cfg(feature = "introspection")]
+        if let (Some(options), Some(journal)) = (&config.introspection, journal) {
+            let spec = crate::introspect::IntrospectionServer::child_spec(
+                tree.clone(),
+                journal,
+                options.clone(),
+                Arc::clone(&tree.inner.introspection),
+            );
+            if let Err(err) = tree.inner.root.start_child(spec).await {
+                let _ = tree.shutdown(std::time::Duration::from_secs(10)).await;
+                return Err(err.into());
+            }
+        }
         for t in &config.tunnels {
             let target = tree.named_connection(&t.connection)?;
             let apply = Arc::clone(&subscriber_kinds[&t.subscriber]);

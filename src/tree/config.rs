@@ -33,6 +33,12 @@
 //! [[dynamic]]                 # named dynamic supervisors for your own children
 //! name = "jobs"
 //! max_children = 1000
+//!
+//! [introspection]             # the gRPC introspection server (feature `introspection`; off without this table)
+//! listen = "127.0.0.1:50052"
+//! token_file = "inspect.tokens"
+//! [introspection.prometheus]  # and the Prometheus exporter
+//! listen = "127.0.0.1:9464"
 //! ```
 
 use std::collections::BTreeMap;
@@ -67,6 +73,9 @@ pub struct TreeConfig {
     pub activators: ActivatorsConfig,
     /// Named dynamic supervisors for the application's own children.
     pub dynamic: Vec<DynamicConfig>,
+    /// The introspection server, started with the tree when set (default none).
+    #[cfg(feature = "introspection")]
+    pub introspection: Option<crate::introspect::IntrospectionOptions>,
 }
 
 impl Default for TreeConfig {
@@ -81,6 +90,8 @@ impl Default for TreeConfig {
             tunnels: Vec::new(),
             activators: ActivatorsConfig::default(),
             dynamic: Vec::new(),
+            #[cfg(feature = "introspection")]
+            introspection: None,
         }
     }
 }
@@ -322,7 +333,13 @@ impl TreeConfig {
         }
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.dynamic.iter().enumerate() {
-            let reserved = ["registry", "connections", "tunnels", "activators"];
+            let reserved = [
+                "registry",
+                "connections",
+                "tunnels",
+                "activators",
+                "introspection",
+            ];
             if reserved.contains(&d.name.as_str()) || d.name.is_empty() || d.name.contains('/') {
                 return Err(inconsistent(
                     format!("dynamic[{i}].name"),
@@ -341,6 +358,12 @@ impl TreeConfig {
             d.options()
                 .validate()
                 .map_err(|e| inconsistent(format!("dynamic[{i}]"), e.to_string()))?;
+        }
+        #[cfg(feature = "introspection")]
+        if let Some(introspection) = &self.introspection {
+            introspection
+                .validate()
+                .map_err(|(field, reason)| inconsistent(format!("introspection.{field}"), reason))?;
         }
         Ok(())
     }

@@ -52,6 +52,9 @@ pub(crate) struct TreeInner {
     pub(crate) dynamic: BTreeMap<String, DynamicSupervisorHandle>,
     pub(crate) events: broadcast::Sender<TreeEvent>,
     pub(crate) pumps: Mutex<Vec<JoinHandle<()>>>,
+    /// Where the introspection server listens while it runs.
+    #[cfg(feature = "introspection")]
+    pub(crate) introspection: Arc<Mutex<Option<crate::introspect::IntrospectionAddrs>>>,
 }
 
 impl Drop for TreeInner {
@@ -138,6 +141,14 @@ impl TreeHandle {
     /// on. A subscriber more than 4,096 events behind gets `Lagged`.
     pub fn subscribe_events(&self) -> broadcast::Receiver<TreeEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Where the tree's introspection server listens, while it runs (see
+    /// [`TreeBuilder::introspection`](super::TreeBuilder::introspection)); `None` when it is not configured or
+    /// not running.
+    #[cfg(feature = "introspection")]
+    pub fn introspection_addrs(&self) -> Option<crate::introspect::IntrospectionAddrs> {
+        *self.inner.introspection.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     // --- connections ---

@@ -2,20 +2,19 @@
 //! an optional api key checked on every RPC, listening on 127.0.0.1 unless told otherwise; startable on its
 //! own ([`TunnelServer::start`]) or as a supervised child ([`TunnelServer::child_spec`]).
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbor_actors::supervisor::{ChildSpec, Shutdown};
+use arbor_actors::supervisor::ChildSpec;
 use arbor_proto::tunnel::v1::tunnel_service_server::TunnelServiceServer;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
-use tonic::{Request, Status};
+use tonic::transport::Server;
+
+use crate::serving::{self, SecurityError};
 
 use super::config::Limits;
 use super::error::StoreError;
@@ -26,106 +25,7 @@ use crate::closable::Closer;
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
-/// Certificate chain and private key, PEM files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The certificate chain.
-    pub cert: PathBuf,
-    /// The private key.
-    pub key: PathBuf,
-}
-
-/// The api keys a server accepts, as `api-key: <key>` or `authorization: Bearer <key>`. Debug never shows them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKeys(Arc<Vec<String>>);
-
-impl fmt::Debug for ApiKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKeys({} redacted)", self.0.len())
-    }
-}
-
-impl ApiKeys {
-    /// Accepts any of `keys` (at least one, none empty).
-    ///
-    /// # Errors
-    /// [`ServerError::ApiKeys`] when there is no key, or one is empty or not a valid header value.
-    pub fn new(keys: Vec<String>) -> Result<ApiKeys, ServerError> {
-        if keys.is_empty() {
-            return Err(ServerError::ApiKeys {
-                path: None,
-                reason: "no key given".into(),
-            });
-        }
-        for (i, key) in keys.iter().enumerate() {
-            if key.is_empty() || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-                return Err(ServerError::ApiKeys {
-                    path: None,
-                    reason: format!("key {} is empty or has characters a header cannot carry", i + 1),
-                });
-            }
-        }
-        Ok(ApiKeys(Arc::new(keys)))
-    }
-
-    /// Reads the keys from a file: one per line, blank lines and `#` comments ignored (several keys allow
-    /// rotation).
-    ///
-    /// # Errors
-    /// [`ServerError::ApiKeys`] naming the file.
-    pub fn from_file(path: &Path) -> Result<ApiKeys, ServerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ServerError::ApiKeys {
-            path: Some(path.to_path_buf()),
-            reason: e.to_string(),
-        })?;
-        let keys = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_string)
-            .collect();
-        ApiKeys::new(keys).map_err(|e| match e {
-            ServerError::ApiKeys { reason, .. } => ServerError::ApiKeys {
-                path: Some(path.to_path_buf()),
-                reason,
-            },
-            other => other,
-        })
-    }
-
-    fn accepts(&self, presented: &[u8]) -> bool {
-        // Compare every key in constant time for its length, so timing tells nothing about a key's content.
-        self.0.iter().fold(false, |found, key| {
-            let key = key.as_bytes();
-            let same = key.len() == presented.len()
-                && key.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-            found | same
-        })
-    }
-
-    /// The interceptor check: `Ok` if the request carries an accepted key.
-    #[allow(clippy::result_large_err)]
-    fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
-        let metadata = request.metadata();
-        let api_key = metadata.get("api-key").map(|v| v.as_bytes());
-        let bearer = metadata
-            .get("authorization")
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        match api_key.or(bearer) {
-            Some(presented) if self.accepts(presented) => Ok(request),
-            Some(_) => Err(arbor_proto::tunnel::error::status(
-                tonic::Code::Unauthenticated,
-                "the api key is not accepted",
-                None,
-            )),
-            None => Err(arbor_proto::tunnel::error::status(
-                tonic::Code::Unauthenticated,
-                "an api key is required (`api-key` or `authorization: Bearer` metadata)",
-                None,
-            )),
-        }
-    }
-}
+pub use crate::serving::{ApiKeys, TlsFiles};
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -199,23 +99,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    /// A TLS file could not be read, or tonic refused the certificate or key.
-    #[error("TLS setup failed ({path})")]
-    Tls {
-        /// The file, or "certificate/key" when tonic refused them.
-        path: String,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The api key setting is invalid.
-    #[error("invalid api keys{}: {reason}", path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
-    ApiKeys {
-        /// The key file, if keys came from one.
-        path: Option<PathBuf>,
-        /// Why (never the key itself).
-        reason: String,
-    },
+    /// A TLS file could not be read, the certificate or key was refused, or the api key setting is invalid.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// The reflection service could not be built from the descriptor set.
     #[error("gRPC reflection setup failed")]
     Reflection(#[source] tonic_reflection::server::Error),
@@ -292,7 +178,7 @@ impl TunnelServer {
     /// keys, plus the store's maintenance every `options.maintenance_interval`. Returns once listening.
     ///
     /// # Errors
-    /// [`ServerError::Bind`], [`ServerError::Tls`], [`ServerError::Reflection`].
+    /// [`ServerError::Bind`], [`ServerError::Security`], [`ServerError::Reflection`].
     pub async fn start(
         store: Arc<TunnelStore>,
         options: ServerOptions,
@@ -309,22 +195,14 @@ impl TunnelServer {
         })?;
         let mut builder = Server::builder();
         if let Some(tls) = &options.tls {
-            let read = |path: &Path| {
-                std::fs::read(path).map_err(|e| ServerError::Tls {
-                    path: path.display().to_string(),
-                    source: Box::new(e),
-                })
-            };
-            let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
             builder = builder
-                .tls_config(ServerTlsConfig::new().identity(identity))
-                .map_err(|e| ServerError::Tls {
+                .tls_config(serving::grpc_tls(tls)?)
+                .map_err(|e| SecurityError::Tls {
                     path: format!("{} / {}", tls.cert.display(), tls.key.display()),
                     source: Box::new(e),
                 })?;
-        } else if !local_addr.ip().is_loopback() {
-            tracing::warn!(addr = %local_addr, "tunnel service listening beyond loopback without TLS");
         }
+        serving::warn_if_exposed("tunnel service", local_addr, options.tls.is_some());
 
         let grpc = TunnelGrpc::new(Arc::clone(&store), options.limits);
         // Decoding limit above the batch limit, so an oversized batch meets the validation that names the field.
@@ -332,24 +210,12 @@ impl TunnelServer {
         let tunnel_service = TunnelServiceServer::new(grpc).max_decoding_message_size(decode_limit);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TunnelServiceServer<TunnelGrpc>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(arbor_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(ServerError::Reflection)?;
-        let reflection_alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(arbor_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(ServerError::Reflection)?;
-
-        let keys = options.api_keys.clone();
-        let auth = move |request: Request<()>| match &keys {
-            Some(keys) => keys.check(request),
-            None => Ok(request),
-        };
+        let (reflection, reflection_alpha) =
+            serving::reflection(&[arbor_proto::FILE_DESCRIPTOR_SET]).map_err(ServerError::Reflection)?;
         let router = builder
-            .layer(tonic::service::InterceptorLayer::new(auth))
+            .layer(tonic::service::InterceptorLayer::new(serving::interceptor(
+                options.api_keys.clone(),
+            )))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -415,80 +281,27 @@ impl TunnelServer {
         on_start: impl Fn(SocketAddr) + Send + Sync + 'static,
     ) -> ChildSpec {
         let on_start: Arc<dyn Fn(SocketAddr) + Send + Sync> = Arc::new(on_start);
-        ChildSpec::new(id, move |sup| {
-            let args = ServerActorArgs {
-                store: Arc::clone(&store),
-                options: options.clone(),
-                on_start: Arc::clone(&on_start),
-            };
-            async move {
-                let (actor, _) = Actor::spawn_linked(None, ServerActor, args, sup).await?;
-                Ok(actor.get_cell())
-            }
-        })
-        .shutdown(Shutdown::Timeout(Duration::from_secs(10)))
+        let start: serving::StartServer<RunningServer> = Arc::new(move || {
+            let (store, options, on_start) = (Arc::clone(&store), options.clone(), Arc::clone(&on_start));
+            Box::pin(async move {
+                let server = TunnelServer::start(store, options).await?;
+                on_start(server.local_addr());
+                Ok(server)
+            })
+        });
+        serving::serve_child_spec(id, "tunnel server", start)
     }
 }
 
-/// Runs a [`RunningServer`] as an actor, so a supervisor starts, stops and restarts it in tree order.
-struct ServerActor;
-
-struct ServerActorArgs {
-    store: Arc<TunnelStore>,
-    options: ServerOptions,
-    on_start: Arc<dyn Fn(SocketAddr) + Send + Sync>,
-}
-
-enum ServerActorMsg {
-    /// The server task ended on its own: a failure the supervisor should see.
-    Exited(String),
-}
-
-impl Actor for ServerActor {
-    type Msg = ServerActorMsg;
-    type State = Option<RunningServer>;
-    type Arguments = ServerActorArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: ServerActorArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let mut server = TunnelServer::start(args.store, args.options).await?;
-        (args.on_start)(server.local_addr());
-        if let Some(exit) = server.exit.take() {
-            tokio::spawn(async move {
-                if let Ok(result) = exit.await {
-                    // After a stop this reaches an actor that is gone, which is fine.
-                    let reason = result
-                        .err()
-                        .unwrap_or_else(|| "the server stopped on its own".into());
-                    let _ = myself.send_message(ServerActorMsg::Exited(reason));
-                }
-            });
-        }
-        Ok(Some(server))
+impl serving::Serving for RunningServer {
+    fn exited(&mut self) -> Option<oneshot::Receiver<Result<(), String>>> {
+        self.exit.take()
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        _state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            ServerActorMsg::Exited(reason) => Err(format!("tunnel server exited: {reason}").into()),
-        }
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(server) = state.take() {
-            server.stop(Duration::from_secs(5)).await?;
-        }
-        Ok(())
+    fn stop(
+        self,
+        grace: Duration,
+    ) -> BoxFuture<'static, Result<(), Box<dyn std::error::Error + Send + Sync>>> {
+        Box::pin(async move { Ok(RunningServer::stop(self, grace).await?) })
     }
 }

@@ -1,0 +1,479 @@
+//! `arbor inspect tree|node|registry|events`: one look at a running tree through its introspection server,
+//! human-readable by default, `--json` for machines (one JSON document; one object a line for `events`), and
+//! `tree --dot` for Graphviz.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use arbor_actors::supervisor::{ChildKind, ChildStatus, TreeSnapshot};
+use arbor_proto::inspect::v1 as pb;
+use serde_json::json;
+
+use crate::introspect::{
+    describe_event, event_json, snapshot_from_wire, ClientError, ClientOptions, InspectClient, WatchFrom,
+};
+
+/// How to reach the introspection server (shared by `arbor inspect` and `arbor top`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct InspectConnection {
+    /// The introspection server: `host:port`, or `http(s)://host:port`.
+    #[arg(long, default_value = crate::introspect::options::DEFAULT_LISTEN)]
+    pub addr: String,
+    /// File holding the token to send (`authorization: Bearer`; its first non-comment line).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust: connects with TLS.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl InspectConnection {
+    /// The client options these flags stand for.
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions {
+            addr: self.addr.clone(),
+            token_file: self.token_file.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+}
+
+/// What to show.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum InspectCommand {
+    /// The tree: every node with its kind, status, actor, restart count, uptime and last exit.
+    Tree {
+        /// A Graphviz picture instead (`| dot -Tsvg > tree.svg`): states as colours, restart counts.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// One node by path (e.g. `orders/tunnels`): its child spec and recent exits and restarts.
+    Node {
+        /// The node's path, as `tree` shows them (the root is the tree's name).
+        path: String,
+    },
+    /// The entries of the tree's registries.
+    Registry {
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only this registry (`app`, `connections`, `tunnels`, `activators`).
+        #[arg(long, default_value = "")]
+        registry: String,
+    },
+    /// The tree's events as they happen, until the server stops (or --count events).
+    Events {
+        /// Start with the events the server still holds.
+        #[arg(long)]
+        replay: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// Why `arbor inspect` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// The server could not be reached or refused the call.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Writing the output failed (a closed pipe).
+    #[error("cannot write the output")]
+    Output(#[from] std::io::Error),
+    /// The event stream ended with an error.
+    #[error("the event stream ended: {0}")]
+    Stream(String),
+}
+
+/// Runs one command, writing to `out`.
+///
+/// # Errors
+/// [`InspectError`] when the server cannot be reached, refuses, or the output cannot be written.
+pub async fn run(
+    connection: &InspectConnection,
+    command: InspectCommand,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), InspectError> {
+    let mut client = InspectClient::connect(&connection.options()).await?;
+    match command {
+        InspectCommand::Tree { dot } => {
+            let tree = client.tree().await?;
+            if dot {
+                out.write_all(render_dot(&tree.snapshot).as_bytes())?;
+            } else if json {
+                let document = json!({
+                    "name": tree.name,
+                    "captured_at_unix_ms": unix_ms(tree.captured_at),
+                    "root": tree.snapshot,
+                });
+                writeln!(out, "{document:#}")?;
+            } else {
+                writeln!(
+                    out,
+                    "tree {} ({} nodes, {} restarts)",
+                    tree.name,
+                    tree.snapshot.nodes().len(),
+                    tree.snapshot.total_restarts()
+                )?;
+                out.write_all(tree.snapshot.render().as_bytes())?;
+            }
+        }
+        InspectCommand::Node { path } => {
+            let node = client.node(&path).await?;
+            if json {
+                writeln!(out, "{:#}", node_json(&node))?;
+            } else {
+                out.write_all(render_node(&node).as_bytes())?;
+            }
+        }
+        InspectCommand::Registry { prefix, registry } => {
+            let entries = client.registry(&prefix, &registry).await?;
+            if json {
+                let rows: Vec<_> = entries.iter().map(entry_json).collect();
+                writeln!(out, "{:#}", serde_json::Value::Array(rows))?;
+            } else {
+                out.write_all(render_registry(&entries).as_bytes())?;
+            }
+        }
+        InspectCommand::Events { replay, count } => {
+            let from = if replay { WatchFrom::Held } else { WatchFrom::Now };
+            let mut stream = client.watch(from).await?;
+            let mut seen = 0;
+            while count.is_none_or(|count| seen < count) {
+                let message = match stream.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => return Err(InspectError::Stream(status.message().to_string())),
+                };
+                use pb::watch_events_response::Kind;
+                match message.kind {
+                    Some(Kind::Subscribed(s)) => {
+                        if json {
+                            let line = json!({ "type": "subscribed", "stream_id": s.stream_id,
+                                "next_sequence": s.next_sequence, "oldest_sequence": s.oldest_sequence });
+                            writeln!(out, "{line}")?;
+                        } else {
+                            writeln!(
+                                out,
+                                "# watching stream {} (next sequence {})",
+                                s.stream_id, s.next_sequence
+                            )?;
+                        }
+                    }
+                    Some(Kind::Lagged(l)) => {
+                        if json {
+                            let line = json!({ "type": "lagged", "missed": l.missed, "reason": l.reason });
+                            writeln!(out, "{line}")?;
+                        } else {
+                            writeln!(out, "!! {} events missed: {}", l.missed, l.reason)?;
+                        }
+                    }
+                    Some(Kind::Event(event)) => {
+                        seen += 1;
+                        if json {
+                            writeln!(out, "{}", event_json(&event))?;
+                        } else {
+                            writeln!(
+                                out,
+                                "#{} {} {}",
+                                event.sequence,
+                                clock(event.at_unix_ms),
+                                describe_event(&event)
+                            )?;
+                        }
+                    }
+                    None => {}
+                }
+                out.flush()?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a time in milliseconds since the epoch.
+pub fn clock(at_unix_ms: u64) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at_unix_ms);
+    let stamp = humantime::format_rfc3339_millis(at).to_string();
+    stamp.get(11..23).unwrap_or(&stamp).to_string()
+}
+
+fn kind_name(kind: ChildKind) -> &'static str {
+    match kind {
+        ChildKind::Worker => "worker",
+        ChildKind::Supervisor => "supervisor",
+        ChildKind::DynamicSupervisor => "dynamic",
+    }
+}
+
+fn status_name(status: ChildStatus) -> &'static str {
+    match status {
+        ChildStatus::Running => "running",
+        ChildStatus::Restarting => "restarting",
+        ChildStatus::Terminated => "terminated",
+    }
+}
+
+/// The tree as a Graphviz digraph: supervisors as boxes, workers as ellipses, filled by status (green running,
+/// orange restarting, grey terminated), restart counts in the labels and in red when not zero.
+pub fn render_dot(root: &TreeSnapshot) -> String {
+    fn quoted(text: &str) -> String {
+        // DOT strings: escape backslashes and quotes; a line break in a label is the two characters `\n`.
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        format!("\"{escaped}\"")
+    }
+    let mut out = format!(
+        "digraph {} {{\n  rankdir=LR;\n  node [fontname=\"monospace\", style=filled];\n",
+        quoted(&root.id)
+    );
+    for node in root.nodes() {
+        let shape = if node.kind == ChildKind::Worker {
+            "ellipse"
+        } else {
+            "box"
+        };
+        let fill = match node.status {
+            ChildStatus::Running => "#c8e6c9",
+            ChildStatus::Restarting => "#ffe0b2",
+            ChildStatus::Terminated => "#e0e0e0",
+        };
+        let border = if node.restart_count > 0 {
+            "#c62828"
+        } else {
+            "#424242"
+        };
+        let label = format!(
+            "{}\n{} {}\nrestarts={}",
+            node.id,
+            kind_name(node.kind),
+            status_name(node.status),
+            node.restart_count
+        );
+        out.push_str(&format!(
+            "  {} [label={}, shape={shape}, fillcolor=\"{fill}\", color=\"{border}\"];\n",
+            quoted(&node.path),
+            quoted(&label)
+        ));
+        for child in &node.children {
+            out.push_str(&format!("  {} -> {};\n", quoted(&node.path), quoted(&child.path)));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn spec_words(spec: &pb::ChildSpec) -> String {
+    let restart = match spec.restart() {
+        pb::RestartType::Permanent => "permanent",
+        pb::RestartType::Transient => "transient",
+        pb::RestartType::Temporary => "temporary",
+        pb::RestartType::Unspecified => "-",
+    };
+    let shutdown = match spec.shutdown() {
+        pb::ShutdownKind::BrutalKill => "brutal_kill".to_string(),
+        pb::ShutdownKind::Timeout => format!(
+            "timeout {}",
+            humantime::format_duration(Duration::from_millis(spec.shutdown_timeout_ms))
+        ),
+        pb::ShutdownKind::Infinity => "infinity".to_string(),
+        pb::ShutdownKind::Unspecified => "-".to_string(),
+    };
+    let backoff = spec.backoff.as_ref().map_or_else(
+        || "none".to_string(),
+        |b| {
+            format!(
+                "{}..{} (jitter {}, reset after {})",
+                humantime::format_duration(Duration::from_millis(b.min_ms)),
+                humantime::format_duration(Duration::from_millis(b.max_ms)),
+                b.random_factor,
+                humantime::format_duration(Duration::from_millis(b.reset_after_ms))
+            )
+        },
+    );
+    format!(
+        "restart={restart} shutdown={shutdown} significant={} backoff={backoff}",
+        spec.significant
+    )
+}
+
+fn lifecycle_words(record: &pb::LifecycleRecord) -> String {
+    let actor = record.actor_id.as_deref().unwrap_or("-");
+    match record.kind() {
+        pb::LifecycleKind::Started => format!("started as actor {actor}"),
+        pb::LifecycleKind::Exited => format!(
+            "exited: {} ({}, {}) actor {actor}",
+            record.reason,
+            if record.normal { "normal" } else { "abnormal" },
+            if record.will_restart {
+                "restarting"
+            } else {
+                "not restarted"
+            }
+        ),
+        pb::LifecycleKind::Restarted => {
+            format!("restarted as actor {actor} (restart {})", record.restart_count)
+        }
+        pb::LifecycleKind::RestartFailed => format!("restart failed: {}", record.reason),
+        pb::LifecycleKind::Stopped => format!("stopped: {}", record.reason),
+        pb::LifecycleKind::Unspecified => "?".to_string(),
+    }
+}
+
+/// A node, its spec and its history, in words.
+pub fn render_node(node: &pb::GetNodeResponse) -> String {
+    let mut out = String::new();
+    if let Some(n) = &node.node {
+        let snapshot = snapshot_from_wire(n);
+        out.push_str(&format!("node {}\n", snapshot.path));
+        let mut shallow = snapshot.clone();
+        shallow.children.clear();
+        out.push_str(&format!("  {}", shallow.render()));
+        if !snapshot.children.is_empty() {
+            out.push_str(&format!("  {} children\n", snapshot.children.len()));
+        }
+    }
+    if !node.supervisor_path.is_empty() {
+        out.push_str(&format!("  supervisor: {}\n", node.supervisor_path));
+    }
+    match &node.spec {
+        Some(spec) => out.push_str(&format!("  spec: {}\n", spec_words(spec))),
+        None => out.push_str("  spec: - (the root has no supervisor)\n"),
+    }
+    out.push_str(&format!(
+        "  history since {} ({} older records dropped{}):\n",
+        humantime::format_rfc3339_millis(
+            SystemTime::UNIX_EPOCH + Duration::from_millis(node.history_since_unix_ms)
+        ),
+        node.history_dropped,
+        if node.history_incomplete {
+            "; the server missed some events"
+        } else {
+            ""
+        }
+    ));
+    if node.history.is_empty() {
+        out.push_str("    (nothing recorded)\n");
+    }
+    for record in &node.history {
+        out.push_str(&format!(
+            "    #{} {} {}\n",
+            record.sequence,
+            clock(record.at_unix_ms),
+            lifecycle_words(record)
+        ));
+    }
+    out
+}
+
+fn node_json(node: &pb::GetNodeResponse) -> serde_json::Value {
+    let spec = node.spec.as_ref().map(|s| {
+        json!({
+            "restart": s.restart().as_str_name(),
+            "shutdown": s.shutdown().as_str_name(),
+            "shutdown_timeout_ms": s.shutdown_timeout_ms,
+            "kind": s.kind().as_str_name(),
+            "significant": s.significant,
+            "backoff": s.backoff.as_ref().map(|b| json!({ "min_ms": b.min_ms, "max_ms": b.max_ms,
+                "random_factor": b.random_factor, "reset_after_ms": b.reset_after_ms })),
+        })
+    });
+    let history: Vec<_> = node
+        .history
+        .iter()
+        .map(|r| {
+            json!({ "sequence": r.sequence, "at_unix_ms": r.at_unix_ms, "kind": r.kind().as_str_name(),
+                "actor_id": r.actor_id, "reason": r.reason, "normal": r.normal,
+                "will_restart": r.will_restart, "restart_count": r.restart_count })
+        })
+        .collect();
+    json!({
+        "node": node.node.as_ref().map(snapshot_from_wire),
+        "supervisor_path": node.supervisor_path,
+        "spec": spec,
+        "history": history,
+        "history_dropped": node.history_dropped,
+        "history_since_unix_ms": node.history_since_unix_ms,
+        "history_incomplete": node.history_incomplete,
+    })
+}
+
+/// A channel's progress in words: `delivered=12 lag=3 checkpoint=12 OPEN`.
+pub fn channel_words(c: &pb::ChannelProgress) -> String {
+    format!(
+        "delivered={} lag={} checkpoint={} {}{}",
+        c.delivered,
+        c.lag.map_or_else(|| "?".to_string(), |l| l.to_string()),
+        c.checkpoint,
+        c.status,
+        if c.lost_to_retention > 0 {
+            format!(" lost_to_retention={}", c.lost_to_retention)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// Registry entries as an aligned table.
+pub fn render_registry(entries: &[pb::RegistryEntry]) -> String {
+    let rows: Vec<[String; 4]> = entries
+        .iter()
+        .map(|e| {
+            let value = e
+                .channel
+                .as_ref()
+                .map_or_else(|| e.value_json.clone(), channel_words);
+            [e.registry.clone(), e.key.clone(), e.actor_id.clone(), value]
+        })
+        .collect();
+    let header = ["REGISTRY", "KEY", "ACTOR", "VALUE"].map(String::from);
+    let widths: Vec<usize> = (0..3)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        out.push_str(&format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}\n",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("(no entries)\n");
+    }
+    out
+}
+
+fn entry_json(e: &pb::RegistryEntry) -> serde_json::Value {
+    let value: serde_json::Value = serde_json::from_str(&e.value_json)
+        .unwrap_or_else(|_| serde_json::Value::String(e.value_json.clone()));
+    let channel = e.channel.as_ref().map(|c| {
+        json!({ "tunnel_id": c.tunnel_id, "channel_id": c.channel_id, "status": c.status,
+            "checkpoint": c.checkpoint, "delivered": c.delivered, "lag": c.lag,
+            "lost_to_retention": c.lost_to_retention })
+    });
+    json!({ "registry": e.registry, "key": e.key, "actor_id": e.actor_id, "value": value, "channel": channel })
+}
