@@ -195,6 +195,15 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     for name in ["node-a", "node-b"] {
         nodes.push(Node::start(name, &target, &tunnel_id, &ledger, &election, &terms).await?);
     }
+    for node in &nodes {
+        if let Some(addrs) = node.tree.introspection_addrs() {
+            println!(
+                "{name} introspection on {addr}: arbor top --addr {addr} (or arbor inspect --addr {addr} tree)",
+                name = node.name,
+                addr = addrs.grpc
+            );
+        }
+    }
     let began = Instant::now();
     let mut observer = Observer::new(
         &nodes

@@ -1,6 +1,7 @@
 //! One node of the demo: a tree as a service would embed it, with a tunnel worker, the subscriber that keeps
 //! the ledger, and an activator electing the cluster's janitor.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use arbor_actors::tunnel::{Delivery, SubscriberRef, TunnelHandle, TunnelOptions}
 
 use super::ledger::Ledger;
 use super::DemoError;
+use crate::introspect::IntrospectionOptions;
 use crate::tree::{DynamicConfig, Tree, TreeHandle};
 
 /// The singleton the nodes elect.
@@ -47,6 +49,8 @@ impl Node {
             .connection("tunnels", target.clone())
             .activator_registry(election.clone())
             .dynamic(DynamicConfig::new(CONSUMERS))
+            // on a free loopback port, so that `arbor inspect` / `arbor top` can look while the demo runs
+            .introspection(IntrospectionOptions::default().listen(SocketAddr::from(([127, 0, 0, 1], 0))))
             .start()
             .await?;
 
