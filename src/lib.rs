@@ -29,6 +29,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 pub use arbor_actors::{ractor, registry, supervisor};
 
 #[cfg(feature = "cli")]

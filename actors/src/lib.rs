@@ -17,6 +17,8 @@
 //! [`ChildSpec`]: supervisor::ChildSpec
 //! [`Supervisor`]: supervisor::Supervisor
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 /// The ractor version arbor is built on, so users build their actors against the same one.
 pub use ractor;
 

@@ -9,12 +9,13 @@
 //! ├─ tunnels         dynamic supervisor of tunnel workers (each with its channel actors)
 //! ├─ activators      dynamic supervisor of activators
 //! ├─ <your children> the builder's child specs, in order
-//! └─ <your dynamic>  named dynamic supervisors
+//! ├─ <your dynamic>  named dynamic supervisors
+//! └─ introspection   the introspection server, when enabled (feature `introspection`)
 //! ```
 //!
-//! Shutdown runs in reverse: your children first, then activators (leadership resigned), tunnel workers
-//! (checkpoints flushed, sessions shut down) while the connections they need are still up, the pool, and
-//! the registries last.
+//! Shutdown runs in reverse: introspection first, then your children, activators (leadership resigned),
+//! tunnel workers (checkpoints flushed, sessions shut down) while the connections they need are still up,
+//! the pool, and the registries last.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

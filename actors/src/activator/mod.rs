@@ -215,6 +215,7 @@ impl ActivatorOptions {
 /// Starting activators. The singleton name and the backend's node id must each be one visible key segment: not
 /// empty, no `/`, no whitespace or control characters, no bidirectional-override or invisible characters
 /// (U+202E, U+200B, ...): [`ActivatorError::InvalidName`], [`ActivatorError::InvalidNodeId`].
+#[derive(Debug)]
 pub struct Activator;
 
 impl Activator {
