@@ -280,9 +280,19 @@ impl Inbox {
 /// unless told to hold or refuse.
 pub struct ActorSubscriber;
 
+/// The actor's hold on the acknowledgements it keeps: they go (dropped, so the channel sees the delivery
+/// fail) when the actor goes, killed or stopped, as they would with a real subscriber's state.
+pub struct HeldAcks(Arc<Inbox>);
+
+impl Drop for HeldAcks {
+    fn drop(&mut self) {
+        self.0.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
 impl arbor::ractor::Actor for ActorSubscriber {
     type Msg = Delivery;
-    type State = Arc<Inbox>;
+    type State = (Arc<Inbox>, HeldAcks);
     type Arguments = Arc<Inbox>;
 
     async fn pre_start(
@@ -290,14 +300,14 @@ impl arbor::ractor::Actor for ActorSubscriber {
         _: arbor::ractor::ActorRef<Delivery>,
         inbox: Arc<Inbox>,
     ) -> Result<Self::State, arbor::ractor::ActorProcessingErr> {
-        Ok(inbox)
+        Ok((Arc::clone(&inbox), HeldAcks(inbox)))
     }
 
     async fn handle(
         &self,
         _: arbor::ractor::ActorRef<Delivery>,
         delivery: Delivery,
-        inbox: &mut Self::State,
+        (inbox, _): &mut Self::State,
     ) -> Result<(), arbor::ractor::ActorProcessingErr> {
         use std::sync::atomic::Ordering::SeqCst;
         let batch = &delivery.batch;

@@ -167,7 +167,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// use std::time::Duration;
 /// use arbor_actors::connection::{ConnectionConfig, IdleReconnect};
 /// let config: ConnectionConfig = serde_json::from_str(r#"{
-///     "connection_string": "chronicle://kernel:35000?disableTls=true",
+///     "connection_string": "grpc://kernel:35000?disableTls=true",
 ///     "backoff": { "initial": "250ms", "max": "30s" },
 ///     "max_attempts": 10,
 ///     "idle_reconnect": "eager",
@@ -177,7 +177,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// assert_eq!(config.max_attempts, Some(10));
 /// assert_eq!(config.idle_reconnect, IdleReconnect::Eager);
 ///
-/// let same = ConnectionConfig::parse("chronicle://kernel:35000?disableTls=true").unwrap()
+/// let same = ConnectionConfig::parse("grpc://kernel:35000?disableTls=true").unwrap()
 ///     .with_max_attempts(Some(10))
 ///     .with_probe_interval(Some(Duration::from_secs(5)));
 /// assert_eq!(same.target, config.target);

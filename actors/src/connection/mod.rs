@@ -81,7 +81,7 @@
 //! use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = ConnectionConfig::parse("chronicle://localhost:35000?disableTls=true")?;
+//! let config = ConnectionConfig::parse("grpc://localhost:35000?disableTls=true")?;
 //! let conn = ConnectionHandle::start(config).await?;
 //! let mut client = HealthClient::new(conn.channel()); // auth included; follows reconnects
 //! let reply = client.check(conn.request(HealthCheckRequest::default())).await?; // waits while connecting

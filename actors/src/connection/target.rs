@@ -1,12 +1,12 @@
-//! Connection strings: `scheme://[user:pass@]host[:port][,host2[:port]...][?key=value&...]`, and Chronicle's
+//! Connection strings: `scheme://[user:pass@]host[:port][,host2[:port]...][?key=value&...]`, and the bare
 //! `server_address` form `host:port`.
 //!
 //! | scheme | TLS | default port |
 //! |---|---|---|
-//! | `chronicle` | on unless `disableTls=true` | 35000 |
 //! | `grpc` | on unless `disableTls=true` | 443 with TLS, 80 without |
 //! | `https` | on (`disableTls=true` is an error) | 443 |
 //! | `http` | off (`disableTls=false` is an error) | 80 |
+//! | `chronicle` | on unless `disableTls=true` | 35000 (kept so that connection strings of the Chronicle client, which this module learned from, work unchanged) |
 //!
 //! Query parameters (names are case-sensitive, each at most once, values percent-decoded):
 //! `disableTls` (`true`/`false`), `apiKey`, `authPort` (port of the OAuth2 token endpoint, default 8080),
@@ -184,7 +184,8 @@ const KNOWN_PARAMS: [&str; 7] = [
 ];
 
 impl Target {
-    /// Chronicle's `server_address` option: `host:port` (or `host`), TLS on, default port 35000.
+    /// A bare `server_address`: `host:port` (or `host`), TLS on, default port 35000 (the Chronicle client's
+    /// `server_address` option, which this form is compatible with).
     pub fn from_server_address(address: &str) -> Result<Target, TargetError> {
         if address.contains("://") || address.contains('@') || address.contains('?') {
             return Err(TargetError::InvalidHost {

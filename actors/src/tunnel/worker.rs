@@ -25,7 +25,7 @@
 //! [`attach_subscriber`]: super::TunnelHandle::attach_subscriber
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType, Version};
@@ -105,6 +105,15 @@ struct Channel {
     forced: bool,
 }
 
+/// A `ConnectTunnel` in flight, between its task and the actor.
+#[derive(Default)]
+struct Opening {
+    /// The worker is stopping: a session that opens now is shut down by the task that opened it.
+    stopped: bool,
+    /// A session opened and sent to the actor, not yet taken by it.
+    opened: Option<Session>,
+}
+
 pub(crate) struct WorkerState {
     options: Arc<TunnelOptions>,
     source: Arc<dyn TunnelSource>,
@@ -115,6 +124,9 @@ pub(crate) struct WorkerState {
     sessions: u64,
     connect_failures: u32,
     connecting: bool,
+    /// The hand-over of a session being opened off the mailbox, so that one opened while the worker stops is
+    /// shut down rather than left to expire holding channels.
+    opening: Arc<Mutex<Opening>>,
     heartbeat_in_flight: bool,
     heartbeat_again: bool,
     last_ok: Instant,
@@ -178,16 +190,39 @@ impl WorkerState {
             Arc::clone(&self.options),
             myself.clone(),
         );
+        let opening = Arc::clone(&self.opening);
         tokio::spawn(async move {
             let result = source
                 .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
                 .await;
-            let _ = me.cast(WorkerMsg::Connected { result });
+            let orphan = match &result {
+                Ok(session) => {
+                    let mut opening = opening.lock().unwrap_or_else(|p| p.into_inner());
+                    if opening.stopped {
+                        Some(session.clone())
+                    } else {
+                        // Handed over under the lock: post_stop either finds it here or stops us above.
+                        opening.opened = Some(session.clone());
+                        None
+                    }
+                }
+                Err(_) => None,
+            };
+            match orphan {
+                Some(session) => {
+                    info!(client_id = %session.client_id, "session opened as the worker stopped: shutting it down");
+                    let _ = source.shutdown(&session).await;
+                }
+                None => {
+                    let _ = me.cast(WorkerMsg::Connected { result });
+                }
+            }
         });
     }
 
     fn on_connected(&mut self, myself: &ActorRef<WorkerMsg>, result: Result<Session, TunnelError>) {
         self.connecting = false;
+        self.opening.lock().unwrap_or_else(|p| p.into_inner()).opened = None;
         match result {
             Ok(session) if self.subscriber.is_none() && self.status == WorkerStatus::Detached => {
                 // The grace period ran out while this session was being opened: give it back at once rather
@@ -752,6 +787,7 @@ impl Actor for WorkerActor {
             sessions: 0,
             connect_failures: 0,
             connecting: false,
+            opening: Arc::default(),
             heartbeat_in_flight: false,
             heartbeat_again: false,
             last_ok: Instant::now(),
@@ -785,6 +821,18 @@ impl Actor for WorkerActor {
     ) -> Result<(), ActorProcessingErr> {
         state.set_status(WorkerStatus::Stopping);
         state.release_session("worker stopped").await;
+        // A session opened but not yet handled (its message is dropped with the mailbox): shut it down too.
+        let orphan = {
+            let mut opening = state.opening.lock().unwrap_or_else(|p| p.into_inner());
+            opening.stopped = true;
+            opening.opened.take()
+        };
+        if let Some(session) = orphan {
+            info!(client_id = %session.client_id, "session opened as the worker stopped: shutting it down");
+            if let Err(err) = state.source.shutdown(&session).await {
+                warn!(error = %err, "Shutdown failed; the service releases the channels at the heartbeat timeout");
+            }
+        }
         if state.owned.is_some() {
             if let Some(subscriber) = &state.subscriber {
                 let _ = subscriber
