@@ -178,6 +178,23 @@ pub(crate) fn grpc_tls(tls: &TlsFiles) -> Result<ServerTlsConfig, SecurityError>
     Ok(ServerTlsConfig::new().identity(identity))
 }
 
+/// A tonic server builder, serving TLS with `tls` when given.
+///
+/// # Errors
+/// [`SecurityError::Tls`] naming the files when they cannot be read or tonic refuses them.
+pub(crate) fn grpc_builder(tls: Option<&TlsFiles>) -> Result<tonic::transport::Server, SecurityError> {
+    let builder = tonic::transport::Server::builder();
+    let Some(tls) = tls else {
+        return Ok(builder);
+    };
+    builder
+        .tls_config(grpc_tls(tls)?)
+        .map_err(|e| SecurityError::Tls {
+            path: format!("{} / {}", tls.cert.display(), tls.key.display()),
+            source: Box::new(e),
+        })
+}
+
 /// A rustls server configuration for a plain HTTP/1.1 listener (ALPN `http/1.1`), from the PEM files.
 ///
 /// # Errors

@@ -354,7 +354,6 @@ async fn a_runner_is_restarted_three_times_per_grace_period_then_the_channels_ar
     for _ in 0..3 {
         kill_and_expect_restart(&mut appended).await;
     }
-    drop(kill_and_expect_restart);
 
     // a fourth death within the period: the runner is given up on, and the channels released after the grace
     runner_of(&worker).kill();

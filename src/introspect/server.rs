@@ -11,14 +11,13 @@ use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 
 use super::journal::Journal;
 use super::options::IntrospectionOptions;
 use super::prometheus::PrometheusServer;
 use super::service::InspectGrpc;
 use super::IntrospectionError;
-use crate::serving::{self, SecurityError};
+use crate::serving;
 use crate::tree::TreeHandle;
 
 /// Where a running introspection server listens.
@@ -145,15 +144,7 @@ impl IntrospectionServer {
             .await
             .map_err(bind)?;
         let local_addr = listener.local_addr().map_err(bind)?;
-        let mut builder = Server::builder();
-        if let Some(tls) = &options.tls {
-            builder = builder
-                .tls_config(serving::grpc_tls(tls)?)
-                .map_err(|e| SecurityError::Tls {
-                    path: format!("{} / {}", tls.cert.display(), tls.key.display()),
-                    source: Box::new(e),
-                })?;
-        }
+        let builder = serving::grpc_builder(options.tls.as_ref())?;
         serving::warn_if_exposed("introspection server", local_addr, options.tls.is_some());
         let prometheus = match &options.prometheus {
             Some(prometheus) => {

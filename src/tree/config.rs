@@ -18,7 +18,7 @@
 //!
 //! [[tunnels]]                 # tunnel workers started with the tree
 //! connection = "tunnels"
-//! subscriber = "log"          # a kind registered with the builder; "log" and "count" are built in
+//! subscriber = "log"          # a kind registered with the builder; "log" and "discard" are built in
 //! [tunnels.options]
 //! tunnel_id = "t-1234"
 //! heartbeat_interval = "10s"
@@ -103,7 +103,7 @@ impl Default for TreeConfig {
 pub struct TunnelConfig {
     /// The named connection to the tunnel service (a key of `connections`).
     pub connection: String,
-    /// The subscriber kind: `log`, `count`, or one registered with
+    /// The subscriber kind: `log`, `discard`, or one registered with
     /// [`TreeBuilder::subscriber_kind`](super::TreeBuilder::subscriber_kind).
     pub subscriber: String,
     /// The worker's options.
@@ -148,6 +148,19 @@ pub struct EtcdConfig {
     /// The key prefix (default `arbor/activator`).
     #[serde(default)]
     pub prefix: Option<String>,
+}
+
+impl EtcdConfig {
+    /// etcd at `endpoints`, this process named `node_id`; the default TTL and prefix (set the fields to change
+    /// them).
+    pub fn new<E: Into<String>>(endpoints: impl IntoIterator<Item = E>, node_id: impl Into<String>) -> Self {
+        EtcdConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            node_id: node_id.into(),
+            ttl: None,
+            prefix: None,
+        }
+    }
 }
 
 /// An activator started with the tree.

@@ -12,7 +12,6 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 
 use crate::serving::{self, SecurityError};
 
@@ -193,15 +192,7 @@ impl TunnelServer {
             addr: options.listen,
             source,
         })?;
-        let mut builder = Server::builder();
-        if let Some(tls) = &options.tls {
-            builder = builder
-                .tls_config(serving::grpc_tls(tls)?)
-                .map_err(|e| SecurityError::Tls {
-                    path: format!("{} / {}", tls.cert.display(), tls.key.display()),
-                    source: Box::new(e),
-                })?;
-        }
+        let builder = serving::grpc_builder(options.tls.as_ref())?;
         serving::warn_if_exposed("tunnel service", local_addr, options.tls.is_some());
 
         let grpc = TunnelGrpc::new(Arc::clone(&store), options.limits);

@@ -148,8 +148,10 @@ impl ActivatorHandle {
 
     /// Stops the activator gracefully: runs the `Shutdown("shutdown")` callback, resigns leadership at once
     /// (so a follower takes over without waiting for a timeout) and waits until the actor has exited, at most
-    /// `timeout`. Under a supervisor a permanent child is restarted after this (as a follower, or as the
-    /// leader again if nobody else runs); stop it through the supervisor to keep it down.
+    /// `timeout`. Under a supervisor a permanent child is restarted after this, and the restarted activator
+    /// competes for the leadership like any follower: with the local backend it often claims it again before a
+    /// waiting follower does (there is no queue of candidates). Stop it through its supervisor to keep it down
+    /// and let a follower lead.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), ActivatorError> {
         self.shutdown_with_reason("shutdown", timeout).await
     }

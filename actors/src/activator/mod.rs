@@ -30,6 +30,9 @@
 //! Every leadership gets a **fencing token** that is strictly greater than the previous leader's; hand it
 //! to the resources you modify so they can reject a deposed leader's late writes. A graceful stop of the
 //! leader runs `Shutdown` and then resigns at once, so a follower takes over without waiting for a timeout.
+//! Candidates are not queued: when the leader dies under a supervisor that restarts it, the restarted
+//! activator and the followers race for the leadership, and with the local backend the restarted one often
+//! wins. Either way there is one leader and its token is larger.
 //!
 //! # Example
 //!

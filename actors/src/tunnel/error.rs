@@ -29,7 +29,7 @@ pub enum TunnelError {
         actor: ActorId,
     },
     /// A call to the tunnel service failed; `kind` says whether to retry, stop the channel, or stop.
-    #[error("{call} failed ({kind:?})")]
+    #[error("{call} failed ({kind:?}): {}", status.message())]
     Call {
         /// The RPC (`Heartbeat`, `ReadRecords`, ...).
         call: &'static str,
