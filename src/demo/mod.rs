@@ -6,7 +6,7 @@
 //! - producers appending keyed records (`key-07` = `41`: each key's sequence numbers, in order);
 //! - two nodes, `node-a` and `node-b`, each a [`Tree`](crate::tree::Tree) as a service would embed it: a
 //!   connection pool, a tunnel worker on the one tunnel (the service splits the channels between them), a
-//!   subscriber actor that books every record it is handed into the [ledger](ledger), and an activator
+//!   subscriber actor that books every record it is handed into the [ledger], and an activator
 //!   electing one janitor between the two nodes.
 //!
 //! On a schedule (replayable with `--seed`) it kills a channel actor, a tunnel worker, a subscriber, the

@@ -1,7 +1,7 @@
 //! Introspection of a running tree over gRPC (feature `introspection`): the server of `arbor.inspect.v1`
 //! (`proto/arbor/inspect/v1/inspect.proto`), its client, and an optional Prometheus exporter.
 //!
-//! - **GetTree**: the tree's snapshot, as [`TreeHandle::snapshot`] gives it.
+//! - **GetTree**: the tree's snapshot, as [`TreeHandle::snapshot`](crate::tree::TreeHandle::snapshot) gives it.
 //! - **GetNode**: one node (by path, e.g. `orders/tunnels`) with what a snapshot leaves out: its child spec
 //!   (restart type, shutdown, kind, significance, backoff) and its recent lifecycle history — exits with their
 //!   reasons, restarts, failed restarts — with times.
