@@ -102,6 +102,46 @@ impl Connected for Closable<TcpStream> {
     }
 }
 
+/// The connections `listener` accepts (no Nagle), each closable through the returned [`Closer`].
+pub(crate) fn incoming(
+    listener: tokio::net::TcpListener,
+) -> (
+    impl futures::Stream<Item = io::Result<Closable<TcpStream>>>,
+    std::sync::Arc<Closer>,
+) {
+    use futures::StreamExt;
+    let closer = std::sync::Arc::new(Closer::new());
+    let wrap = std::sync::Arc::clone(&closer);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|stream| wrap.wrap(stream)));
+    (incoming, closer)
+}
+
+/// How long [`stop_serving`] waits for closed connections to wind down before it aborts the server's task.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits up to `grace` for a server's task (already told to shut down) to end; then closes its connections and
+/// waits [`CLOSE_WAIT`] more; then aborts it. When this returns, nothing of the server runs.
+pub(crate) async fn stop_serving<T>(
+    serve: &mut tokio::task::JoinHandle<T>,
+    closer: &Closer,
+    grace: std::time::Duration,
+) -> Result<T, tokio::task::JoinError> {
+    if let Ok(joined) = tokio::time::timeout(grace, &mut *serve).await {
+        return joined;
+    }
+    // The server waits for its connections to close: close them.
+    closer.close_all();
+    match tokio::time::timeout(CLOSE_WAIT, &mut *serve).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            serve.abort();
+            serve.await
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,11 +50,11 @@ pub mod inspect;
 #[cfg(feature = "cli")]
 pub mod top;
 
-#[cfg(feature = "tunnel-service")]
+#[cfg(any(feature = "tunnel-service", feature = "introspection"))]
 mod closable;
 #[cfg(feature = "tunnel-service")]
 pub mod serve;
-#[cfg(feature = "tunnel-service")]
+#[cfg(feature = "cli")]
 pub mod tunnel_admin;
 #[cfg(feature = "tunnel-service")]
 pub mod tunnel_service;

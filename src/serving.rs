@@ -105,6 +105,7 @@ impl ApiKeys {
     }
 
     /// The keys of both.
+    #[cfg(feature = "introspection")]
     pub(crate) fn union(&self, other: &ApiKeys) -> ApiKeys {
         ApiKeys(Arc::new(self.0.iter().chain(other.0.iter()).cloned().collect()))
     }

@@ -10,13 +10,13 @@ use arbor_proto::inspect::v1::inspect_service_server::InspectServiceServer;
 use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use super::journal::Journal;
 use super::options::IntrospectionOptions;
 use super::prometheus::PrometheusServer;
 use super::service::InspectGrpc;
 use super::IntrospectionError;
+use crate::closable::{self, Closer};
 use crate::serving;
 use crate::tree::TreeHandle;
 
@@ -39,6 +39,8 @@ pub struct RunningIntrospection {
     prometheus: Option<PrometheusServer>,
     /// The journal's feeding task when this server owns its journal (started on its own).
     journal_task: Option<JoinHandle<()>>,
+    /// Ends the connections (watches) still open when the grace period is over.
+    closer: Arc<Closer>,
     exit: Option<oneshot::Receiver<Result<(), String>>>,
 }
 
@@ -69,13 +71,9 @@ impl RunningIntrospection {
         if let Some(task) = self.journal_task.take() {
             task.abort();
         }
-        match tokio::time::timeout(grace, &mut self.serve).await {
-            Ok(Ok(result)) => result.map_err(IntrospectionError::Transport),
-            Ok(Err(_)) => Ok(()),
-            Err(_) => {
-                self.serve.abort();
-                Ok(())
-            }
+        match closable::stop_serving(&mut self.serve, &self.closer, grace).await {
+            Ok(result) => result.map_err(IntrospectionError::Transport),
+            Err(_) => Ok(()),
         }
     }
 }
@@ -169,7 +167,7 @@ impl IntrospectionServer {
             .add_service(reflection_alpha)
             .add_service(InspectServiceServer::new(grpc));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (incoming, closer) = closable::incoming(listener);
         let (exit_tx, exit_rx) = oneshot::channel();
         let serve = tokio::spawn(async move {
             let result = router
@@ -199,6 +197,7 @@ impl IntrospectionServer {
             serve,
             prometheus,
             journal_task: None,
+            closer,
             exit: Some(exit_rx),
         })
     }

@@ -11,7 +11,6 @@ use arbor_proto::tunnel::v1::tunnel_service_server::TunnelServiceServer;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use crate::serving::{self, SecurityError};
 
@@ -19,7 +18,7 @@ use super::config::Limits;
 use super::error::StoreError;
 use super::grpc::TunnelGrpc;
 use super::store::TunnelStore;
-use crate::closable::Closer;
+use crate::closable::{self, Closer};
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -144,29 +143,12 @@ impl RunningServer {
         }
         self.maintenance.abort();
         let _ = (&mut self.maintenance).await;
-        let result = match tokio::time::timeout(grace, &mut self.serve).await {
-            Ok(joined) => joined,
-            Err(_) => {
-                // The server waits for its connections to close: close them.
-                self.closer.close_all();
-                match tokio::time::timeout(CLOSE_WAIT, &mut self.serve).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        self.serve.abort();
-                        (&mut self.serve).await
-                    }
-                }
-            }
-        };
-        match result {
+        match closable::stop_serving(&mut self.serve, &self.closer, grace).await {
             Ok(served) => served.map_err(ServerError::Transport),
             Err(_) => Ok(()),
         }
     }
 }
-
-/// How long [`RunningServer::stop`] waits for closed connections to wind down before it aborts the server.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts tunnel servers.
 #[derive(Debug, Clone, Copy)]
@@ -212,17 +194,7 @@ impl TunnelServer {
             .add_service(reflection_alpha)
             .add_service(tunnel_service);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let closer = Closer::new();
-        let incoming = {
-            use futures::StreamExt;
-            let closer_for_accept = Arc::new(closer);
-            let wrap = Arc::clone(&closer_for_accept);
-            let incoming = TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(move |accepted| accepted.map(|stream| wrap.wrap(stream)));
-            (incoming, closer_for_accept)
-        };
-        let (incoming, closer) = incoming;
+        let (incoming, closer) = closable::incoming(listener);
         let (exit_tx, exit_rx) = oneshot::channel();
         let serve = tokio::spawn(async move {
             let result = router
