@@ -515,7 +515,9 @@ async fn a_stale_channel_never_redials() {
         .await
         .unwrap();
     // Same port, now a peer that accepts and closes: count every dial.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = grpc_common::bind_loopback(port);
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = accepts.clone();
     let acceptor = tokio::spawn(async move {

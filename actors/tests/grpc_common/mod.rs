@@ -14,6 +14,22 @@ use tonic_health::server::HealthReporter;
 
 pub const CHILD_ENV: &str = "ARBOR_CHILD_SERVER_PORT";
 
+/// Binds 127.0.0.1:`port`. A killed in-process server releases its port on a background thread
+/// (`shutdown_background`), so a port just given up may still be taken for a moment: retry while it is (bounded).
+pub fn bind_loopback(port: u16) -> StdListener {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match StdListener::bind(("127.0.0.1", port)) {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            bound => return bound.unwrap_or_else(|err| panic!("bind 127.0.0.1:{port}: {err}")),
+        }
+    }
+}
+
 /// A free port on 127.0.0.1 (bound then released; loopback races are unlikely in a test).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -94,7 +110,7 @@ impl InProcessServer {
             .unwrap();
         let (reporter, _) = tonic_health::server::health_reporter();
         let service = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
-        let listener = StdListener::bind(("127.0.0.1", port)).expect("bind test server port");
+        let listener = bind_loopback(port);
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
