@@ -140,6 +140,25 @@ pub(crate) struct WorkerState {
     grace_generation: u64,
 }
 
+impl Drop for WorkerState {
+    fn drop(&mut self) {
+        // A killed worker runs no post_stop: a session its connect task opened meanwhile would hold channels
+        // until its heartbeat timeout. Mark the stop (the task then shuts its session down itself) and shut
+        // down one already handed over but never taken.
+        let orphan = {
+            let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+            opening.stopped = true;
+            opening.opened.take()
+        };
+        if let (Some(session), Ok(runtime)) = (orphan, tokio::runtime::Handle::try_current()) {
+            let source = Arc::clone(&self.source);
+            runtime.spawn(async move {
+                let _ = source.shutdown(&session).await;
+            });
+        }
+    }
+}
+
 impl WorkerState {
     fn tunnel_id(&self) -> &str {
         &self.options.tunnel_id
