@@ -14,8 +14,8 @@ use tonic_health::server::HealthReporter;
 
 pub const CHILD_ENV: &str = "ARBOR_CHILD_SERVER_PORT";
 
-/// Binds 127.0.0.1:`port`. A killed in-process server releases its port on a background thread
-/// (`shutdown_background`), so a port just given up may still be taken for a moment: retry while it is (bounded).
+/// Binds 127.0.0.1:`port`, retrying for a moment (bounded) while the port is still taken: a port just given up
+/// by a server may linger.
 pub fn bind_loopback(port: u16) -> StdListener {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -161,7 +161,10 @@ impl InProcessServer {
     /// Drop the runtime: every socket closes at once.
     pub fn kill(&mut self) {
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+            // Shut it down on a thread of its own (a runtime cannot be shut down from another's async context)
+            // and wait, so that when this returns the server's listener and connections are closed: a stale
+            // client then fails at once instead of waiting on a half-dead connection.
+            let _ = std::thread::spawn(move || rt.shutdown_timeout(Duration::from_secs(5))).join();
         }
     }
 }
