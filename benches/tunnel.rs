@@ -67,6 +67,7 @@ impl TunnelService for RawTonic {
                 first_sequence_number: 0,
                 record_count: n,
             }],
+            ..Default::default()
         }))
     }
 
@@ -128,6 +129,12 @@ impl TunnelService for RawTonic {
         &self,
         _: Request<v1::ShutdownRequest>,
     ) -> Result<Response<v1::ShutdownResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    async fn get_limits(
+        &self,
+        _: Request<v1::GetLimitsRequest>,
+    ) -> Result<Response<v1::GetLimitsResponse>, Status> {
         Err(Status::unimplemented("baseline"))
     }
 }
@@ -195,6 +202,7 @@ async fn drain(
                 max_records_per_message: BATCH as u32,
                 max_records: 0,
                 max_wait_ms: 0,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -245,6 +253,7 @@ async fn append_rate(url: &str, tunnel: &str, producers: usize) -> (f64, Vec<Dur
                             tunnel_name: String::new(),
                             channel_id: None,
                             records,
+                            ..Default::default()
                         })
                         .await
                         .unwrap();
@@ -328,6 +337,7 @@ async fn prepared_reader(
                     tunnel_name: String::new(),
                     channel_id: Some(channel),
                     records: batch(b * BATCH),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
@@ -348,6 +358,7 @@ async fn prepared_reader(
             tunnel_id: tunnel.clone(),
             client_id: consumer.clone(),
             channels: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

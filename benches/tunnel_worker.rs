@@ -112,6 +112,7 @@ raw_tonic_service! {
     get_checkpoint(GetCheckpointRequest) -> GetCheckpointResponse;
     checkpoint(CheckpointRequest) -> CheckpointResponse;
     shutdown(ShutdownRequest) -> ShutdownResponse;
+    get_limits(GetLimitsRequest) -> GetLimitsResponse;
 }
 
 async fn start_raw() -> String {
@@ -213,6 +214,7 @@ fn append(tunnel: &str, channel_id: Option<u32>, range: std::ops::Range<usize>) 
         tunnel_name: String::new(),
         channel_id,
         records,
+        ..Default::default()
     }
 }
 
@@ -240,6 +242,7 @@ fn checkpoint(
         channel_id,
         channel_version,
         sequence_number: at,
+        ..Default::default()
     }
 }
 
@@ -258,6 +261,7 @@ async fn take_all(client: &mut Client, tunnel: &str) -> (String, Vec<(u32, i64)>
             tunnel_id: tunnel.into(),
             client_id: consumer.clone(),
             channels: vec![],
+            ..Default::default()
         };
         let owned = client.heartbeat(request).await.unwrap().into_inner().channels;
         if owned.len() == CHANNELS as usize {
@@ -280,7 +284,11 @@ async fn reset(client: &mut Client, tunnel: &str) {
     }
     let (tunnel_id, client_id) = (tunnel.into(), consumer);
     client
-        .shutdown(v1::ShutdownRequest { tunnel_id, client_id })
+        .shutdown(v1::ShutdownRequest {
+            tunnel_id,
+            client_id,
+            ..Default::default()
+        })
         .await
         .unwrap();
 }
@@ -317,6 +325,7 @@ async fn drain(client: &Client, tunnel: &str, consumer: &str, versions: &[(u32, 
                         max_records_per_message: BATCH as u32,
                         max_records,
                         max_wait_ms: 0,
+                        ..Default::default()
                     };
                     let mut stream = client.read_records(request).await.unwrap().into_inner();
                     while let Some(m) = stream.message().await.unwrap() {

@@ -270,6 +270,7 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
                     tunnel_name: name,
                     channel_id: channel,
                     records,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

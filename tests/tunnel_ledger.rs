@@ -133,6 +133,7 @@ async fn produce(url: String, tunnel: String, producer: u64, produced: Arc<Produ
                 .iter()
                 .map(|&(key, seq)| record(key_name(key), seq.to_string()))
                 .collect(),
+            ..Default::default()
         };
         match client.append(request).await {
             Ok(_) => {

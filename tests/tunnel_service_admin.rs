@@ -261,6 +261,7 @@ async fn malformed_requests_are_refused_naming_the_field_and_lose_nothing() {
             tunnel_name: String::new(),
             channel_id: None,
             records,
+            ..Default::default()
         }
     }
     let t = tunnel.clone();
@@ -445,6 +446,7 @@ async fn malformed_requests_are_refused_naming_the_field_and_lose_nothing() {
                         tunnel_id: t,
                         client_id: String::new(),
                         channels: vec![],
+                        ..Default::default()
                     })
                     .await
                     .unwrap_err()
@@ -467,6 +469,7 @@ async fn malformed_requests_are_refused_naming_the_field_and_lose_nothing() {
                         tunnel_id: t,
                         client_id: cid,
                         channels,
+                        ..Default::default()
                     })
                     .await
                     .unwrap_err()
@@ -497,6 +500,7 @@ async fn malformed_requests_are_refused_naming_the_field_and_lose_nothing() {
                         tunnel_id: t,
                         client_id: cid,
                         channels,
+                        ..Default::default()
                     })
                     .await
                     .unwrap_err()

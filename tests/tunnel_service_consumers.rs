@@ -319,6 +319,7 @@ async fn shutdown_releases_at_once() {
     raw.shutdown(v1::ShutdownRequest {
         tunnel_id: tunnel.clone(),
         client_id: leaving.client_id.clone(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -329,6 +330,7 @@ async fn shutdown_releases_at_once() {
         .shutdown(v1::ShutdownRequest {
             tunnel_id: tunnel.clone(),
             client_id: leaving.client_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -124,6 +124,7 @@ impl TunnelService for Faulty {
         Ok(Response::new(v1::ConnectTunnelResponse {
             client_id,
             heartbeat_timeout_ms: 2_000,
+            ..Default::default()
         }))
     }
 
@@ -215,6 +216,13 @@ impl TunnelService for Faulty {
         _: Request<v1::ShutdownRequest>,
     ) -> Result<Response<v1::ShutdownResponse>, Status> {
         Ok(Response::new(v1::ShutdownResponse {}))
+    }
+
+    async fn get_limits(
+        &self,
+        _: Request<v1::GetLimitsRequest>,
+    ) -> Result<Response<v1::GetLimitsResponse>, Status> {
+        Err(Status::unimplemented("faulty"))
     }
 
     async fn create_tunnel(

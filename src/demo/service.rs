@@ -229,6 +229,7 @@ impl Producer {
                 tunnel_name: String::new(),
                 channel_id: None,
                 records,
+                ..Default::default()
             };
             // Retried until acknowledged: a failed append may still have been stored, which the ledger then
             // sees as a duplicate, never as a loss.

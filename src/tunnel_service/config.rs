@@ -41,6 +41,12 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The largest request message the server decodes: above the batch limit, so an oversized batch meets the
+    /// validation that names the field rather than the framework's size check.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_batch_bytes.saturating_mul(2).max(4 << 20)
+    }
+
     /// Sets the largest record, key + value (default 1 MiB).
     pub fn max_record_bytes(mut self, bytes: usize) -> Self {
         self.max_record_bytes = bytes;

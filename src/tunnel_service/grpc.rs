@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::config::Limits;
 use super::error::ServiceError;
-use super::store::{Lease, TunnelDescription, TunnelStore};
+use super::store::{Lease, TunnelDescription, TunnelStore, READ_MESSAGE_MAX_BYTES};
 use super::validate;
 
 /// The gRPC face of a [`TunnelStore`].
@@ -27,6 +27,28 @@ impl TunnelGrpc {
     /// Serves `store` with `limits`.
     pub fn new(store: Arc<TunnelStore>, limits: Limits) -> Self {
         TunnelGrpc { store, limits }
+    }
+
+    /// What the service accepts, as ConnectTunnel and GetLimits advertise it.
+    fn service_limits(&self) -> v1::ServiceLimits {
+        let store = self.store.options();
+        v1::ServiceLimits {
+            max_record_bytes: self.limits.max_record_bytes as u64,
+            max_append_records: u32::try_from(self.limits.max_batch_records).unwrap_or(u32::MAX),
+            max_append_bytes: self.limits.max_batch_bytes as u64,
+            max_channels: self.limits.max_channels,
+            max_records_per_message: self.limits.max_records_per_message,
+            max_read_message_bytes: READ_MESSAGE_MAX_BYTES as u64,
+            max_read_wait_ms: millis(self.limits.max_wait),
+            min_heartbeat_timeout_ms: millis(store.min_heartbeat_timeout),
+            max_heartbeat_timeout_ms: millis(store.max_heartbeat_timeout),
+            default_heartbeat_timeout_ms: millis(store.default_heartbeat_timeout),
+            max_request_bytes: self.limits.max_request_bytes() as u64,
+            // tonic's default encoding limit (no setter is used on the server).
+            max_response_bytes: 4 << 20,
+            max_client_tag_bytes: u32::try_from(self.limits.max_client_tag_bytes).unwrap_or(u32::MAX),
+            ..Default::default()
+        }
     }
 }
 
@@ -220,6 +242,7 @@ impl TunnelService for TunnelGrpc {
                     record_count: a.count,
                 })
                 .collect(),
+            ..Default::default()
         }))
     }
 
@@ -257,6 +280,8 @@ impl TunnelService for TunnelGrpc {
         Ok(Response::new(v1::ConnectTunnelResponse {
             client_id,
             heartbeat_timeout_ms: millis(timeout),
+            limits: Some(self.service_limits()),
+            ..Default::default()
         }))
     }
 
@@ -383,5 +408,14 @@ impl TunnelService for TunnelGrpc {
         let client_id = validate::required(&req.client_id, "client_id")?;
         self.store.shutdown_client(tunnel_id, client_id)?;
         Ok(Response::new(v1::ShutdownResponse {}))
+    }
+
+    async fn get_limits(
+        &self,
+        _: Request<v1::GetLimitsRequest>,
+    ) -> Result<Response<v1::GetLimitsResponse>, Status> {
+        Ok(Response::new(v1::GetLimitsResponse {
+            limits: Some(self.service_limits()),
+        }))
     }
 }

@@ -178,9 +178,8 @@ impl TunnelServer {
         serving::warn_if_exposed("tunnel service", local_addr, options.tls.is_some());
 
         let grpc = TunnelGrpc::new(Arc::clone(&store), options.limits);
-        // Decoding limit above the batch limit, so an oversized batch meets the validation that names the field.
-        let decode_limit = options.limits.max_batch_bytes.saturating_mul(2).max(4 << 20);
-        let tunnel_service = TunnelServiceServer::new(grpc).max_decoding_message_size(decode_limit);
+        let tunnel_service =
+            TunnelServiceServer::new(grpc).max_decoding_message_size(options.limits.max_request_bytes());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TunnelServiceServer<TunnelGrpc>>().await;
         let (reflection, reflection_alpha) =

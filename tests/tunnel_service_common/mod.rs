@@ -137,6 +137,7 @@ pub async fn append_to(
             tunnel_name: String::new(),
             channel_id: channel,
             records,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
@@ -216,6 +217,7 @@ impl Consumer {
                 tunnel_id: self.tunnel_id.clone(),
                 client_id: self.client_id.clone(),
                 channels,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -269,6 +271,7 @@ impl Consumer {
                 channel_id: channel,
                 channel_version: version,
                 sequence_number: seq,
+                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -285,6 +288,7 @@ impl Consumer {
                 client_id: self.client_id.clone(),
                 channel_id: channel,
                 channel_version: version,
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())
@@ -310,6 +314,7 @@ pub async fn read_all(
             max_records_per_message: 0,
             max_records: 0,
             max_wait_ms: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();

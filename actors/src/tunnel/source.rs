@@ -236,6 +236,7 @@ impl GrpcSource {
             max_records_per_message: max_records,
             max_records: u64::from(max_records),
             max_wait_ms: wait.as_millis() as u64,
+            ..Default::default()
         };
         let mut stream = self
             .client()
@@ -340,6 +341,7 @@ impl TunnelSource for GrpcSource {
                         channel_type: v1::ChannelType::Unspecified as i32,
                     })
                     .collect(),
+                ..Default::default()
             };
             let reply = self
                 .client()
@@ -389,6 +391,7 @@ impl TunnelSource for GrpcSource {
                 client_id: lease.session.client_id.to_string(),
                 channel_id: lease.channel_id,
                 channel_version: lease.version.get(),
+                ..Default::default()
             };
             let reply = self
                 .client()
@@ -431,6 +434,7 @@ impl TunnelSource for GrpcSource {
                 channel_id: lease.channel_id,
                 channel_version: lease.version.get(),
                 sequence_number: position,
+                ..Default::default()
             };
             self.client()
                 .await?
@@ -447,6 +451,7 @@ impl TunnelSource for GrpcSource {
             let request = v1::ShutdownRequest {
                 tunnel_id: session.tunnel_id.to_string(),
                 client_id: session.client_id.to_string(),
+                ..Default::default()
             };
             self.client()
                 .await?
