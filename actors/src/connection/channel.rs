@@ -112,14 +112,30 @@ impl Service<http::Request<Body>> for Follow {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let budget = grpc_timeout(req.headers()).unwrap_or(shared.config.call_timeout);
+            let started = Instant::now();
+            let caller_deadline = grpc_timeout(req.headers());
+            let budget = caller_deadline.unwrap_or(shared.config.call_timeout);
+            let deadline = started + budget;
             let (mut channel, generation) = transport_within(&shared, budget)
                 .await
                 .map_err(|e| Box::new(e.to_status()) as StdError)?;
-            let ready = channel.ready().await.map(|_| ());
+            let ready = match tokio::time::timeout_at(deadline, channel.ready()).await {
+                Ok(ready) => ready.map(|_| ()),
+                Err(_) => return Err(deadline_passed(budget)),
+            };
+            if caller_deadline.is_some() {
+                // tonic starts a fresh timer from the header it sends: what goes on the wire must be what is
+                // left of the caller's deadline, or a call that waited for READY gets its deadline twice.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(deadline_passed(budget));
+                }
+                req.headers_mut()
+                    .insert("grpc-timeout", encode_grpc_timeout(left));
+            }
             let result = match ready {
                 Ok(()) => channel.call(req).await,
                 Err(e) => Err(e),
@@ -180,6 +196,30 @@ pub(crate) async fn transport_within(
     }
 }
 
+/// The status of a call whose deadline passed before it could be sent.
+fn deadline_passed(budget: Duration) -> StdError {
+    Box::new(tonic::Status::deadline_exceeded(format!(
+        "deadline of {} passed while waiting for the connection",
+        humantime::format_duration(budget)
+    )))
+}
+
+/// `d` as a `grpc-timeout` value: the most precise unit that fits gRPC's 8 digits, as tonic writes it.
+fn encode_grpc_timeout(d: Duration) -> http::HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let (value, unit) = [
+        (d.as_nanos(), 'n'),
+        (d.as_micros(), 'u'),
+        (d.as_millis(), 'm'),
+        (u128::from(d.as_secs()), 'S'),
+        (u128::from(d.as_secs() / 60), 'M'),
+    ]
+    .into_iter()
+    .find(|(value, _)| *value <= MAX)
+    .unwrap_or((u128::from(d.as_secs() / 3600).min(MAX), 'H'));
+    http::HeaderValue::from_str(&format!("{value}{unit}")).expect("digits and a unit letter")
+}
+
 /// The `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and a unit), as tonic writes it.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
@@ -218,5 +258,23 @@ mod tests {
         assert_eq!(parse("5x"), None);
         assert_eq!(parse("S"), None);
         assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn grpc_timeout_encoding_round_trips_within_its_unit() {
+        let round_trip = |d: Duration| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", encode_grpc_timeout(d));
+            grpc_timeout(&h).unwrap()
+        };
+        assert_eq!(round_trip(Duration::from_nanos(1)), Duration::from_nanos(1));
+        assert_eq!(round_trip(Duration::from_millis(499)), Duration::from_millis(499));
+        assert_eq!(round_trip(Duration::from_secs(30)), Duration::from_secs(30));
+        // Past 8 digits of a unit, the next coarser unit: never longer than asked.
+        assert_eq!(
+            round_trip(Duration::from_secs(100_000_000)),
+            Duration::from_secs(100_000_000 / 60 * 60)
+        );
+        assert!(round_trip(Duration::from_secs(u64::MAX / 2)) <= Duration::from_secs(u64::MAX / 2));
     }
 }

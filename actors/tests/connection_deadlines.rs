@@ -1,0 +1,89 @@
+//! Deadlines and connection cycling as a gRPC client keeps them, against real tonic servers: a call that waited
+//! for READY sends only what is left of its deadline; a server that cycles its connections (GOAWAY NO_ERROR,
+//! `max_connection_age`) never strands a caller of `transport()`.
+#![cfg(feature = "connection")]
+
+mod grpc_common;
+
+use std::time::Duration;
+
+use arbor_actors::connection::{ConnectionHandle, ConnectivityState};
+use grpc_common::{free_port, plain_target, quick_config, InProcessServer, MetadataLog, ServerOptions, LONG};
+use tokio::time::{timeout, Instant};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn parse_grpc_timeout(value: &str) -> Duration {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().unwrap();
+    match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        other => panic!("unit {other} in grpc-timeout {value}"),
+    }
+}
+
+/// A call made while the connection is still dialling waits for READY; what it then sends as `grpc-timeout`
+/// is the caller's deadline less the wait, so no call can end later than its deadline (tonic starts a fresh
+/// timer from the header on both sides). Before the fix, the header went out unchanged: a 500 ms call
+/// returned after 709 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_waited_for_ready_sends_only_what_is_left_of_its_deadline() {
+    grpc_common::init_tracing();
+    let port = free_port();
+    let h = ConnectionHandle::start(quick_config(&plain_target(port)))
+        .await
+        .unwrap();
+    let deadline = Duration::from_secs(10);
+    let called = Instant::now();
+    let call = tokio::spawn({
+        let channel = h.channel();
+        async move {
+            let mut request = tonic::Request::new(HealthCheckRequest::default());
+            request.set_timeout(deadline);
+            request
+                .metadata_mut()
+                .insert("x-arbor-test", "deadline".parse().unwrap());
+            HealthClient::new(channel).check(request).await
+        }
+    });
+    // Nothing listens yet: the call waits while the connection fails twice.
+    let mut rx = h.watch();
+    let mut failures = 0;
+    while failures < 2 {
+        timeout(LONG, rx.changed()).await.unwrap().unwrap();
+        if rx.borrow_and_update().state == ConnectivityState::TransientFailure {
+            failures += 1;
+        }
+    }
+    let log = MetadataLog::default();
+    let server_up = Instant::now();
+    let _server = InProcessServer::start_opts(ServerOptions {
+        port,
+        log: Some(log.clone()),
+        ..Default::default()
+    });
+    timeout(LONG, call)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the call succeeds once READY");
+    let sent = {
+        let log = log.lock().unwrap();
+        let metadata = log
+            .iter()
+            .find(|m| m.get("x-arbor-test").is_some())
+            .expect("the server saw the call");
+        parse_grpc_timeout(metadata.get("grpc-timeout").unwrap().to_str().unwrap())
+    };
+    let waited_at_least = server_up - called;
+    assert!(
+        sent <= deadline - waited_at_least,
+        "sent grpc-timeout {sent:?} although the call had waited at least {waited_at_least:?} of its {deadline:?}"
+    );
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
+}
