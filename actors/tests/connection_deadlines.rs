@@ -87,3 +87,42 @@ async fn a_call_that_waited_for_ready_sends_only_what_is_left_of_its_deadline() 
     );
     h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// A server that cycles its connections (`max_connection_age`: GOAWAY NO_ERROR, then close) leaves the
+/// connection IDLE. `transport()` is a use of the connection: it fails fast (nothing is queued) but asks the
+/// connection to connect, so the caller's retry finds it READY. Before the fix it stayed IDLE: every later
+/// `transport()` was refused (46 of 60 calls in the report).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_on_an_idle_connection_asks_it_to_connect() {
+    grpc_common::init_tracing();
+    let server = InProcessServer::start_opts(ServerOptions {
+        max_connection_age: Some(Duration::from_millis(700)),
+        ..Default::default()
+    });
+    let h = ConnectionHandle::start(quick_config(&plain_target(server.port())))
+        .await
+        .unwrap();
+    h.wait_ready(LONG).await.unwrap();
+    let first = h.snapshot().generation;
+    let mut rx = h.watch();
+    timeout(LONG, rx.wait_for(|s| s.state == ConnectivityState::Idle))
+        .await
+        .expect("the server's idle close")
+        .unwrap();
+    assert!(h.transport().is_err(), "IDLE has no transport to hand out");
+    let snap = timeout(
+        LONG,
+        rx.wait_for(|s| s.generation > first && s.state == ConnectivityState::Ready),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "transport() did not ask the idle connection to connect: {:?}",
+            h.snapshot()
+        )
+    })
+    .unwrap()
+    .clone();
+    assert!(snap.generation > first);
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -162,11 +162,19 @@ impl ConnectionHandle {
     /// nothing is queued (as in Spear and Chronicle). It belongs to one connection generation: once that
     /// transport is gone its calls fail fast with `Unavailable` instead of re-dialling. No auth is applied
     /// (see [`interceptor`](Self::interceptor)). Most code wants [`channel`](Self::channel).
+    ///
+    /// Asking an IDLE connection for its transport asks it to connect (as any use of an idle gRPC channel
+    /// does), so a caller that retries after the server cycled its connection (GOAWAY NO_ERROR,
+    /// `max_connection_age`) finds it READY again instead of IDLE for good.
     pub fn transport(&self) -> Result<Channel, ConnectionError> {
-        match self.shared.ready_transport() {
-            Some((ch, _)) => Ok(ch),
-            None => Err(self.shared.not_ready(&self.rx.borrow())),
+        if let Some((ch, _)) = self.shared.ready_transport() {
+            return Ok(ch);
         }
+        let snap = self.rx.borrow().clone();
+        if snap.state == ConnectivityState::Idle && !snap.closed {
+            self.shared.send(ConnectionMsg::Connect { reopen: false });
+        }
+        Err(self.shared.not_ready(&snap))
     }
 
     /// The interceptor adding this connection's credentials (for a raw [`transport`](Self::transport)).
