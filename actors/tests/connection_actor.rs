@@ -394,6 +394,19 @@ fn classification_reads_the_source_chain() {
         classify(&tonic::Status::deadline_exceeded("slow")),
         FailureClass::Timeout
     );
+    // A deadline that tonic's own timer enforced: bare from the server's side (its trailers), wrapped from
+    // the client's. Both say the call's deadline passed, so the connection checks itself.
+    let from_server = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+    assert_eq!(from_server.code(), tonic::Code::Cancelled);
+    assert_eq!(classify(&from_server), FailureClass::Timeout, "{from_server:?}");
+    assert_eq!(
+        classify(&tonic::Status::cancelled("Timeout expired")),
+        FailureClass::Timeout
+    );
+    assert_eq!(
+        classify(&tonic::Status::cancelled("the client went away")),
+        FailureClass::Server
+    );
     let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
     let s = tonic::Status::from_error(Box::new(io));
     assert_eq!(classify(&s), FailureClass::ConnectionLost);

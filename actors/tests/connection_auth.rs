@@ -132,6 +132,11 @@ type Reply = fn(usize) -> (u16, String);
 
 async fn token_endpoint_with(reply: Reply) -> TokenEndpoint {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    token_endpoint_on(listener, reply)
+}
+
+/// A token endpoint answering on a listener bound earlier (connections made before it starts wait).
+fn token_endpoint_on(listener: tokio::net::TcpListener, reply: Reply) -> TokenEndpoint {
     let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
     let forms = Arc::new(Mutex::new(Vec::new()));
@@ -400,5 +405,82 @@ async fn hostile_token_endpoints_fail_attempts_which_are_retried() {
         h.shutdown(Duration::from_secs(5)).await.unwrap();
     }
     holder.abort();
+    assert_no_secret_logged();
+}
+
+/// A call made while the connection is still CONNECTING because its token endpoint is slow to start waits
+/// for READY and for the token, then goes out with it. Before the fix the auth interceptor ran before the
+/// channel waited for READY: such calls failed at once with `Unauthenticated` ("no valid access token").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_made_before_the_first_token_waits_for_it() {
+    log_buffer();
+    // Bound but not answering yet: the connection's first fetch waits in the listener's backlog.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_port = listener.local_addr().unwrap().port();
+    let log = MetadataLog::default();
+    let server = InProcessServer::start(0, Some(log.clone()));
+    let h = ConnectionHandle::start(quick_config(&format!(
+        "grpc://c:pa55-SECRET@127.0.0.1:{}?disableTls=true&authPort={token_port}",
+        server.port()
+    )))
+    .await
+    .unwrap();
+    let mut call = tokio::spawn({
+        let channel = h.channel();
+        async move {
+            let mut request = tonic::Request::new(HealthCheckRequest::default());
+            request.set_timeout(LONG);
+            HealthClient::new(channel).check(request).await
+        }
+    });
+    // No token can exist yet: the call must still be waiting, not failed.
+    if let Ok(early) = timeout(Duration::from_millis(300), &mut call).await {
+        panic!(
+            "the call ended before any token existed: {:?}",
+            early.unwrap().map(|_| ())
+        );
+    }
+    let tokens = token_endpoint_on(listener, |n| {
+        (200, format!(r#"{{"access_token":"tok-{n}","expires_in":3600}}"#))
+    });
+    timeout(LONG, call)
+        .await
+        .expect("the call ends once READY")
+        .unwrap()
+        .expect("the call succeeds with the token");
+    assert_eq!(tokens.hits.load(Ordering::SeqCst), 1);
+    assert!(header(&log, "authorization").iter().any(|a| a == "Bearer tok-1"));
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_no_secret_logged();
+}
+
+/// A token that expires while its endpoint answers HTTP 500: calls fail `Unauthenticated` with a message that
+/// names the cause (the endpoint and its status), not a guess ("token endpoint unreachable?").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_is_named_in_the_calls_it_fails() {
+    log_buffer();
+    let tokens = token_endpoint_with(|n| match n {
+        1 => (200, r#"{"access_token":"tok-1","expires_in":1}"#.into()),
+        _ => (500, "down".into()),
+    })
+    .await;
+    let log = MetadataLog::default();
+    let (_server, h) = oauth2_connection(&tokens, &log).await;
+    // Calls succeed until the one-second token expires, then fail: wait for the first failure (bounded).
+    let started = tokio::time::Instant::now();
+    let status = loop {
+        assert!(started.elapsed() < LONG, "no call failed after the token expired");
+        match grpc_common::check_via(&h).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("HTTP 500") && status.message().contains(&tokens.port.to_string()),
+        "the message names the endpoint and its answer: {}",
+        status.message()
+    );
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
     assert_no_secret_logged();
 }

@@ -10,11 +10,17 @@
 //! - Fetches are single-flight: callers that find the token due wait for the one fetch in progress.
 //! - Failed fetches are not retried more often than [`OAuth2Config::min_retry_interval`] (5 s); a still valid
 //!   token is used meanwhile.
+//! - `expires_in` must be a whole number of seconds (a number or a numeric string); a negative or otherwise
+//!   unreadable one fails the fetch ([`AuthError::BadResponse`]).
 //! - `expires_in` missing, or `0`, means the server gave no lifetime (RFC 6749 makes the field optional, and
 //!   servers such as Keycloak use 0 for "no expiry"): [`OAuth2Config::default_lifetime`] (3600 s) is assumed,
 //!   so the token is still refreshed on a schedule. A huge `expires_in` (up to `u64::MAX` seconds) saturates.
-//! - The interceptor is synchronous (tonic's design): it reads the cached token and, when the token is due,
-//!   starts the refresh in the background; the connection fetches the first token before it reports READY.
+//! - A call through the connection's [`ConnectionChannel`](super::ConnectionChannel) is authenticated after
+//!   the connection is READY, and waits (within its deadline) for a token being fetched; the connection
+//!   fetches the first token before it reports READY. A call that cannot get a token fails with
+//!   `Unauthenticated` naming why (the endpoint's HTTP status, a bad answer, a timeout).
+//! - The [`AuthInterceptor`] for a raw transport is synchronous (tonic's design): it reads the cached token
+//!   and, when the token is due, starts the refresh in the background.
 //!
 //! Written here rather than with the `oauth2` crate: the client-credentials grant is one form POST and a JSON
 //! answer; `oauth2` would bring its own HTTP client stack (or an adapter to write), `url`, `chrono`, `sha2`,
@@ -290,6 +296,14 @@ impl TokenSource {
         }
     }
 
+    /// Why the last fetch failed, if the last fetch failed.
+    pub fn last_failure(&self) -> Option<AuthError> {
+        match &*self.0 {
+            SourceKind::Static(_) => None,
+            SourceKind::OAuth2(o) => lock(&o.cache).last_failure.as_ref().map(|(_, e)| e.clone()),
+        }
+    }
+
     /// How many HTTP fetches were made (0 for a static token).
     pub fn fetch_count(&self) -> u64 {
         match &*self.0 {
@@ -488,12 +502,15 @@ impl OAuth2 {
         if parsed.access_token.is_empty() {
             return Err(bad("empty access_token".into()));
         }
-        // Some servers send the number as a string.
+        // Some servers send the number as a string. Anything but a whole number of seconds (negative, a
+        // fraction, a word) is refused: guessing a lifetime for it would use a token the server considers
+        // expired, or refresh one that is not.
+        let not_seconds = || bad("expires_in is not a whole, non-negative number of seconds".into());
         let expires_in = match parsed.expires_in {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Number(n)) => n.as_u64(),
-            Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
-            Some(_) => None,
+            Some(serde_json::Value::Number(n)) => Some(n.as_u64().ok_or_else(not_seconds)?),
+            Some(serde_json::Value::String(s)) => Some(s.trim().parse::<u64>().map_err(|_| not_seconds())?),
+            Some(_) => return Err(not_seconds()),
         };
         let lifetime = match expires_in {
             None | Some(0) => self.config.default_lifetime,
@@ -545,6 +562,14 @@ pub struct AuthInterceptor {
     bearer: Option<TokenSource>,
 }
 
+/// A status for a call that has no token to send, naming why (the token source's last failure).
+fn no_token(cause: Option<AuthError>) -> Status {
+    match cause {
+        Some(e) => Status::unauthenticated(format!("no valid access token: {}", ErrorChain(&e))),
+        None => Status::unauthenticated("no valid access token yet"),
+    }
+}
+
 impl fmt::Debug for AuthInterceptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthInterceptor")
@@ -579,6 +604,46 @@ impl AuthInterceptor {
     }
 }
 
+impl AuthInterceptor {
+    /// Adds the credentials to a call about to go out, waiting (at most until `deadline`) for a token fetch
+    /// when no valid token is cached: what [`ConnectionChannel`](super::ConnectionChannel) does once the
+    /// connection is READY, so a call made while CONNECTING or while the token is being refreshed waits
+    /// instead of failing. A failure names its cause (the token endpoint's status, a bad answer, a timeout).
+    pub(crate) async fn authorize(
+        &self,
+        headers: &mut http::HeaderMap,
+        deadline: Instant,
+    ) -> Result<(), Status> {
+        if let Some(key) = &self.api_key {
+            headers.insert("api-key", sensitive_header(key.as_encoded_bytes())?);
+        }
+        if let Some(source) = &self.bearer {
+            let token = match tokio::time::timeout_at(deadline, source.token()).await {
+                Ok(Ok(token)) => token,
+                Ok(Err(e)) => return Err(no_token(Some(e))),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "the call's deadline passed while an access token was being fetched",
+                    ))
+                }
+            };
+            let value = format!("Bearer {}", token.expose());
+            headers.insert(http::header::AUTHORIZATION, sensitive_header(value.as_bytes())?);
+        }
+        Ok(())
+    }
+}
+
+fn sensitive_header(bytes: &[u8]) -> Result<http::HeaderValue, Status> {
+    let mut value = http::HeaderValue::from_bytes(bytes)
+        .map_err(|_| Status::unauthenticated("the credentials are not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// For a raw [`transport`](super::ConnectionHandle::transport): synchronous (tonic's interceptors are), so it
+/// uses the cached token and starts a refresh when one is due; without a valid token the call fails with the
+/// token source's last failure as the reason.
 impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(key) = &self.api_key {
@@ -586,9 +651,7 @@ impl Interceptor for AuthInterceptor {
         }
         if let Some(source) = &self.bearer {
             source.refresh_in_background_if_due();
-            let token = source.current().ok_or_else(|| {
-                Status::unauthenticated("no valid access token (token endpoint unreachable?)")
-            })?;
+            let token = source.current().ok_or_else(|| no_token(source.last_failure()))?;
             let mut v: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {}", token.expose()))
                 .map_err(|_| Status::unauthenticated("access token is not a valid header value"))?;
             v.set_sensitive(true);
@@ -648,6 +711,18 @@ mod tests {
             lifetime(r#"{"access_token":"t","expires_in":"30"}"#),
             Duration::from_secs(30)
         );
+        for refused in [
+            r#""expires_in":-5"#,
+            r#""expires_in":"-5""#,
+            r#""expires_in":1.5"#,
+            r#""expires_in":"soon""#,
+        ] {
+            let body = format!(r#"{{"access_token":"t",{refused}}}"#);
+            assert!(
+                matches!(o.parse(ok, body.as_bytes()), Err(AuthError::BadResponse { .. })),
+                "{refused}"
+            );
+        }
         let max = format!(r#"{{"access_token":"t","expires_in":{}}}"#, u64::MAX);
         assert_eq!(lifetime(&max), Duration::from_secs(u64::MAX));
         assert!(matches!(

@@ -10,12 +10,10 @@ use http::HeaderMap;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::codegen::StdError;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tower::{Service, ServiceExt};
 
 use super::actor::{ConnectionMsg, Shared};
-use super::auth::AuthInterceptor;
 use super::error::ConnectionError;
 use super::state::ConnectivityState;
 
@@ -47,12 +45,13 @@ use super::state::ConnectivityState;
 ///
 /// Every `Unavailable` produced here carries the [`ConnectionError`] as its source (`Status::source`), which
 /// names the state and why the connection is not READY. The connection's auth (api key, bearer token, OAuth2
-/// with background refresh) is applied as an interceptor layer. A call that fails at the transport level
+/// with background refresh) is added once the connection is READY, within the call's deadline: a call never
+/// fails `Unauthenticated` only because it was made while the connection or its token was still coming. A call that fails at the transport level
 /// makes the connection run a health check at once, as
 /// [`report_failure`](super::ConnectionHandle::report_failure) does.
 #[derive(Clone)]
 pub struct ConnectionChannel {
-    inner: InterceptedService<Follow, AuthInterceptor>,
+    inner: Follow,
     shared: Arc<Shared>,
 }
 
@@ -66,14 +65,10 @@ impl std::fmt::Debug for ConnectionChannel {
 
 impl ConnectionChannel {
     pub(crate) fn new(shared: Arc<Shared>) -> ConnectionChannel {
-        let interceptor = shared.interceptor.clone();
         ConnectionChannel {
-            inner: InterceptedService::new(
-                Follow {
-                    shared: shared.clone(),
-                },
-                interceptor,
-            ),
+            inner: Follow {
+                shared: shared.clone(),
+            },
             shared,
         }
     }
@@ -96,7 +91,7 @@ impl Service<http::Request<Body>> for ConnectionChannel {
     }
 }
 
-/// The routing layer under the auth interceptor.
+/// Waits for the connection, authenticates, and sends the call on the current transport.
 #[derive(Clone)]
 pub(crate) struct Follow {
     shared: Arc<Shared>,
@@ -126,6 +121,13 @@ impl Service<http::Request<Body>> for Follow {
                 Ok(ready) => ready.map(|_| ()),
                 Err(_) => return Err(deadline_passed(budget)),
             };
+            // Authenticate only now: a token fetched while the connection was still CONNECTING (the first one
+            // is fetched before READY) is then there, and a refresh in progress is waited for.
+            shared
+                .interceptor
+                .authorize(req.headers_mut(), deadline)
+                .await
+                .map_err(|status| Box::new(status) as StdError)?;
             if caller_deadline.is_some() {
                 // tonic starts a fresh timer from the header it sends: what goes on the wire must be what is
                 // left of the caller's deadline, or a call that waited for READY gets its deadline twice.

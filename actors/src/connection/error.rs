@@ -141,6 +141,9 @@ pub enum FailureClass {
     Server,
 }
 
+/// What tonic's `TimeoutExpired` says, in a status message or an error chain.
+const TONIC_TIMEOUT_EXPIRED: &str = "Timeout expired";
+
 /// Classify a failed call's status.
 pub fn classify(status: &tonic::Status) -> FailureClass {
     let mut chain: Vec<&(dyn StdError + 'static)> = Vec::new();
@@ -149,10 +152,15 @@ pub fn classify(status: &tonic::Status) -> FailureClass {
         chain.push(err);
         source = err.source();
     }
-    // tonic's client-side deadline is `Cancelled "Timeout expired"` wrapped in a transport error: look for it
-    // before anything that would read the wrapper as a lost connection.
+    // tonic's deadline (its `GrpcTimeout`, on either side) is `Cancelled "Timeout expired"`: wrapped in a
+    // transport error when the client's timer fired, bare (no source, from the trailers) when the server's did.
+    // Look for both before anything that would read the wrapper as a lost connection or the bare status as
+    // the server's own answer.
     if status.code() == tonic::Code::DeadlineExceeded
-        || chain.iter().any(|e| e.to_string().contains("Timeout expired"))
+        || status.code() == tonic::Code::Cancelled && status.message() == TONIC_TIMEOUT_EXPIRED
+        || chain
+            .iter()
+            .any(|e| e.to_string().contains(TONIC_TIMEOUT_EXPIRED))
     {
         return FailureClass::Timeout;
     }
