@@ -216,7 +216,7 @@ pub(crate) fn http1_tls(tls: &TlsFiles) -> Result<rustls::ServerConfig, Security
     }
     let key =
         PrivateKeyDer::from_pem_slice(&read_pem(&tls.key)?).map_err(|e| refused(&tls.key, Box::new(e)))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = arbor_actors::connection::crypto_provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))

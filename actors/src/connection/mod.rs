@@ -117,3 +117,4 @@ pub use pool::{ConnectionInfo, ConnectionPool, Lease, PoolError, PoolOptions, Po
 pub use state::{CloseReason, ConnectionSnapshot, ConnectivityState, GoAway, ShutdownReason};
 pub use target::{Credentials, HostPort, Secret, Target, TargetError};
 pub use tied::{StreamEnd, StreamEvent, TiedCall};
+pub use tls::crypto_provider;

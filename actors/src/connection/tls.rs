@@ -20,6 +20,19 @@ use tokio_rustls::TlsConnector;
 use super::config::ConfigError;
 use super::target::Target;
 
+/// The rustls crypto provider of every TLS client and server arbor makes: the process's default provider when
+/// the application installed one (`CryptoProvider::install_default`, e.g. aws-lc-rs for post-quantum key
+/// exchange), otherwise *ring*, which arbor builds with (a C compiler is all it needs). rustls 0.23.48
+/// deprecates *ring*'s provider for its lack of post-quantum algorithms; the fallback stays here, in one place,
+/// so an application chooses for all of arbor by installing its default.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    if let Some(installed) = rustls::crypto::CryptoProvider::get_default() {
+        return Arc::clone(installed);
+    }
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// ALPN protocol ids.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -125,14 +138,13 @@ pub(crate) fn client_config(
         }
         None => native_roots().clone(),
     };
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::Invalid {
-                field: "tls",
-                reason: e.to_string(),
-            })?
-            .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::Invalid {
+            field: "tls",
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots);
     match identity {
         Some((cert, key)) => {
             let chain = read_certificates("certFile", cert)?;
