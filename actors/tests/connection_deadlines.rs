@@ -126,3 +126,31 @@ async fn transport_on_an_idle_connection_asks_it_to_connect() {
     assert!(snap.generation > first);
     h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// By default a connection keeps no stream of its own open while READY (no health `Watch`, no periodic
+/// `Check`), as gRPC clients do: every one of the server's concurrent streams is the application's, and a
+/// server that sheds idle connections can shed it. Before, a default connection held a health `Watch` on one
+/// of them: against a server allowing one stream, the application's own stream never opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_connection_leaves_every_stream_slot_to_the_application() {
+    grpc_common::init_tracing();
+    let server = InProcessServer::start_limited(1);
+    let config = arbor_actors::connection::ConnectionConfig::parse(&plain_target(server.port())).unwrap();
+    assert!(!config.health_watch && config.probe_interval.is_none());
+    let h = ConnectionHandle::start(config).await.unwrap();
+    let channel = h.wait_ready(LONG).await.unwrap();
+    let mut request = tonic::Request::new(HealthCheckRequest::default());
+    request.set_timeout(Duration::from_secs(5));
+    let mut stream = HealthClient::new(channel)
+        .watch(request)
+        .await
+        .expect("the application's stream opens: the connection holds none of its own")
+        .into_inner();
+    let first = timeout(LONG, stream.message())
+        .await
+        .unwrap()
+        .expect("a first status");
+    assert!(first.is_some());
+    drop(stream);
+    h.shutdown(Duration::from_secs(5)).await.unwrap();
+}

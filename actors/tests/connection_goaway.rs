@@ -240,13 +240,14 @@ async fn close_fails_calls_at_once_and_connect_reopens() {
     h.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
-/// The health Watch reports NOT_SERVING at once, with no polling configured.
+/// The health Watch, when asked for, reports NOT_SERVING at once, with no polling configured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_watch_sees_not_serving_without_polling() {
     grpc_common::init_tracing();
     let server = InProcessServer::start(0, None);
-    let cfg = quick_config(&plain_target(server.port())).with_probe_interval(None);
-    assert!(cfg.health_watch);
+    let cfg = quick_config(&plain_target(server.port()))
+        .with_probe_interval(None)
+        .with_health_watch(true);
     let h = ConnectionHandle::start(cfg).await.unwrap();
     h.wait_ready(LONG).await.unwrap();
     server

@@ -155,7 +155,6 @@ impl From<BackoffConfigError> for ConfigError {
 }
 
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -211,12 +210,15 @@ pub struct ConnectionConfig {
     /// Deadline of each health `Check` (default 5 s).
     pub health_check_timeout: Duration,
     /// While READY, follow the server's health through a `Watch` stream, so a change to NOT_SERVING is seen at
-    /// once (default true). Servers without `Watch` (UNIMPLEMENTED) fall back to the `Check`s of
-    /// `probe_interval`. The stream holds one of the server's concurrent streams.
+    /// once (default false, as gRPC clients do unless the service config asks). Servers without `Watch`
+    /// (UNIMPLEMENTED) fall back to the `Check`s of `probe_interval`. The stream holds one of the server's
+    /// concurrent streams, and keeps the connection busy: a server that sheds idle connections
+    /// (`max_connection_idle`) never sheds it.
     pub health_watch: bool,
-    /// While READY, run a health `Check` this often (default 10 s); a failure moves the connection to
-    /// TRANSIENT_FAILURE. This is what detects a frozen server when keepalive is off (a `Watch` on a frozen
-    /// server is merely silent). `None` disables it.
+    /// While READY, run a health `Check` this often (default `None`: off, as in gRPC clients); a failure moves
+    /// the connection to TRANSIENT_FAILURE. It catches a frozen server between calls when keepalive is off (a
+    /// `Watch` on a frozen server is merely silent); without it, a call that times out makes the connection
+    /// check itself at once. Each `Check` resets a server's idle timer.
     pub probe_interval: Option<Duration>,
     /// HTTP/2 keepalive (default off).
     pub keepalive: Option<Keepalive>,
@@ -239,8 +241,8 @@ impl ConnectionConfig {
             idle_reconnect: IdleReconnect::Lazy,
             health_service: String::new(),
             health_check_timeout: HEALTH_CHECK_TIMEOUT,
-            health_watch: true,
-            probe_interval: Some(PROBE_INTERVAL),
+            health_watch: false,
+            probe_interval: None,
             keepalive: None,
             call_timeout: CALL_TIMEOUT,
             tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
@@ -282,7 +284,7 @@ impl ConnectionConfig {
         self.health_service = name.into();
         self
     }
-    /// Follow health through a `Watch` stream while READY (default true).
+    /// Follow health through a `Watch` stream while READY (default false).
     pub fn with_health_watch(mut self, yes: bool) -> Self {
         self.health_watch = yes;
         self
@@ -381,8 +383,8 @@ impl Default for ConnectionDocument {
             idle_reconnect: IdleReconnect::Lazy,
             health_service: String::new(),
             health_check_timeout: HEALTH_CHECK_TIMEOUT,
-            health_watch: true,
-            probe_interval: Some(PROBE_INTERVAL),
+            health_watch: false,
+            probe_interval: None,
             keepalive: None,
             call_timeout: CALL_TIMEOUT,
             tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,

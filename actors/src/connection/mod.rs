@@ -38,10 +38,13 @@
 //!   moment it arrives; `ENHANCE_YOUR_CALM` / `too_many_pings` doubles the keepalive interval (gRFC A8);
 //! - the connector reports its socket's close (EOF, error, drop), tagged with the connection generation so a
 //!   late report from an old connection is ignored;
-//! - a health `Watch` stream (`health_watch`, default on; servers without it fall back to polling) reports a
-//!   change to NOT_SERVING at once; a periodic `Check` with a deadline (`probe_interval`, default 10 s) catches
-//!   a frozen server;
-//! - HTTP/2 keepalive, opt-in ([`Keepalive`]): its timeout closes the connection, which the connector reports.
+//! - a call that fails below gRPC or times out makes the connection run a health `Check` at once;
+//! - HTTP/2 keepalive, opt-in ([`Keepalive`]): its timeout closes the connection, which the connector reports;
+//! - health checking while READY, opt-in as in gRPC clients: a `Watch` stream (`health_watch`; servers without
+//!   it fall back to polling) reports a change to NOT_SERVING at once, a periodic `Check` (`probe_interval`)
+//!   catches a frozen server between calls. Both keep the connection busy, so a server's idle shedding
+//!   (`max_connection_idle`) never closes it; off by default, an idle connection goes IDLE when its server
+//!   sheds it (GOAWAY `NO_ERROR`) and the next use reconnects.
 //!
 //! # Making calls
 //!
