@@ -52,6 +52,8 @@ pub mod top;
 
 #[cfg(any(feature = "tunnel-service", feature = "introspection"))]
 mod closable;
+#[cfg(feature = "introspection")]
+pub(crate) mod dial;
 #[cfg(feature = "tunnel-service")]
 pub mod serve;
 #[cfg(feature = "cli")]

@@ -14,8 +14,8 @@ use tonic::{Request, Status};
 /// How to reach the service.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminConnection {
-    /// The tunnel service: `http://host:port`, or `https://host:port` with --ca-cert.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// The tunnel service: `host:port` (https when --ca-cert is given), or an `http(s)://host:port` URL.
+    #[arg(long, default_value = "127.0.0.1:50051")]
     pub server: String,
     /// File holding the api key to send as `api-key` (its first non-comment line).
     #[arg(long)]
@@ -86,8 +86,8 @@ pub enum AdminCommand {
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// The server address or TLS setting is unusable.
-    #[error("cannot connect to {server}: {reason}")]
+    /// The server cannot be reached, or the address or TLS setting is unusable.
+    #[error("{reason}")]
     Connect {
         /// The address.
         server: String,
@@ -103,8 +103,10 @@ pub enum AdminError {
         source: std::io::Error,
     },
     /// The service refused the call.
-    #[error("{kind:?}: {message}")]
+    #[error("{}{}: {message}", crate::dial::code_words(*code), field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
     Rpc {
+        /// The gRPC code.
+        code: tonic::Code,
         /// What the client should do.
         kind: ErrorKind,
         /// The field at fault, if named.
@@ -117,6 +119,7 @@ pub enum AdminError {
 impl From<Status> for AdminError {
     fn from(s: Status) -> Self {
         AdminError::Rpc {
+            code: s.code(),
             kind: ErrorKind::of(&s),
             field: error_field(&s).map(str::to_string),
             message: s.message().to_string(),
@@ -128,8 +131,9 @@ type ApiKeyInterceptor = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Statu
 type Client = TunnelServiceClient<InterceptedService<Channel, ApiKeyInterceptor>>;
 
 async fn connect(conn: &AdminConnection) -> Result<Client, AdminError> {
+    let url = crate::dial::server_url(&conn.server, conn.ca_cert.is_some());
     let connect_err = |reason: String| AdminError::Connect {
-        server: conn.server.clone(),
+        server: url.clone(),
         reason,
     };
     let read = |path: &PathBuf| {
@@ -138,17 +142,19 @@ async fn connect(conn: &AdminConnection) -> Result<Client, AdminError> {
             source,
         })
     };
-    let mut endpoint = Endpoint::from_shared(conn.server.clone())
-        .map_err(|e| connect_err(e.to_string()))?
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?
         .connect_timeout(Duration::from_secs(5));
     if let Some(ca) = &conn.ca_cert {
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        endpoint = endpoint.tls_config(tls).map_err(|e| connect_err(e.to_string()))?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?;
     }
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| connect_err(format!("{e}: {:?}", std::error::Error::source(&e))))?;
+        .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?;
     let key = match &conn.api_key_file {
         Some(path) => {
             let text = String::from_utf8_lossy(&read(path)?).into_owned();
@@ -227,6 +233,9 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
         }
         AdminCommand::List => {
             let response = client.list_tunnels(v1::ListTunnelsRequest {}).await?.into_inner();
+            if response.tunnels.is_empty() {
+                return Ok("no tunnels (create one with `arbor tunnel create NAME --stream N`)\n".into());
+            }
             let mut out = String::new();
             for t in response.tunnels {
                 let lag: u64 = t.channels.iter().map(|c| c.lag).sum();

@@ -242,7 +242,7 @@ async fn a_refused_token_fails_with_the_reason() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("Unauthenticated") && !stderr.contains("right"),
+        stderr.contains("not authenticated") && !stderr.contains("right"),
         "{stderr}"
     );
 

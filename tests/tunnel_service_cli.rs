@@ -72,7 +72,7 @@ fn the_admin_client_creates_appends_describes_lists_and_deletes_with_an_api_key(
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("Fatal") && stderr.contains("tunnel_name"),
+        stderr.contains("invalid argument (field tunnel_name)"),
         "{stderr}"
     );
 
@@ -84,7 +84,7 @@ fn the_admin_client_creates_appends_describes_lists_and_deletes_with_an_api_key(
 
     let out = tunnel(&["delete", "orders"]);
     assert!(out.status.success());
-    assert_eq!(text(&tunnel(&["list"])).0, "");
+    assert!(text(&tunnel(&["list"])).0.starts_with("no tunnels"));
 }
 
 #[test]

@@ -60,13 +60,7 @@ impl ClientOptions {
 
     /// The URL to dial: `addr` with a scheme (https when a CA is given).
     pub fn url(&self) -> String {
-        if self.addr.contains("://") {
-            self.addr.clone()
-        } else if self.ca_file.is_some() {
-            format!("https://{}", self.addr)
-        } else {
-            format!("http://{}", self.addr)
-        }
+        crate::dial::server_url(&self.addr, self.ca_file.is_some())
     }
 }
 
@@ -75,7 +69,7 @@ impl ClientOptions {
 #[non_exhaustive]
 pub enum ClientError {
     /// The server could not be reached, or the address or TLS setting is unusable.
-    #[error("cannot connect to {addr}: {reason}")]
+    #[error("{reason}")]
     Connect {
         /// The address.
         addr: String,
@@ -91,7 +85,7 @@ pub enum ClientError {
         reason: String,
     },
     /// The server refused or failed the call.
-    #[error("{code:?}: {message}")]
+    #[error("{}: {message}", crate::dial::code_words(*code))]
     Rpc {
         /// The gRPC code (`Unauthenticated`, `NotFound`, `Unavailable`...).
         code: tonic::Code,
@@ -206,18 +200,18 @@ impl InspectClient {
             token.set_sensitive(true);
         }
         let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| connect_err(e.to_string()))?
+            .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?
             .connect_timeout(Duration::from_secs(5));
         if let Some(ca) = &options.ca_file {
             let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_file(ca)?));
-            endpoint = endpoint.tls_config(tls).map_err(|e| connect_err(e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?;
         }
-        let channel = endpoint.connect().await.map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            connect_err(format!("{e}{cause}"))
-        })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?;
         Ok(InspectClient {
             addr: url,
             inner: InspectServiceClient::with_interceptor(channel, BearerToken(token)),

@@ -1,0 +1,107 @@
+//! How the CLI's clients (`arbor tunnel`, `arbor inspect`, `arbor top`) reach a server and say why they could
+//! not: one address syntax everywhere (`host:port`, or an `http://` / `https://` URL), and connection failures
+//! in words that name the cause and what to try, never a Rust `Debug` rendering.
+
+use std::error::Error;
+use std::io;
+
+/// The URL to dial for `addr`: kept when it has a scheme; `host:port` becomes `https://host:port` when a CA
+/// file is given (TLS), else `http://host:port`.
+pub fn server_url(addr: &str, tls: bool) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Why dialling `url` failed, in one line for people: the root cause recognised where it can be (refused,
+/// unreachable, timed out, TLS, a bad address), else every cause's `Display` joined with `: `.
+pub fn connect_failure(url: &str, err: &(dyn Error + 'static)) -> String {
+    let server_hint = "is the server running there?";
+    let mut cause: Option<&(dyn Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return match io.kind() {
+                io::ErrorKind::ConnectionRefused => format!("connection refused at {url} — {server_hint}"),
+                io::ErrorKind::TimedOut => format!("no answer from {url} (timed out) — {server_hint}"),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                    format!("{url} closed the connection — does it speak gRPC (and TLS, if https)?")
+                }
+                _ => format!("cannot reach {url}: {io}"),
+            };
+        }
+        let text = e.to_string();
+        if text.contains("HttpsUriWithoutTlsSupport") || text.contains("https") && text.contains("TLS") {
+            return format!("{url} is https but no TLS settings were given — pass the CA file (--ca-cert)");
+        }
+        if text.contains("scheme is missing") || text.contains("invalid URL") || text.contains("invalid uri")
+        {
+            return format!("`{url}` is not an address — expected host:port or http(s)://host:port");
+        }
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return format!("cannot resolve the host of {url}");
+        }
+        if text.contains("timed out") {
+            return format!("no answer from {url} (timed out) — {server_hint}");
+        }
+        cause = e.source();
+    }
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    format!("cannot connect to {url}: {text}")
+}
+
+/// A gRPC status code in lower-case words (`permission denied`, `not found`), as people read it.
+pub fn code_words(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "not implemented by the server",
+        Code::Internal => "internal server error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "not authenticated (missing or wrong key/token)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_a_scheme_only_when_missing() {
+        assert_eq!(server_url("127.0.0.1:50051", false), "http://127.0.0.1:50051");
+        assert_eq!(server_url("localhost:1", true), "https://localhost:1");
+        assert_eq!(server_url("https://h:1", false), "https://h:1");
+    }
+
+    #[test]
+    fn a_refused_connection_is_said_in_words() {
+        let err = io::Error::new(io::ErrorKind::ConnectionRefused, "Connection refused");
+        let line = connect_failure("http://127.0.0.1:1", &err);
+        assert_eq!(
+            line,
+            "connection refused at http://127.0.0.1:1 — is the server running there?"
+        );
+        assert!(!line.contains("Some(") && !line.contains("Os {"));
+    }
+}
