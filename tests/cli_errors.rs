@@ -98,3 +98,24 @@ fn a_refused_call_says_what_and_which_field_in_words() {
         "{stderr}"
     );
 }
+
+#[test]
+fn demo_settings_that_cannot_work_are_refused_naming_the_flag() {
+    for (args, expected) in [
+        (
+            vec!["demo", "--fault-every", "0s"],
+            "--fault-every 0s: must be at least 100ms",
+        ),
+        (
+            vec!["demo", "--duration", "5s", "--fault-every", "10s"],
+            "--fault-every 10s: leaves no fault",
+        ),
+        (
+            vec!["demo", "--duration", "0s"],
+            "--duration 0s: must be more than 0",
+        ),
+    ] {
+        let stderr = failure(&args);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

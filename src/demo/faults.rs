@@ -82,6 +82,8 @@ pub struct Injected {
     pub kind: FaultKind,
     /// The node it hit (none for the service).
     pub node: Option<usize>,
+    /// The channel whose actor was killed (channel faults only): only its own reassignment recovers it.
+    pub channel: Option<u32>,
     pub what: String,
 }
 
@@ -98,11 +100,13 @@ pub async fn inject(
             Ok(took) => Some(Injected {
                 kind,
                 node: None,
+                channel: None,
                 what: format!("restarted the tunnel service (down {} ms)", took.as_millis()),
             }),
             Err(err) => Some(Injected {
                 kind,
                 node: None,
+                channel: None,
                 what: format!(
                     "service restart failed: {}",
                     crate::tunnel_service::error::chain(&err)
@@ -113,10 +117,11 @@ pub async fn inject(
     let first = rng.random_range(0..nodes.len());
     for offset in 0..nodes.len() {
         let index = (first + offset) % nodes.len();
-        if let Some(what) = hit(kind, &nodes[index], rng).await {
+        if let Some((what, channel)) = hit(kind, &nodes[index], rng).await {
             return Some(Injected {
                 kind,
                 node: Some(index),
+                channel,
                 what,
             });
         }
@@ -124,7 +129,8 @@ pub async fn inject(
     None
 }
 
-async fn hit(kind: FaultKind, node: &Node, rng: &mut StdRng) -> Option<String> {
+/// What was hit, in words, and the channel for a channel fault.
+async fn hit(kind: FaultKind, node: &Node, rng: &mut StdRng) -> Option<(String, Option<u32>)> {
     match kind {
         FaultKind::Channel => {
             let prefix = format!("tunnel/{}/channel/", node.tunnel.tunnel_id());
@@ -133,18 +139,21 @@ async fn hit(kind: FaultKind, node: &Node, rng: &mut StdRng) -> Option<String> {
                 return None;
             }
             let victim = &channels[rng.random_range(0..channels.len())];
+            let channel: u32 = victim.key.rsplit('/').next()?.parse().ok()?;
             victim.actor.kill();
-            let channel = victim.key.rsplit('/').next().unwrap_or("?");
-            Some(format!("killed the actor of channel {channel} on {}", node.name))
+            Some((
+                format!("killed the actor of channel {channel} on {}", node.name),
+                Some(channel),
+            ))
         }
         FaultKind::Worker => {
             let cell = node.tunnel.cell().ok()?;
             cell.kill();
-            Some(format!("killed the tunnel worker of {}", node.name))
+            Some((format!("killed the tunnel worker of {}", node.name), None))
         }
         FaultKind::Subscriber => {
             node.subscriber.kill().ok()?;
-            Some(format!("killed the subscriber of {}", node.name))
+            Some((format!("killed the subscriber of {}", node.name), None))
         }
         FaultKind::Leader => {
             let activator = node.tree.activator(JANITOR)?;
@@ -152,7 +161,7 @@ async fn hit(kind: FaultKind, node: &Node, rng: &mut StdRng) -> Option<String> {
                 return None;
             }
             activator.cell().kill();
-            Some(format!("killed the leading activator on {}", node.name))
+            Some((format!("killed the leading activator on {}", node.name), None))
         }
         FaultKind::Service => None,
     }

@@ -84,9 +84,62 @@ impl Default for DemoOptions {
     }
 }
 
+impl DemoOptions {
+    /// Refuses settings the demo cannot run with, naming the option (as its `arbor demo` flag).
+    ///
+    /// # Errors
+    /// [`DemoError::Option`] for a zero duration, gap or print interval, or a fault gap that leaves no fault
+    /// within the run.
+    pub fn validate(&self) -> Result<(), DemoError> {
+        let refuse = |flag: &'static str, value: Duration, reason: &str| {
+            Err(DemoError::Option {
+                flag,
+                value: humantime::format_duration(value).to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        for (flag, value) in [
+            ("duration", self.duration),
+            ("print-every", self.print_every),
+            ("settle", self.settle),
+        ] {
+            if value.is_zero() {
+                return refuse(flag, value, "must be more than 0");
+            }
+        }
+        if let Some(every) = self.fault_every {
+            if every < Duration::from_millis(100) {
+                return refuse(
+                    "fault-every",
+                    every,
+                    "must be at least 100ms (faults need time to be recovered from)",
+                );
+            }
+            if every >= self.duration {
+                return refuse(
+                    "fault-every",
+                    every,
+                    "leaves no fault within --duration: make it shorter than --duration, or omit it",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why the demo could not run (a failed check is a [`DemoReport`], not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// An option the demo cannot run with.
+    #[error("--{flag} {value}: {reason}")]
+    Option {
+        /// The `arbor demo` flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it cannot work.
+        reason: String,
+    },
     /// The temporary data directory could not be created.
     #[error("cannot create the demo's data directory {path}")]
     TempDir {
@@ -166,6 +219,7 @@ impl DemoReport {
 /// # Errors
 /// [`DemoError`] when a part could not start (a port, the data directory...).
 pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
+    options.validate()?;
     let seed = options.seed.unwrap_or_else(rand::random);
     let mut rng = StdRng::seed_from_u64(seed);
     let fault_every = options

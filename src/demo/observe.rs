@@ -39,6 +39,7 @@ pub struct Counts {
 struct Pending {
     kind: FaultKind,
     node: Option<usize>,
+    channel: Option<u32>,
     since: Instant,
     what: String,
 }
@@ -69,6 +70,7 @@ impl Observer {
     /// Subscribes to every tree's events (node `i` is `trees[i]`).
     pub fn new(trees: &[(String, TreeHandle)], began: Instant) -> Observer {
         let (tx, events) = mpsc::unbounded_channel();
+        let names = trees.iter().map(|(name, _)| name.clone()).collect();
         let pumps = trees
             .iter()
             .enumerate()
@@ -90,11 +92,20 @@ impl Observer {
                 })
             })
             .collect();
+        Observer::with(events, pumps, names, began)
+    }
+
+    fn with(
+        events: mpsc::UnboundedReceiver<(usize, TreeEvent)>,
+        pumps: Vec<JoinHandle<()>>,
+        names: Vec<String>,
+        began: Instant,
+    ) -> Observer {
         Observer {
             events,
             pumps,
             began,
-            names: trees.iter().map(|(name, _)| name.clone()).collect(),
+            names,
             counts: Counts::default(),
             owners: HashMap::new(),
             leader: None,
@@ -113,6 +124,7 @@ impl Observer {
         self.pending.push(Pending {
             kind: fault.kind,
             node: fault.node,
+            channel: fault.channel,
             since: Instant::now(),
             what: fault.what.clone(),
         });
@@ -150,7 +162,15 @@ impl Observer {
                 fencing_token,
                 ..
             } => {
-                if self.leader.is_some_and(|before| before != node) {
+                // A failover is a leadership taken by another node: after the leader this observer saw, or,
+                // when it saw none (the first leader was elected before it subscribed), after a killed one.
+                let previous = self.leader.or_else(|| {
+                    self.pending
+                        .iter()
+                        .find(|p| p.kind == FaultKind::Leader)
+                        .and_then(|p| p.node)
+                });
+                if previous.is_some_and(|before| before != node) {
                     self.counts.failovers += 1;
                 }
                 self.leader = Some(node);
@@ -173,7 +193,10 @@ impl Observer {
                     }
                 }
                 let text = format!("channel {channel_id} assigned to {}", self.names[node]);
-                self.recovered(|p| p.kind == FaultKind::Channel, &text);
+                self.recovered(
+                    |p| p.kind == FaultKind::Channel && p.channel == Some(*channel_id),
+                    &text,
+                );
             }
             TunnelEvent::Connected { .. } => {
                 let text = format!("{} has a new session", self.names[node]);
@@ -228,5 +251,75 @@ pub fn millis(d: Duration) -> String {
         format!("{} ms", d.as_millis())
     } else {
         format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observer() -> Observer {
+        let (_tx, events) = mpsc::unbounded_channel();
+        Observer::with(
+            events,
+            Vec::new(),
+            vec!["node-a".into(), "node-b".into()],
+            Instant::now(),
+        )
+    }
+
+    fn fault(kind: FaultKind, node: usize, channel: Option<u32>) -> Injected {
+        Injected {
+            kind,
+            node: Some(node),
+            channel,
+            what: format!("{kind} on {node}"),
+        }
+    }
+
+    fn leads(node: usize) -> (usize, TreeEvent) {
+        let event = TreeEvent::Leadership {
+            name: "janitor".into(),
+            identity: format!("node-{node}"),
+            role: Role::Leader,
+            fencing_token: None,
+        };
+        (node, event)
+    }
+
+    #[test]
+    fn the_first_failover_is_counted_although_the_first_leader_was_elected_unseen() {
+        let mut o = observer();
+        o.injected(&fault(FaultKind::Leader, 0, None));
+        let (node, event) = leads(1);
+        o.see(node, &event);
+        assert_eq!(o.counts.failovers, 1);
+        assert!(o.pending.is_empty(), "the leader fault is recovered");
+        o.injected(&fault(FaultKind::Leader, 1, None));
+        let (node, event) = leads(0);
+        o.see(node, &event);
+        assert_eq!(o.counts.failovers, 2);
+    }
+
+    #[test]
+    fn a_channel_fault_is_recovered_only_by_its_own_channel() {
+        let mut o = observer();
+        o.injected(&fault(FaultKind::Channel, 0, Some(6)));
+        let assigned = |channel_id| TreeEvent::Tunnel {
+            tunnel_id: "t".into(),
+            event: TunnelEvent::ChannelAssigned {
+                channel_id,
+                version: 1,
+                position: 0,
+            },
+        };
+        o.see(1, &assigned(7));
+        assert_eq!(o.pending.len(), 1, "channel 7 does not recover channel 6");
+        o.see(1, &assigned(6));
+        assert!(o.pending.is_empty());
+        assert!(o
+            .recent
+            .iter()
+            .any(|l| l.contains("recovered") && l.contains("channel 6")));
     }
 }
