@@ -49,7 +49,7 @@ fn the_demo_recovers_from_every_fault_and_loses_nothing() {
         assert!(count >= 1, "no {kind} fault: {faults}");
     }
     assert!(
-        field("checkpoints").contains("8 of 8 channels checkpointed to their end"),
+        field("checkpoints").contains("8 of 8 channels at their end"),
         "{stdout}"
     );
     assert!(field("leaders").starts_with("1 "), "{stdout}");

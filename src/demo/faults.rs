@@ -101,7 +101,10 @@ pub async fn inject(
                 kind,
                 node: None,
                 channel: None,
-                what: format!("restarted the tunnel service (down {} ms)", took.as_millis()),
+                what: format!(
+                    "restarted the tunnel service (down {})",
+                    super::observe::millis(took)
+                ),
             }),
             Err(err) => Some(Injected {
                 kind,

@@ -214,6 +214,18 @@ impl DemoReport {
     }
 }
 
+/// How to run `arbor` again from where the user is: `cargo run --release --` when the demo itself was started
+/// by `cargo run` (cargo sets `CARGO_PKG_NAME` for what it runs), else the program as it was invoked.
+fn command_prefix() -> String {
+    if std::env::var_os("CARGO_PKG_NAME").is_some() {
+        return "cargo run --release --".into();
+    }
+    std::env::args()
+        .next()
+        .filter(|program| program.contains('/'))
+        .unwrap_or_else(|| "arbor".into())
+}
+
 /// Runs the demo, printing as it goes; the report says whether every check held.
 ///
 /// # Errors
@@ -249,10 +261,11 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     for name in ["node-a", "node-b"] {
         nodes.push(Node::start(name, &target, &tunnel_id, &ledger, &election, &terms).await?);
     }
+    let arbor = command_prefix();
     for node in &nodes {
         if let Some(addrs) = node.tree.introspection_addrs() {
             println!(
-                "{name} introspection on {addr}: arbor top --addr {addr} (or arbor inspect --addr {addr} tree)",
+                "{name}: watch it with `{arbor} top --addr {addr}` (or `{arbor} inspect --addr {addr} tree`)",
                 name = node.name,
                 addr = addrs.grpc
             );
@@ -530,7 +543,7 @@ fn print_ledger(report: &DemoReport, retries: u64) {
         t.produced
     );
     println!(
-        "  delivered    {:>8}  {} distinct, {} duplicates (delivered again after a crash or a hand-over)",
+        "  delivered    {:>8}  {} distinct, {} duplicates (again after a crash/hand-over)",
         t.delivered, t.unique, t.duplicates
     );
     println!("  lost         {:>8}", report.lost());
@@ -541,14 +554,18 @@ fn print_ledger(report: &DemoReport, retries: u64) {
         faults.join(", ")
     );
     println!(
-        "  recovery               slowest: {}{}",
+        "  recovery     slowest {}{}",
         if slowest.is_empty() {
             "-".to_string()
         } else {
             slowest.join(", ")
         },
         if report.unrecovered > 0 {
-            format!(" ({} not seen within 30 s)", report.unrecovered)
+            format!(
+                " ({} not seen within {})",
+                report.unrecovered,
+                millis(observe::RECOVERY_LIMIT)
+            )
         } else {
             String::new()
         }
@@ -564,7 +581,7 @@ fn print_ledger(report: &DemoReport, retries: u64) {
     );
     println!("  reconnects   {:>8}", c.reconnects);
     println!(
-        "  checkpoints  {:>8}  written; after shutdown {} of {} channels checkpointed to their end",
+        "  checkpoints  {:>8}  written; {} of {} channels at their end after shutdown",
         c.checkpoints, report.checkpointed.0, report.checkpointed.1
     );
     println!(

@@ -15,7 +15,7 @@ use super::faults::{FaultKind, Injected};
 use crate::tree::{TreeEvent, TreeHandle};
 
 /// How long a fault may take to be recovered from before the view says it was not seen.
-const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
+pub(super) const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 
 /// How many lines of history the view keeps.
 const RECENT: usize = 8;
@@ -142,7 +142,8 @@ impl Observer {
         for p in late {
             self.unrecovered += 1;
             self.log(format!(
-                "no recovery seen within {RECOVERY_LIMIT:?} after: {}",
+                "no recovery seen within {} after: {}",
+                millis(RECOVERY_LIMIT),
                 p.what
             ));
         }
@@ -245,13 +246,10 @@ impl Drop for Observer {
     }
 }
 
-/// `1234 ms` or `3.2 s`.
+/// A duration for people, to the millisecond: `1s 178ms`, `52ms`.
 pub fn millis(d: Duration) -> String {
-    if d < Duration::from_secs(10) {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
-    }
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
 }
 
 #[cfg(test)]

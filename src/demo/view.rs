@@ -28,43 +28,100 @@ pub struct Frame<'a> {
     pub recent: Vec<String>,
 }
 
-/// Renders the full frame (the terminal view).
-pub fn render(frame: &Frame<'_>) -> String {
-    let mut out = String::new();
+/// Renders the full frame (the terminal view) for a terminal of `cols` × `rows`: no line wider, never taller
+/// (a frame taller than the terminal cannot be redrawn in place and piles up in the scrollback). The nodes'
+/// trees share what the fixed lines leave; a cut tree says how many lines it lost.
+pub fn render(frame: &Frame<'_>, cols: usize, rows: usize) -> String {
+    let mut head = String::new();
     let t = frame.totals;
     let _ = writeln!(
-        out,
-        "── {} · {:.1}s of {}s ──",
+        head,
+        "── {} · {:.1}s of {} ──",
         frame.phase,
         frame.elapsed.as_secs_f64(),
-        frame.duration.as_secs()
+        humantime::format_duration(frame.duration)
     );
     let _ = writeln!(
-        out,
-        "records   produced {:>8}  delivered {:>8}  duplicates {:>6}  behind {:>6}",
+        head,
+        "records produced {} · delivered {} · duplicates {} · behind {}",
         t.produced, t.delivered, t.duplicates, t.missing
     );
-    let _ = writeln!(out, "          {}", bar(t.unique, t.produced, 50));
+    let percent = if t.produced == 0 {
+        0
+    } else {
+        t.unique.min(t.produced) * 100 / t.produced
+    };
+    let _ = writeln!(
+        head,
+        "delivered {} {percent:>3}%   behind = not yet delivered",
+        bar(t.unique, t.produced, 24)
+    );
     let c = frame.counts;
     let _ = writeln!(
-        out,
-        "faults {:>3}  restarts {:>3}  hand-overs {:>3}  failovers {:>2}  reconnects {:>3}  checkpoints {}",
-        frame.faults, c.restarts, c.hand_overs, c.failovers, c.reconnects, c.checkpoints
+        head,
+        "faults {} · restarts {} · hand-overs {} · failovers {}",
+        frame.faults, c.restarts, c.hand_overs, c.failovers
     );
+    let _ = writeln!(
+        head,
+        "reconnects {} · checkpoints {}",
+        c.reconnects, c.checkpoints
+    );
+    let mut tail = String::from("\n");
+    for line in &frame.recent {
+        let _ = writeln!(tail, "{line}");
+    }
+    // Whatever is left goes to the nodes: a title line each, and an equal share of their trees.
+    let fixed = head.lines().count() + tail.lines().count();
+    let per_node = rows.saturating_sub(fixed) / frame.nodes.len().max(1);
+    let mut nodes = String::new();
     for node in &frame.nodes {
         let channels: Vec<String> = node.channels.iter().map(u32::to_string).collect();
         let _ = writeln!(
-            out,
-            "\n{} · {} · channels [{}]",
+            nodes,
+            "{} · {} · channels [{}]",
             node.name,
             node.role,
             channels.join(" ")
         );
-        out.push_str(&node.tree);
+        let tree: Vec<&str> = node.tree.lines().collect();
+        let room = per_node.saturating_sub(1);
+        if tree.len() <= room {
+            tree.iter().for_each(|l| {
+                let _ = writeln!(nodes, "{l}");
+            });
+        } else if room > 0 {
+            tree[..room - 1].iter().for_each(|l| {
+                let _ = writeln!(nodes, "{l}");
+            });
+            let _ = writeln!(
+                nodes,
+                "  … {} more lines of {}'s tree",
+                tree.len() - (room - 1),
+                node.name
+            );
+        }
     }
-    out.push('\n');
-    for line in &frame.recent {
-        let _ = writeln!(out, "{line}");
+    fit(&format!("{head}{nodes}{tail}"), cols, rows)
+}
+
+/// `text` cut to `rows` lines of at most `cols` characters (the last lines kept: the history is newest last,
+/// the head is repeated by every frame anyway).
+fn fit(text: &str, cols: usize, rows: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(rows);
+    let mut out = String::new();
+    for line in &lines[skip..] {
+        let cut: String = if line.chars().count() > cols {
+            line.chars()
+                .take(cols.saturating_sub(1))
+                .chain(std::iter::once('…'))
+                .collect()
+        } else {
+            (*line).to_string()
+        };
+        out.push_str(&cut);
+        out.push('\n');
     }
     out
 }
@@ -121,7 +178,9 @@ impl Screen {
     pub fn show(&mut self, frame: &Frame<'_>, fresh: &[String]) {
         let mut stdout = std::io::stdout().lock();
         if self.terminal {
-            let text = render(frame);
+            let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+            // One row is left for the cursor below the frame.
+            let text = render(frame, usize::from(cols), usize::from(rows).saturating_sub(1));
             // Up to the first line of the previous frame, then clear everything below it.
             if self.drawn_lines > 0 {
                 let _ = write!(stdout, "\x1b[{}A\r\x1b[J", self.drawn_lines);
@@ -174,14 +233,48 @@ mod tests {
 
     #[test]
     fn a_frame_shows_progress_nodes_and_history() {
-        let text = render(&frame());
-        assert!(text.contains("produced      100"), "{text}");
+        let text = render(&frame(), 80, 23);
+        assert!(text.contains("records produced 100 · delivered 60"), "{text}");
         assert!(
-            text.contains(&format!("[{}{}]", "#".repeat(25), ".".repeat(25))),
+            text.contains(&format!("delivered [{}{}]  50%", "#".repeat(12), ".".repeat(12))),
             "{text}"
+        );
+        assert!(text.contains("behind = not yet delivered"), "{text}");
+        assert!(
+            text.lines().all(|l| !l.ends_with('…')),
+            "nothing cut at 80 columns: {text}"
         );
         assert!(text.contains("node-a · leader · channels [0 2]"), "{text}");
         assert!(text.ends_with("killed the subscriber of node-a\n"), "{text}");
+    }
+
+    #[test]
+    fn a_frame_fits_an_80_by_24_terminal_whatever_the_trees() {
+        let mut big = frame();
+        let tall_tree: String = (0..60)
+            .map(|i| format!("  child-{i} [worker] running since 12s, restarted 0 times, a long line\n"))
+            .collect();
+        big.nodes = (0..2)
+            .map(|i| NodeView {
+                name: format!("node-{i}"),
+                role: "follower".into(),
+                channels: (0..8).collect(),
+                tree: tall_tree.clone(),
+            })
+            .collect();
+        big.totals.produced = 123_456_789;
+        let text = render(&big, 80, 23);
+        assert!(
+            text.lines().count() <= 23,
+            "{} lines:\n{text}",
+            text.lines().count()
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+        assert!(text.contains("more lines of node-0's tree"), "{text}");
+        assert!(
+            text.contains("node-1 · follower"),
+            "both nodes keep their title: {text}"
+        );
     }
 
     #[test]
