@@ -35,7 +35,7 @@ pub fn connect_failure(url: &str, err: &(dyn Error + 'static)) -> String {
         }
         let text = e.to_string();
         if text.contains("HttpsUriWithoutTlsSupport") || text.contains("https") && text.contains("TLS") {
-            return format!("{url} is https but no TLS settings were given — pass the CA file (--ca-cert)");
+            return format!("{url} is https but no TLS settings were given — pass the CA file (--ca-file)");
         }
         if text.contains("scheme is missing") || text.contains("invalid URL") || text.contains("invalid uri")
         {

@@ -17,14 +17,14 @@ use crate::introspect::{
 /// How to reach the introspection server (shared by `arbor inspect` and `arbor top`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct InspectConnection {
-    /// The introspection server: `host:port`, or `http(s)://host:port`.
-    #[arg(long, default_value = crate::introspect::options::DEFAULT_LISTEN)]
+    /// The introspection server: `host:port` (https when --ca-file is given), or an `http(s)://host:port` URL.
+    #[arg(long, global = true, default_value = crate::introspect::options::DEFAULT_LISTEN)]
     pub addr: String,
     /// File holding the token to send (`authorization: Bearer`; its first non-comment line).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust: connects with TLS.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub ca_file: Option<PathBuf>,
 }
 

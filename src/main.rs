@@ -19,6 +19,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Two nodes consume a tunnel while faults are injected; a ledger shows nothing was lost.
+    #[command(
+        after_help = "Examples:\n  arbor demo                          30 s, a fault about every 3 s\n  arbor demo --duration 10s --seed 42  replay a run's fault schedule"
+    )]
     Demo {
         /// How long records are produced and faults injected (e.g. `10s`, `1m`).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -40,12 +43,24 @@ enum Command {
         settle: Duration,
     },
     /// Run the tunnel service until SIGINT or SIGTERM.
+    #[command(
+        after_help = "Examples:\n  arbor serve                                  in memory on 127.0.0.1:50051\n  arbor serve --data /var/lib/arbor            durable: what it acknowledged survives a crash\n  arbor serve --listen 0.0.0.0:50051 --tls-cert leaf.pem --tls-key leaf.key --api-key-file keys"
+    )]
     Serve(ServeArgs),
     /// Administer tunnels on a running tunnel service, and append records.
+    #[command(
+        after_help = "Examples:\n  arbor tunnel create orders --stream 4\n  arbor tunnel append orders --key customer-7 '{\"total\": 12}'\n  arbor tunnel describe orders --addr 10.0.0.5:50051 --ca-file ca.pem --token-file key"
+    )]
     Tunnel(TunnelArgs),
     /// Look at a running tree through its introspection server: tree, node, registry, events.
+    #[command(
+        after_help = "Examples:\n  arbor inspect tree\n  arbor inspect node orders/tunnels --addr 127.0.0.1:50052\n  arbor inspect events --json --count 20"
+    )]
     Inspect(InspectArgs),
     /// A live terminal view of a running tree (its introspection server): tree, registries, channels, events.
+    #[command(
+        after_help = "Examples:\n  arbor top                     the tree on 127.0.0.1:50052\n  arbor top --addr 127.0.0.1:40123 --interval 500ms"
+    )]
     Top(TopArgs),
 }
 

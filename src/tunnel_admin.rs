@@ -14,14 +14,19 @@ use tonic::{Request, Status};
 /// How to reach the service.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminConnection {
-    /// The tunnel service: `host:port` (https when --ca-cert is given), or an `http(s)://host:port` URL.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    /// The tunnel service: `host:port` (https when --ca-file is given), or an `http(s)://host:port` URL.
+    #[arg(
+        long = "addr",
+        visible_alias = "server",
+        global = true,
+        default_value = "127.0.0.1:50051"
+    )]
     pub server: String,
-    /// File holding the api key to send as `api-key` (its first non-comment line).
-    #[arg(long)]
+    /// File holding the api key to send (`api-key`; its first non-comment line).
+    #[arg(long = "token-file", visible_alias = "api-key-file", global = true)]
     pub api_key_file: Option<PathBuf>,
-    /// CA certificate (PEM) to trust for an https server.
-    #[arg(long)]
+    /// CA certificate (PEM) to trust: connects with TLS.
+    #[arg(long = "ca-file", visible_alias = "ca-cert", global = true)]
     pub ca_cert: Option<PathBuf>,
 }
 

@@ -52,7 +52,7 @@ fn a_server_that_is_not_running_is_named_with_a_hint() {
     let port = closed_port();
     let addr = format!("127.0.0.1:{port}");
     for args in [
-        vec!["tunnel", "--server", addr.as_str(), "list"],
+        vec!["tunnel", "--addr", addr.as_str(), "list"],
         vec!["inspect", "--addr", addr.as_str(), "tree"],
     ] {
         let stderr = failure(&args);
@@ -66,7 +66,7 @@ fn a_server_that_is_not_running_is_named_with_a_hint() {
 
 #[test]
 fn an_address_that_is_not_one_is_refused_with_the_expected_form() {
-    let stderr = failure(&["tunnel", "--server", "no such host:x", "list"]);
+    let stderr = failure(&["tunnel", "--addr", "no such host:x", "list"]);
     assert!(
         stderr.contains("expected host:port or http(s)://host:port"),
         "{stderr}"
@@ -76,17 +76,17 @@ fn an_address_that_is_not_one_is_refused_with_the_expected_form() {
 #[test]
 fn a_refused_call_says_what_and_which_field_in_words() {
     let serve = ServeProcess::start(&[]);
-    let out = arbor(&["tunnel", "--server", serve.url.as_str(), "list"]);
+    let out = arbor(&["tunnel", "--addr", serve.url.as_str(), "list"]);
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "no tunnels (create one with `arbor tunnel create NAME --stream N`)\n"
     );
-    let stderr = failure(&["tunnel", "--server", serve.url.as_str(), "describe", "nosuch"]);
+    let stderr = failure(&["tunnel", "--addr", serve.url.as_str(), "describe", "nosuch"]);
     assert!(stderr.starts_with("arbor tunnel: not found: "), "{stderr}");
     let stderr = failure(&[
         "tunnel",
-        "--server",
+        "--addr",
         serve.url.as_str(),
         "create",
         "BAD_NAME",
@@ -117,5 +117,44 @@ fn demo_settings_that_cannot_work_are_refused_naming_the_flag() {
     ] {
         let stderr = failure(&args);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+/// One vocabulary: `--addr`, `--ca-file`, `--token-file` for every client command, accepted before or after the
+/// subcommand (the old `tunnel` names still work as aliases).
+#[test]
+fn client_flags_are_the_same_everywhere_and_go_before_or_after_the_subcommand() {
+    let port = closed_port();
+    let addr = format!("127.0.0.1:{port}");
+    for args in [
+        vec!["tunnel", "list", "--addr", addr.as_str()],
+        vec!["tunnel", "--server", addr.as_str(), "list"],
+        vec!["inspect", "tree", "--addr", addr.as_str()],
+    ] {
+        let stderr = failure(&args);
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    for command in ["tunnel", "inspect"] {
+        let out = arbor(&[command, "--help"]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in ["--addr", "--ca-file", "--token-file"] {
+            assert!(help.contains(flag), "{command} --help lacks {flag}: {help}");
+        }
+    }
+}
+
+#[test]
+fn every_subcommand_help_shows_an_example() {
+    for command in ["demo", "serve", "tunnel", "inspect", "top"] {
+        let out = arbor(&[command, "--help"]);
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Examples:") && help.contains(&format!("arbor {command}")),
+            "{command} --help: {help}"
+        );
     }
 }
