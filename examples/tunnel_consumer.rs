@@ -5,8 +5,9 @@
 //!
 //! `cargo run --example tunnel_consumer`
 //!
-//! Against an external `arbor serve` (stops after 50 records, 30 s or Ctrl-C):
-//! `cargo run --example tunnel_consumer -- --addr http://127.0.0.1:50051 --tunnel <tunnel id>`
+//! Against an external `arbor serve`, one consumer process among several (runs until Ctrl-C; exits non-zero if
+//! it never got a session):
+//! `cargo run --example tunnel_consumer -- --addr 127.0.0.1:50051 --tunnel <tunnel id>`
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use arbor::connection::{ConnectionChannel, ConnectionConfig};
 use arbor::supervisor::BoxError;
 use arbor::tree::Tree;
-use arbor::tunnel::{Batch, ChannelType, Subscriber, TunnelOptions};
+use arbor::tunnel::{Batch, ChannelType, Subscriber, TunnelExit, TunnelOptions, WorkerStatus};
 use arbor::tunnel_service::{ServerOptions, StoreOptions, TunnelServer, TunnelStore};
 use arbor_proto::tunnel::v1::{self, tunnel_service_client::TunnelServiceClient};
 use tokio::sync::watch;
@@ -31,7 +32,7 @@ impl Subscriber for Print {
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
         let channel = batch.channel_id;
         for r in &batch.records {
-            let (key, value) = (r.key.escape_ascii(), r.value.escape_ascii());
+            let (key, value) = (String::from_utf8_lossy(&r.key), String::from_utf8_lossy(&r.value));
             println!("channel {channel} #{:<3} {key} = {value}", r.sequence);
         }
         self.0.send_modify(|n| *n += batch.records.len());
@@ -39,27 +40,46 @@ impl Subscriber for Print {
     }
 }
 
+const USAGE: &str = "usage: tunnel_consumer [--addr HOST:PORT --tunnel TUNNEL_ID]
+
+Without arguments: starts a tunnel service in-process, appends 50 records and consumes them.
+With --addr and --tunnel: consumes a tunnel of a running `arbor serve` until Ctrl-C, as one of any number of
+consumer processes (each gets a balanced share of the channels); exits with 1 if it never got a session.";
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let arg = |name: &str| args.iter().skip_while(|a| *a != name).nth(1).cloned();
-    let tree = Tree::builder().name("consumer").start().await?;
-
-    let mut local = None; // the in-process service, and the producer's client
-    let (target, tunnel_id) = match (arg("--addr"), arg("--tunnel")) {
-        (Some(addr), Some(tunnel_id)) => (ConnectionConfig::parse(&addr)?, tunnel_id),
+    let remote = match (arg("--addr"), arg("--tunnel")) {
+        (Some(addr), Some(tunnel_id)) => Some((addr, tunnel_id)),
+        (None, None) if args.is_empty() => None,
         _ => {
-            let store = TunnelStore::open(StoreOptions::in_memory())?;
-            let options = ServerOptions::default().listen("127.0.0.1:0".parse()?);
-            let server = TunnelServer::start(store.clone(), options).await?;
-            let target = ConnectionConfig::parse(&format!("http://{}", server.local_addr()))?;
-            let lease = tree.acquire(target.clone()).await?; // pooled: the worker will share this connection
-            let mut client = TunnelServiceClient::new(lease.channel());
-            let tunnel_id = produce(&mut client).await?;
-            local = Some((server, store, lease, client));
-            (target, tunnel_id)
+            eprintln!("{USAGE}");
+            std::process::exit(2);
         }
     };
+    let tree = Tree::builder().name("consumer").start().await?;
+
+    if let Some((addr, tunnel_id)) = remote {
+        let url = if addr.contains("://") {
+            addr
+        } else {
+            format!("http://{addr}")
+        };
+        return consume_until_interrupted(&tree, ConnectionConfig::parse(&url)?, tunnel_id).await;
+    }
+    // In-process: the service, a tunnel of 50 records, and this process as its only consumer.
+    let store = TunnelStore::open(StoreOptions::in_memory())?;
+    let options = ServerOptions::default().listen("127.0.0.1:0".parse()?);
+    let server = TunnelServer::start(store.clone(), options).await?;
+    let target = ConnectionConfig::parse(&format!("http://{}", server.local_addr()))?;
+    let lease = tree.acquire(target.clone()).await?; // pooled: the worker will share this connection
+    let mut client = TunnelServiceClient::new(lease.channel());
+    let tunnel_id = produce(&mut client).await?;
 
     let (delivered, mut count) = watch::channel(0);
     let worker = tree
@@ -70,7 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let how = tokio::select! {
         Ok(_) = count.wait_for(|n| *n >= RECORDS) => "delivered",
         exit = worker.wait() => {
-            eprintln!("the tunnel worker stopped: {exit:?}");
+            eprintln!("the tunnel worker stopped: {}", exit_words(&exit));
             std::process::exit(1);
         }
         _ = tokio::signal::ctrl_c() => "interrupted after",
@@ -79,21 +99,70 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{how}: {} records", *count.borrow());
 
     tree.stop_tunnel(&tunnel_id, Duration::from_secs(10)).await?; // checkpoints flushed, session shut down
-    if let Some((server, store, _lease, mut client)) = local {
-        let request = v1::DescribeTunnelRequest {
-            tunnel_id,
-            ..Default::default()
-        };
-        let described = client.describe_tunnel(request).await?.into_inner();
-        for c in described.tunnel.ok_or("no tunnel")?.channels {
-            let (checkpoint, end) = (c.checkpoint_sequence_number, c.end_sequence_number);
-            println!("channel {}: checkpoint {checkpoint} of {end}", c.channel_id);
+    let request = v1::DescribeTunnelRequest {
+        tunnel_id,
+        ..Default::default()
+    };
+    let described = client.describe_tunnel(request).await?.into_inner();
+    for c in described.tunnel.ok_or("no tunnel")?.channels {
+        let (checkpoint, end) = (c.checkpoint_sequence_number, c.end_sequence_number);
+        println!("channel {}: checkpoint {checkpoint} of {end}", c.channel_id);
+    }
+    drop(lease);
+    tree.shutdown(Duration::from_secs(10)).await?;
+    server.stop(Duration::from_secs(5)).await?;
+    store.close()?;
+    Ok(())
+}
+
+/// How a worker ended, in words.
+fn exit_words(exit: &TunnelExit) -> String {
+    match exit {
+        TunnelExit::Shutdown => "shut down".into(),
+        TunnelExit::Fatal(error) => format!("fatal error: {error}"),
+        TunnelExit::Killed => "killed".into(),
+        _ => "stopped".into(),
+    }
+}
+
+/// One consumer among several on a running service: prints what it is given until Ctrl-C, then stops
+/// gracefully (checkpoints flushed, session shut down, its channels handed to the others at once).
+async fn consume_until_interrupted(
+    tree: &arbor::tree::TreeHandle,
+    target: ConnectionConfig,
+    tunnel_id: String,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (delivered, count) = watch::channel(0);
+    let worker = tree
+        .tunnel(TunnelOptions::new(&tunnel_id), target)
+        .run_subscriber(Print(Arc::new(delivered)))
+        .start()
+        .await?;
+    let mut status = worker.status();
+    let mut had_session = false;
+    println!("consuming tunnel {tunnel_id}; Ctrl-C stops");
+    let stopped = loop {
+        tokio::select! {
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break None;
+                }
+                had_session |= *status.borrow_and_update() == WorkerStatus::Active;
+            }
+            exit = worker.wait() => break Some(exit),
+            _ = tokio::signal::ctrl_c() => break None,
         }
-        tree.shutdown(Duration::from_secs(10)).await?;
-        server.stop(Duration::from_secs(5)).await?;
-        store.close()?;
-    } else {
-        tree.shutdown(Duration::from_secs(10)).await?;
+    };
+    if let Some(exit) = stopped {
+        eprintln!("the tunnel worker stopped: {}", exit_words(&exit));
+    }
+    println!("{} records", *count.borrow());
+    tree.shutdown(Duration::from_secs(10)).await?;
+    if !had_session {
+        eprintln!(
+            "never got a session on tunnel {tunnel_id}: is `arbor serve` running there, and the id right?"
+        );
+        std::process::exit(1);
     }
     Ok(())
 }
