@@ -5,7 +5,7 @@
 //! 1. Reconnect latency: the server is killed, the connection's immediate re-dial fails and it waits in
 //!    TRANSIENT_FAILURE; the server comes back; time from the later of (server accepting again, next scheduled
 //!    attempt) to READY. Goal: within 5 ms of the scheduled attempt.
-//! 2. `ConnectionHandle::transport()` vs cloning a tonic `Channel` directly.
+//! 2. `ConnectionHandle::pinned_transport()` vs cloning a tonic `Channel` directly.
 //! 3. A unary call through the following `ConnectionChannel` (routing + auth layer) vs the same call on the raw
 //!    tonic `Channel` (the baseline), interleaved rounds on one connection.
 //! 4. Pool `acquire` throughput: 1,000 leases over 10 targets.
@@ -123,16 +123,16 @@ async fn main() {
     let server = InProcessServer::start(0, None);
     let h = ConnectionHandle::start(config(server.port())).await.unwrap();
     h.wait_ready(Duration::from_secs(10)).await.unwrap();
-    let ch = h.transport().unwrap();
+    let ch = h.pinned_transport().unwrap();
     let via_handle = per_op_ns(200, 10_000, || {
-        std::hint::black_box(h.transport().unwrap());
+        std::hint::black_box(h.pinned_transport().unwrap());
     });
     let direct = per_op_ns(200, 10_000, || {
         std::hint::black_box(ch.clone());
     });
     let (hm, hp, hx) = summary(via_handle);
     let (dm, dp, dx) = summary(direct);
-    println!("| `handle.transport()` (ns/call) | {hm:.1} | {hp:.1} | {hx:.1} |");
+    println!("| `handle.pinned_transport()` (ns/call) | {hm:.1} | {hp:.1} | {hx:.1} |");
     println!("| `Channel::clone()` direct (ns/call) | {dm:.1} | {dp:.1} | {dx:.1} |");
     println!("| ratio transport()/clone (median) | {:.2}x | | |", hm / dm);
 

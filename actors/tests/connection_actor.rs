@@ -80,7 +80,7 @@ async fn server_down_at_start_backoff_schedule_then_ready() {
         );
     }
     assert!(matches!(
-        h.transport(),
+        h.pinned_transport(),
         Err(ConnectionError::NotReady {
             reason: Some(CloseReason::Refused),
             ..
@@ -127,7 +127,7 @@ async fn no_connect_storm_while_server_refuses() {
     timeout(LONG, async {
         loop {
             for _ in 0..100 {
-                if h.transport().is_err() {
+                if h.pinned_transport().is_err() {
                     not_ready += 1;
                 }
             }
@@ -521,7 +521,7 @@ async fn a_stale_channel_never_redials() {
     let port = server.port();
     let h = ConnectionHandle::start(config(port, 200)).await.unwrap();
     h.wait_ready(LONG).await.unwrap();
-    let stale = h.transport().unwrap();
+    let stale = h.pinned_transport().unwrap();
     server.kill();
     drop(server);
     h.wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
@@ -568,7 +568,7 @@ async fn stream_limit_exhausted_calls_time_out_and_a_new_connection_serves() {
     let h = ConnectionHandle::start(cfg).await.unwrap();
     h.wait_ready(LONG).await.unwrap();
     // The raw transport of the first connection, so that every stream below stays on it.
-    let first = h.transport().unwrap();
+    let first = h.pinned_transport().unwrap();
     let gen = h.snapshot().generation;
     let mut streams = Vec::new();
     for _ in 0..2 {

@@ -99,7 +99,7 @@ async fn api_key_and_static_bearer_headers_arrive() {
     let h = ConnectionHandle::start(cfg).await.unwrap();
     h.wait_ready(LONG).await.unwrap();
     // The raw transport with the interceptor, as before the following channel existed.
-    HealthClient::with_interceptor(h.transport().unwrap(), h.interceptor())
+    HealthClient::with_interceptor(h.pinned_transport().unwrap(), h.interceptor())
         .check(HealthCheckRequest::default())
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! Deadlines and connection cycling as a gRPC client keeps them, against real tonic servers: a call that waited
 //! for READY sends only what is left of its deadline; a server that cycles its connections (GOAWAY NO_ERROR,
-//! `max_connection_age`) never strands a caller of `transport()`.
+//! `max_connection_age`) never strands a caller of `pinned_transport()`.
 #![cfg(feature = "connection")]
 
 mod grpc_common;
@@ -89,9 +89,9 @@ async fn a_call_that_waited_for_ready_sends_only_what_is_left_of_its_deadline() 
 }
 
 /// A server that cycles its connections (`max_connection_age`: GOAWAY NO_ERROR, then close) leaves the
-/// connection IDLE. `transport()` is a use of the connection: it fails fast (nothing is queued) but asks the
+/// connection IDLE. `pinned_transport()` is a use of the connection: it fails fast (nothing is queued) but asks the
 /// connection to connect, so the caller's retry finds it READY. Before the fix it stayed IDLE: every later
-/// `transport()` was refused (46 of 60 calls in the report).
+/// `pinned_transport()` was refused (46 of 60 calls in the report).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_on_an_idle_connection_asks_it_to_connect() {
     grpc_common::init_tracing();
@@ -109,7 +109,7 @@ async fn transport_on_an_idle_connection_asks_it_to_connect() {
         .await
         .expect("the server's idle close")
         .unwrap();
-    assert!(h.transport().is_err(), "IDLE has no transport to hand out");
+    assert!(h.pinned_transport().is_err(), "IDLE has no transport to hand out");
     let snap = timeout(
         LONG,
         rx.wait_for(|s| s.generation > first && s.state == ConnectivityState::Ready),

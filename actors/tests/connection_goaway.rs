@@ -208,7 +208,10 @@ async fn close_fails_calls_at_once_and_connect_reopens() {
     assert_eq!(snap.close_reason, Some(CloseReason::Closed));
     let ended = timeout(LONG, stream.message()).await.expect("the stream ends");
     assert!(ended.is_err(), "{ended:?}");
-    assert!(matches!(h.transport(), Err(ConnectionError::Closed { .. })));
+    assert!(matches!(
+        h.pinned_transport(),
+        Err(ConnectionError::Closed { .. })
+    ));
     assert!(matches!(
         timeout(LONG, h.wait_ready(LONG)).await.expect("at once"),
         Err(ConnectionError::Closed { .. })

@@ -49,19 +49,28 @@ async fn sigkill_while_idle_is_detected_by_the_connector_and_recovers() {
     let h = ConnectionHandle::start(config(port)).await.unwrap();
     h.wait_ready(LONG).await.unwrap();
     let gen = h.snapshot().generation;
+    let mut rx = h.watch();
     server.sigkill();
-    let next = h
-        .wait_for_state_change(ConnectivityState::Ready, Instant::now() + LONG)
+    let snap = timeout(LONG, rx.wait_for(|s| s.state != ConnectivityState::Ready))
         .await
-        .unwrap();
-    assert_ne!(next, ConnectivityState::Ready);
-    let snap = h.snapshot();
+        .expect("the loss is noticed")
+        .unwrap()
+        .clone();
     assert!(snap.last_error.is_some());
+    // The connector's report of the dead socket is what left READY. On a loaded machine the next attempt
+    // (a new generation, failing against the dead port) may already show by the time this wakes: that too
+    // means the loss was noticed and acted on.
     assert!(
-        matches!(
-            snap.close_reason,
-            Some(CloseReason::PeerClosed | CloseReason::Reset | CloseReason::Dropped | CloseReason::Refused)
-        ),
+        snap.generation > gen
+            || matches!(
+                snap.close_reason,
+                Some(
+                    CloseReason::PeerClosed
+                        | CloseReason::Reset
+                        | CloseReason::Dropped
+                        | CloseReason::Refused
+                )
+            ),
         "{snap:?}"
     );
     let _server = ChildServer::start(ENTRY, port);
@@ -77,7 +86,7 @@ async fn sigkill_while_streaming_fails_the_stream_and_recovers() {
     let mut server = ChildServer::start(ENTRY, port);
     let h = ConnectionHandle::start(config(port)).await.unwrap();
     h.wait_ready(LONG).await.unwrap();
-    let channel = h.transport().unwrap();
+    let channel = h.pinned_transport().unwrap();
     let mut stream = HealthClient::new(channel.clone())
         .watch(HealthCheckRequest::default())
         .await

@@ -100,7 +100,7 @@ async fn concurrent_acquires_share_one_actor_and_release_to_zero_closes_tcp() {
         }
     );
     leases[0].wait_ready(LONG).await.unwrap();
-    assert!(leases[7].transport().is_ok());
+    assert!(leases[7].pinned_transport().is_ok());
     // A lease builds requests with the connection's deadline, and its channel serves a generated client.
     let reply = tonic_health::pb::health_client::HealthClient::new(leases[7].channel())
         .check(leases[7].request(tonic_health::pb::HealthCheckRequest::default()))

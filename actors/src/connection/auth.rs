@@ -555,7 +555,7 @@ impl Auth {
 
 /// A tonic interceptor adding the configured credentials to every call. The connection's
 /// [`ConnectionChannel`](super::ConnectionChannel) applies it as a layer; use it directly with a raw
-/// [`transport`](super::ConnectionHandle::transport) channel.
+/// [`pinned_transport`](super::ConnectionHandle::pinned_transport) channel.
 #[derive(Clone)]
 pub struct AuthInterceptor {
     api_key: Option<AsciiMetadataValue>,
@@ -641,7 +641,7 @@ fn sensitive_header(bytes: &[u8]) -> Result<http::HeaderValue, Status> {
     Ok(value)
 }
 
-/// For a raw [`transport`](super::ConnectionHandle::transport): synchronous (tonic's interceptors are), so it
+/// For a raw [`pinned_transport`](super::ConnectionHandle::pinned_transport): synchronous (tonic's interceptors are), so it
 /// uses the cached token and starts a refresh when one is due; without a valid token the call fails with the
 /// token source's last failure as the reason.
 impl Interceptor for AuthInterceptor {

@@ -12,7 +12,7 @@ use super::state::{CloseReason, ConnectivityState, ShutdownReason};
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectionError {
-    /// The connection is not READY and the caller does not wait (`transport()`), or a call found it down
+    /// The connection is not READY and the caller does not wait (`pinned_transport()`), or a call found it down
     /// past its deadline.
     #[error(
         "connection to {target} is not ready (state {state}{})",

@@ -151,22 +151,25 @@ impl ConnectionHandle {
     }
 
     /// A channel that follows this connection across reconnects: what tonic clients are built on
-    /// (`MyClient::new(conn.channel())`); auth included. See [`ConnectionChannel`] for how each call waits or
-    /// fails.
+    /// (`MyClient::new(conn.channel())`); auth included. Each call goes to whatever transport is current when it
+    /// is made, and waits (within its deadline) while the connection is connecting. See [`ConnectionChannel`]
+    /// for how each call waits or fails. Unlike [`pinned_transport`](Self::pinned_transport), it never goes
+    /// stale.
     pub fn channel(&self) -> ConnectionChannel {
         ConnectionChannel::new(self.shared.clone())
     }
 
-    /// The current transport's raw tonic `Channel` if READY, else a fast error: [`ConnectionError::NotReady`]
-    /// (with the reason), [`Closed`](ConnectionError::Closed) or [`Shutdown`](ConnectionError::Shutdown);
-    /// nothing is queued (as in Spear and Chronicle). It belongs to one connection generation: once that
-    /// transport is gone its calls fail fast with `Unavailable` instead of re-dialling. No auth is applied
-    /// (see [`interceptor`](Self::interceptor)). Most code wants [`channel`](Self::channel).
+    /// The raw tonic `Channel` of the transport READY now, pinned to it, else a fast error:
+    /// [`ConnectionError::NotReady`] (with the reason), [`Closed`](ConnectionError::Closed) or
+    /// [`Shutdown`](ConnectionError::Shutdown); nothing is queued (as in Spear and Chronicle). Pinned: it
+    /// belongs to this one connection generation, and once that transport is gone its calls fail fast with
+    /// `Unavailable` instead of re-dialling or following the next one. No auth is applied (see
+    /// [`interceptor`](Self::interceptor)). Most code wants [`channel`](Self::channel), which follows.
     ///
     /// Asking an IDLE connection for its transport asks it to connect (as any use of an idle gRPC channel
     /// does), so a caller that retries after the server cycled its connection (GOAWAY NO_ERROR,
     /// `max_connection_age`) finds it READY again instead of IDLE for good.
-    pub fn transport(&self) -> Result<Channel, ConnectionError> {
+    pub fn pinned_transport(&self) -> Result<Channel, ConnectionError> {
         if let Some((ch, _)) = self.shared.ready_transport() {
             return Ok(ch);
         }
@@ -177,7 +180,7 @@ impl ConnectionHandle {
         Err(self.shared.not_ready(&snap))
     }
 
-    /// The interceptor adding this connection's credentials (for a raw [`transport`](Self::transport)).
+    /// The interceptor adding this connection's credentials (for a raw [`pinned_transport`](Self::pinned_transport)).
     pub fn interceptor(&self) -> AuthInterceptor {
         self.shared.interceptor.clone()
     }
@@ -271,7 +274,7 @@ impl ConnectionHandle {
 
     /// Close the connection until [`connect`](Self::connect) (Spear's `close`): the transport is torn down
     /// (calls on it fail), tied calls end with [`StreamEnd::Closed`], the state goes IDLE with
-    /// `snapshot().closed` set, and from then on calls, [`transport`](Self::transport) and
+    /// `snapshot().closed` set, and from then on calls, [`pinned_transport`](Self::pinned_transport) and
     /// [`wait_ready`](Self::wait_ready) fail at once with [`ConnectionError::Closed`]; no attempt is made.
     /// Returns once the actor has closed.
     pub async fn close(&self) -> Result<(), ConnectionError> {

@@ -54,7 +54,7 @@
 //! applies the auth as a layer. Build a client once; it survives reconnects. [`ConnectionHandle::request`] puts
 //! the configured deadline on a call, and [`ConnectionHandle::report_failure`] classifies a failed call
 //! ([`classify`]: by the error's source chain) and, for a connection-level failure, runs a health check at
-//! once. [`ConnectionHandle::transport`] is the raw tonic `Channel` of the current generation; once that
+//! once. [`ConnectionHandle::pinned_transport`] is the raw tonic `Channel` of the current generation; once that
 //! transport is gone its calls fail fast instead of re-dialling.
 //!
 //! [`ConnectionHandle::stream_for`] and [`ConnectionHandle::call_for`] make a call on behalf of an actor: the

@@ -311,9 +311,10 @@ impl Lease {
     pub fn channel(&self) -> ConnectionChannel {
         self.handle.channel()
     }
-    /// The current transport if READY (see [`ConnectionHandle::transport`]).
-    pub fn transport(&self) -> Result<Channel, ConnectionError> {
-        self.handle.transport()
+    /// The transport READY now, pinned to it: fails fast once it is gone (see
+    /// [`ConnectionHandle::pinned_transport`]; [`channel`](Self::channel) follows reconnects instead).
+    pub fn pinned_transport(&self) -> Result<Channel, ConnectionError> {
+        self.handle.pinned_transport()
     }
     /// Wait for READY (see [`ConnectionHandle::wait_ready`]).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<ConnectionChannel, ConnectionError> {
