@@ -29,6 +29,7 @@ pub mod backoff;
 #[cfg(feature = "connection")]
 pub mod connection;
 pub mod registry;
+pub mod report;
 pub mod supervisor;
 #[cfg(feature = "tunnel")]
 pub mod tunnel;

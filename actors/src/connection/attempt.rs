@@ -36,7 +36,10 @@ impl AttemptReport {
             .await
             .unwrap_or_else(|panic| {
                 Err(CloseReason::Other {
-                    reason: format!("attempt panicked: {}", panic_message(&panic)),
+                    reason: format!(
+                        "attempt panicked: {}",
+                        crate::report::panic_message(panic.as_ref())
+                    ),
                 })
             });
         if let Some(sink) = self.sink.take() {
@@ -53,14 +56,6 @@ impl Drop for AttemptReport {
             }));
         }
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic".into())
 }
 
 /// One attempt: token (if OAuth2), dial + TLS + HTTP/2 handshake within `connect_timeout`, then a health

@@ -110,24 +110,7 @@ impl ConnectionError {
     }
 }
 
-/// Renders an error with its sources, for logs.
-pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn StdError + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut out = self.0.to_string();
-        let mut cur = self.0.source();
-        while let Some(s) = cur {
-            let t = s.to_string();
-            if !out.contains(&t) {
-                out.push_str(": ");
-                out.push_str(&t);
-            }
-            cur = s.source();
-        }
-        f.write_str(&out)
-    }
-}
+pub(crate) use crate::report::ErrorChain;
 
 /// What a failed call says about the connection, read from the error's source chain (a dropped connection shows
 /// up as `Unknown`, `Cancelled` or `Unavailable` depending on when it happened, so the code alone is not enough).
