@@ -105,16 +105,19 @@ fn record(r: super::store::StoredRecord) -> v1::Record {
     }
 }
 
-/// The fenced position a consumer request names, its ids checked as required.
+/// The fenced position a consumer request names, its ids checked as required. A missing session token is
+/// left to the fence, which refuses it as it refuses a wrong one (ownership lost).
 fn lease<'a>(
     tunnel_id: &'a str,
     client_id: &'a str,
+    session_token: &'a str,
     channel: u32,
     version: i64,
 ) -> Result<Lease<'a>, ServiceError> {
     Ok(Lease {
         tunnel_id: validate::required(tunnel_id, "tunnel_id")?,
         client_id: validate::required(client_id, "client_id")?,
+        session_token,
         channel,
         version: Version(version),
     })
@@ -145,6 +148,7 @@ impl ReadState {
             let lease = Lease {
                 tunnel_id: &self.req.tunnel_id,
                 client_id: &self.req.client_id,
+                session_token: &self.req.session_token,
                 channel: self.req.channel_id,
                 version: Version(self.req.channel_version),
             };
@@ -159,10 +163,14 @@ impl ReadState {
             if batch.records.is_empty() && !batch.finished {
                 if !self.sent_any && !self.waited && !self.max_wait.is_zero() {
                     self.waited = true;
-                    let (tunnel, channel) = (self.req.tunnel_id.clone(), self.req.channel_id);
-                    self.store
-                        .wait_for_records(&tunnel, channel, self.next, self.max_wait)
-                        .await;
+                    let lease = Lease {
+                        tunnel_id: &self.req.tunnel_id,
+                        client_id: &self.req.client_id,
+                        session_token: &self.req.session_token,
+                        channel: self.req.channel_id,
+                        version: Version(self.req.channel_version),
+                    };
+                    self.store.wait_for_records(lease, self.next, self.max_wait).await;
                     continue;
                 }
                 return None;
@@ -276,12 +284,12 @@ impl TunnelService for TunnelGrpc {
             .into());
         }
         let timeout = (req.heartbeat_timeout_ms > 0).then(|| Duration::from_millis(req.heartbeat_timeout_ms));
-        let (client_id, timeout) = self.store.connect(tunnel_id, &req.client_tag, timeout)?;
+        let session = self.store.connect(tunnel_id, &req.client_tag, timeout)?;
         Ok(Response::new(v1::ConnectTunnelResponse {
-            client_id,
-            heartbeat_timeout_ms: millis(timeout),
+            client_id: session.client_id,
+            heartbeat_timeout_ms: millis(session.heartbeat_timeout),
+            session_token: session.session_token,
             limits: Some(self.service_limits()),
-            ..Default::default()
         }))
     }
 
@@ -293,7 +301,9 @@ impl TunnelService for TunnelGrpc {
         let tunnel_id = validate::required(&req.tunnel_id, "tunnel_id")?;
         let client_id = validate::required(&req.client_id, "client_id")?;
         let reports = validate::reports(&req.channels)?;
-        let owned = self.store.heartbeat(tunnel_id, client_id, &reports)?;
+        let owned = self
+            .store
+            .heartbeat(tunnel_id, client_id, &req.session_token, &reports)?;
         Ok(Response::new(v1::HeartbeatResponse {
             channels: owned.into_iter().map(|(state, t)| state.to_wire(t)).collect(),
         }))
@@ -307,6 +317,7 @@ impl TunnelService for TunnelGrpc {
         let lease = lease(
             &req.tunnel_id,
             &req.client_id,
+            &req.session_token,
             req.channel_id,
             req.channel_version,
         )?;
@@ -330,6 +341,7 @@ impl TunnelService for TunnelGrpc {
         lease(
             &req.tunnel_id,
             &req.client_id,
+            &req.session_token,
             req.channel_id,
             req.channel_version,
         )?;
@@ -392,6 +404,7 @@ impl TunnelService for TunnelGrpc {
         let lease = lease(
             &req.tunnel_id,
             &req.client_id,
+            &req.session_token,
             req.channel_id,
             req.channel_version,
         )?;
@@ -406,7 +419,8 @@ impl TunnelService for TunnelGrpc {
         let req = request.into_inner();
         let tunnel_id = validate::required(&req.tunnel_id, "tunnel_id")?;
         let client_id = validate::required(&req.client_id, "client_id")?;
-        self.store.shutdown_client(tunnel_id, client_id)?;
+        self.store
+            .shutdown_client(tunnel_id, client_id, &req.session_token)?;
         Ok(Response::new(v1::ShutdownResponse {}))
     }
 

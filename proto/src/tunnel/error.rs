@@ -186,7 +186,10 @@ mod tests {
         assert_eq!(ErrorKind::of(&lost), ErrorKind::Retryable);
         // UNKNOWN received from a peer (no local cause) stays FATAL, as the table says; and the service's own
         // kind wins over anything else.
-        assert_eq!(ErrorKind::of(&Status::unknown("transport error")), ErrorKind::Fatal);
+        assert_eq!(
+            ErrorKind::of(&Status::unknown("transport error")),
+            ErrorKind::Fatal
+        );
         let mut told = Status::from_error(Box::new(std::io::Error::other("x")));
         told.metadata_mut().insert(
             KIND_METADATA_KEY,
