@@ -69,6 +69,14 @@ pub enum ServiceError {
         /// What the server holds (owner, status, versions).
         reason: String,
     },
+    /// The call's api key does not hold the role the call needs. `PERMISSION_DENIED` (fatal).
+    #[error("{call} needs an api key with the {role} role")]
+    PermissionDenied {
+        /// The RPC.
+        call: &'static str,
+        /// The role it needs.
+        role: crate::serving::Role,
+    },
     /// A read or checkpoint position below the retained range. `OUT_OF_RANGE` (checkpoint out of range).
     #[error(
         "channel {channel}: {field} {requested} is below the first retained sequence number {first_retained}"
@@ -110,6 +118,7 @@ impl ServiceError {
             | ServiceError::NotSession { .. }
             | ServiceError::NotOwner { .. } => Code::Aborted,
             ServiceError::OutOfRange { .. } => Code::OutOfRange,
+            ServiceError::PermissionDenied { .. } => Code::PermissionDenied,
             ServiceError::Storage(_) => Code::Unavailable,
         }
     }

@@ -15,8 +15,27 @@ use super::config::Limits;
 use super::error::ServiceError;
 use super::store::{Lease, TunnelDescription, TunnelStore, READ_MESSAGE_MAX_BYTES};
 use super::validate;
+use crate::serving::{Granted, Role};
+
+/// Refuses the call unless the request's api key holds `role`.
+fn authorize<T>(request: &Request<T>, call: &'static str, role: Role) -> Result<(), ServiceError> {
+    let granted = request
+        .extensions()
+        .get::<Granted>()
+        .copied()
+        .unwrap_or(Granted::ALL);
+    if granted.allows(role) {
+        Ok(())
+    } else {
+        Err(ServiceError::PermissionDenied { call, role })
+    }
+}
 
 /// The gRPC face of a [`TunnelStore`].
+///
+/// Each call checks the role it needs ([`Role`]) against the [`Granted`] roles the server's interceptor put in
+/// the request's extensions (from the caller's api key); a request without them (the service served without
+/// arbor's interceptor, so without api keys) may call anything.
 #[derive(Debug, Clone)]
 pub struct TunnelGrpc {
     store: Arc<TunnelStore>,
@@ -195,6 +214,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::CreateTunnelRequest>,
     ) -> Result<Response<v1::CreateTunnelResponse>, Status> {
+        authorize(&request, "CreateTunnel", Role::Admin)?;
         let new = validate::create(request.into_inner(), &self.limits)?;
         let tunnel = self.store.create_tunnel(new).await?;
         Ok(Response::new(v1::CreateTunnelResponse {
@@ -226,6 +246,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::DeleteTunnelRequest>,
     ) -> Result<Response<v1::DeleteTunnelResponse>, Status> {
+        authorize(&request, "DeleteTunnel", Role::Admin)?;
         let req = request.into_inner();
         let tunnel = validate::tunnel_ref(&req.tunnel_id, &req.tunnel_name)?;
         let tunnel_id = self.store.delete_tunnel(&tunnel).await?;
@@ -236,6 +257,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::AppendRequest>,
     ) -> Result<Response<v1::AppendResponse>, Status> {
+        authorize(&request, "Append", Role::Produce)?;
         let req = request.into_inner();
         let tunnel = validate::tunnel_ref(&req.tunnel_id, &req.tunnel_name)?;
         let records = validate::records(req.records, &self.limits)?;
@@ -258,6 +280,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::SealChannelRequest>,
     ) -> Result<Response<v1::SealChannelResponse>, Status> {
+        authorize(&request, "SealChannel", Role::Admin)?;
         let req = request.into_inner();
         let tunnel = validate::tunnel_ref(&req.tunnel_id, &req.tunnel_name)?;
         let end = self.store.seal(&tunnel, req.channel_id).await?;
@@ -270,6 +293,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::ConnectTunnelRequest>,
     ) -> Result<Response<v1::ConnectTunnelResponse>, Status> {
+        authorize(&request, "ConnectTunnel", Role::Consume)?;
         let req = request.into_inner();
         let tunnel_id = validate::required(&req.tunnel_id, "tunnel_id")?;
         if req.client_tag.len() > self.limits.max_client_tag_bytes {
@@ -297,6 +321,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        authorize(&request, "Heartbeat", Role::Consume)?;
         let req = request.into_inner();
         let tunnel_id = validate::required(&req.tunnel_id, "tunnel_id")?;
         let client_id = validate::required(&req.client_id, "client_id")?;
@@ -313,6 +338,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::GetCheckpointRequest>,
     ) -> Result<Response<v1::GetCheckpointResponse>, Status> {
+        authorize(&request, "GetCheckpoint", Role::Consume)?;
         let req = request.into_inner();
         let lease = lease(
             &req.tunnel_id,
@@ -337,6 +363,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::ReadRecordsRequest>,
     ) -> Result<Response<Self::ReadRecordsStream>, Status> {
+        authorize(&request, "ReadRecords", Role::Consume)?;
         let req = request.into_inner();
         lease(
             &req.tunnel_id,
@@ -400,6 +427,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::CheckpointRequest>,
     ) -> Result<Response<v1::CheckpointResponse>, Status> {
+        authorize(&request, "Checkpoint", Role::Consume)?;
         let req = request.into_inner();
         let lease = lease(
             &req.tunnel_id,
@@ -416,6 +444,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::ShutdownRequest>,
     ) -> Result<Response<v1::ShutdownResponse>, Status> {
+        authorize(&request, "Shutdown", Role::Consume)?;
         let req = request.into_inner();
         let tunnel_id = validate::required(&req.tunnel_id, "tunnel_id")?;
         let client_id = validate::required(&req.client_id, "client_id")?;

@@ -17,6 +17,8 @@
 //! - **A session is its secret.** The client id is public (DescribeTunnel shows it); ConnectTunnel also gives
 //!   the session an unguessable token that every session call must carry (compared in constant time, never
 //!   logged), so no client can act for another's session.
+//! - **Roles.** With api keys, each key holds roles (admin, produce, consume; [`crate::serving::Role`]) and a
+//!   call outside them is PERMISSION_DENIED naming the role.
 //! - **A waiting read learns at once.** A long-polling ReadRecords ends as soon as its lease ends (ownership
 //!   lost) or its channel is sealed at its position (finished), not at the end of its wait.
 //! - **Balanced and sticky.** Channels spread over live clients with max − min ≤ 1 once moves settle; a
@@ -67,5 +69,5 @@ pub mod validate;
 
 pub use self::config::{Limits, StoreOptions};
 pub use self::error::{ServiceError, StoreError};
-pub use self::server::{ApiKeys, RunningServer, ServerError, ServerOptions, TlsFiles, TunnelServer};
+pub use self::server::{ApiKeys, Role, RunningServer, ServerError, ServerOptions, TlsFiles, TunnelServer};
 pub use self::store::{AssignmentEvent, TunnelStore};
