@@ -203,7 +203,6 @@ async fn drain(
                 max_records_per_message: BATCH as u32,
                 max_records: 0,
                 max_wait_ms: 0,
-                ..Default::default()
             })
             .await
             .unwrap()
@@ -366,7 +365,6 @@ async fn prepared_reader(
             client_id: consumer.clone(),
             session_token: token.clone(),
             channels: vec![],
-            ..Default::default()
         })
         .await
         .unwrap()

@@ -243,7 +243,6 @@ fn checkpoint(
         channel_id,
         channel_version,
         sequence_number: at,
-        ..Default::default()
     }
 }
 
@@ -264,7 +263,6 @@ async fn take_all(client: &mut Client, tunnel: &str) -> ((String, String), Vec<(
             client_id: consumer.clone(),
             session_token: token.clone(),
             channels: vec![],
-            ..Default::default()
         };
         let owned = client.heartbeat(request).await.unwrap().into_inner().channels;
         if owned.len() == CHANNELS as usize {
@@ -291,7 +289,6 @@ async fn reset(client: &mut Client, tunnel: &str) {
             tunnel_id,
             client_id,
             session_token,
-            ..Default::default()
         })
         .await
         .unwrap();
@@ -337,7 +334,6 @@ async fn drain(
                         max_records_per_message: BATCH as u32,
                         max_records,
                         max_wait_ms: 0,
-                        ..Default::default()
                     };
                     let mut stream = client.read_records(request).await.unwrap().into_inner();
                     while let Some(m) = stream.message().await.unwrap() {

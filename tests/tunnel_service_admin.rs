@@ -502,7 +502,6 @@ async fn malformed_requests_are_refused_naming_the_field_and_lose_nothing() {
                         client_id: cid,
                         channels,
                         session_token: token,
-                        ..Default::default()
                     })
                     .await
                     .unwrap_err()

@@ -320,7 +320,6 @@ async fn shutdown_releases_at_once() {
         tunnel_id: tunnel.clone(),
         client_id: leaving.client_id.clone(),
         session_token: leaving.session_token.clone(),
-        ..Default::default()
     })
     .await
     .unwrap();
@@ -332,7 +331,6 @@ async fn shutdown_releases_at_once() {
             tunnel_id: tunnel.clone(),
             client_id: leaving.client_id.clone(),
             session_token: leaving.session_token.clone(),
-            ..Default::default()
         })
         .await
         .unwrap_err();

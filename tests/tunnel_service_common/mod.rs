@@ -221,7 +221,6 @@ impl Consumer {
                 client_id: self.client_id.clone(),
                 session_token: self.session_token.clone(),
                 channels,
-                ..Default::default()
             })
             .await?
             .into_inner();
@@ -277,7 +276,6 @@ impl Consumer {
                 channel_id: channel,
                 channel_version: version,
                 sequence_number: seq,
-                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -295,7 +293,6 @@ impl Consumer {
                 session_token: self.session_token.clone(),
                 channel_id: channel,
                 channel_version: version,
-                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())
@@ -323,7 +320,6 @@ pub async fn read_all(
             max_records_per_message: 0,
             max_records: 0,
             max_wait_ms: 0,
-            ..Default::default()
         })
         .await?
         .into_inner();

@@ -263,7 +263,6 @@ impl GrpcSource {
             max_records_per_message: max_records,
             max_records: u64::from(max_records),
             max_wait_ms: wait.as_millis() as u64,
-            ..Default::default()
         };
         let mut stream = self
             .client()
@@ -370,7 +369,6 @@ impl TunnelSource for GrpcSource {
                         channel_type: v1::ChannelType::Unspecified as i32,
                     })
                     .collect(),
-                ..Default::default()
             };
             let reply = self
                 .client()
@@ -421,7 +419,6 @@ impl TunnelSource for GrpcSource {
                 session_token: lease.session.session_token.expose().to_string(),
                 channel_id: lease.channel_id,
                 channel_version: lease.version.get(),
-                ..Default::default()
             };
             let reply = self
                 .client()
@@ -465,7 +462,6 @@ impl TunnelSource for GrpcSource {
                 channel_id: lease.channel_id,
                 channel_version: lease.version.get(),
                 sequence_number: position,
-                ..Default::default()
             };
             self.client()
                 .await?
@@ -483,7 +479,6 @@ impl TunnelSource for GrpcSource {
                 tunnel_id: session.tunnel_id.to_string(),
                 client_id: session.client_id.to_string(),
                 session_token: session.session_token.expose().to_string(),
-                ..Default::default()
             };
             self.client()
                 .await?
