@@ -169,18 +169,29 @@ type LongPoll = tokio::task::JoinHandle<(Result<Vec<v1::ReadRecordsResponse>, to
 /// Starts a ReadRecords of channel 0 from `from` waiting up to `MAX_WAIT_MS`, and returns once the server has
 /// it waiting. The task answers what the stream gave and how long it took.
 async fn long_poll(server: &TestServer, consumer: &Consumer, version: i64, from: u64) -> LongPoll {
+    long_poll_on(server, consumer, 0, version, from).await
+}
+
+/// [`long_poll`] on any channel.
+async fn long_poll_on(
+    server: &TestServer,
+    consumer: &Consumer,
+    channel: u32,
+    version: i64,
+    from: u64,
+) -> LongPoll {
     let mut client = consumer.client.clone();
     let request = v1::ReadRecordsRequest {
         tunnel_id: consumer.tunnel_id.clone(),
         client_id: consumer.client_id.clone(),
         session_token: consumer.session_token.clone(),
-        channel_id: 0,
+        channel_id: channel,
         channel_version: version,
         from_sequence_number: from,
         max_wait_ms: MAX_WAIT_MS,
         ..Default::default()
     };
-    let waiting_before = server.store.long_polls(&consumer.tunnel_id, 0);
+    let waiting_before = server.store.long_polls(&consumer.tunnel_id, channel);
     let poll = tokio::spawn(async move {
         let started = std::time::Instant::now();
         let result = async {
@@ -195,7 +206,7 @@ async fn long_poll(server: &TestServer, consumer: &Consumer, version: i64, from:
         (result, started.elapsed())
     });
     let deadline = std::time::Instant::now() + LONG;
-    while server.store.long_polls(&consumer.tunnel_id, 0) == waiting_before {
+    while server.store.long_polls(&consumer.tunnel_id, channel) == waiting_before {
         assert!(std::time::Instant::now() < deadline, "the read never waited");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -341,5 +352,46 @@ async fn a_call_whose_server_dies_mid_call_is_retryable() {
         "made by the client's transport, not the service: {status:?}"
     );
     assert_eq!(kind(&status), ErrorKind::Retryable, "{status:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_poll_of_a_closing_owner_keeps_waiting_and_gets_its_records() {
+    let server = TestServer::memory().await;
+    let mut admin = server.client().await;
+    let tunnel = create_streams(&mut admin, "closing", 2).await;
+    let mut owner = Consumer::connect(&server.url, &tunnel, TIMEOUT).await;
+    owner.release_closing = false;
+    heartbeat_until(std::slice::from_mut(&mut owner), |c| {
+        c[0].open_channels() == [0, 1]
+    })
+    .await;
+    let polls = [
+        long_poll_on(&server, &owner, 0, owner.version(0), 0).await,
+        long_poll_on(&server, &owner, 1, owner.version(1), 0).await,
+    ];
+    // A newcomer: one of the owner's channels moves to CLOSING, which leaves the owner its lease to drain.
+    let _newcomer = Consumer::connect(&server.url, &tunnel, TIMEOUT).await;
+    owner.heartbeat().await.unwrap();
+    assert!(
+        owner
+            .owned
+            .values()
+            .any(|(s, _)| *s == arbor_proto::tunnel::domain::ChannelStatus::Closing),
+        "{:?}",
+        owner.owned
+    );
+    for channel in [0, 1] {
+        append_to(&mut admin, &tunnel, Some(channel), vec![record("k", "drained")])
+            .await
+            .unwrap();
+    }
+    for (channel, poll) in polls.into_iter().enumerate() {
+        let messages = ended(poll, "closing")
+            .await
+            .unwrap_or_else(|s| panic!("channel {channel}: {s:?}"));
+        let records: usize = messages.iter().map(|m| m.records.len()).sum();
+        assert_eq!(records, 1, "channel {channel}");
+    }
     server.stop().await;
 }
