@@ -167,8 +167,8 @@ impl ApiKeys {
         Ok(ApiKeys(Arc::new(accepted)))
     }
 
-    /// Reads the keys from a file: one per line, `<key> [role ...]`, roles among `admin`, `produce` and
-    /// `consume` separated by spaces or commas; a line without roles grants every role (so files of bare keys
+    /// Reads the keys from a file: one per line, `<key> [role ...]` (the key ends at the first space), roles
+    /// among `admin`, `produce` and `consume` separated by spaces or commas; a line without roles grants every role (so files of bare keys
     /// keep their meaning). Blank lines and `#` comments are ignored; several keys allow rotation.
     ///
     /// # Errors
@@ -185,11 +185,12 @@ impl ApiKeys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut words = line
+            // The key ends at the first space (a key may contain commas, as before roles existed).
+            let (key, roles) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let key = key.to_string();
+            let roles = roles
                 .split(|c: char| c.is_whitespace() || c == ',')
-                .filter(|w| !w.is_empty());
-            let key = words.next().unwrap_or_default().to_string();
-            let roles = words
+                .filter(|w| !w.is_empty())
                 .map(|word| {
                     Role::from_name(word).ok_or_else(|| {
                         invalid(format!(

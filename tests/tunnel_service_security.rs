@@ -229,7 +229,7 @@ async fn api_keys_act_only_in_their_roles() {
     std::fs::write(
         &file,
         "# role-scoped keys\nadmin-key admin\nproducer-key produce\nconsumer-key  consume\n\
-         pipeline-key produce,consume\nlegacy-key\n",
+         pipeline-key produce, consume\nlegacy,key\n",
     )
     .unwrap();
     let keys = ApiKeys::from_file(&file).unwrap();
@@ -389,7 +389,7 @@ async fn api_keys_act_only_in_their_roles() {
         .expect("health with a producer's key");
 
     // A line without roles keeps its old meaning: every role.
-    let mut legacy = keyed(&server.url, "legacy-key").await;
+    let mut legacy = keyed(&server.url, "legacy,key").await;
     legacy.append(append(&tunnel)).await.expect("legacy appends");
     legacy
         .connect_tunnel(connect(&tunnel))
