@@ -466,3 +466,46 @@ impl<S: Serving> ractor::Actor for ServeActor<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(key: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("api-key", key.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_key_grants_its_roles_and_a_bare_key_every_role() {
+        let keys = ApiKeys::with_roles(vec![
+            ("k-admin".into(), vec![Role::Admin]),
+            ("k-both".into(), vec![Role::Produce, Role::Consume]),
+            ("k-bare".into(), vec![]),
+        ])
+        .unwrap();
+        let admin = keys.verify(&headers("k-admin")).unwrap();
+        assert!(admin.allows(Role::Admin) && !admin.allows(Role::Produce) && !admin.allows(Role::Consume));
+        let both = keys.verify(&headers("k-both")).unwrap();
+        assert!(!both.allows(Role::Admin) && both.allows(Role::Produce) && both.allows(Role::Consume));
+        assert_eq!(keys.verify(&headers("k-bare")), Ok(Granted::ALL));
+        for wrong in ["k-admi", "k-admin2", "K-ADMIN", "k"] {
+            assert!(keys.verify(&headers(wrong)).is_err(), "{wrong}");
+        }
+        assert!(keys.verify(&http::HeaderMap::new()).is_err());
+        assert_eq!(
+            ApiKeys::new(vec!["k".into()]).unwrap().verify(&headers("k")),
+            Ok(Granted::ALL)
+        );
+        assert_eq!(format!("{keys:?}"), "ApiKeys(3 redacted)");
+    }
+
+    #[test]
+    fn role_names_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(Role::from_name(role.name()), Some(role));
+        }
+        assert_eq!(Role::from_name("root"), None);
+    }
+}

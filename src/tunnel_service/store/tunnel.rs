@@ -594,3 +594,22 @@ impl Tunnel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SessionToken;
+
+    #[test]
+    fn session_tokens_are_long_distinct_hidden_and_matched_whole() {
+        let (a, b) = (SessionToken::generate(), SessionToken::generate());
+        assert_eq!(a.expose().len(), 64, "256 bits in hex");
+        assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.expose(), b.expose());
+        assert!(a.matches(a.expose()));
+        assert!(!a.matches(b.expose()));
+        assert!(!a.matches(""));
+        assert!(!a.matches(&a.expose()[..63]), "a prefix is not the token");
+        assert!(!a.matches(&format!("{}0", a.expose())), "nor an extension");
+        assert_eq!(format!("{a:?}"), "SessionToken(redacted)");
+    }
+}
