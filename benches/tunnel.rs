@@ -186,7 +186,7 @@ async fn connect(url: &str) -> TunnelServiceClient<Channel> {
 async fn drain(
     client: &mut TunnelServiceClient<Channel>,
     tunnel: &str,
-    consumer: &str,
+    (consumer, token): (&str, &str),
     versions: &[(u32, i64)],
 ) -> f64 {
     let started = Instant::now();
@@ -196,13 +196,13 @@ async fn drain(
             .read_records(v1::ReadRecordsRequest {
                 tunnel_id: tunnel.into(),
                 client_id: consumer.into(),
+                session_token: token.into(),
                 channel_id: channel,
                 channel_version: version,
                 from_sequence_number: 0,
                 max_records_per_message: BATCH as u32,
                 max_records: 0,
                 max_wait_ms: 0,
-                ..Default::default()
             })
             .await
             .unwrap()
@@ -323,10 +323,16 @@ async fn create(client: &mut TunnelServiceClient<Channel>, name: &str) -> String
         .tunnel_id
 }
 
-/// A tunnel with `RECORDS_PER_CHANNEL` records in each channel and one consumer owning them all.
+/// A tunnel with `RECORDS_PER_CHANNEL` records in each channel and one consumer owning them all (its client id
+/// and session token).
 async fn prepared_reader(
     service: &Service,
-) -> (TunnelServiceClient<Channel>, String, String, Vec<(u32, i64)>) {
+) -> (
+    TunnelServiceClient<Channel>,
+    String,
+    (String, String),
+    Vec<(u32, i64)>,
+) {
     let mut client = connect(&service.url).await;
     let tunnel = create(&mut client, "drain").await;
     for channel in 0..CHANNELS {
@@ -351,14 +357,14 @@ async fn prepared_reader(
         })
         .await
         .unwrap()
-        .into_inner()
-        .client_id;
+        .into_inner();
+    let (consumer, token) = (consumer.client_id, consumer.session_token);
     let owned = client
         .heartbeat(v1::HeartbeatRequest {
             tunnel_id: tunnel.clone(),
             client_id: consumer.clone(),
+            session_token: token.clone(),
             channels: vec![],
-            ..Default::default()
         })
         .await
         .unwrap()
@@ -366,7 +372,7 @@ async fn prepared_reader(
         .channels;
     assert_eq!(owned.len(), CHANNELS as usize);
     let versions = owned.iter().map(|c| (c.channel_id, c.version)).collect();
-    (client, tunnel, consumer, versions)
+    (client, tunnel, (consumer, token), versions)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -400,14 +406,42 @@ async fn main() {
     let (mut mem_client, mem_tunnel, mem_consumer, mem_versions) = prepared_reader(&memory).await;
     let (mut dur_client, dur_tunnel, dur_consumer, dur_versions) = prepared_reader(&durable).await;
     // Warm-up of every side.
-    drain(&mut raw_client, "", "", &raw_versions).await;
-    drain(&mut mem_client, &mem_tunnel, &mem_consumer, &mem_versions).await;
-    drain(&mut dur_client, &dur_tunnel, &dur_consumer, &dur_versions).await;
+    drain(&mut raw_client, "", ("", ""), &raw_versions).await;
+    drain(
+        &mut mem_client,
+        &mem_tunnel,
+        (&mem_consumer.0, &mem_consumer.1),
+        &mem_versions,
+    )
+    .await;
+    drain(
+        &mut dur_client,
+        &dur_tunnel,
+        (&dur_consumer.0, &dur_consumer.1),
+        &dur_versions,
+    )
+    .await;
     let (mut r_raw, mut r_mem, mut r_dur) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        r_raw.push(drain(&mut raw_client, "", "", &raw_versions).await);
-        r_mem.push(drain(&mut mem_client, &mem_tunnel, &mem_consumer, &mem_versions).await);
-        r_dur.push(drain(&mut dur_client, &dur_tunnel, &dur_consumer, &dur_versions).await);
+        r_raw.push(drain(&mut raw_client, "", ("", ""), &raw_versions).await);
+        r_mem.push(
+            drain(
+                &mut mem_client,
+                &mem_tunnel,
+                (&mem_consumer.0, &mem_consumer.1),
+                &mem_versions,
+            )
+            .await,
+        );
+        r_dur.push(
+            drain(
+                &mut dur_client,
+                &dur_tunnel,
+                (&dur_consumer.0, &dur_consumer.1),
+                &dur_versions,
+            )
+            .await,
+        );
     }
     println!();
     println!("| measure | raw tonic | tunnel service | service / raw |");

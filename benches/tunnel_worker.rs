@@ -232,41 +232,42 @@ async fn filled(client: &mut Client, name: &str) -> String {
 
 fn checkpoint(
     tunnel: &str,
-    consumer: &str,
+    (consumer, token): (&str, &str),
     (channel_id, channel_version): (u32, i64),
     at: u64,
 ) -> v1::CheckpointRequest {
     v1::CheckpointRequest {
         tunnel_id: tunnel.into(),
         client_id: consumer.into(),
+        session_token: token.into(),
         channel_id,
         channel_version,
         sequence_number: at,
-        ..Default::default()
     }
 }
 
-/// A consumer session of our own that owns every channel of `tunnel`: its client id and (channel, version)s.
-async fn take_all(client: &mut Client, tunnel: &str) -> (String, Vec<(u32, i64)>) {
+/// A consumer session of our own that owns every channel of `tunnel`: its (client id, session token) and
+/// (channel, version)s.
+async fn take_all(client: &mut Client, tunnel: &str) -> ((String, String), Vec<(u32, i64)>) {
     let request = v1::ConnectTunnelRequest {
         tunnel_id: tunnel.into(),
         client_tag: "bench".into(),
         heartbeat_timeout_ms: 600_000,
     };
     let reply = client.connect_tunnel(request).await.unwrap().into_inner();
-    let consumer = reply.client_id;
+    let (consumer, token) = (reply.client_id, reply.session_token);
     let deadline = Instant::now() + LIMIT;
     loop {
         let request = v1::HeartbeatRequest {
             tunnel_id: tunnel.into(),
             client_id: consumer.clone(),
+            session_token: token.clone(),
             channels: vec![],
-            ..Default::default()
         };
         let owned = client.heartbeat(request).await.unwrap().into_inner().channels;
         if owned.len() == CHANNELS as usize {
             let versions = owned.iter().map(|c| (c.channel_id, c.version)).collect();
-            return (consumer, versions);
+            return ((consumer, token), versions);
         }
         assert!(Instant::now() < deadline, "never got every channel of {tunnel}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -278,16 +279,16 @@ async fn reset(client: &mut Client, tunnel: &str) {
     let (consumer, versions) = take_all(client, tunnel).await;
     for lease in versions {
         client
-            .checkpoint(checkpoint(tunnel, &consumer, lease, 0))
+            .checkpoint(checkpoint(tunnel, (&consumer.0, &consumer.1), lease, 0))
             .await
             .unwrap();
     }
-    let (tunnel_id, client_id) = (tunnel.into(), consumer);
+    let (tunnel_id, (client_id, session_token)) = (tunnel.into(), consumer);
     client
         .shutdown(v1::ShutdownRequest {
             tunnel_id,
             client_id,
-            ..Default::default()
+            session_token,
         })
         .await
         .unwrap();
@@ -303,12 +304,19 @@ enum Read {
 }
 
 /// Drains every channel of `versions` concurrently (one task each, one shared HTTP/2 connection); records/s.
-async fn drain(client: &Client, tunnel: &str, consumer: &str, versions: &[(u32, i64)], read: Read) -> f64 {
+async fn drain(
+    client: &Client,
+    tunnel: &str,
+    (consumer, token): (&str, &str),
+    versions: &[(u32, i64)],
+    read: Read,
+) -> f64 {
     let started = Instant::now();
     let tasks: Vec<_> = versions
         .iter()
         .map(|&(channel_id, channel_version)| {
-            let (mut client, tunnel, consumer) = (client.clone(), tunnel.to_string(), consumer.to_string());
+            let (mut client, tunnel) = (client.clone(), tunnel.to_string());
+            let (consumer, token) = (consumer.to_string(), token.to_string());
             tokio::spawn(async move {
                 let mut from = 0;
                 while from < RECORDS_PER_CHANNEL as u64 {
@@ -319,20 +327,21 @@ async fn drain(client: &Client, tunnel: &str, consumer: &str, versions: &[(u32, 
                     let request = v1::ReadRecordsRequest {
                         tunnel_id: tunnel.clone(),
                         client_id: consumer.clone(),
+                        session_token: token.clone(),
                         channel_id,
                         channel_version,
                         from_sequence_number: from,
                         max_records_per_message: BATCH as u32,
                         max_records,
                         max_wait_ms: 0,
-                        ..Default::default()
                     };
                     let mut stream = client.read_records(request).await.unwrap().into_inner();
                     while let Some(m) = stream.message().await.unwrap() {
                         from += m.records.len() as u64;
                     }
                     if let Read::PerBatch { checkpoint: true } = read {
-                        let request = checkpoint(&tunnel, &consumer, (channel_id, channel_version), from);
+                        let request =
+                            checkpoint(&tunnel, (&consumer, &token), (channel_id, channel_version), from);
                         client.checkpoint(request).await.unwrap();
                     }
                 }
@@ -523,7 +532,7 @@ fn ms(d: Duration) -> String {
 /// One store's sides: a tunnel read directly (by a session of ours) and a tunnel for workers.
 struct Sides {
     client: Client,
-    direct: (String, String, Vec<(u32, i64)>),
+    direct: (String, (String, String), Vec<(u32, i64)>),
     worker_tunnel: String,
     connection: ConnectionHandle,
 }
@@ -544,7 +553,7 @@ async fn sides(service: &Service) -> Sides {
 impl Sides {
     async fn direct(&self, read: Read) -> f64 {
         let (tunnel, consumer, versions) = &self.direct;
-        drain(&self.client, tunnel, consumer, versions, read).await
+        drain(&self.client, tunnel, (&consumer.0, &consumer.1), versions, read).await
     }
 
     async fn worker(&mut self, tuning: Tuning) -> f64 {
@@ -584,7 +593,7 @@ async fn main() {
         let (stream, per_batch) = (Read::Stream, Read::PerBatch { checkpoint: false });
         let with_checkpoint = Read::PerBatch { checkpoint: true };
         let sample = [
-            drain(&raw_client, "", "", &raw_versions, stream).await,
+            drain(&raw_client, "", ("", ""), &raw_versions, stream).await,
             mem.direct(stream).await,
             mem.direct(per_batch).await,
             mem.direct(with_checkpoint).await,

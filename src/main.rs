@@ -98,7 +98,10 @@ struct ServeArgs {
     /// TLS private key (PEM); needs --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
-    /// File of accepted api keys, one per line; every call must then carry one (`api-key` or Bearer).
+    /// File of accepted api keys: one per line as `<key> [role ...]`, roles `admin` (create, delete, seal),
+    /// `produce` (append) and `consume` (connect and session calls) separated by spaces or commas; a line
+    /// without roles grants every role; `#` starts a comment. Every call must then carry a key (`api-key` or
+    /// Bearer), and a call outside its key's roles is refused (PERMISSION_DENIED).
     #[arg(long)]
     api_key_file: Option<std::path::PathBuf>,
     /// Heartbeat timeout for clients that do not ask for one.

@@ -45,10 +45,84 @@ pub enum SecurityError {
     },
 }
 
-/// The api keys (tokens) a server accepts, as `api-key: <key>` or `authorization: Bearer <key>`. Debug never
-/// shows them.
+/// What an api key may do on the tunnel service. The introspection server ignores roles: any of its keys
+/// may call anything there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// CreateTunnel, DeleteTunnel, SealChannel (and everything read-only).
+    Admin,
+    /// Append (and DescribeTunnel, ListTunnels, GetLimits).
+    Produce,
+    /// ConnectTunnel and the session calls: Heartbeat, GetCheckpoint, ReadRecords, Checkpoint, Shutdown (and
+    /// DescribeTunnel, ListTunnels, GetLimits).
+    Consume,
+}
+
+impl Role {
+    /// Every role, as a key line without roles grants.
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Produce, Role::Consume];
+
+    /// The role's name in key files and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Produce => "produce",
+            Role::Consume => "consume",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// The role a key file names, if any.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The roles the key of a request holds, as the interceptor finds them; put in the request's extensions for
+/// the service to check against each call's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted(u8);
+
+impl Granted {
+    /// Every role: the grant when the server requires no key.
+    pub const ALL: Granted = Granted(0b111);
+
+    /// Whether `role` is granted.
+    pub fn allows(self, role: Role) -> bool {
+        self.0 & role.bit() != 0
+    }
+
+    fn of(roles: &[Role]) -> Granted {
+        Granted(roles.iter().fold(0, |bits, r| bits | r.bit()))
+    }
+}
+
+/// One accepted key: its SHA-256 digest (the key itself is not kept) and its roles.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ApiKeys(Arc<Vec<String>>);
+struct AcceptedKey {
+    digest: [u8; 32],
+    roles: Granted,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    digest
+}
+
+/// The api keys (tokens) a server accepts, as `api-key: <key>` or `authorization: Bearer <key>`, each with its
+/// roles. Debug never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeys(Arc<Vec<AcceptedKey>>);
 
 impl fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -57,49 +131,79 @@ impl fmt::Debug for ApiKeys {
 }
 
 impl ApiKeys {
-    /// Accepts any of `keys` (at least one, none empty).
+    /// Accepts any of `keys` (at least one, none empty), each with every role.
     ///
     /// # Errors
     /// [`SecurityError::ApiKeys`] when there is no key, or one is empty or not a valid header value.
     pub fn new(keys: Vec<String>) -> Result<ApiKeys, SecurityError> {
+        ApiKeys::with_roles(keys.into_iter().map(|k| (k, Role::ALL.to_vec())).collect())
+    }
+
+    /// Accepts any of `keys`, each with its roles (an empty list: every role).
+    ///
+    /// # Errors
+    /// [`SecurityError::ApiKeys`] when there is no key, or one is empty or not a valid header value.
+    pub fn with_roles(keys: Vec<(String, Vec<Role>)>) -> Result<ApiKeys, SecurityError> {
         if keys.is_empty() {
             return Err(SecurityError::ApiKeys {
                 path: None,
                 reason: "no key given".into(),
             });
         }
-        for (i, key) in keys.iter().enumerate() {
+        let mut accepted = Vec::with_capacity(keys.len());
+        for (i, (key, roles)) in keys.iter().enumerate() {
             if key.is_empty() || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
                 return Err(SecurityError::ApiKeys {
                     path: None,
                     reason: format!("key {} is empty or has characters a header cannot carry", i + 1),
                 });
             }
+            let roles = if roles.is_empty() { &Role::ALL[..] } else { roles };
+            accepted.push(AcceptedKey {
+                digest: sha256(key.as_bytes()),
+                roles: Granted::of(roles),
+            });
         }
-        Ok(ApiKeys(Arc::new(keys)))
+        Ok(ApiKeys(Arc::new(accepted)))
     }
 
-    /// Reads the keys from a file: one per line, blank lines and `#` comments ignored (several keys allow
-    /// rotation).
+    /// Reads the keys from a file: one per line, `<key> [role ...]` (the key ends at the first space), roles
+    /// among `admin`, `produce` and `consume` separated by spaces or commas; a line without roles grants every role (so files of bare keys
+    /// keep their meaning). Blank lines and `#` comments are ignored; several keys allow rotation.
     ///
     /// # Errors
-    /// [`SecurityError::ApiKeys`] naming the file.
+    /// [`SecurityError::ApiKeys`] naming the file, and the line of an unknown role (never the key).
     pub fn from_file(path: &Path) -> Result<ApiKeys, SecurityError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SecurityError::ApiKeys {
+        let invalid = |reason: String| SecurityError::ApiKeys {
             path: Some(path.to_path_buf()),
-            reason: e.to_string(),
-        })?;
-        let keys = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_string)
-            .collect();
-        ApiKeys::new(keys).map_err(|e| match e {
-            SecurityError::ApiKeys { reason, .. } => SecurityError::ApiKeys {
-                path: Some(path.to_path_buf()),
-                reason,
-            },
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        let mut keys = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // The key ends at the first space (a key may contain commas, as before roles existed).
+            let (key, roles) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let key = key.to_string();
+            let roles = roles
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|w| !w.is_empty())
+                .map(|word| {
+                    Role::from_name(word).ok_or_else(|| {
+                        invalid(format!(
+                            "line {}: unknown role {word:?} (roles: admin, produce, consume)",
+                            number + 1
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<Role>, _>>()?;
+            keys.push((key, roles));
+        }
+        ApiKeys::with_roles(keys).map_err(|e| match e {
+            SecurityError::ApiKeys { reason, .. } => invalid(reason),
             other => other,
         })
     }
@@ -110,38 +214,50 @@ impl ApiKeys {
         ApiKeys(Arc::new(self.0.iter().chain(other.0.iter()).cloned().collect()))
     }
 
-    fn accepts(&self, presented: &[u8]) -> bool {
-        // Compare every key in constant time for its length, so timing tells nothing about a key's content.
-        self.0.iter().fold(false, |found, key| {
-            let key = key.as_bytes();
-            let same = key.len() == presented.len()
-                && key.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-            found | same
-        })
+    /// The roles of the presented key, if it is one of ours.
+    ///
+    /// Constant time: the presented key is hashed once and its digest compared with every key's digest with
+    /// `subtle` (no early exit, no branch on a byte), so the time taken depends neither on how much of a key a
+    /// guess got right nor on the keys' lengths.
+    fn accepts(&self, presented: &[u8]) -> Option<Granted> {
+        use subtle::{ConditionallySelectable, ConstantTimeEq};
+        let presented = sha256(presented);
+        let mut roles = 0u8;
+        let mut found = subtle::Choice::from(0);
+        for key in self.0.iter() {
+            let same = key.digest.ct_eq(&presented);
+            roles |= u8::conditional_select(&0, &key.roles.0, same);
+            found |= same;
+        }
+        bool::from(found).then_some(Granted(roles))
     }
 
-    /// Checks the `api-key` or `authorization: Bearer` header of a request (gRPC metadata or plain HTTP).
+    /// Checks the `api-key` or `authorization: Bearer` header of a request (gRPC metadata or plain HTTP) and
+    /// answers the key's roles.
     ///
     /// # Errors
     /// Why the request is refused, in words that show no key.
-    pub(crate) fn verify(&self, headers: &http::HeaderMap) -> Result<(), &'static str> {
+    pub(crate) fn verify(&self, headers: &http::HeaderMap) -> Result<Granted, &'static str> {
         let api_key = headers.get("api-key").map(|v| v.as_bytes());
         let bearer = headers
             .get("authorization")
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         match api_key.or(bearer) {
-            Some(presented) if self.accepts(presented) => Ok(()),
-            Some(_) => Err("the api key is not accepted"),
+            Some(presented) => self.accepts(presented).ok_or("the api key is not accepted"),
             None => Err("an api key is required (`api-key` or `authorization: Bearer` metadata)"),
         }
     }
 
-    /// The interceptor check: `Ok` if the request carries an accepted key, else UNAUTHENTICATED (with the
-    /// tunnel protocol's FATAL kind in the metadata, which other clients ignore).
+    /// The interceptor check: `Ok` if the request carries an accepted key (its roles put in the request's
+    /// extensions as [`Granted`]), else UNAUTHENTICATED (with the tunnel protocol's FATAL kind in the
+    /// metadata, which other clients ignore).
     #[allow(clippy::result_large_err)]
-    pub(crate) fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+    pub(crate) fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         match self.verify(request.metadata().as_ref()) {
-            Ok(()) => Ok(request),
+            Ok(granted) => {
+                request.extensions_mut().insert(granted);
+                Ok(request)
+            }
             Err(why) => Err(arbor_proto::tunnel::error::status(
                 tonic::Code::Unauthenticated,
                 why,
@@ -152,14 +268,17 @@ impl ApiKeys {
 }
 
 /// An interceptor for [`Server::layer`](tonic::transport::Server::layer): every call needs one of `keys` when
-/// set.
+/// set, and carries the roles it was granted in its extensions ([`Granted::ALL`] when no key is required).
 #[allow(clippy::result_large_err)]
 pub(crate) fn interceptor(
     keys: Option<ApiKeys>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
-    move |request: Request<()>| match &keys {
+    move |mut request: Request<()>| match &keys {
         Some(keys) => keys.check(request),
-        None => Ok(request),
+        None => {
+            request.extensions_mut().insert(Granted::ALL);
+            Ok(request)
+        }
     }
 }
 
@@ -345,5 +464,48 @@ impl<S: Serving> ractor::Actor for ServeActor<S> {
             server.stop(std::time::Duration::from_secs(5)).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(key: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("api-key", key.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_key_grants_its_roles_and_a_bare_key_every_role() {
+        let keys = ApiKeys::with_roles(vec![
+            ("k-admin".into(), vec![Role::Admin]),
+            ("k-both".into(), vec![Role::Produce, Role::Consume]),
+            ("k-bare".into(), vec![]),
+        ])
+        .unwrap();
+        let admin = keys.verify(&headers("k-admin")).unwrap();
+        assert!(admin.allows(Role::Admin) && !admin.allows(Role::Produce) && !admin.allows(Role::Consume));
+        let both = keys.verify(&headers("k-both")).unwrap();
+        assert!(!both.allows(Role::Admin) && both.allows(Role::Produce) && both.allows(Role::Consume));
+        assert_eq!(keys.verify(&headers("k-bare")), Ok(Granted::ALL));
+        for wrong in ["k-admi", "k-admin2", "K-ADMIN", "k"] {
+            assert!(keys.verify(&headers(wrong)).is_err(), "{wrong}");
+        }
+        assert!(keys.verify(&http::HeaderMap::new()).is_err());
+        assert_eq!(
+            ApiKeys::new(vec!["k".into()]).unwrap().verify(&headers("k")),
+            Ok(Granted::ALL)
+        );
+        assert_eq!(format!("{keys:?}"), "ApiKeys(3 redacted)");
+    }
+
+    #[test]
+    fn role_names_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(Role::from_name(role.name()), Some(role));
+        }
+        assert_eq!(Role::from_name("root"), None);
     }
 }

@@ -247,6 +247,7 @@ async fn malformed_requests_are_refused_naming_the_field_and_lose_nothing() {
         .unwrap();
     let consumer = Consumer::connect(&server.url, &tunnel, std::time::Duration::from_secs(10)).await;
     let client_id = consumer.client_id.clone();
+    let token = consumer.session_token.clone();
 
     fn create_req(name: &str, channels: Vec<v1::ChannelSpec>) -> v1::CreateTunnelRequest {
         v1::CreateTunnelRequest {
@@ -480,7 +481,7 @@ async fn malformed_requests_are_refused_naming_the_field_and_lose_nothing() {
         (
             "heartbeat report for an unknown channel",
             call({
-                let (t, cid) = (t.clone(), cid.clone());
+                let (t, cid, token) = (t.clone(), cid.clone(), token.clone());
                 |mut c| async move {
                     let channels = vec![
                         v1::ChannelState {
@@ -500,7 +501,7 @@ async fn malformed_requests_are_refused_naming_the_field_and_lose_nothing() {
                         tunnel_id: t,
                         client_id: cid,
                         channels,
-                        ..Default::default()
+                        session_token: token,
                     })
                     .await
                     .unwrap_err()

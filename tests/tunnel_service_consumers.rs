@@ -319,7 +319,7 @@ async fn shutdown_releases_at_once() {
     raw.shutdown(v1::ShutdownRequest {
         tunnel_id: tunnel.clone(),
         client_id: leaving.client_id.clone(),
-        ..Default::default()
+        session_token: leaving.session_token.clone(),
     })
     .await
     .unwrap();
@@ -330,7 +330,7 @@ async fn shutdown_releases_at_once() {
         .shutdown(v1::ShutdownRequest {
             tunnel_id: tunnel.clone(),
             client_id: leaving.client_id.clone(),
-            ..Default::default()
+            session_token: leaving.session_token.clone(),
         })
         .await
         .unwrap_err();
@@ -435,12 +435,14 @@ async fn a_long_poll_read_wakes_on_append() {
     let v = consumer.version(0);
     let mut reader = consumer.client.clone();
     let (tunnel_id, client_id) = (tunnel.clone(), consumer.client_id.clone());
+    let session_token = consumer.session_token.clone();
     let started = Instant::now();
     let read = tokio::spawn(async move {
         let mut stream = reader
             .read_records(v1::ReadRecordsRequest {
                 tunnel_id,
                 client_id,
+                session_token,
                 channel_id: 0,
                 channel_version: v,
                 from_sequence_number: 0,

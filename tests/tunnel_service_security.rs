@@ -188,3 +188,236 @@ async fn the_server_runs_as_a_supervised_child() {
     assert!(gone.is_err(), "the listener closed when the child stopped");
     assert_eq!(store.list().len(), 1, "the store outlives the server");
 }
+
+/// A client whose every call carries `key` as `api-key`.
+async fn keyed(
+    url: &str,
+    key: &'static str,
+) -> TunnelServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone,
+    >,
+> {
+    let channel = Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let value: MetadataValue<_> = key.parse().unwrap();
+    TunnelServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("api-key", value.clone());
+        Ok(r)
+    })
+}
+
+fn assert_denied<T: std::fmt::Debug>(result: Result<T, tonic::Status>, role: &str, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+    assert_eq!(kind(&status), ErrorKind::Fatal, "{what}");
+    assert!(
+        status.message().contains(role),
+        "{what}: the message names the role {role}: {}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn api_keys_act_only_in_their_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(
+        &file,
+        "# role-scoped keys\nadmin-key admin\nproducer-key produce\nconsumer-key  consume\n\
+         pipeline-key produce, consume\nlegacy,key\n",
+    )
+    .unwrap();
+    let keys = ApiKeys::from_file(&file).unwrap();
+    assert!(
+        !format!("{keys:?}").contains("admin-key"),
+        "Debug never shows a key"
+    );
+    let server = TestServer::start(StoreOptions::in_memory(), ServerOptions::default().api_keys(keys)).await;
+
+    let mut admin = keyed(&server.url, "admin-key").await;
+    let tunnel = admin
+        .create_tunnel(v1::CreateTunnelRequest {
+            tunnel_name: "scoped".into(),
+            channels: vec![spec(arbor_proto::tunnel::domain::ChannelType::Base, None)],
+            retention: None,
+        })
+        .await
+        .expect("admin creates")
+        .into_inner()
+        .tunnel
+        .unwrap()
+        .tunnel_id;
+    let append = |tunnel: &str| v1::AppendRequest {
+        tunnel_id: tunnel.into(),
+        channel_id: Some(0),
+        records: vec![record("k", "v")],
+        ..Default::default()
+    };
+    let connect = |tunnel: &str| v1::ConnectTunnelRequest {
+        tunnel_id: tunnel.into(),
+        client_tag: "scoped".into(),
+        heartbeat_timeout_ms: 0,
+    };
+    let by_id = |tunnel: &str| v1::DeleteTunnelRequest {
+        tunnel_id: tunnel.into(),
+        tunnel_name: String::new(),
+    };
+    assert_denied(admin.append(append(&tunnel)).await, "produce", "admin appends");
+    assert_denied(
+        admin.connect_tunnel(connect(&tunnel)).await,
+        "consume",
+        "admin connects",
+    );
+
+    let mut producer = keyed(&server.url, "producer-key").await;
+    producer.append(append(&tunnel)).await.expect("producer appends");
+    producer
+        .describe_tunnel(v1::DescribeTunnelRequest {
+            tunnel_id: tunnel.clone(),
+            tunnel_name: String::new(),
+        })
+        .await
+        .expect("producer describes");
+    producer
+        .list_tunnels(v1::ListTunnelsRequest {})
+        .await
+        .expect("producer lists");
+    producer
+        .get_limits(v1::GetLimitsRequest {})
+        .await
+        .expect("producer reads the limits");
+    assert_denied(
+        producer.delete_tunnel(by_id(&tunnel)).await,
+        "admin",
+        "producer deletes",
+    );
+    assert_denied(
+        producer
+            .seal_channel(v1::SealChannelRequest {
+                tunnel_id: tunnel.clone(),
+                tunnel_name: String::new(),
+                channel_id: 0,
+            })
+            .await,
+        "admin",
+        "producer seals",
+    );
+    assert_denied(
+        producer.connect_tunnel(connect(&tunnel)).await,
+        "consume",
+        "producer connects",
+    );
+    assert_denied(
+        producer
+            .checkpoint(v1::CheckpointRequest {
+                tunnel_id: tunnel.clone(),
+                client_id: "c-anyone".into(),
+                ..Default::default()
+            })
+            .await,
+        "consume",
+        "producer moves a checkpoint",
+    );
+
+    let mut consumer = keyed(&server.url, "consumer-key").await;
+    let session = consumer
+        .connect_tunnel(connect(&tunnel))
+        .await
+        .expect("consumer connects")
+        .into_inner();
+    consumer
+        .heartbeat(v1::HeartbeatRequest {
+            tunnel_id: tunnel.clone(),
+            client_id: session.client_id.clone(),
+            session_token: session.session_token.clone(),
+            channels: vec![],
+        })
+        .await
+        .expect("consumer heartbeats");
+    consumer
+        .list_tunnels(v1::ListTunnelsRequest {})
+        .await
+        .expect("consumer lists");
+    assert_denied(
+        consumer.append(append(&tunnel)).await,
+        "produce",
+        "consumer appends",
+    );
+    assert_denied(
+        consumer.delete_tunnel(by_id(&tunnel)).await,
+        "admin",
+        "consumer deletes",
+    );
+
+    let mut pipeline = keyed(&server.url, "pipeline-key").await;
+    pipeline
+        .append(append(&tunnel))
+        .await
+        .expect("a key may hold several roles");
+    pipeline
+        .connect_tunnel(connect(&tunnel))
+        .await
+        .expect("a key may hold several roles");
+    assert_denied(
+        pipeline.delete_tunnel(by_id(&tunnel)).await,
+        "admin",
+        "pipeline deletes",
+    );
+
+    // Health and reflection need any valid key.
+    let channel = Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let value: MetadataValue<_> = "producer-key".parse().unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("api-key", value.clone());
+            Ok(r)
+        },
+    );
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health with a producer's key");
+
+    // A line without roles keeps its old meaning: every role.
+    let mut legacy = keyed(&server.url, "legacy,key").await;
+    legacy.append(append(&tunnel)).await.expect("legacy appends");
+    legacy
+        .connect_tunnel(connect(&tunnel))
+        .await
+        .expect("legacy connects");
+    legacy
+        .delete_tunnel(by_id(&tunnel))
+        .await
+        .expect("legacy deletes");
+
+    // A key is the whole key: its prefixes and extensions are other keys.
+    for guess in ["admin-ke", "admin-key2", "admin"] {
+        let refused = keyed(&server.url, guess)
+            .await
+            .list_tunnels(v1::ListTunnelsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{guess}");
+    }
+    server.stop().await;
+}
+
+#[test]
+fn a_key_file_naming_an_unknown_role_is_refused_naming_the_line_not_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, "fine-key consume\nhidden-s3cret admin,superuser\n").unwrap();
+    let err = ApiKeys::from_file(&file).unwrap_err().to_string();
+    assert!(err.contains("line 2") && err.contains("superuser"), "{err}");
+    assert!(!err.contains("hidden-s3cret"), "{err}");
+}

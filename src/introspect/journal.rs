@@ -348,7 +348,9 @@ impl Journal {
                 let after = if foreign { 0 } else { after };
                 let gap = if foreign {
                     Some((0, format!("stream {stream_id} is gone (the server restarted); replaying what this one holds")))
-                } else if after + 1 < oldest_sequence {
+                } else if after < oldest_sequence.saturating_sub(1) {
+                    // Events after..oldest are gone. Written without `after + 1`: a client may send any
+                    // position, u64::MAX included.
                     Some((
                         oldest_sequence - after - 1,
                         "the events after the position asked for are no longer held".to_string(),
@@ -483,5 +485,22 @@ mod tests {
         assert_eq!(history.records.len(), 1);
         assert_eq!(history.records[0].kind, Lifecycle::Exited);
         assert!(!incomplete);
+    }
+
+    #[tokio::test]
+    async fn a_position_at_the_end_of_the_sequence_space_resumes_with_nothing_to_replay() {
+        let (tx, rx) = broadcast::channel(16);
+        let (journal, task) = Journal::start(rx, 3, 8);
+        drop(tx);
+        let _ = task.await;
+        for child in ["a", "b"] {
+            journal.record(exit_of(child));
+        }
+        let resumed = journal.subscribe(journal.stream_id(), Some(u64::MAX));
+        assert!(resumed.gap.is_none(), "{:?}", resumed.gap);
+        assert!(resumed.replay.is_empty());
+        let empty = Journal::start(broadcast::channel(1).1, 3, 8).0;
+        let resumed = empty.subscribe(empty.stream_id(), Some(u64::MAX));
+        assert!(resumed.gap.is_none() && resumed.replay.is_empty());
     }
 }

@@ -49,6 +49,17 @@ pub enum ServiceError {
         /// The client id.
         client_id: String,
     },
+    /// The call names a connected client but does not carry its session's secret (`session_token` missing or
+    /// wrong): the caller is not that session. `ABORTED` (ownership lost). The message never shows a token.
+    #[error(
+        "client {client_id} of tunnel {tunnel_id}: the session token is missing or wrong (not that session)"
+    )]
+    NotSession {
+        /// The tunnel.
+        tunnel_id: String,
+        /// The client id the call named.
+        client_id: String,
+    },
     /// The caller does not own the channel under that version: it moved, was released, or the version is
     /// outside the caller's lease. `ABORTED` (ownership lost): stop the channel.
     #[error("channel {channel}: {reason}")]
@@ -57,6 +68,14 @@ pub enum ServiceError {
         channel: u32,
         /// What the server holds (owner, status, versions).
         reason: String,
+    },
+    /// The call's api key does not hold the role the call needs. `PERMISSION_DENIED` (fatal).
+    #[error("{call} needs an api key with the {role} role")]
+    PermissionDenied {
+        /// The RPC.
+        call: &'static str,
+        /// The role it needs.
+        role: crate::serving::Role,
     },
     /// A read or checkpoint position below the retained range. `OUT_OF_RANGE` (checkpoint out of range).
     #[error(
@@ -73,7 +92,8 @@ pub enum ServiceError {
         first_retained: u64,
     },
     /// The storage engine failed; nothing of this request was acknowledged. `UNAVAILABLE` (retryable): a
-    /// durable server whose engine failed refuses every write until it is restarted and has recovered.
+    /// durable server whose engine failed refuses every write until it is restarted and has recovered. The
+    /// status says only "storage unavailable"; the cause is logged by the server.
     #[error("storage unavailable")]
     Storage(#[source] Arc<StoreError>),
 }
@@ -94,8 +114,11 @@ impl ServiceError {
             ServiceError::TunnelNotFound { .. } => Code::NotFound,
             ServiceError::TunnelExists { .. } => Code::AlreadyExists,
             ServiceError::FailedPrecondition { .. } => Code::FailedPrecondition,
-            ServiceError::ClientUnknown { .. } | ServiceError::NotOwner { .. } => Code::Aborted,
+            ServiceError::ClientUnknown { .. }
+            | ServiceError::NotSession { .. }
+            | ServiceError::NotOwner { .. } => Code::Aborted,
             ServiceError::OutOfRange { .. } => Code::OutOfRange,
+            ServiceError::PermissionDenied { .. } => Code::PermissionDenied,
             ServiceError::Storage(_) => Code::Unavailable,
         }
     }
@@ -118,9 +141,13 @@ impl From<StoreError> for ServiceError {
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
-        // The message carries the source chain once (a client logs one line); the kind and field travel in
-        // metadata so no client parses the message.
-        status(e.code(), chain(&e), e.field())
+        // The message is the error's own words: clear and stable, with the field and values the client sent.
+        // Causes (the storage engine's errors: paths, engine internals) are for the operator, so they are
+        // logged here and never sent. The kind and field travel in metadata so no client parses the message.
+        if std::error::Error::source(&e).is_some() {
+            tracing::warn!(code = ?e.code(), error = %chain(&e), "tunnel request failed");
+        }
+        status(e.code(), e.to_string(), e.field())
     }
 }
 
@@ -175,4 +202,36 @@ pub fn chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_says_what_failed_and_keeps_the_storage_engines_error_to_the_server() {
+        let engine = std::io::Error::other("fsync of /var/lib/arbor/secret-journal failed: EIO");
+        let failed = ServiceError::from(StoreError::Engine {
+            operation: "write batch",
+            source: Box::new(engine),
+        });
+        let status = Status::from(failed.clone());
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "storage unavailable");
+        assert!(
+            chain(&failed).contains("fsync of /var/lib/arbor"),
+            "the log keeps the cause"
+        );
+
+        let poisoned = Status::from(ServiceError::from(StoreError::Poisoned {
+            first_error: "disk full at /var/lib/arbor".into(),
+        }));
+        assert!(!poisoned.message().contains("/var/lib"), "{}", poisoned.message());
+
+        let invalid = Status::from(ServiceError::invalid(
+            "records[3].value",
+            "2000000 bytes, over 1048576",
+        ));
+        assert_eq!(invalid.message(), "records[3].value: 2000000 bytes, over 1048576");
+    }
 }

@@ -15,8 +15,27 @@ use super::config::Limits;
 use super::error::ServiceError;
 use super::store::{Lease, TunnelDescription, TunnelStore, READ_MESSAGE_MAX_BYTES};
 use super::validate;
+use crate::serving::{Granted, Role};
+
+/// Refuses the call unless the request's api key holds `role`.
+fn authorize<T>(request: &Request<T>, call: &'static str, role: Role) -> Result<(), ServiceError> {
+    let granted = request
+        .extensions()
+        .get::<Granted>()
+        .copied()
+        .unwrap_or(Granted::ALL);
+    if granted.allows(role) {
+        Ok(())
+    } else {
+        Err(ServiceError::PermissionDenied { call, role })
+    }
+}
 
 /// The gRPC face of a [`TunnelStore`].
+///
+/// Each call checks the role it needs ([`Role`]) against the [`Granted`] roles the server's interceptor put in
+/// the request's extensions (from the caller's api key); a request without them (the service served without
+/// arbor's interceptor, so without api keys) may call anything.
 #[derive(Debug, Clone)]
 pub struct TunnelGrpc {
     store: Arc<TunnelStore>,
@@ -105,16 +124,19 @@ fn record(r: super::store::StoredRecord) -> v1::Record {
     }
 }
 
-/// The fenced position a consumer request names, its ids checked as required.
+/// The fenced position a consumer request names, its ids checked as required. A missing session token is
+/// left to the fence, which refuses it as it refuses a wrong one (ownership lost).
 fn lease<'a>(
     tunnel_id: &'a str,
     client_id: &'a str,
+    session_token: &'a str,
     channel: u32,
     version: i64,
 ) -> Result<Lease<'a>, ServiceError> {
     Ok(Lease {
         tunnel_id: validate::required(tunnel_id, "tunnel_id")?,
         client_id: validate::required(client_id, "client_id")?,
+        session_token,
         channel,
         version: Version(version),
     })
@@ -145,6 +167,7 @@ impl ReadState {
             let lease = Lease {
                 tunnel_id: &self.req.tunnel_id,
                 client_id: &self.req.client_id,
+                session_token: &self.req.session_token,
                 channel: self.req.channel_id,
                 version: Version(self.req.channel_version),
             };
@@ -159,10 +182,14 @@ impl ReadState {
             if batch.records.is_empty() && !batch.finished {
                 if !self.sent_any && !self.waited && !self.max_wait.is_zero() {
                     self.waited = true;
-                    let (tunnel, channel) = (self.req.tunnel_id.clone(), self.req.channel_id);
-                    self.store
-                        .wait_for_records(&tunnel, channel, self.next, self.max_wait)
-                        .await;
+                    let lease = Lease {
+                        tunnel_id: &self.req.tunnel_id,
+                        client_id: &self.req.client_id,
+                        session_token: &self.req.session_token,
+                        channel: self.req.channel_id,
+                        version: Version(self.req.channel_version),
+                    };
+                    self.store.wait_for_records(lease, self.next, self.max_wait).await;
                     continue;
                 }
                 return None;
@@ -187,6 +214,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::CreateTunnelRequest>,
     ) -> Result<Response<v1::CreateTunnelResponse>, Status> {
+        authorize(&request, "CreateTunnel", Role::Admin)?;
         let new = validate::create(request.into_inner(), &self.limits)?;
         let tunnel = self.store.create_tunnel(new).await?;
         Ok(Response::new(v1::CreateTunnelResponse {
@@ -218,6 +246,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::DeleteTunnelRequest>,
     ) -> Result<Response<v1::DeleteTunnelResponse>, Status> {
+        authorize(&request, "DeleteTunnel", Role::Admin)?;
         let req = request.into_inner();
         let tunnel = validate::tunnel_ref(&req.tunnel_id, &req.tunnel_name)?;
         let tunnel_id = self.store.delete_tunnel(&tunnel).await?;
@@ -228,6 +257,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::AppendRequest>,
     ) -> Result<Response<v1::AppendResponse>, Status> {
+        authorize(&request, "Append", Role::Produce)?;
         let req = request.into_inner();
         let tunnel = validate::tunnel_ref(&req.tunnel_id, &req.tunnel_name)?;
         let records = validate::records(req.records, &self.limits)?;
@@ -250,6 +280,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::SealChannelRequest>,
     ) -> Result<Response<v1::SealChannelResponse>, Status> {
+        authorize(&request, "SealChannel", Role::Admin)?;
         let req = request.into_inner();
         let tunnel = validate::tunnel_ref(&req.tunnel_id, &req.tunnel_name)?;
         let end = self.store.seal(&tunnel, req.channel_id).await?;
@@ -262,6 +293,7 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::ConnectTunnelRequest>,
     ) -> Result<Response<v1::ConnectTunnelResponse>, Status> {
+        authorize(&request, "ConnectTunnel", Role::Consume)?;
         let req = request.into_inner();
         let tunnel_id = validate::required(&req.tunnel_id, "tunnel_id")?;
         if req.client_tag.len() > self.limits.max_client_tag_bytes {
@@ -276,12 +308,12 @@ impl TunnelService for TunnelGrpc {
             .into());
         }
         let timeout = (req.heartbeat_timeout_ms > 0).then(|| Duration::from_millis(req.heartbeat_timeout_ms));
-        let (client_id, timeout) = self.store.connect(tunnel_id, &req.client_tag, timeout)?;
+        let session = self.store.connect(tunnel_id, &req.client_tag, timeout)?;
         Ok(Response::new(v1::ConnectTunnelResponse {
-            client_id,
-            heartbeat_timeout_ms: millis(timeout),
+            client_id: session.client_id,
+            heartbeat_timeout_ms: millis(session.heartbeat_timeout),
+            session_token: session.session_token,
             limits: Some(self.service_limits()),
-            ..Default::default()
         }))
     }
 
@@ -289,11 +321,14 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        authorize(&request, "Heartbeat", Role::Consume)?;
         let req = request.into_inner();
         let tunnel_id = validate::required(&req.tunnel_id, "tunnel_id")?;
         let client_id = validate::required(&req.client_id, "client_id")?;
         let reports = validate::reports(&req.channels)?;
-        let owned = self.store.heartbeat(tunnel_id, client_id, &reports)?;
+        let owned = self
+            .store
+            .heartbeat(tunnel_id, client_id, &req.session_token, &reports)?;
         Ok(Response::new(v1::HeartbeatResponse {
             channels: owned.into_iter().map(|(state, t)| state.to_wire(t)).collect(),
         }))
@@ -303,10 +338,12 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::GetCheckpointRequest>,
     ) -> Result<Response<v1::GetCheckpointResponse>, Status> {
+        authorize(&request, "GetCheckpoint", Role::Consume)?;
         let req = request.into_inner();
         let lease = lease(
             &req.tunnel_id,
             &req.client_id,
+            &req.session_token,
             req.channel_id,
             req.channel_version,
         )?;
@@ -326,10 +363,12 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::ReadRecordsRequest>,
     ) -> Result<Response<Self::ReadRecordsStream>, Status> {
+        authorize(&request, "ReadRecords", Role::Consume)?;
         let req = request.into_inner();
         lease(
             &req.tunnel_id,
             &req.client_id,
+            &req.session_token,
             req.channel_id,
             req.channel_version,
         )?;
@@ -388,10 +427,12 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::CheckpointRequest>,
     ) -> Result<Response<v1::CheckpointResponse>, Status> {
+        authorize(&request, "Checkpoint", Role::Consume)?;
         let req = request.into_inner();
         let lease = lease(
             &req.tunnel_id,
             &req.client_id,
+            &req.session_token,
             req.channel_id,
             req.channel_version,
         )?;
@@ -403,10 +444,12 @@ impl TunnelService for TunnelGrpc {
         &self,
         request: Request<v1::ShutdownRequest>,
     ) -> Result<Response<v1::ShutdownResponse>, Status> {
+        authorize(&request, "Shutdown", Role::Consume)?;
         let req = request.into_inner();
         let tunnel_id = validate::required(&req.tunnel_id, "tunnel_id")?;
         let client_id = validate::required(&req.client_id, "client_id")?;
-        self.store.shutdown_client(tunnel_id, client_id)?;
+        self.store
+            .shutdown_client(tunnel_id, client_id, &req.session_token)?;
         Ok(Response::new(v1::ShutdownResponse {}))
     }
 

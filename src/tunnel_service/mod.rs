@@ -12,8 +12,15 @@
 //! - **Order.** Records routed to one channel keep their request order; sequence numbers are consecutive.
 //! - **One owner per channel.** A channel moves OPEN → CLOSING on its old owner and is given to the next only
 //!   after the old one reported CLOSE, or after the closing timeout ([`assign`]). ReadRecords, GetCheckpoint
-//!   and Checkpoint are fenced by (client id, channel version) under the tunnel's lock: a zombie owner gets
-//!   the ownership-lost kind and cannot move a checkpoint.
+//!   and Checkpoint are fenced by (client id, session token, channel version) under the tunnel's lock: a zombie
+//!   owner gets the ownership-lost kind and cannot move a checkpoint.
+//! - **A session is its secret.** The client id is public (DescribeTunnel shows it); ConnectTunnel also gives
+//!   the session an unguessable token that every session call must carry (compared in constant time, never
+//!   logged), so no client can act for another's session.
+//! - **Roles.** With api keys, each key holds roles (admin, produce, consume; [`crate::serving::Role`]) and a
+//!   call outside them is PERMISSION_DENIED naming the role.
+//! - **A waiting read learns at once.** A long-polling ReadRecords ends as soon as its lease ends (ownership
+//!   lost) or its channel is sealed at its position (finished), not at the end of its wait.
 //! - **Balanced and sticky.** Channels spread over live clients with max − min ≤ 1 once moves settle; a
 //!   rebalance moves as few as it can. A client whose heartbeats stop for its timeout is expired and its
 //!   channels are reassigned; Shutdown releases them at once.
@@ -62,5 +69,5 @@ pub mod validate;
 
 pub use self::config::{Limits, StoreOptions};
 pub use self::error::{ServiceError, StoreError};
-pub use self::server::{ApiKeys, RunningServer, ServerError, ServerOptions, TlsFiles, TunnelServer};
+pub use self::server::{ApiKeys, Role, RunningServer, ServerError, ServerOptions, TlsFiles, TunnelServer};
 pub use self::store::{AssignmentEvent, TunnelStore};

@@ -23,7 +23,7 @@ use crate::closable::{self, Closer};
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
-pub use crate::serving::{ApiKeys, TlsFiles};
+pub use crate::serving::{ApiKeys, Role, TlsFiles};
 
 /// How to serve.
 #[derive(Debug, Clone)]

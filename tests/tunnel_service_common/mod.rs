@@ -162,6 +162,8 @@ pub struct Consumer {
     pub client: Client,
     pub tunnel_id: String,
     pub client_id: String,
+    /// The session's secret, sent with every session call.
+    pub session_token: String,
     /// Channel id → (status, version) as the server last told.
     pub owned: BTreeMap<u32, (ChannelStatus, i64)>,
     /// Reports to send with the next heartbeat.
@@ -185,6 +187,7 @@ impl Consumer {
             client,
             tunnel_id: tunnel_id.into(),
             client_id: response.client_id,
+            session_token: response.session_token,
             owned: BTreeMap::new(),
             pending: Vec::new(),
             release_closing: true,
@@ -216,8 +219,8 @@ impl Consumer {
             .heartbeat(v1::HeartbeatRequest {
                 tunnel_id: self.tunnel_id.clone(),
                 client_id: self.client_id.clone(),
+                session_token: self.session_token.clone(),
                 channels,
-                ..Default::default()
             })
             .await?
             .into_inner();
@@ -256,6 +259,7 @@ impl Consumer {
             &mut self.client,
             &self.tunnel_id,
             &self.client_id,
+            &self.session_token,
             channel,
             version,
             from,
@@ -268,10 +272,10 @@ impl Consumer {
             .checkpoint(v1::CheckpointRequest {
                 tunnel_id: self.tunnel_id.clone(),
                 client_id: self.client_id.clone(),
+                session_token: self.session_token.clone(),
                 channel_id: channel,
                 channel_version: version,
                 sequence_number: seq,
-                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -286,9 +290,9 @@ impl Consumer {
             .get_checkpoint(v1::GetCheckpointRequest {
                 tunnel_id: self.tunnel_id.clone(),
                 client_id: self.client_id.clone(),
+                session_token: self.session_token.clone(),
                 channel_id: channel,
                 channel_version: version,
-                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())
@@ -300,6 +304,7 @@ pub async fn read_all(
     client: &mut Client,
     tunnel_id: &str,
     client_id: &str,
+    session_token: &str,
     channel: u32,
     version: i64,
     from: u64,
@@ -308,13 +313,13 @@ pub async fn read_all(
         .read_records(v1::ReadRecordsRequest {
             tunnel_id: tunnel_id.into(),
             client_id: client_id.into(),
+            session_token: session_token.into(),
             channel_id: channel,
             channel_version: version,
             from_sequence_number: from,
             max_records_per_message: 0,
             max_records: 0,
             max_wait_ms: 0,
-            ..Default::default()
         })
         .await?
         .into_inner();

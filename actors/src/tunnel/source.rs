@@ -17,15 +17,41 @@ use futures::FutureExt;
 use super::error::TunnelError;
 use crate::connection::{ConnectionChannel, ConnectionHandle, FailureClass, Lease as PoolLease};
 
-/// A consumer session: the client id the service gave at `connect`.
+/// A consumer session: the client id and secret the service gave at `connect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     /// The tunnel.
     pub tunnel_id: Arc<str>,
-    /// The client id; every call of the session carries it.
+    /// The client id; every call of the session carries it. Public: the service shows it to anyone.
     pub client_id: Arc<str>,
+    /// The session's secret; every call of the session carries it, and only it proves the call is this
+    /// session's. Debug redacts it.
+    pub session_token: SessionToken,
     /// The heartbeat timeout the service applies to this client.
     pub heartbeat_timeout: Duration,
+}
+
+/// A session's secret (`session_token` in the protocol). Debug never shows it; [`SessionToken::expose`] is
+/// for the requests that carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(Arc<str>);
+
+impl SessionToken {
+    /// Wraps the token the service gave.
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        SessionToken(token.into())
+    }
+
+    /// The token itself, to put in a request.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionToken(redacted)")
+    }
 }
 
 /// The right to read and checkpoint one channel: a session, the channel, and the version of the lease.
@@ -230,13 +256,13 @@ impl GrpcSource {
         let request = v1::ReadRecordsRequest {
             tunnel_id: lease.session.tunnel_id.to_string(),
             client_id: lease.session.client_id.to_string(),
+            session_token: lease.session.session_token.expose().to_string(),
             channel_id: lease.channel_id,
             channel_version: lease.version.get(),
             from_sequence_number: from,
             max_records_per_message: max_records,
             max_records: u64::from(max_records),
             max_wait_ms: wait.as_millis() as u64,
-            ..Default::default()
         };
         let mut stream = self
             .client()
@@ -315,6 +341,7 @@ impl TunnelSource for GrpcSource {
             Ok(Session {
                 tunnel_id: Arc::from(tunnel_id),
                 client_id: Arc::from(reply.client_id),
+                session_token: SessionToken::new(reply.session_token),
                 heartbeat_timeout: Duration::from_millis(reply.heartbeat_timeout_ms),
             })
         }
@@ -331,6 +358,7 @@ impl TunnelSource for GrpcSource {
             let request = v1::HeartbeatRequest {
                 tunnel_id: session.tunnel_id.to_string(),
                 client_id: session.client_id.to_string(),
+                session_token: session.session_token.expose().to_string(),
                 channels: channels
                     .iter()
                     .map(|c| v1::ChannelState {
@@ -341,7 +369,6 @@ impl TunnelSource for GrpcSource {
                         channel_type: v1::ChannelType::Unspecified as i32,
                     })
                     .collect(),
-                ..Default::default()
             };
             let reply = self
                 .client()
@@ -389,9 +416,9 @@ impl TunnelSource for GrpcSource {
             let request = v1::GetCheckpointRequest {
                 tunnel_id: lease.session.tunnel_id.to_string(),
                 client_id: lease.session.client_id.to_string(),
+                session_token: lease.session.session_token.expose().to_string(),
                 channel_id: lease.channel_id,
                 channel_version: lease.version.get(),
-                ..Default::default()
             };
             let reply = self
                 .client()
@@ -431,10 +458,10 @@ impl TunnelSource for GrpcSource {
             let request = v1::CheckpointRequest {
                 tunnel_id: lease.session.tunnel_id.to_string(),
                 client_id: lease.session.client_id.to_string(),
+                session_token: lease.session.session_token.expose().to_string(),
                 channel_id: lease.channel_id,
                 channel_version: lease.version.get(),
                 sequence_number: position,
-                ..Default::default()
             };
             self.client()
                 .await?
@@ -451,7 +478,7 @@ impl TunnelSource for GrpcSource {
             let request = v1::ShutdownRequest {
                 tunnel_id: session.tunnel_id.to_string(),
                 client_id: session.client_id.to_string(),
-                ..Default::default()
+                session_token: session.session_token.expose().to_string(),
             };
             self.client()
                 .await?
@@ -461,5 +488,34 @@ impl TunnelSource for GrpcSource {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sessions_debug_shows_its_client_id_but_never_its_token() {
+        let session = Session {
+            tunnel_id: Arc::from("t-1"),
+            client_id: Arc::from("c-0123"),
+            session_token: SessionToken::new("9f8e7d6c5b4a39281706f5e4d3c2b1a0"),
+            heartbeat_timeout: Duration::from_secs(10),
+        };
+        let lease = ChannelLease {
+            session: session.clone(),
+            channel_id: 0,
+            version: Version(3),
+        };
+        for shown in [
+            format!("{session:?}"),
+            format!("{lease:?}"),
+            format!("{session:#?}"),
+        ] {
+            assert!(shown.contains("c-0123"), "{shown}");
+            assert!(!shown.contains("9f8e7d6c"), "{shown}");
+        }
+        assert_eq!(session.session_token.expose(), "9f8e7d6c5b4a39281706f5e4d3c2b1a0");
     }
 }

@@ -35,14 +35,26 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The kind of a status: its [`KIND_METADATA_KEY`] if it has a known one, else [`ErrorKind::from_code`].
+    /// The kind of a status: its [`KIND_METADATA_KEY`] if it has a known one; else retryable for a call the
+    /// client's own transport failed (see below); else [`ErrorKind::from_code`].
+    ///
+    /// A connection lost mid-call (the server crashed or was killed) surfaces as code `UNKNOWN`, message
+    /// "transport error", without the service's metadata: tonic builds it from the transport's error and keeps
+    /// that error as the status' source. Nothing was refused, so the call may be retried; a status received
+    /// from a peer never has a local source.
     pub fn of(status: &Status) -> ErrorKind {
-        status
+        if let Some(kind) = status
             .metadata()
             .get(KIND_METADATA_KEY)
             .and_then(|v| v.to_str().ok())
             .and_then(ErrorKind::from_name)
-            .unwrap_or_else(|| ErrorKind::from_code(status.code()))
+        {
+            return kind;
+        }
+        if status.code() == Code::Unknown && std::error::Error::source(status).is_some() {
+            return ErrorKind::Retryable;
+        }
+        ErrorKind::from_code(status.code())
     }
 
     /// The kind a gRPC code stands for (the protocol's table).
@@ -161,6 +173,29 @@ mod tests {
         let plain = Status::unavailable("connection refused");
         assert_eq!(ErrorKind::of(&plain), ErrorKind::Retryable);
         assert_eq!(error_field(&plain), None);
+    }
+
+    #[test]
+    fn a_call_its_transport_lost_is_retryable() {
+        // What tonic's channel returns when the connection drops mid-call (the server crashed): the transport
+        // error wrapped by `Status::from_error`, code UNKNOWN, message "transport error", no arbor metadata.
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+        let lost = Status::from_error(Box::new(reset));
+        assert_eq!(lost.code(), Code::Unknown);
+        assert!(lost.metadata().get(KIND_METADATA_KEY).is_none());
+        assert_eq!(ErrorKind::of(&lost), ErrorKind::Retryable);
+        // UNKNOWN received from a peer (no local cause) stays FATAL, as the table says; and the service's own
+        // kind wins over anything else.
+        assert_eq!(
+            ErrorKind::of(&Status::unknown("transport error")),
+            ErrorKind::Fatal
+        );
+        let mut told = Status::from_error(Box::new(std::io::Error::other("x")));
+        told.metadata_mut().insert(
+            KIND_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static("ERROR_KIND_FATAL"),
+        );
+        assert_eq!(ErrorKind::of(&told), ErrorKind::Fatal);
     }
 
     #[test]

@@ -27,10 +27,10 @@ use bytes::Bytes;
 use self::engine::{BatchIndex, RecoveredChannel, TunnelDef, WriteOp};
 pub use self::engine::{ChannelDef, Engine, Retention, StoredRecord};
 pub use self::tunnel::AssignmentEvent;
-use self::tunnel::{now_ms, Client, Tunnel};
+use self::tunnel::{now_ms, Client, SessionToken, Tunnel};
 pub use self::types::{
-    ChannelAppend, ChannelDescription, CheckpointInfo, ClientDescription, Lease, NewTunnel, ReadBatch,
-    TunnelDescription, TunnelRef,
+    ChannelAppend, ChannelDescription, CheckpointInfo, ClientDescription, Lease, NewSession, NewTunnel,
+    ReadBatch, TunnelDescription, TunnelRef,
 };
 use super::config::StoreOptions;
 use super::error::{ServiceError, StoreError};
@@ -227,6 +227,9 @@ impl TunnelStore {
             catalog.by_name.remove(&found.def.name);
             let mut state = found.lock();
             state.deleted = true;
+            for ch in &state.channels {
+                ch.lease_tx.send_modify(|changes| *changes += 1);
+            }
             let ack = self.engine.submit(vec![WriteOp::DeleteTunnel {
                 uid: found.def.uid,
                 channels: found.def.channels.len() as u32,
@@ -375,7 +378,8 @@ impl TunnelStore {
         Ok(end)
     }
 
-    /// Registers a consumer; returns its new client id and heartbeat timeout.
+    /// Registers a consumer; returns its new session: the client id (shown to anyone), the session's secret
+    /// (for the client alone) and the heartbeat timeout.
     ///
     /// # Errors
     /// [`ServiceError::TunnelNotFound`]; [`ServiceError::InvalidArgument`] for a timeout out of bounds.
@@ -384,7 +388,7 @@ impl TunnelStore {
         tunnel_id: &str,
         tag: &str,
         heartbeat_timeout: Option<Duration>,
-    ) -> Result<(String, Duration), ServiceError> {
+    ) -> Result<NewSession, ServiceError> {
         let timeout = heartbeat_timeout.unwrap_or(self.options.default_heartbeat_timeout);
         if timeout < self.options.min_heartbeat_timeout || timeout > self.options.max_heartbeat_timeout {
             return Err(ServiceError::invalid(
@@ -399,6 +403,8 @@ impl TunnelStore {
         }
         let tunnel = self.find_id(tunnel_id)?;
         let client_id = format!("c-{:016x}", rand::random::<u64>());
+        let token = SessionToken::generate();
+        let session_token = token.expose().to_string();
         let mut state = tunnel.lock();
         let now = Instant::now();
         state.expire(now, self.options.closing_timeout, &tunnel.id);
@@ -408,35 +414,38 @@ impl TunnelStore {
                 tag: tag.to_string(),
                 timeout,
                 last_seen: now,
+                token,
             },
         );
-        tracing::info!(tunnel = %tunnel.id, client = %client_id, tag, timeout = ?timeout, "tunnel client connected");
+        tracing::info!(tunnel = %tunnel.id, client = %client_id, tag, timeout = %humantime::format_duration(timeout), "tunnel client connected");
         state.rebalance(&tunnel.id);
-        Ok((client_id, timeout))
+        Ok(NewSession {
+            client_id,
+            session_token,
+            heartbeat_timeout: timeout,
+        })
     }
 
     /// A heartbeat: keeps the client alive, applies its reports, rebalances, and returns the channels it owns.
     ///
     /// # Errors
-    /// [`ServiceError::TunnelNotFound`], [`ServiceError::ClientUnknown`], [`ServiceError::InvalidArgument`]
-    /// for an unknown channel id, [`ServiceError::FailedPrecondition`] for TERMINATED before the end.
+    /// [`ServiceError::TunnelNotFound`], [`ServiceError::ClientUnknown`], [`ServiceError::NotSession`],
+    /// [`ServiceError::InvalidArgument`] for an unknown channel id, [`ServiceError::FailedPrecondition`] for TERMINATED before the end.
     pub fn heartbeat(
         &self,
         tunnel_id: &str,
         client_id: &str,
+        session_token: &str,
         reports: &[ChannelState],
     ) -> Result<Vec<(ChannelState, ChannelType)>, ServiceError> {
         let tunnel = self.find_id(tunnel_id)?;
         let mut state = tunnel.lock();
         let now = Instant::now();
         state.expire(now, self.options.closing_timeout, &tunnel.id);
-        let Some(client) = state.clients.get_mut(client_id) else {
-            return Err(ServiceError::ClientUnknown {
-                tunnel_id: tunnel.id.clone(),
-                client_id: client_id.to_string(),
-            });
-        };
-        client.last_seen = now;
+        state.session(&tunnel.id, client_id, session_token)?;
+        if let Some(client) = state.clients.get_mut(client_id) {
+            client.last_seen = now;
+        }
         let mut result = Ok(());
         for (i, report) in reports.iter().enumerate() {
             // Apply every valid report even if one is refused, then refuse the call: the accepted transitions
@@ -477,7 +486,13 @@ impl TunnelStore {
     pub fn get_checkpoint(&self, lease: Lease<'_>) -> Result<CheckpointInfo, ServiceError> {
         let tunnel = self.find_id(lease.tunnel_id)?;
         let state = tunnel.lock();
-        let index = state.fence(&tunnel.id, lease.client_id, lease.channel, lease.version)?;
+        let index = state.fence(
+            &tunnel.id,
+            lease.client_id,
+            lease.session_token,
+            lease.channel,
+            lease.version,
+        )?;
         let ch = &state.channels[index];
         Ok(CheckpointInfo {
             checkpoint: ch.meta.checkpoint,
@@ -497,7 +512,13 @@ impl TunnelStore {
         let tunnel = self.find_id(lease.tunnel_id)?;
         let ack = {
             let mut state = tunnel.lock();
-            let index = state.fence(&tunnel.id, lease.client_id, lease.channel, lease.version)?;
+            let index = state.fence(
+                &tunnel.id,
+                lease.client_id,
+                lease.session_token,
+                lease.channel,
+                lease.version,
+            )?;
             let ch = &mut state.channels[index];
             if sequence_number < ch.meta.first_retained {
                 return Err(ServiceError::OutOfRange {
@@ -548,7 +569,13 @@ impl TunnelStore {
         let tunnel = self.find_id(lease.tunnel_id)?;
         let (end, sealed_end) = {
             let state = tunnel.lock();
-            let index = state.fence(&tunnel.id, lease.client_id, lease.channel, lease.version)?;
+            let index = state.fence(
+                &tunnel.id,
+                lease.client_id,
+                lease.session_token,
+                lease.channel,
+                lease.version,
+            )?;
             let ch = &state.channels[index];
             if from < ch.meta.first_retained {
                 return Err(out_of_range(lease.channel, from, ch.meta.first_retained));
@@ -589,34 +616,75 @@ impl TunnelStore {
         })
     }
 
-    /// Waits until channel `channel` has a record at `from` or is sealed there, or `timeout` passes.
-    pub async fn wait_for_records(&self, tunnel_id: &str, channel: u32, from: u64, timeout: Duration) {
-        let Ok(tunnel) = self.find_id(tunnel_id) else {
+    /// Waits until the lease's channel has a record at `from` or is sealed, until the lease no longer passes
+    /// the fence (the reader stopped being the owner, its version was fenced, the tunnel was deleted), or
+    /// until `timeout` passes; the caller's next read tells which.
+    pub async fn wait_for_records(&self, lease: Lease<'_>, from: u64, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Ok(tunnel) = self.find_id(lease.tunnel_id) else {
             return;
         };
-        let mut rx = {
+        // Subscribed under the lock that the check runs under, so no change between the check and the wait
+        // goes unseen.
+        let (mut end_rx, mut lease_rx) = {
             let state = tunnel.lock();
-            match state.channels.get(channel as usize) {
-                Some(ch) if ch.meta.sealed_end.is_none() => ch.end_tx.subscribe(),
-                _ => return,
+            match state.channels.get(lease.channel as usize) {
+                Some(ch) => (ch.end_tx.subscribe(), ch.lease_tx.subscribe()),
+                None => return,
             }
         };
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|end| *end > from)).await;
+        loop {
+            {
+                let state = tunnel.lock();
+                let fenced = state.deleted
+                    || state
+                        .fence(
+                            &tunnel.id,
+                            lease.client_id,
+                            lease.session_token,
+                            lease.channel,
+                            lease.version,
+                        )
+                        .is_err();
+                let ch = &state.channels[lease.channel as usize];
+                if fenced || ch.meta.sealed_end.is_some() || ch.visible_end > from {
+                    return;
+                }
+            }
+            tokio::select! {
+                changed = end_rx.changed() => if changed.is_err() { return },
+                changed = lease_rx.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// How many ReadRecords calls are waiting for records of `channel` (long polls): for observability, and
+    /// for tests that act once a read waits.
+    pub fn long_polls(&self, tunnel_id: &str, channel: u32) -> usize {
+        let Ok(tunnel) = self.find_id(tunnel_id) else {
+            return 0;
+        };
+        let state = tunnel.lock();
+        state
+            .channels
+            .get(channel as usize)
+            .map_or(0, |ch| ch.lease_tx.receiver_count())
     }
 
     /// Releases all the client's channels at once and forgets it.
     ///
     /// # Errors
-    /// [`ServiceError::TunnelNotFound`], [`ServiceError::ClientUnknown`].
-    pub fn shutdown_client(&self, tunnel_id: &str, client_id: &str) -> Result<(), ServiceError> {
+    /// [`ServiceError::TunnelNotFound`], [`ServiceError::ClientUnknown`], [`ServiceError::NotSession`].
+    pub fn shutdown_client(
+        &self,
+        tunnel_id: &str,
+        client_id: &str,
+        session_token: &str,
+    ) -> Result<(), ServiceError> {
         let tunnel = self.find_id(tunnel_id)?;
         let mut state = tunnel.lock();
-        if !state.clients.contains_key(client_id) {
-            return Err(ServiceError::ClientUnknown {
-                tunnel_id: tunnel.id.clone(),
-                client_id: client_id.to_string(),
-            });
-        }
+        state.session(&tunnel.id, client_id, session_token)?;
         state.remove_client(client_id, "client-shutdown", &tunnel.id);
         tracing::info!(tunnel = %tunnel.id, client = client_id, "tunnel client shut down");
         state.rebalance(&tunnel.id);

@@ -59,6 +59,9 @@ pub(crate) struct ChannelRt {
     pub retained_bytes: u64,
     /// Publishes `visible_end` to long-polling readers.
     pub end_tx: watch::Sender<u64>,
+    /// Counts changes of status, owner or version (and the tunnel's deletion), so a long-polling reader
+    /// whose lease ends learns it at once instead of at the end of its wait.
+    pub lease_tx: watch::Sender<u64>,
 }
 
 impl ChannelRt {
@@ -85,6 +88,7 @@ impl ChannelRt {
             batches: recovered.batches.into(),
             retained_bytes,
             end_tx: watch::Sender::new(end),
+            lease_tx: watch::Sender::new(0),
         }
     }
 
@@ -101,6 +105,42 @@ pub(crate) struct Client {
     pub tag: String,
     pub timeout: Duration,
     pub last_seen: Instant,
+    /// The session's secret: the client id is shown to anyone who describes the tunnel, so only this proves
+    /// that a call comes from the session.
+    pub token: SessionToken,
+}
+
+/// A session's secret: 256 bits from the thread's CSPRNG, hex-encoded. Debug never shows it, and it is
+/// compared in constant time.
+pub(crate) struct SessionToken(String);
+
+impl SessionToken {
+    /// A new unguessable token.
+    pub(crate) fn generate() -> SessionToken {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        // ThreadRng is a CSPRNG (ChaCha, seeded and periodically reseeded from the OS).
+        rand::rng().fill_bytes(&mut bytes);
+        SessionToken(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The token, to hand to the client once (ConnectTunnel's answer).
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token. Constant time over the token's bytes (its length is public), so
+    /// the time taken tells nothing about how much of a guess was right.
+    pub(crate) fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionToken(redacted)")
+    }
 }
 
 /// Everything about a tunnel that changes, behind its lock.
@@ -143,21 +183,40 @@ impl TunnelState {
         }
     }
 
-    /// Checks that `client` owns `channel` under `version`: the fence of ReadRecords, GetCheckpoint and
-    /// Checkpoint.
-    pub(crate) fn fence(
+    /// The connected client `client`, if `token` is its session's secret: the first check of every session
+    /// call.
+    pub(crate) fn session(
         &self,
         tunnel_id: &str,
         client: &str,
-        channel: u32,
-        version: Version,
-    ) -> Result<usize, ServiceError> {
-        if !self.clients.contains_key(client) {
+        token: &str,
+    ) -> Result<&Client, ServiceError> {
+        let Some(found) = self.clients.get(client) else {
             return Err(ServiceError::ClientUnknown {
                 tunnel_id: tunnel_id.to_string(),
                 client_id: client.to_string(),
             });
+        };
+        if !found.token.matches(token) {
+            return Err(ServiceError::NotSession {
+                tunnel_id: tunnel_id.to_string(),
+                client_id: client.to_string(),
+            });
         }
+        Ok(found)
+    }
+
+    /// Checks that the session (`client`, `token`) owns `channel` under `version`: the fence of ReadRecords,
+    /// GetCheckpoint and Checkpoint.
+    pub(crate) fn fence(
+        &self,
+        tunnel_id: &str,
+        client: &str,
+        token: &str,
+        channel: u32,
+        version: Version,
+    ) -> Result<usize, ServiceError> {
+        self.session(tunnel_id, client, token)?;
         let index = self.channel_index(channel, "channel_id")?;
         let ch = &self.channels[index];
         if ch.owner.as_deref() != Some(client) || !ch.status.is_owned() {
@@ -227,6 +286,7 @@ impl TunnelState {
             ch.lease_version = version;
         }
         ch.owner = owner;
+        ch.lease_tx.send_modify(|changes| *changes += 1);
         self.record(channel, reason, tunnel_id);
     }
 
@@ -532,5 +592,24 @@ impl Tunnel {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionToken;
+
+    #[test]
+    fn session_tokens_are_long_distinct_hidden_and_matched_whole() {
+        let (a, b) = (SessionToken::generate(), SessionToken::generate());
+        assert_eq!(a.expose().len(), 64, "256 bits in hex");
+        assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.expose(), b.expose());
+        assert!(a.matches(a.expose()));
+        assert!(!a.matches(b.expose()));
+        assert!(!a.matches(""));
+        assert!(!a.matches(&a.expose()[..63]), "a prefix is not the token");
+        assert!(!a.matches(&format!("{}0", a.expose())), "nor an extension");
+        assert_eq!(format!("{a:?}"), "SessionToken(redacted)");
     }
 }

@@ -129,15 +129,49 @@ pub struct ReadBatch {
     pub finished: bool,
 }
 
-/// A fenced consumer position: who asks, for which channel, under which version.
-#[derive(Debug, Clone, Copy)]
+/// A fenced consumer position: who asks, for which channel, under which version. Debug leaves out the session
+/// token.
+#[derive(Clone, Copy)]
 pub struct Lease<'a> {
     /// The tunnel id.
     pub tunnel_id: &'a str,
     /// The client id.
     pub client_id: &'a str,
+    /// The session's secret, as the request carries it (checked in constant time, never shown).
+    pub session_token: &'a str,
     /// The channel.
     pub channel: u32,
     /// The version of the client's lease.
     pub version: Version,
+}
+
+impl std::fmt::Debug for Lease<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("tunnel_id", &self.tunnel_id)
+            .field("client_id", &self.client_id)
+            .field("channel", &self.channel)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A consumer session as ConnectTunnel opens it. Debug leaves out the token.
+#[derive(Clone)]
+pub struct NewSession {
+    /// The client id: names the session, shown to anyone who describes the tunnel.
+    pub client_id: String,
+    /// The session's secret: every later call of the session must carry it.
+    pub session_token: String,
+    /// The heartbeat timeout in force.
+    pub heartbeat_timeout: Duration,
+}
+
+impl std::fmt::Debug for NewSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSession")
+            .field("client_id", &self.client_id)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .finish_non_exhaustive()
+    }
 }
