@@ -46,11 +46,9 @@ pub fn render(frame: &Frame<'_>, cols: usize, rows: usize) -> String {
         "records produced {} · delivered {} · duplicates {} · behind {}",
         t.produced, t.delivered, t.duplicates, t.missing
     );
-    let percent = if t.produced == 0 {
-        0
-    } else {
-        t.unique.min(t.produced) * 100 / t.produced
-    };
+    let percent = (t.unique.min(t.produced) * 100)
+        .checked_div(t.produced)
+        .unwrap_or(0);
     let _ = writeln!(
         head,
         "delivered {} {percent:>3}%   behind = not yet delivered",
