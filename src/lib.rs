@@ -52,6 +52,8 @@ pub mod top;
 
 #[cfg(any(feature = "tunnel-service", feature = "introspection"))]
 mod closable;
+#[cfg(any(feature = "tunnel-service", feature = "introspection"))]
+pub mod connection_limits;
 #[cfg(feature = "tunnel-service")]
 pub mod serve;
 #[cfg(feature = "cli")]

@@ -1,0 +1,588 @@
+//! The tunnel service's bounds: whatever a client sends, the service refuses it with a typed status carrying the
+//! right error kind, and the limits it advertises (ConnectTunnel, GetLimits) are the ones it enforces. Raw
+//! requests (oversized, malformed) go through a tonic client with a byte codec.
+#![cfg(feature = "tunnel-service")]
+
+mod tunnel_service_common;
+
+use std::time::Duration;
+
+use arbor::tunnel_service::{Limits, ServerOptions, StoreOptions};
+use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType};
+use arbor_proto::tunnel::error::{error_field, ErrorKind};
+use arbor_proto::tunnel::v1;
+use prost::Message;
+use tonic::Code;
+use tunnel_service_common::*;
+
+/// A codec that sends and receives message bytes as they are: requests the generated client cannot make.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Sends `message` as is to `/arbor.tunnel.v1.TunnelService/<method>`; returns the answer's bytes or status.
+async fn raw_call(url: &str, method: &str, message: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = format!("/arbor.tunnel.v1.TunnelService/{method}")
+        .parse()
+        .unwrap();
+    grpc.unary(tonic::Request::new(message), path, RawCodec)
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn get_limits(client: &mut Client) -> v1::ServiceLimits {
+    client
+        .get_limits(v1::GetLimitsRequest {})
+        .await
+        .expect("get limits")
+        .into_inner()
+        .limits
+        .expect("limits")
+}
+
+async fn connect(client: &mut Client, tunnel_id: &str) -> Result<v1::ConnectTunnelResponse, tonic::Status> {
+    client
+        .connect_tunnel(v1::ConnectTunnelRequest {
+            tunnel_id: tunnel_id.into(),
+            client_tag: "limits".into(),
+            heartbeat_timeout_ms: 3_600_000,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn report(channel_id: u32) -> v1::ChannelState {
+    v1::ChannelState {
+        channel_id,
+        status: ChannelStatus::Open.into(),
+        version: 1,
+        channel_type: 0,
+    }
+}
+
+async fn heartbeat(
+    client: &mut Client,
+    tunnel_id: &str,
+    session: &v1::ConnectTunnelResponse,
+    channels: Vec<v1::ChannelState>,
+) -> Result<v1::HeartbeatResponse, tonic::Status> {
+    client
+        .heartbeat(v1::HeartbeatRequest {
+            tunnel_id: tunnel_id.into(),
+            client_id: session.client_id.clone(),
+            channels,
+            session_token: session.session_token.clone(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn sessions_per_tunnel_are_bounded_as_advertised() {
+    let server = TestServer::start(
+        StoreOptions::in_memory().max_sessions_per_tunnel(4),
+        ServerOptions::default(),
+    )
+    .await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "sessions", 2).await;
+    let other = create_streams(&mut client, "other", 2).await;
+    let limit = get_limits(&mut client).await.max_sessions_per_tunnel;
+    assert_eq!(limit, 4, "the advertised session limit");
+
+    let mut sessions = Vec::new();
+    for _ in 0..limit {
+        sessions.push(
+            connect(&mut client, &tunnel)
+                .await
+                .expect("a session within the limit"),
+        );
+    }
+    assert_eq!(
+        sessions[0].limits.as_ref().map(|l| l.max_sessions_per_tunnel),
+        Some(limit),
+        "ConnectTunnel advertises it too"
+    );
+    let refused = connect(&mut client, &tunnel)
+        .await
+        .expect_err("one session too many");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(ErrorKind::of(&refused), ErrorKind::Retryable);
+    // Another tunnel has sessions of its own.
+    connect(&mut client, &other)
+        .await
+        .expect("another tunnel's session");
+
+    // A session that ends frees its slot.
+    client
+        .shutdown(v1::ShutdownRequest {
+            tunnel_id: tunnel.clone(),
+            client_id: sessions[0].client_id.clone(),
+            session_token: sessions[0].session_token.clone(),
+        })
+        .await
+        .expect("shutdown");
+    connect(&mut client, &tunnel).await.expect("the freed slot");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeat_reports_are_bounded_by_the_limit_and_the_tunnels_channels() {
+    let server = TestServer::start(
+        StoreOptions::in_memory(),
+        ServerOptions::default().limits(Limits::default().max_channels(8)),
+    )
+    .await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "reports", 3).await;
+    let limit = get_limits(&mut client).await.max_heartbeat_reports;
+    assert_eq!(limit, 8, "the advertised report limit is the channel limit");
+    let session = connect(&mut client, &tunnel).await.unwrap();
+
+    // Beyond the service's limit: refused before the tunnel is looked at.
+    let over = heartbeat(
+        &mut client,
+        &tunnel,
+        &session,
+        (0..=limit).map(|i| report(i % 3)).collect(),
+    )
+    .await
+    .expect_err("more reports than the limit");
+    assert_eq!(over.code(), Code::InvalidArgument, "{over:?}");
+    assert_eq!(error_field(&over), Some("channels"));
+
+    // Within the limit but beyond the tunnel's channels.
+    let over = heartbeat(
+        &mut client,
+        &tunnel,
+        &session,
+        (0..4).map(|i| report(i % 3)).collect(),
+    )
+    .await
+    .expect_err("more reports than channels");
+    assert_eq!(over.code(), Code::InvalidArgument, "{over:?}");
+    assert_eq!(error_field(&over), Some("channels"));
+
+    // One report per channel is fine.
+    heartbeat(&mut client, &tunnel, &session, (0..3).map(report).collect())
+        .await
+        .expect("one report per channel");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn appends_are_bounded_exactly_as_advertised() {
+    let limits = Limits::default()
+        .max_batch_records(50)
+        .max_record_bytes(1_000)
+        .max_batch_bytes(20_000);
+    let server = TestServer::start(StoreOptions::in_memory(), ServerOptions::default().limits(limits)).await;
+    let mut client = server.client().await;
+    let tunnel = create(&mut client, "appends", vec![spec(ChannelType::Base, None)], None).await;
+    let advertised = get_limits(&mut client).await;
+    assert_eq!(advertised.max_append_records, 50);
+    assert_eq!(advertised.max_record_bytes, 1_000);
+    assert_eq!(advertised.max_append_bytes, 20_000);
+
+    let records = |n: u32, size: usize| (0..n).map(|_| record("", vec![7u8; size])).collect::<Vec<_>>();
+    let n = advertised.max_append_records;
+    append_to(&mut client, &tunnel, Some(0), records(n, 1))
+        .await
+        .expect("exactly the record limit");
+    let refused = append_to(&mut client, &tunnel, Some(0), records(n + 1, 1))
+        .await
+        .expect_err("one record over");
+    assert_eq!(
+        (refused.code(), error_field(&refused)),
+        (Code::InvalidArgument, Some("records"))
+    );
+
+    let size = advertised.max_record_bytes as usize;
+    append_to(&mut client, &tunnel, Some(0), records(1, size))
+        .await
+        .expect("a record of exactly the size limit");
+    let refused = append_to(&mut client, &tunnel, Some(0), records(1, size + 1))
+        .await
+        .expect_err("one byte over");
+    assert_eq!(
+        (refused.code(), error_field(&refused)),
+        (Code::InvalidArgument, Some("records[0].value"))
+    );
+
+    let batch = advertised.max_append_bytes as usize;
+    append_to(&mut client, &tunnel, Some(0), records(25, batch / 25))
+        .await
+        .expect("a batch of exactly the byte limit");
+    let mut over = records(25, batch / 25);
+    over[0].value = vec![7u8; batch / 25 + 1].into();
+    let refused = append_to(&mut client, &tunnel, Some(0), over)
+        .await
+        .expect_err("one byte over the batch");
+    assert_eq!(
+        (refused.code(), error_field(&refused)),
+        (Code::InvalidArgument, Some("records"))
+    );
+    server.stop().await;
+}
+
+/// An AppendRequest to `tunnel_id` whose encoding is exactly `size` bytes.
+fn append_of_size(tunnel_id: &str, size: usize) -> Vec<u8> {
+    let request = |value_len: usize| v1::AppendRequest {
+        tunnel_id: tunnel_id.into(),
+        channel_id: Some(0),
+        records: vec![v1::AppendRecord {
+            key: Default::default(),
+            value: vec![1u8; value_len].into(),
+        }],
+        ..Default::default()
+    };
+    // The length prefixes grow by a byte or two as the value grows: adjust until the size is exact.
+    let mut value_len = size;
+    loop {
+        let encoded = request(value_len).encode_to_vec();
+        match encoded.len().cmp(&size) {
+            std::cmp::Ordering::Equal => return encoded,
+            std::cmp::Ordering::Greater => value_len -= encoded.len() - size,
+            std::cmp::Ordering::Less => value_len += 1,
+        }
+    }
+}
+
+#[tokio::test]
+async fn requests_beyond_the_decode_limit_are_resource_exhausted_and_fatal() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create(
+        &mut client,
+        "oversized",
+        vec![spec(ChannelType::Base, None)],
+        None,
+    )
+    .await;
+    let max = get_limits(&mut client).await.max_request_bytes as usize;
+    assert_eq!(max, Limits::default().max_request_bytes());
+
+    // Exactly the limit is decoded (and then refused by validation, naming the field: it is above the batch
+    // limit).
+    let at_limit = raw_call(&server.url, "Append", append_of_size(&tunnel, max))
+        .await
+        .expect_err("above the batch limit");
+    assert_eq!(at_limit.code(), Code::InvalidArgument, "{at_limit:?}");
+    assert_eq!(error_field(&at_limit), Some("records[0].value"));
+
+    // One byte more is not decoded at all.
+    let over = raw_call(&server.url, "Append", append_of_size(&tunnel, max + 1))
+        .await
+        .expect_err("above the decode limit");
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    assert_eq!(
+        ErrorKind::of(&over),
+        ErrorKind::Fatal,
+        "never CHECKPOINT_OUT_OF_RANGE, nor worth retrying: {over:?}"
+    );
+    // The service still answers.
+    append_to(&mut client, &tunnel, Some(0), vec![record("", "x")])
+        .await
+        .expect("append after");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_invalid_argument_and_fatal() {
+    let server = TestServer::memory().await;
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0xff; 32],               // an invalid tag and varint
+        vec![0x0a, 0x7f, b'x'],       // a string field longer than the message
+        vec![0x08, 0x80, 0x80, 0x80], // a truncated varint
+        vec![0x12, 0x02, 0xc3, 0x28], // invalid UTF-8 in string field 2 (GetLimits has none: skipped)
+    ];
+    for method in ["Append", "ConnectTunnel", "Heartbeat", "ReadRecords", "GetLimits"] {
+        let cases = if method == "GetLimits" {
+            &garbage[..3]
+        } else {
+            &garbage[..]
+        };
+        for bytes in cases {
+            let status = if method == "ReadRecords" {
+                raw_stream_call(&server.url, method, bytes.clone()).await
+            } else {
+                raw_call(&server.url, method, bytes.clone()).await.map(|_| ())
+            }
+            .expect_err("malformed");
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{method} {bytes:?}: {status:?}"
+            );
+            assert_eq!(ErrorKind::of(&status), ErrorKind::Fatal, "{method}: {status:?}");
+            assert!(
+                status.metadata().get("arbor-error-kind").is_some(),
+                "{method}: the kind is sent, not guessed from the code"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+/// Sends `message` as is to a server-streaming method; returns the status the stream ends with.
+async fn raw_stream_call(url: &str, method: &str, message: Vec<u8>) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = format!("/arbor.tunnel.v1.TunnelService/{method}")
+        .parse()
+        .unwrap();
+    let mut stream = grpc
+        .server_streaming(tonic::Request::new(message), path, RawCodec)
+        .await?
+        .into_inner();
+    while stream.message().await?.is_some() {}
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_advertised_response_limit_holds_the_largest_read_message() {
+    let limits = Limits::default()
+        .max_record_bytes(6 << 20)
+        .max_batch_bytes(6 << 20);
+    let server = TestServer::start(StoreOptions::in_memory(), ServerOptions::default().limits(limits)).await;
+    let mut client = server.client().await;
+    let advertised = get_limits(&mut client).await;
+    assert!(
+        advertised.max_response_bytes >= advertised.max_record_bytes + (64 << 10),
+        "{advertised:?}"
+    );
+    let tunnel = create(&mut client, "big", vec![spec(ChannelType::Base, None)], None).await;
+    append_to(
+        &mut client,
+        &tunnel,
+        Some(0),
+        vec![record("", vec![3u8; 6 << 20])],
+    )
+    .await
+    .expect("a record of 6 MiB");
+    // A reader whose decode limit is the advertised response limit reads it.
+    let session = connect(&mut client, &tunnel).await.unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    let version = loop {
+        let owned = heartbeat(&mut client, &tunnel, &session, Vec::new())
+            .await
+            .unwrap();
+        if let Some(open) = owned
+            .channels
+            .iter()
+            .find(|c| c.status == i32::from(ChannelStatus::Open))
+        {
+            break open.version;
+        }
+        assert!(std::time::Instant::now() < deadline, "channel 0 never assigned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reader = v1::tunnel_service_client::TunnelServiceClient::new(channel)
+        .max_decoding_message_size(advertised.max_response_bytes as usize);
+    let mut stream = reader
+        .read_records(v1::ReadRecordsRequest {
+            tunnel_id: tunnel.clone(),
+            client_id: session.client_id.clone(),
+            channel_id: 0,
+            channel_version: version,
+            session_token: session.session_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("read within the advertised response limit")
+        .into_inner();
+    let mut records = 0;
+    while let Some(message) = stream
+        .message()
+        .await
+        .expect("read within the advertised response limit")
+    {
+        records += message.records.len();
+    }
+    assert_eq!(records, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_until_one_closes() {
+    let limits = arbor::tunnel_service::ConnectionLimits::default().max_connections(3);
+    let server = TestServer::start(
+        StoreOptions::in_memory(),
+        ServerOptions::default().connection_limits(limits),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = server.client().await;
+        get_limits(&mut c).await;
+        held.push(c);
+    }
+    // The fourth is closed as it is accepted: its call fails (retryable), wherever the client notices.
+    let fourth = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(LONG)
+        .connect()
+        .await;
+    if let Ok(channel) = fourth {
+        let refused = v1::tunnel_service_client::TunnelServiceClient::new(channel)
+            .get_limits(v1::GetLimitsRequest {})
+            .await
+            .expect_err("a fourth connection is refused");
+        assert_eq!(ErrorKind::of(&refused), ErrorKind::Retryable, "{refused:?}");
+    }
+    for c in &mut held {
+        get_limits(c).await;
+    }
+
+    // Closing one frees its slot (once the server has seen it close).
+    held.pop();
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let attempt = tonic::transport::Endpoint::from_shared(server.url.clone())
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(channel) = attempt {
+            v1::tunnel_service_client::TunnelServiceClient::new(channel)
+                .get_limits(v1::GetLimitsRequest {})
+                .await
+                .expect("a call on the freed slot");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_is_closed_at_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let limits =
+        arbor::tunnel_service::ConnectionLimits::default().handshake_timeout(Duration::from_millis(300));
+    let server = TestServer::start(
+        StoreOptions::in_memory(),
+        ServerOptions::default().connection_limits(limits),
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(LONG, silent.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "a silent connection is still open after {LONG:?}");
+    // A client that speaks is served as before.
+    get_limits(&mut server.client().await).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_request_timeout_must_exceed_the_long_poll_and_does_not_cut_it() {
+    let short = arbor::tunnel_service::ConnectionLimits::default().request_timeout(Duration::from_secs(1));
+    let store = arbor::tunnel_service::TunnelStore::open(StoreOptions::in_memory()).unwrap();
+    let refused = arbor::tunnel_service::TunnelServer::start(
+        store.clone(),
+        ServerOptions::default()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .connection_limits(short),
+    )
+    .await
+    .expect_err("a request timeout within the 30 s long poll");
+    match refused {
+        arbor::tunnel_service::ServerError::InvalidOptions { field, .. } => {
+            assert_eq!(field, "connection_limits.request_timeout")
+        }
+        other => panic!("{other:?}"),
+    }
+    store.close().unwrap();
+
+    // A long poll of the whole max_wait, under a request timeout just above it, ends normally.
+    let mut limits = Limits::default();
+    limits.max_wait = Duration::from_millis(800);
+    let server = TestServer::start(
+        StoreOptions::in_memory(),
+        ServerOptions::default().limits(limits).connection_limits(short),
+    )
+    .await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "poll", 1).await;
+    let session = connect(&mut client, &tunnel).await.unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    let version = loop {
+        let owned = heartbeat(&mut client, &tunnel, &session, Vec::new())
+            .await
+            .unwrap();
+        if let Some(open) = owned.channels.first() {
+            break open.version;
+        }
+        assert!(std::time::Instant::now() < deadline, "channel 0 never assigned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stream = client
+        .read_records(v1::ReadRecordsRequest {
+            tunnel_id: tunnel.clone(),
+            client_id: session.client_id.clone(),
+            channel_id: 0,
+            channel_version: version,
+            max_wait_ms: 800,
+            session_token: session.session_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("a long poll within the request timeout")
+        .into_inner();
+    assert!(stream.message().await.expect("ends normally").is_none());
+    server.stop().await;
+}
