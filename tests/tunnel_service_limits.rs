@@ -586,3 +586,253 @@ async fn the_request_timeout_must_exceed_the_long_poll_and_does_not_cut_it() {
     assert!(stream.message().await.expect("ends normally").is_none());
     server.stop().await;
 }
+
+/// The resident set of process `pid`, in KiB (VmRSS in /proc/PID/status).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The time since `start`, in words.
+fn since(start: std::time::Instant) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(start.elapsed().as_millis() as u64))
+}
+
+/// `call`'s answer; panics if it takes longer than [`LONG`].
+async fn within<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LONG, call)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {LONG:?} during the flood"))
+}
+
+/// A real producer and consumer on their own tunnel: each round appends a record, reads it back and
+/// heartbeats, every call bounded by [`LONG`]. Runs until `stop`; returns the rounds done.
+async fn real_client(url: String, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+    let mut client = client(&url).await;
+    let tunnel = create(&mut client, "real", vec![spec(ChannelType::Base, None)], None).await;
+    let session = connect(&mut client, &tunnel)
+        .await
+        .expect("the real client's session");
+    let deadline = std::time::Instant::now() + LONG;
+    let version = loop {
+        let owned = heartbeat(&mut client, &tunnel, &session, Vec::new())
+            .await
+            .unwrap();
+        if let Some(open) = owned.channels.first() {
+            break open.version;
+        }
+        assert!(std::time::Instant::now() < deadline, "channel 0 never assigned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut rounds = 0u64;
+    while !*stop.borrow() {
+        let appended = within(append_to(
+            &mut client,
+            &tunnel,
+            Some(0),
+            vec![record("", rounds.to_string())],
+        ))
+        .await
+        .expect("the real client's append");
+        let at = appended.channels[0].first_sequence_number;
+        let read = within(client.read_records(v1::ReadRecordsRequest {
+            tunnel_id: tunnel.clone(),
+            client_id: session.client_id.clone(),
+            channel_id: 0,
+            channel_version: version,
+            from_sequence_number: at,
+            max_records: 1,
+            session_token: session.session_token.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("the real client's read");
+        let message = read.into_inner().message().await.expect("the read's message");
+        let records = message.map(|m| m.records).unwrap_or_default();
+        assert_eq!(records.len(), 1, "the record just appended");
+        assert_eq!(records[0].value, rounds.to_string().into_bytes());
+        within(heartbeat(&mut client, &tunnel, &session, Vec::new()))
+            .await
+            .expect("the real client's heartbeat");
+        rounds += 1;
+    }
+    rounds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_hostile_requests_leaves_the_service_answering_within_bounded_memory() {
+    init_tracing();
+    let mut serve = ServeProcess::start(&[]);
+    let pid = serve.child.id();
+    let url = serve.url.clone();
+    let started = std::time::Instant::now();
+    let rss_at_start = rss_kib(pid).expect("the server's RSS");
+
+    // The server's RSS, sampled until the flood ends.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sampler = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(rss_kib(pid).unwrap_or(0));
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return peak.max(rss_kib(pid).unwrap_or(0)),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        })
+    };
+    let real = tokio::spawn(real_client(url.clone(), stop_rx.clone()));
+
+    let mut admin = client(&url).await;
+    let flood_tunnel = create_streams(&mut admin, "flood", 4).await;
+
+    // 500 connections that never speak (closed by the server at its handshake timeout).
+    let addr = url.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..500 {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("an idle connection"),
+        );
+    }
+
+    // 1,100 Connects with the longest timeout on one tunnel: 1,024 sessions, then RESOURCE_EXHAUSTED.
+    let connects = {
+        let (url, tunnel) = (url.clone(), flood_tunnel.clone());
+        tokio::spawn(async move {
+            let mut client = client(&url).await;
+            let (mut accepted, mut exhausted) = (0, 0);
+            let mut first = None;
+            for _ in 0..1_100 {
+                match connect(&mut client, &tunnel).await {
+                    Ok(session) => {
+                        accepted += 1;
+                        first.get_or_insert(session);
+                    }
+                    Err(status) if status.code() == Code::ResourceExhausted => exhausted += 1,
+                    Err(status) => panic!("connect: {status:?}"),
+                }
+            }
+            (accepted, exhausted, first.expect("a session"))
+        })
+    };
+
+    // 10,000 malformed requests on 4 connections, 16 at a time on each.
+    let malformed = (0..4)
+        .map(|task| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let channel = tonic::transport::Endpoint::from_shared(url)
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                let refused = futures::stream::iter(0..2_500u32)
+                    .map(|i| {
+                        let mut grpc = tonic::client::Grpc::new(channel.clone());
+                        async move {
+                            grpc.ready().await.expect("ready");
+                            let garbage = vec![0xff; 8 + (i + task) as usize % 64];
+                            let path = "/arbor.tunnel.v1.TunnelService/Append".parse().unwrap();
+                            let status = grpc
+                                .unary(tonic::Request::new(garbage), path, RawCodec)
+                                .await
+                                .expect_err("malformed");
+                            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+                        }
+                    })
+                    .buffer_unordered(16)
+                    .count()
+                    .await;
+                assert_eq!(refused, 2_500);
+            })
+        })
+        .collect::<Vec<_>>();
+
+    // 64 MiB records: refused undecoded.
+    let huge = {
+        let (url, tunnel) = (url.clone(), flood_tunnel.clone());
+        tokio::spawn(async move {
+            let mut client = client(&url).await;
+            let value = bytes::Bytes::from(vec![0x5a; 64 << 20]);
+            for _ in 0..4 {
+                let refused = append_to(
+                    &mut client,
+                    &tunnel,
+                    Some(0),
+                    vec![v1::AppendRecord {
+                        key: Default::default(),
+                        value: value.clone(),
+                    }],
+                )
+                .await
+                .expect_err("a 64 MiB record");
+                assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+                assert_eq!(ErrorKind::of(&refused), ErrorKind::Fatal);
+            }
+        })
+    };
+
+    let (accepted, exhausted, session) = connects.await.unwrap();
+    println!(
+        "flood: {accepted} sessions accepted, {exhausted} refused (RESOURCE_EXHAUSTED) after {}",
+        since(started)
+    );
+    assert_eq!((accepted, exhausted), (1_024, 76), "the default session limit");
+
+    // Heartbeats of 2 million reports (about 12 MB each, under the decode limit): refused naming the field.
+    let reports = v1::HeartbeatRequest {
+        tunnel_id: flood_tunnel.clone(),
+        client_id: session.client_id.clone(),
+        channels: vec![report(1); 2_000_000],
+        session_token: session.session_token.clone(),
+    }
+    .encode_to_vec();
+    for _ in 0..4 {
+        let refused = raw_call(&url, "Heartbeat", reports.clone())
+            .await
+            .expect_err("2 million reports");
+        assert_eq!(
+            (refused.code(), error_field(&refused)),
+            (Code::InvalidArgument, Some("channels"))
+        );
+    }
+    drop(reports);
+    println!(
+        "flood: 4 heartbeats of 2 million reports refused after {}",
+        since(started)
+    );
+    huge.await.unwrap();
+    println!("flood: 4 records of 64 MiB refused after {}", since(started));
+    for task in malformed {
+        task.await.unwrap();
+    }
+    println!(
+        "flood: 10,000 malformed requests refused after {}",
+        since(started)
+    );
+
+    let _ = stop_tx.send(true);
+    let rounds = real.await.expect("the real client ran throughout");
+    let peak = sampler.await.unwrap();
+    println!(
+        "flood: {} in all; the real client did {rounds} append + read + heartbeat rounds meanwhile; server RSS \
+         {} MiB at start, {} MiB at peak",
+        since(started),
+        rss_at_start / 1024,
+        peak / 1024
+    );
+    assert!(rounds > 0, "the real client got answers during the flood");
+    assert!(peak < 1 << 20, "server RSS peaked at {} MiB", peak / 1024);
+    assert!(
+        serve.child.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+    get_limits(&mut client(&url).await).await;
+    drop(idle);
+}
