@@ -329,6 +329,70 @@ async fn requests_beyond_the_decode_limit_are_resource_exhausted_and_fatal() {
     server.stop().await;
 }
 
+/// A ConnectTunnelRequest whose encoding is exactly `size` bytes (the client tag fills it).
+fn connect_of_size(tunnel_id: &str, size: usize) -> Vec<u8> {
+    let request = |tag_len: usize| v1::ConnectTunnelRequest {
+        tunnel_id: tunnel_id.into(),
+        client_tag: "t".repeat(tag_len),
+        heartbeat_timeout_ms: 0,
+    };
+    let mut tag_len = size;
+    loop {
+        let encoded = request(tag_len).encode_to_vec();
+        match encoded.len().cmp(&size) {
+            std::cmp::Ordering::Equal => return encoded,
+            std::cmp::Ordering::Greater => tag_len -= encoded.len() - size,
+            std::cmp::Ordering::Less => tag_len += 1,
+        }
+    }
+}
+
+#[tokio::test]
+async fn requests_other_than_append_are_capped_far_below_the_decode_limit() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "control", 2).await;
+    let advertised = get_limits(&mut client).await;
+    let cap = advertised.max_control_request_bytes as usize;
+    assert_eq!(cap, Limits::default().max_control_request_bytes());
+    assert!(
+        cap < advertised.max_request_bytes as usize / 100,
+        "{advertised:?}"
+    );
+
+    // Exactly the cap is decoded (and refused by validation: the tag is over its limit).
+    let at_cap = raw_call(&server.url, "ConnectTunnel", connect_of_size(&tunnel, cap))
+        .await
+        .expect_err("a tag over its limit");
+    assert_eq!(
+        (at_cap.code(), error_field(&at_cap)),
+        (Code::InvalidArgument, Some("client_tag"))
+    );
+    // One byte more is not decoded.
+    let over = raw_call(&server.url, "ConnectTunnel", connect_of_size(&tunnel, cap + 1))
+        .await
+        .expect_err("above the cap");
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    assert_eq!(ErrorKind::of(&over), ErrorKind::Fatal);
+    // A heartbeat reporting every channel of the channel limit fits with room to spare.
+    let session = connect(&mut client, &tunnel).await.unwrap();
+    let full = v1::HeartbeatRequest {
+        tunnel_id: tunnel.clone(),
+        client_id: session.client_id.clone(),
+        channels: (0..advertised.max_channels)
+            .map(|id| v1::ChannelState {
+                channel_id: id,
+                status: ChannelStatus::Terminated.into(),
+                version: i64::MAX,
+                channel_type: ChannelType::Stream.into(),
+            })
+            .collect(),
+        session_token: "t".repeat(256),
+    };
+    assert!(full.encoded_len() < cap, "{} bytes", full.encoded_len());
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn malformed_requests_are_invalid_argument_and_fatal() {
     let server = TestServer::memory().await;
@@ -785,7 +849,7 @@ async fn a_flood_of_hostile_requests_leaves_the_service_answering_within_bounded
     );
     assert_eq!((accepted, exhausted), (1_024, 76), "the default session limit");
 
-    // Heartbeats of 2 million reports (about 12 MB each, under the decode limit): refused naming the field.
+    // Heartbeats of 2 million reports (about 12 MB each, under the Append decode limit): refused undecoded.
     let reports = v1::HeartbeatRequest {
         tunnel_id: flood_tunnel.clone(),
         client_id: session.client_id.clone(),
@@ -797,10 +861,8 @@ async fn a_flood_of_hostile_requests_leaves_the_service_answering_within_bounded
         let refused = raw_call(&url, "Heartbeat", reports.clone())
             .await
             .expect_err("2 million reports");
-        assert_eq!(
-            (refused.code(), error_field(&refused)),
-            (Code::InvalidArgument, Some("channels"))
-        );
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert_eq!(ErrorKind::of(&refused), ErrorKind::Fatal);
     }
     drop(reports);
     println!(

@@ -41,10 +41,18 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The largest request message the server decodes: above the batch limit, so an oversized batch meets the
-    /// validation that names the field rather than the framework's size check.
+    /// The largest Append message the server decodes: above the batch limit, so an oversized batch meets the
+    /// validation that names the field rather than the framework's size check. Other requests are capped at
+    /// [`Limits::max_control_request_bytes`].
     pub fn max_request_bytes(&self) -> usize {
         self.max_batch_bytes.saturating_mul(2).max(4 << 20)
+    }
+
+    /// The largest request message other than Append the server takes: 64 KiB plus 32 bytes per channel of the
+    /// channel limit (a Heartbeat reports, a CreateTunnel lists, each channel at most once, in under 32 bytes).
+    /// Only Append carries data; a larger request is refused before it is decoded.
+    pub fn max_control_request_bytes(&self) -> usize {
+        (64 << 10) + (self.max_channels as usize).saturating_mul(32)
     }
 
     /// The most channel reports one Heartbeat may carry: a client reports each of its channels at most once,

@@ -45,6 +45,7 @@ impl TunnelGrpc {
             default_heartbeat_timeout_ms: millis(store.default_heartbeat_timeout),
             max_request_bytes: self.limits.max_request_bytes() as u64,
             max_response_bytes: self.limits.max_response_bytes() as u64,
+            max_control_request_bytes: self.limits.max_control_request_bytes() as u64,
             max_sessions_per_tunnel: u32::try_from(store.max_sessions_per_tunnel).unwrap_or(u32::MAX),
             max_heartbeat_reports: u32::try_from(self.limits.max_heartbeat_reports()).unwrap_or(u32::MAX),
             max_client_tag_bytes: u32::try_from(self.limits.max_client_tag_bytes).unwrap_or(u32::MAX),

@@ -51,12 +51,14 @@
 //! (tunnels, channels, consumers and the [`Engine`](store::Engine) trait with memory and fjall engines),
 //! [`assign`] (balanced sticky assignment as a pure function), [`error`] (one error enum, one
 //! `From<ServiceError> for Status`), [`status_kind`] (the error kind on the framework's own statuses too),
+//! [`request_cap`] (only Append may be as large as the decode limit),
 //! [`server`] (tonic server with health, reflection, TLS, api keys, connection and request bounds).
 
 pub mod assign;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod request_cap;
 pub mod server;
 pub mod status_kind;
 pub mod store;

@@ -17,6 +17,7 @@ use crate::serving::{self, SecurityError};
 use super::config::Limits;
 use super::error::StoreError;
 use super::grpc::TunnelGrpc;
+use super::request_cap::RequestCap;
 use super::status_kind::KindedStatus;
 use super::store::TunnelStore;
 use crate::closable::{self, Closer};
@@ -220,7 +221,10 @@ impl TunnelServer {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(KindedStatus::new(tunnel_service));
+            .add_service(KindedStatus::new(RequestCap::new(
+                tunnel_service,
+                &options.limits,
+            )));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (incoming, closer) = closable::incoming(listener, &options.connection_limits, "tunnel service");
         let (exit_tx, exit_rx) = oneshot::channel();
