@@ -180,3 +180,31 @@ impl IntrospectionOptions {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_read_from_toml_with_durations_in_words_and_are_checked_by_name() {
+        let options: IntrospectionOptions =
+            toml::from_str("[connections]\nmax_connections = 8\nrequest_timeout = \"5s\"\n").unwrap();
+        assert_eq!(options.connections.max_connections, 8);
+        assert_eq!(
+            options.connections.request_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            options.connections.handshake_timeout,
+            ConnectionLimits::default().handshake_timeout,
+            "keys left out keep their defaults"
+        );
+        assert!(options.validate().is_ok());
+
+        let options: IntrospectionOptions =
+            toml::from_str("[connections]\nrequest_timeout = \"0s\"\n").unwrap();
+        let (field, _) = options.validate().unwrap_err();
+        assert_eq!(field, "connections.request_timeout");
+        assert!(toml::from_str::<IntrospectionOptions>("[connections]\nmax_conections = 8\n").is_err());
+    }
+}
