@@ -427,6 +427,18 @@ async fn malformed_requests_are_invalid_argument_and_fatal() {
             );
         }
     }
+    // An unknown method of the service is UNIMPLEMENTED, with its kind too.
+    let unknown = raw_call(&server.url, "NoSuchMethod", Vec::new())
+        .await
+        .expect_err("no such method");
+    assert_eq!(unknown.code(), Code::Unimplemented);
+    assert_eq!(
+        unknown
+            .metadata()
+            .get("arbor-error-kind")
+            .map(|v| v.to_str().unwrap()),
+        Some("ERROR_KIND_FATAL")
+    );
     server.stop().await;
 }
 
