@@ -910,3 +910,28 @@ async fn a_flood_of_hostile_requests_leaves_the_service_answering_within_bounded
     get_limits(&mut client(&url).await).await;
     drop(idle);
 }
+
+#[tokio::test]
+async fn arbor_serve_takes_the_limits_as_flags() {
+    let serve = ServeProcess::start(&["--max-sessions-per-tunnel", "2", "--max-connections", "64"]);
+    let mut client = client(&serve.url).await;
+    let tunnel = create_streams(&mut client, "flags", 1).await;
+    assert_eq!(get_limits(&mut client).await.max_sessions_per_tunnel, 2);
+    for _ in 0..2 {
+        connect(&mut client, &tunnel)
+            .await
+            .expect("a session within the flag's limit");
+    }
+    let refused = connect(&mut client, &tunnel).await.expect_err("a third session");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    drop(serve);
+
+    // A request timeout that would cut the 30 s long poll is refused at start, naming the option.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--request-timeout", "10s"])
+        .output()
+        .expect("run arbor serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("connection_limits.request_timeout"), "{stderr}");
+}
