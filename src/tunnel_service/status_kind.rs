@@ -168,6 +168,40 @@ mod tests {
         }
     }
 
+    /// A body that is only trailers, as a response whose status comes at its end.
+    struct Trailers(Option<HeaderMap>);
+
+    impl http_body::Body for Trailers {
+        type Data = bytes::Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+            Poll::Ready(self.0.take().map(|t| Ok(http_body::Frame::trailers(t))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_status_in_the_trailers_gets_its_kind_too() {
+        use http_body::Body as _;
+        // An answer too large to send: tonic ends the body with OUT_OF_RANGE in the trailers.
+        let mut body = KindedTrailers(tonic::body::Body::new(Trailers(Some(headers(
+            Code::OutOfRange,
+            None,
+        )))));
+        let frame = futures::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+            .await
+            .expect("a frame")
+            .expect("no error");
+        let trailers = frame.into_trailers().expect("trailers");
+        assert_eq!(
+            code_and_kind(&trailers),
+            (Code::ResourceExhausted, Some("ERROR_KIND_FATAL"))
+        );
+    }
+
     #[test]
     fn the_services_own_statuses_and_successes_are_left_alone() {
         let mut own = headers(Code::OutOfRange, Some("ERROR_KIND_CHECKPOINT_OUT_OF_RANGE"));
