@@ -91,6 +91,38 @@ async fn a_connection_that_never_speaks_is_closed_at_the_handshake_timeout() {
 }
 
 #[tokio::test]
+async fn a_tls_handshake_that_stalls_is_closed_at_the_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls = arbor::tunnel_service::TlsFiles {
+        cert: cert_path,
+        key: key_path,
+    };
+    let limits =
+        arbor::tunnel_service::ConnectionLimits::default().handshake_timeout(Duration::from_millis(300));
+    let server = TestServer::start(
+        StoreOptions::in_memory(),
+        ServerOptions::default().tls(tls).connection_limits(limits),
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // The first bytes of a ClientHello record, then nothing: past the first-bytes check, stuck in TLS.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(LONG, stalled.read_to_end(&mut sink)).await;
+    assert!(
+        read.is_ok(),
+        "a stalled TLS handshake is still open after {LONG:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_request_timeout_must_exceed_the_long_poll_and_does_not_cut_it() {
     let short = arbor::tunnel_service::ConnectionLimits::default().request_timeout(Duration::from_secs(1));
     let store = arbor::tunnel_service::TunnelStore::open(StoreOptions::in_memory()).unwrap();
