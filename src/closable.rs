@@ -5,16 +5,23 @@
 //! holds, such as a store — alive after the server's own task is gone. Each accepted stream is wrapped in a
 //! [`Closable`]; cancelling the [`Closer`] makes its reads and writes fail, which ends the connection's task and
 //! drops its handlers.
+//!
+//! The accept side also bounds connections ([`incoming`]): at most `max_connections` at once, and a connection
+//! that sends nothing within the handshake timeout is closed.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::connection_limits::ConnectionLimits;
 
 /// Closes every [`Closable`] made from it, at once.
 #[derive(Debug)]
@@ -34,6 +41,17 @@ impl Closer {
                 let _ = closed.wait_for(|closed| *closed).await;
             }),
             is_closed: false,
+            first_bytes_by: None,
+            _slot: None,
+        }
+    }
+
+    /// Wraps an accepted connection holding `slot`, to be closed if it sends nothing within `first_bytes`.
+    fn wrap_accepted<IO>(&self, io: IO, slot: OwnedSemaphorePermit, first_bytes: Duration) -> Closable<IO> {
+        Closable {
+            first_bytes_by: Some(Box::pin(tokio::time::sleep(first_bytes))),
+            _slot: Some(slot),
+            ..self.wrap(io)
         }
     }
 
@@ -48,6 +66,10 @@ pub(crate) struct Closable<IO> {
     io: IO,
     closed: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
     is_closed: bool,
+    /// Until the first bytes arrive: when a connection that never speaks is closed.
+    first_bytes_by: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The connection's slot under the server's connection limit, freed when it closes.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl<IO> Closable<IO> {
@@ -74,7 +96,19 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Closable<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.check(cx)?;
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let filled = buf.filled().len();
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Some(deadline) = self.first_bytes_by.as_mut() {
+            if read.is_ready() && buf.filled().len() > filled {
+                self.first_bytes_by = None;
+            } else if read.is_pending() && deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection sent nothing within the handshake timeout",
+                )));
+            }
+        }
+        read
     }
 }
 
@@ -102,9 +136,14 @@ impl Connected for Closable<TcpStream> {
     }
 }
 
-/// The connections `listener` accepts (no Nagle), each closable through the returned [`Closer`].
+/// The connections `listener` accepts (no Nagle, TCP keepalive), each closable through the returned
+/// [`Closer`], at most `limits.max_connections` at once: one more is closed as soon as it is accepted (its
+/// client sees a reset and retries, rather than hanging in the backlog). A connection that sends nothing within
+/// `limits.handshake_timeout` is closed. `what` names the server in logs.
 pub(crate) fn incoming(
     listener: tokio::net::TcpListener,
+    limits: &ConnectionLimits,
+    what: &'static str,
 ) -> (
     impl futures::Stream<Item = io::Result<Closable<TcpStream>>>,
     std::sync::Arc<Closer>,
@@ -112,9 +151,35 @@ pub(crate) fn incoming(
     use futures::StreamExt;
     let closer = std::sync::Arc::new(Closer::new());
     let wrap = std::sync::Arc::clone(&closer);
+    let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections));
+    let (max, first_bytes) = (limits.max_connections, limits.handshake_timeout);
+    let refused = std::sync::Arc::new(AtomicU64::new(0));
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .map(move |accepted| accepted.map(|stream| wrap.wrap(stream)));
+        .with_keepalive(Some(limits.tcp_keepalive))
+        .filter_map(move |accepted| {
+            let accepted = match accepted {
+                Err(e) => Some(Err(e)),
+                Ok(stream) => match std::sync::Arc::clone(&slots).try_acquire_owned() {
+                    Ok(slot) => Some(Ok(wrap.wrap_accepted(stream, slot, first_bytes))),
+                    Err(_) => {
+                        // Logged at the 1st, 2nd, 4th, 8th... refusal: a flood does not flood the log.
+                        let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(
+                                server = what,
+                                max_connections = max,
+                                refused = n,
+                                peer = ?stream.peer_addr().ok(),
+                                "connection refused: the connection limit is reached"
+                            );
+                        }
+                        None
+                    }
+                },
+            };
+            std::future::ready(accepted)
+        });
     (incoming, closer)
 }
 

@@ -80,6 +80,8 @@ pub mod top;
 mod closable;
 #[cfg(feature = "introspection")]
 pub(crate) mod dial;
+#[cfg(any(feature = "tunnel-service", feature = "introspection"))]
+pub mod connection_limits;
 #[cfg(feature = "tunnel-service")]
 #[doc(hidden)] // the `arbor` command line's, not a library API
 pub mod serve;

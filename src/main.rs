@@ -110,6 +110,21 @@ struct ServeArgs {
     /// How long a channel being moved waits for its owner to release it.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     closing_timeout: Duration,
+    /// Most live sessions (connected consumers) per tunnel; more are refused (RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 1024)]
+    max_sessions_per_tunnel: usize,
+    /// Most connections open at once; more are closed as they are accepted.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Most calls open at once on one connection (HTTP/2 streams).
+    #[arg(long, default_value_t = 2048)]
+    max_concurrent_streams: u32,
+    /// Longest a call may take until its answer starts; must exceed the 30 s long-poll limit.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// Longest a new connection may stay silent (and take for its TLS handshake) before it is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -208,6 +223,12 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
         api_key_file: args.api_key_file,
         default_heartbeat_timeout: args.heartbeat_timeout,
         closing_timeout: args.closing_timeout,
+        max_sessions_per_tunnel: args.max_sessions_per_tunnel,
+        connection_limits: arbor::tunnel_service::ConnectionLimits::default()
+            .max_connections(args.max_connections)
+            .max_concurrent_streams(args.max_concurrent_streams)
+            .request_timeout(args.request_timeout)
+            .handshake_timeout(args.handshake_timeout),
     };
     match runtime.block_on(arbor::serve::run(options)) {
         Ok(()) => ExitCode::SUCCESS,

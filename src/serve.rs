@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::tunnel_service::{
-    ApiKeys, ServerError, ServerOptions, StoreError, StoreOptions, TlsFiles, TunnelServer, TunnelStore,
+    ApiKeys, ConnectionLimits, ServerError, ServerOptions, StoreError, StoreOptions, TlsFiles, TunnelServer,
+    TunnelStore,
 };
 
 /// What `arbor serve` is told.
@@ -27,6 +28,10 @@ pub struct ServeOptions {
     pub default_heartbeat_timeout: Duration,
     /// How long a CLOSING channel waits for its owner.
     pub closing_timeout: Duration,
+    /// Most live sessions per tunnel.
+    pub max_sessions_per_tunnel: usize,
+    /// Bounds on connections and requests.
+    pub connection_limits: ConnectionLimits,
 }
 
 /// Why `arbor serve` failed.
@@ -62,12 +67,14 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
         None => StoreOptions::in_memory(),
     }
     .default_heartbeat_timeout(options.default_heartbeat_timeout)
-    .closing_timeout(options.closing_timeout);
+    .closing_timeout(options.closing_timeout)
+    .max_sessions_per_tunnel(options.max_sessions_per_tunnel);
     let store = TunnelStore::open(store_options)?;
     let server_options = ServerOptions::default()
         .listen(options.listen)
         .tls(options.tls.clone())
-        .api_keys(api_keys);
+        .api_keys(api_keys)
+        .connection_limits(options.connection_limits);
     let server = TunnelServer::start(store.clone(), server_options).await?;
     let storage = match &options.data {
         Some(dir) => format!("durable in {}", dir.display()),

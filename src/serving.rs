@@ -298,17 +298,21 @@ pub(crate) fn grpc_tls(tls: &TlsFiles) -> Result<ServerTlsConfig, SecurityError>
     Ok(ServerTlsConfig::new().identity(identity))
 }
 
-/// A tonic server builder, serving TLS with `tls` when given.
+/// A tonic server builder with `limits`, serving TLS with `tls` when given (its handshake bounded by
+/// `limits.handshake_timeout`).
 ///
 /// # Errors
 /// [`SecurityError::Tls`] naming the files when they cannot be read or tonic refuses them.
-pub(crate) fn grpc_builder(tls: Option<&TlsFiles>) -> Result<tonic::transport::Server, SecurityError> {
-    let builder = tonic::transport::Server::builder();
+pub(crate) fn grpc_builder(
+    tls: Option<&TlsFiles>,
+    limits: &crate::connection_limits::ConnectionLimits,
+) -> Result<tonic::transport::Server, SecurityError> {
+    let builder = limits.grpc_builder();
     let Some(tls) = tls else {
         return Ok(builder);
     };
     builder
-        .tls_config(grpc_tls(tls)?)
+        .tls_config(grpc_tls(tls)?.timeout(limits.handshake_timeout))
         .map_err(|e| SecurityError::Tls {
             path: format!("{} / {}", tls.cert.display(), tls.key.display()),
             source: Box::new(e),

@@ -275,3 +275,36 @@ fn token_files_and_tls_files_are_checked_naming_the_file() {
         "the start fails naming the file: {chain}"
     );
 }
+
+/// Reads `stream` until the server closes it; panics if it is still open after [`LONG`].
+async fn closed_by_the_server(mut stream: tokio::net::TcpStream, what: &str) {
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(LONG, stream.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "{what}: still open after {LONG:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_and_slow_scrape_headers_are_closed_at_the_handshake_timeout() {
+    let limits =
+        arbor::connection_limits::ConnectionLimits::default().handshake_timeout(Duration::from_millis(300));
+    let options = options()
+        .connections(limits)
+        .prometheus(PrometheusOptions::default().listen("127.0.0.1:0".parse().unwrap()));
+    let tree = start_tree(options).await;
+    let addrs = tree.introspection_addrs().unwrap();
+
+    // A scrape whose headers never end.
+    let mut slow = plain(addrs.prometheus.unwrap()).await;
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    closed_by_the_server(slow, "a scrape with unfinished headers").await;
+    // A gRPC connection that never sends its preface.
+    closed_by_the_server(plain(addrs.grpc).await, "a silent gRPC connection").await;
+
+    // Both listeners still serve.
+    let (status, body) = get(plain(addrs.prometheus.unwrap()).await, "/metrics", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(client(&tree).await.tree().await.unwrap().name, "orders");
+    tree.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::connection_limits::ConnectionLimits;
 use crate::serving::{ApiKeys, SecurityError, TlsFiles};
 
 /// The default gRPC listen address: loopback only.
@@ -26,6 +27,11 @@ pub const DEFAULT_PROMETHEUS_LISTEN: &str = "127.0.0.1:9464";
 ///
 /// [introspection.prometheus]                      # the Prometheus exporter (off without this table)
 /// listen = "127.0.0.1:9464"
+///
+/// [introspection.connections]                     # bounds on both listeners (ConnectionLimits)
+/// max_connections = 1024
+/// request_timeout = "60s"
+/// handshake_timeout = "10s"                       # also bounds a scrape's request headers
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,6 +54,10 @@ pub struct IntrospectionOptions {
     pub history_per_node: usize,
     /// How many of the most recent events the server holds for watchers that resume or replay. Default 1024.
     pub replay_events: usize,
+    /// Bounds on the connections and requests of both listeners (each listener has its own connection count);
+    /// on the Prometheus listener the handshake timeout also bounds the reading of a request's headers.
+    /// Default [`ConnectionLimits::default`].
+    pub connections: ConnectionLimits,
 }
 
 impl Default for IntrospectionOptions {
@@ -60,6 +70,7 @@ impl Default for IntrospectionOptions {
             prometheus: None,
             history_per_node: 32,
             replay_events: 1024,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -135,8 +146,22 @@ impl IntrospectionOptions {
         self
     }
 
-    /// Checks what the types cannot; the error names the field (`history_per_node`).
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Bounds the connections and requests (default [`ConnectionLimits::default`]).
+    pub fn connections(mut self, limits: ConnectionLimits) -> Self {
+        self.connections = limits;
+        self
+    }
+
+    /// Checks what the types cannot; the error names the field (`history_per_node`, `connections.<field>`).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.connections
+            .validate(std::time::Duration::ZERO)
+            .map_err(|(field, reason)| (format!("connections.{field}"), reason))?;
+        self.validate_retention()
+            .map_err(|(field, reason)| (field.to_string(), reason))
+    }
+
+    fn validate_retention(&self) -> Result<(), (&'static str, String)> {
         if self.history_per_node == 0 {
             return Err(("history_per_node", "must be at least 1".into()));
         }
@@ -153,5 +178,33 @@ impl IntrospectionOptions {
             (Some(a), Some(b)) => Some(a.union(b)),
             (a, b) => a.or_else(|| b.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_read_from_toml_with_durations_in_words_and_are_checked_by_name() {
+        let options: IntrospectionOptions =
+            toml::from_str("[connections]\nmax_connections = 8\nrequest_timeout = \"5s\"\n").unwrap();
+        assert_eq!(options.connections.max_connections, 8);
+        assert_eq!(
+            options.connections.request_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            options.connections.handshake_timeout,
+            ConnectionLimits::default().handshake_timeout,
+            "keys left out keep their defaults"
+        );
+        assert!(options.validate().is_ok());
+
+        let options: IntrospectionOptions =
+            toml::from_str("[connections]\nrequest_timeout = \"0s\"\n").unwrap();
+        let (field, _) = options.validate().unwrap_err();
+        assert_eq!(field, "connections.request_timeout");
+        assert!(toml::from_str::<IntrospectionOptions>("[connections]\nmax_conections = 8\n").is_err());
     }
 }

@@ -23,6 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::IntrospectionError;
+use crate::connection_limits::ConnectionLimits;
 use crate::serving::ApiKeys;
 use crate::tree::{record_channel_metrics, TreeHandle};
 
@@ -62,6 +63,7 @@ impl PrometheusServer {
         listen: SocketAddr,
         tls: Option<rustls::ServerConfig>,
         tokens: Option<ApiKeys>,
+        limits: ConnectionLimits,
     ) -> Result<PrometheusServer, IntrospectionError> {
         let handle = recorder()?;
         let bind = |source| IntrospectionError::Bind {
@@ -74,7 +76,7 @@ impl PrometheusServer {
         crate::serving::warn_if_exposed("prometheus exporter", local_addr, tls.is_some());
         let scrape = Arc::new(Scrape { tree, handle, tokens });
         let acceptor = tls.map(|config| TlsAcceptor::from(Arc::new(config)));
-        let accept = tokio::spawn(accept_loop(listener, acceptor, scrape));
+        let accept = tokio::spawn(accept_loop(listener, acceptor, scrape, limits));
         tracing::info!(addr = %local_addr, "prometheus exporter listening");
         Ok(PrometheusServer { local_addr, accept })
     }
@@ -96,7 +98,15 @@ impl Drop for PrometheusServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, scrape: Arc<Scrape>) {
+/// Serves scrapes, one task per connection, at most `limits.max_connections` at once (one more is closed at
+/// once); a connection gets `limits.handshake_timeout` for its TLS handshake, then again for each request's
+/// headers, and `limits.request_timeout` for the whole connection (a scrape is one short request or a few).
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    scrape: Arc<Scrape>,
+    limits: ConnectionLimits,
+) {
     // Dropped with this task: aborting the accept loop closes every connection.
     let mut connections = JoinSet::new();
     loop {
@@ -110,31 +120,49 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, scrap
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
+        if connections.len() >= limits.max_connections {
+            tracing::debug!(%peer, max_connections = limits.max_connections, "prometheus exporter: connection refused");
+            continue;
+        }
         let (acceptor, scrape) = (acceptor.clone(), Arc::clone(&scrape));
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let scrape = Arc::clone(&scrape);
                 async move { Ok::<_, Infallible>(scrape.answer(request).await) }
             });
-            let http = hyper::server::conn::http1::Builder::new();
-            let served = match acceptor {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => {
-                        http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.handshake_timeout);
+            let serve = async {
+                match acceptor {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                    .await
+                            }
+                            Ok(Err(err)) => {
+                                tracing::debug!(%peer, error = %err, "prometheus exporter: TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "prometheus exporter: TLS handshake timed out");
+                                Ok(())
+                            }
+                        }
+                    }
+                    None => {
+                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                             .await
                     }
-                    Err(err) => {
-                        tracing::debug!(%peer, error = %err, "prometheus exporter: TLS handshake failed");
-                        return;
-                    }
-                },
-                None => {
-                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await
                 }
             };
-            if let Err(err) = served {
-                tracing::debug!(%peer, error = %err, "prometheus exporter: connection failed");
+            match tokio::time::timeout(limits.request_timeout, serve).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "prometheus exporter: connection failed");
+                }
+                Err(_) => tracing::debug!(%peer, "prometheus exporter: connection closed at the request timeout"),
             }
         });
     }

@@ -142,12 +142,21 @@ impl IntrospectionServer {
             .await
             .map_err(bind)?;
         let local_addr = listener.local_addr().map_err(bind)?;
-        let builder = serving::grpc_builder(options.tls.as_ref())?;
+        let builder = serving::grpc_builder(options.tls.as_ref(), &options.connections)?;
         serving::warn_if_exposed("introspection server", local_addr, options.tls.is_some());
         let prometheus = match &options.prometheus {
             Some(prometheus) => {
                 let tls = options.tls.as_ref().map(serving::http1_tls).transpose()?;
-                Some(PrometheusServer::start(tree.clone(), prometheus.listen, tls, tokens.clone()).await?)
+                Some(
+                    PrometheusServer::start(
+                        tree.clone(),
+                        prometheus.listen,
+                        tls,
+                        tokens.clone(),
+                        options.connections,
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
@@ -167,7 +176,7 @@ impl IntrospectionServer {
             .add_service(reflection_alpha)
             .add_service(InspectServiceServer::new(grpc));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let (incoming, closer) = closable::incoming(listener);
+        let (incoming, closer) = closable::incoming(listener, &options.connections, "introspection server");
         let (exit_tx, exit_rx) = oneshot::channel();
         let serve = tokio::spawn(async move {
             let result = router

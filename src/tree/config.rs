@@ -39,6 +39,9 @@
 //! token_file = "inspect.tokens"
 //! [introspection.prometheus]  # and the Prometheus exporter
 //! listen = "127.0.0.1:9464"
+//! [introspection.connections] # bounds on both listeners (ConnectionLimits; every key optional)
+//! max_connections = 1024
+//! request_timeout = "60s"
 //! ```
 
 use std::collections::BTreeMap;

@@ -41,10 +41,38 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The largest request message the server decodes: above the batch limit, so an oversized batch meets the
-    /// validation that names the field rather than the framework's size check.
+    /// The largest Append message the server decodes: above the batch limit, so an oversized batch meets the
+    /// validation that names the field rather than the framework's size check. Other requests are capped at
+    /// [`Limits::max_control_request_bytes`].
     pub fn max_request_bytes(&self) -> usize {
         self.max_batch_bytes.saturating_mul(2).max(4 << 20)
+    }
+
+    /// The largest request message other than Append the server takes: 64 KiB plus 32 bytes per channel of the
+    /// channel limit (a Heartbeat reports, a CreateTunnel lists, each channel at most once, in under 32 bytes).
+    /// Only Append carries data; a larger request is refused before it is decoded.
+    pub fn max_control_request_bytes(&self) -> usize {
+        (64 << 10) + (self.max_channels as usize).saturating_mul(32)
+    }
+
+    /// The most channel reports one Heartbeat may carry: a client reports each of its channels at most once,
+    /// so the channel limit ([`Limits::max_channels`]).
+    pub fn max_heartbeat_reports(&self) -> usize {
+        self.max_channels as usize
+    }
+
+    /// The largest response message the server encodes (its encoding limit): a ReadRecords message holds
+    /// about [`READ_MESSAGE_MAX_BYTES`](super::store::READ_MESSAGE_MAX_BYTES) of keys and values or one record
+    /// of up to `max_record_bytes`, plus at most 64 bytes of framing per record; never below gRPC's default
+    /// 4 MiB receive limit, which clients have anyway. A larger answer (a ListTunnels of very many tunnels) is
+    /// refused with `RESOURCE_EXHAUSTED`.
+    pub fn max_response_bytes(&self) -> usize {
+        let payload = self.max_record_bytes.max(super::store::READ_MESSAGE_MAX_BYTES);
+        let framing = (self.max_records_per_message as usize).saturating_mul(64);
+        payload
+            .saturating_add(framing)
+            .saturating_add(64 << 10)
+            .max(4 << 20)
     }
 
     /// Sets the largest record, key + value (default 1 MiB).
@@ -86,6 +114,9 @@ pub struct StoreOptions {
     pub max_heartbeat_timeout: Duration,
     /// How long a CLOSING channel waits for its owner's CLOSE before the server takes it back. Default 60 s.
     pub closing_timeout: Duration,
+    /// Most live sessions (connected clients) per tunnel; a ConnectTunnel beyond it is `RESOURCE_EXHAUSTED`
+    /// until a session shuts down or expires (each holds its slot up to its heartbeat timeout). Default 1,024.
+    pub max_sessions_per_tunnel: usize,
     /// How many assignment events each tunnel keeps for [`TunnelStore::assignment_history`](super::TunnelStore::assignment_history).
     /// Default 10,000.
     pub history_capacity: usize,
@@ -99,6 +130,7 @@ impl Default for StoreOptions {
             min_heartbeat_timeout: Duration::from_millis(100),
             max_heartbeat_timeout: Duration::from_secs(3_600),
             closing_timeout: Duration::from_secs(60),
+            max_sessions_per_tunnel: 1_024,
             history_capacity: 10_000,
         }
     }
@@ -127,6 +159,12 @@ impl StoreOptions {
     /// Sets the closing timeout (default 60 s).
     pub fn closing_timeout(mut self, timeout: Duration) -> Self {
         self.closing_timeout = timeout;
+        self
+    }
+
+    /// Sets the most live sessions per tunnel (default 1,024).
+    pub fn max_sessions_per_tunnel(mut self, sessions: usize) -> Self {
+        self.max_sessions_per_tunnel = sessions;
         self
     }
 }

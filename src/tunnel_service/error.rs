@@ -91,6 +91,17 @@ pub enum ServiceError {
         /// The first retained sequence number.
         first_retained: u64,
     },
+    /// A limit on the service's shared resources is reached (live sessions of a tunnel, ...): nothing was done.
+    /// `RESOURCE_EXHAUSTED` (retryable): the resource frees up as sessions shut down or expire.
+    #[error("{resource}: {used} in use, the limit is {limit}")]
+    ResourceExhausted {
+        /// What ran out, e.g. `sessions of tunnel t-1`.
+        resource: String,
+        /// How many are in use.
+        used: usize,
+        /// The limit in force.
+        limit: usize,
+    },
     /// The storage engine failed; nothing of this request was acknowledged. `UNAVAILABLE` (retryable): a
     /// durable server whose engine failed refuses every write until it is restarted and has recovered. The
     /// status says only "storage unavailable"; the cause is logged by the server.
@@ -119,6 +130,7 @@ impl ServiceError {
             | ServiceError::NotOwner { .. } => Code::Aborted,
             ServiceError::OutOfRange { .. } => Code::OutOfRange,
             ServiceError::PermissionDenied { .. } => Code::PermissionDenied,
+            ServiceError::ResourceExhausted { .. } => Code::ResourceExhausted,
             ServiceError::Storage(_) => Code::Unavailable,
         }
     }

@@ -63,8 +63,10 @@ impl TunnelGrpc {
             max_heartbeat_timeout_ms: millis(store.max_heartbeat_timeout),
             default_heartbeat_timeout_ms: millis(store.default_heartbeat_timeout),
             max_request_bytes: self.limits.max_request_bytes() as u64,
-            // tonic's default encoding limit (no setter is used on the server).
-            max_response_bytes: 4 << 20,
+            max_response_bytes: self.limits.max_response_bytes() as u64,
+            max_control_request_bytes: self.limits.max_control_request_bytes() as u64,
+            max_sessions_per_tunnel: u32::try_from(store.max_sessions_per_tunnel).unwrap_or(u32::MAX),
+            max_heartbeat_reports: u32::try_from(self.limits.max_heartbeat_reports()).unwrap_or(u32::MAX),
             max_client_tag_bytes: u32::try_from(self.limits.max_client_tag_bytes).unwrap_or(u32::MAX),
             ..Default::default()
         }
@@ -325,7 +327,7 @@ impl TunnelService for TunnelGrpc {
         let req = request.into_inner();
         let tunnel_id = validate::required(&req.tunnel_id, "tunnel_id")?;
         let client_id = validate::required(&req.client_id, "client_id")?;
-        let reports = validate::reports(&req.channels)?;
+        let reports = validate::reports(&req.channels, &self.limits)?;
         let owned = self
             .store
             .heartbeat(tunnel_id, client_id, &req.session_token, &reports)?;

@@ -57,17 +57,23 @@
 //! [`grpc`] (thin: validate, call the store, map errors), [`validate`] (each check names its field), [`store`]
 //! (tunnels, channels, consumers and the [`Engine`](store::Engine) trait with memory and fjall engines),
 //! [`assign`] (balanced sticky assignment as a pure function), [`error`] (one error enum, one
-//! `From<ServiceError> for Status`), [`server`] (tonic server with health, reflection, TLS, api keys).
+//! `From<ServiceError> for Status`), [`status_kind`] (the error kind on the framework's own statuses too),
+//! [`request_cap`] (only Append may be as large as the decode limit),
+//! [`server`] (tonic server with health, reflection, TLS, api keys, connection and request bounds).
 
 pub mod assign;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod request_cap;
 pub mod server;
+pub mod status_kind;
 pub mod store;
 pub mod validate;
 
 pub use self::config::{Limits, StoreOptions};
 pub use self::error::{ServiceError, StoreError};
-pub use self::server::{ApiKeys, Role, RunningServer, ServerError, ServerOptions, TlsFiles, TunnelServer};
+pub use self::server::{
+    ApiKeys, ConnectionLimits, Role, RunningServer, ServerError, ServerOptions, TlsFiles, TunnelServer,
+};
 pub use self::store::{AssignmentEvent, TunnelStore};

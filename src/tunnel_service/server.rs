@@ -17,12 +17,15 @@ use crate::serving::{self, SecurityError};
 use super::config::Limits;
 use super::error::StoreError;
 use super::grpc::TunnelGrpc;
+use super::request_cap::RequestCap;
+use super::status_kind::KindedStatus;
 use super::store::TunnelStore;
 use crate::closable::{self, Closer};
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
+pub use crate::connection_limits::ConnectionLimits;
 pub use crate::serving::{ApiKeys, Role, TlsFiles};
 
 /// How to serve.
@@ -39,6 +42,9 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// How often to expire clients and CLOSING channels and apply age retention. Default 1 s.
     pub maintenance_interval: Duration,
+    /// Bounds on connections and requests. Default [`ConnectionLimits::default`]; its request timeout must
+    /// exceed `limits.max_wait` (long polls are not cut).
+    pub connection_limits: ConnectionLimits,
 }
 
 impl Default for ServerOptions {
@@ -49,6 +55,7 @@ impl Default for ServerOptions {
             api_keys: None,
             limits: Limits::default(),
             maintenance_interval: Duration::from_secs(1),
+            connection_limits: ConnectionLimits::default(),
         }
     }
 }
@@ -83,6 +90,12 @@ impl ServerOptions {
         self.maintenance_interval = interval;
         self
     }
+
+    /// Sets the bounds on connections and requests (default [`ConnectionLimits::default`]).
+    pub fn connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.connection_limits = limits;
+        self
+    }
 }
 
 /// Why the server could not start or stopped.
@@ -100,6 +113,14 @@ pub enum ServerError {
     /// A TLS file could not be read, the certificate or key was refused, or the api key setting is invalid.
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// An option is out of bounds.
+    #[error("invalid server option {field}: {reason}")]
+    InvalidOptions {
+        /// The option's path, e.g. `connection_limits.request_timeout`.
+        field: String,
+        /// Why, with the value.
+        reason: String,
+    },
     /// The reflection service could not be built from the descriptor set.
     #[error("gRPC reflection setup failed")]
     Reflection(#[source] tonic_reflection::server::Error),
@@ -159,11 +180,19 @@ impl TunnelServer {
     /// keys, plus the store's maintenance every `options.maintenance_interval`. Returns once listening.
     ///
     /// # Errors
-    /// [`ServerError::Bind`], [`ServerError::Security`], [`ServerError::Reflection`].
+    /// [`ServerError::InvalidOptions`], [`ServerError::Bind`], [`ServerError::Security`],
+    /// [`ServerError::Reflection`].
     pub async fn start(
         store: Arc<TunnelStore>,
         options: ServerOptions,
     ) -> Result<RunningServer, ServerError> {
+        options
+            .connection_limits
+            .validate(options.limits.max_wait)
+            .map_err(|(field, reason)| ServerError::InvalidOptions {
+                field: format!("connection_limits.{field}"),
+                reason,
+            })?;
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -174,12 +203,13 @@ impl TunnelServer {
             addr: options.listen,
             source,
         })?;
-        let builder = serving::grpc_builder(options.tls.as_ref())?;
+        let builder = serving::grpc_builder(options.tls.as_ref(), &options.connection_limits)?;
         serving::warn_if_exposed("tunnel service", local_addr, options.tls.is_some());
 
         let grpc = TunnelGrpc::new(Arc::clone(&store), options.limits);
-        let tunnel_service =
-            TunnelServiceServer::new(grpc).max_decoding_message_size(options.limits.max_request_bytes());
+        let tunnel_service = TunnelServiceServer::new(grpc)
+            .max_decoding_message_size(options.limits.max_request_bytes())
+            .max_encoding_message_size(options.limits.max_response_bytes());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TunnelServiceServer<TunnelGrpc>>().await;
         let (reflection, reflection_alpha) =
@@ -191,9 +221,12 @@ impl TunnelServer {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(tunnel_service);
+            .add_service(KindedStatus::new(RequestCap::new(
+                tunnel_service,
+                &options.limits,
+            )));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let (incoming, closer) = closable::incoming(listener);
+        let (incoming, closer) = closable::incoming(listener, &options.connection_limits, "tunnel service");
         let (exit_tx, exit_rx) = oneshot::channel();
         let serve = tokio::spawn(async move {
             let result = router
@@ -218,6 +251,8 @@ impl TunnelServer {
         };
         tracing::info!(
             addr = %local_addr,
+            max_connections = options.connection_limits.max_connections,
+            request_timeout = %humantime::format_duration(options.connection_limits.request_timeout),
             tls = options.tls.is_some(),
             api_keys = options.api_keys.is_some(),
             durable = store.is_durable(),

@@ -171,8 +171,18 @@ pub fn records(records: Vec<v1::AppendRecord>, limits: &Limits) -> Result<Vec<(B
     Ok(records.into_iter().map(|r| (r.key, r.value)).collect())
 }
 
-/// A heartbeat's channel reports.
-pub fn reports(channels: &[v1::ChannelState]) -> Result<Vec<ChannelState>, ServiceError> {
+/// A heartbeat's channel reports: at most [`Limits::max_heartbeat_reports`], each well-formed.
+pub fn reports(channels: &[v1::ChannelState], limits: &Limits) -> Result<Vec<ChannelState>, ServiceError> {
+    if channels.len() > limits.max_heartbeat_reports() {
+        return Err(ServiceError::invalid(
+            "channels",
+            format!(
+                "{} reports exceed the limit of {}",
+                channels.len(),
+                limits.max_heartbeat_reports()
+            ),
+        ));
+    }
     channels
         .iter()
         .enumerate()

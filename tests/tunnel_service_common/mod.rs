@@ -2,6 +2,8 @@
 //! binary as a child process killed by pid), plain tonic clients, and a scripted consumer.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -382,7 +382,8 @@ impl TunnelStore {
     /// (for the client alone) and the heartbeat timeout.
     ///
     /// # Errors
-    /// [`ServiceError::TunnelNotFound`]; [`ServiceError::InvalidArgument`] for a timeout out of bounds.
+    /// [`ServiceError::TunnelNotFound`]; [`ServiceError::InvalidArgument`] for a timeout out of bounds;
+    /// [`ServiceError::ResourceExhausted`] when the tunnel has `max_sessions_per_tunnel` live sessions.
     pub fn connect(
         &self,
         tunnel_id: &str,
@@ -408,6 +409,13 @@ impl TunnelStore {
         let mut state = tunnel.lock();
         let now = Instant::now();
         state.expire(now, self.options.closing_timeout, &tunnel.id);
+        if state.clients.len() >= self.options.max_sessions_per_tunnel {
+            return Err(ServiceError::ResourceExhausted {
+                resource: format!("sessions of tunnel {}", tunnel.id),
+                used: state.clients.len(),
+                limit: self.options.max_sessions_per_tunnel,
+            });
+        }
         state.clients.insert(
             client_id.clone(),
             Client {
@@ -430,7 +438,8 @@ impl TunnelStore {
     ///
     /// # Errors
     /// [`ServiceError::TunnelNotFound`], [`ServiceError::ClientUnknown`], [`ServiceError::NotSession`],
-    /// [`ServiceError::InvalidArgument`] for an unknown channel id, [`ServiceError::FailedPrecondition`] for TERMINATED before the end.
+    /// [`ServiceError::InvalidArgument`] for an unknown channel id or more reports than channels (`channels`),
+    /// [`ServiceError::FailedPrecondition`] for TERMINATED before the end.
     pub fn heartbeat(
         &self,
         tunnel_id: &str,
@@ -440,6 +449,18 @@ impl TunnelStore {
     ) -> Result<Vec<(ChannelState, ChannelType)>, ServiceError> {
         let tunnel = self.find_id(tunnel_id)?;
         let mut state = tunnel.lock();
+        // A client reports each of its channels at most once: more reports than channels is a broken request,
+        // refused before any work under the lock.
+        if reports.len() > state.channels.len() {
+            return Err(ServiceError::invalid(
+                "channels",
+                format!(
+                    "{} reports, more than the tunnel's {} channels",
+                    reports.len(),
+                    state.channels.len()
+                ),
+            ));
+        }
         let now = Instant::now();
         state.expire(now, self.options.closing_timeout, &tunnel.id);
         state.session(&tunnel.id, client_id, session_token)?;
@@ -454,9 +475,15 @@ impl TunnelStore {
                 result = result.and(Err(e));
             }
         }
+        let mut reported = vec![false; state.channels.len()];
+        for report in reports {
+            if let Some(seen) = reported.get_mut(report.channel_id as usize) {
+                *seen = true;
+            }
+        }
         let mut terminated_meta = Vec::new();
         for (i, ch) in state.channels.iter().enumerate() {
-            if ch.meta.terminated && reports.iter().any(|r| r.channel_id == i as u32) {
+            if ch.meta.terminated && reported[i] {
                 terminated_meta.push((i as u32, ch.meta));
             }
         }
