@@ -222,7 +222,7 @@ async fn reaching_intensity_is_a_shutdown_that_only_a_permanent_parent_entry_res
     assert_eq!(trans_node.restart_count, 0);
     let cause = trans_node.last_exit.as_deref().unwrap();
     assert!(
-        cause.starts_with("shutdown:reached_max_restart_intensity"),
+        cause.starts_with("shutdown: reached_max_restart_intensity"),
         "{cause}"
     );
     assert!(cause.contains("trans-leaf"), "{cause}");

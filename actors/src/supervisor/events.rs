@@ -24,7 +24,11 @@ pub enum SupervisorEvent {
         /// The running actor.
         actor: ActorId,
     },
-    /// A child exited.
+    /// A child exited: on its own, or stopped by the supervisor (a group restart, `terminate_child`, the
+    /// supervisor's shutdown). Every `Started` / `Restarted` of a child follows the `Exited` of its previous
+    /// incarnation, so a subscriber replaying the events knows what runs. A child *supervisor*'s exit also
+    /// ends everything below it (its children's exits come first, unless it was killed and could not tell
+    /// them).
     Exited {
         /// The supervisor's label.
         supervisor: Arc<str>,
@@ -32,7 +36,8 @@ pub enum SupervisorEvent {
         child: String,
         /// The actor that exited.
         actor: ActorId,
-        /// Why: `normal`, `shutdown…`, `killed`, a panic message, an error.
+        /// Why: `normal`, `shutdown`, `killed`, a panic message, an error; for a child supervisor that gave up,
+        /// `shutdown: <cause>` (its actor's reason is plain `shutdown`).
         reason: String,
         /// Whether the exit counts as normal (OTP's `normal` / `shutdown`).
         normal: bool,

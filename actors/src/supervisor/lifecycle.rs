@@ -103,7 +103,9 @@ pub(super) const KILL_WAIT: Duration = Duration::from_secs(10);
 ///
 /// ractor takes one stop request per actor: if someone else asked first, asking again fails at once, and
 /// the child is then waited for just the same (that stop is under way), within the same timeout.
-pub(crate) async fn terminate_cell(cell: &ActorCell, shutdown: Shutdown) {
+///
+/// Returns how it ended, as its exit is told: `shutdown`, or `killed` once the timeout passed.
+pub(crate) async fn terminate_cell(cell: &ActorCell, shutdown: Shutdown) -> &'static str {
     let reason = Some("shutdown".to_string());
     let stopped = match shutdown {
         Shutdown::BrutalKill => false,
@@ -129,5 +131,7 @@ pub(crate) async fn terminate_cell(cell: &ActorCell, shutdown: Shutdown) {
         if let Err(ractor::RactorErr::Timeout) = cell.kill_and_wait(Some(KILL_WAIT)).await {
             error!(child = %cell.get_id(), wait = ?KILL_WAIT, "child did not die when killed (blocking code?); going on without it");
         }
+        return "killed";
     }
+    "shutdown"
 }

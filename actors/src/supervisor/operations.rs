@@ -56,26 +56,47 @@ impl SupervisorState {
         Ok(ChildHandle::new(slot))
     }
 
-    /// Stops a running child; its exit event, arriving later, no longer matches any child.
+    /// Stops a running child; its exit event, arriving later, no longer matches any child, so the exit is
+    /// told here.
     pub(super) async fn stop_child(&mut self, order: u64, next: ChildState) {
         let shutdown = match self.children.get(order) {
             Some(child) => child.spec.shutdown,
             None => return,
         };
+        let restart = matches!(next, ChildState::Restarting { .. });
         let incarnation = self.children.get(order).and_then(|c| c.slot.exit_cell());
         if let Some(cell) = self.children.set_state(order, next) {
             self.stopping.push(Orphan {
                 cell: Some(cell.clone()),
                 incarnation,
             });
-            terminate_cell(&cell, shutdown).await;
+            let reason = terminate_cell(&cell, shutdown).await;
             self.stopping.clear();
+            self.stopped(order, &cell, reason, restart);
+        }
+    }
+
+    /// Tells the exit of a child the supervisor stopped itself, and keeps it as the child's last exit.
+    fn stopped(&mut self, order: u64, cell: &ActorCell, reason: &'static str, restart: bool) {
+        let id = self.children.id_of(order);
+        debug!(child = %id, actor = %cell.get_id(), reason, restart, "child stopped");
+        self.publish(|supervisor| SupervisorEvent::Exited {
+            supervisor,
+            child: id.to_string(),
+            actor: cell.get_id(),
+            reason: reason.to_string(),
+            normal: reason == "shutdown",
+            restart,
+        });
+        if let Some(child) = self.children.get_mut(order) {
+            child.last_exit = Some(reason.into());
         }
     }
 
     /// Stops every child, and `pending` ones not adopted yet. A static supervisor stops them one at a time in
     /// reverse start order (later children may depend on earlier ones); a dynamic one stops them all at once,
     /// each within its own shutdown, as OTP's `simple_one_for_one` and Elixir's `DynamicSupervisor` do.
+    /// Every adopted child's exit is told; pending ones were never told started.
     pub(crate) async fn stop_all(&mut self, pending: Vec<Pending>) {
         for (order, _) in self.children.restarting() {
             self.children.set_state(order, ChildState::Terminated);
@@ -93,12 +114,12 @@ impl SupervisorState {
                     if let (Some(cell), Some(shutdown)) =
                         (self.children.set_state(order, ChildState::Terminated), shutdown)
                     {
-                        stopping.push((cell, shutdown));
+                        stopping.push((Some(order), cell, shutdown));
                     }
                 }
                 for p in pending {
                     p.slot.set_removed();
-                    stopping.push((p.cell, p.spec.shutdown));
+                    stopping.push((None, p.cell, p.spec.shutdown));
                 }
                 if !stopping.is_empty() {
                     debug!(
@@ -106,21 +127,26 @@ impl SupervisorState {
                         "stopping dynamic children concurrently"
                     );
                 }
-                // Killed halfway, these would be orphans: say so (see the Drop below).
+                // Killed halfway, these would be orphans: say so (see the Drop in actor.rs).
                 self.stopping = stopping
                     .iter()
-                    .map(|(cell, _)| Orphan {
+                    .map(|(_, cell, _)| Orphan {
                         cell: Some(cell.clone()),
                         incarnation: None,
                     })
                     .collect();
-                join_all(
+                let reasons = join_all(
                     stopping
                         .iter()
-                        .map(|(cell, shutdown)| terminate_cell(cell, *shutdown)),
+                        .map(|(_, cell, shutdown)| terminate_cell(cell, *shutdown)),
                 )
                 .await;
                 self.stopping.clear();
+                for ((order, cell, _), reason) in stopping.iter().zip(reasons) {
+                    if let Some(order) = order {
+                        self.stopped(*order, cell, reason, false);
+                    }
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ use super::actor::{Mode, SupervisorMsg, SupervisorState};
 use super::children::{ChildState, ShownId};
 use super::events::SupervisorEvent;
 use super::exit::{Exit, SupervisorExit};
-use super::lifecycle::{error_chain, start_one};
+use super::lifecycle::{error_chain, start_one, KILL_WAIT};
 use super::spec::{instant_after, AutoShutdown, Restart, Strategy};
 
 impl SupervisorState {
@@ -38,16 +38,28 @@ impl SupervisorState {
             return;
         };
         self.children.set_state(order, ChildState::Terminated);
+        let record = self.children.get(order).and_then(|c| c.slot.exit_cell());
+        if let (false, Some(record)) = (exit.is_normal(), &record) {
+            // A child supervisor killed (or crashed) could not stop its children, and ractor kills them without
+            // waiting; some may still be telling their own exits. They are waited for (bounded, as its restart
+            // would wait anyway) so that nothing of its sub-tree is told after its own exit.
+            record.wait_orphans(tokio::time::Instant::now() + KILL_WAIT).await;
+        }
         let id = self.children.id_of(order);
         let child = self.children.get_mut(order).expect("indexed child exists");
         let (restart, significant) = (child.spec.restart, child.spec.significant);
         let uptime = child.started_at.map(|at| at.elapsed());
-        let restart_it = self.exiting.is_none()
+        let cause = record.and_then(|record| record.exit());
+        let mut restart_it = self.exiting.is_none()
             && match restart {
                 Restart::Permanent => true,
                 Restart::Transient => !exit.is_normal(),
                 Restart::Temporary => false,
             };
+        // Counted before the exit is told, so that the event says whether it really is restarted.
+        if restart_it && !self.record_restart(myself, &id) {
+            restart_it = false;
+        }
         match &exit {
             Exit::Normal(_) => info!(child = %id, %actor, restart = restart_it, "child exited normally"),
             Exit::Abnormal(reason) => {
@@ -55,7 +67,11 @@ impl SupervisorState {
             }
         }
         let normal = exit.is_normal();
-        let description = exit.into_description();
+        // A child supervisor that gave up exited with a plain `shutdown` (as OTP's): its record has the cause.
+        let description = match cause {
+            Some(cause) if normal && cause != SupervisorExit::Shutdown => format!("shutdown: {cause}").into(),
+            _ => exit.into_description(),
+        };
         if let Some(events) = &self.events {
             events.send(SupervisorEvent::Exited {
                 supervisor: events.label_arc(),
@@ -85,10 +101,6 @@ impl SupervisorState {
                     },
                 );
             }
-            return;
-        }
-
-        if !self.record_restart(myself, &id) {
             return;
         }
 
