@@ -247,10 +247,26 @@ async fn dynamic_supervisor_max_children_terminate_by_actor_and_restarts() {
     assert_eq!(dynsup.count_children().await.unwrap().specs, 1);
     let third = dynsup.start_child(w.spec("job")).await.unwrap().cell().unwrap();
 
-    dynsup.terminate_child(third.get_id()).await.unwrap();
+    dynsup.terminate_actor(third.get_id()).await.unwrap();
     assert!(matches!(
-        dynsup.terminate_child(third.get_id()).await,
+        dynsup.terminate_actor(third.get_id()).await,
         Err(SupervisorError::UnknownActor { .. })
+    ));
+    assert_eq!(dynsup.count_children().await.unwrap().active, 1);
+
+    // terminate_child takes the id that start_child's handle and child() use
+    let fourth = dynsup.start_child(w.spec("job")).await.unwrap();
+    let id = fourth.id();
+    assert!(id.starts_with("job#"), "{id}");
+    assert_eq!(
+        dynsup.child(&id).await.unwrap().cell().unwrap().get_id(),
+        fourth.cell().unwrap().get_id()
+    );
+    dynsup.terminate_child(&id).await.unwrap();
+    assert!(matches!(fourth.cell(), Err(SupervisorError::ChildRemoved { .. })));
+    assert!(matches!(
+        dynsup.terminate_child(&id).await,
+        Err(SupervisorError::UnknownChild { id: unknown }) if unknown == id
     ));
     assert_eq!(dynsup.count_children().await.unwrap().active, 1);
     dynsup.shutdown(Duration::from_secs(30)).await.unwrap();

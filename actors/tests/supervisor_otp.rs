@@ -355,9 +355,7 @@ async fn max_children_counts_right_across_restarts_of_its_children() {
         sup.start_child(w.spec("three")).await,
         Err(SupervisorError::MaxChildren { max_children: 2 })
     ));
-    sup.terminate_child(first.actor().unwrap().get_id())
-        .await
-        .unwrap();
+    sup.terminate_child(&first.id()).await.unwrap();
     sup.start_child(w.spec("three")).await.unwrap();
     let counts = sup.count_children().await.unwrap();
     assert_eq!((counts.specs, counts.active), (2, 2));

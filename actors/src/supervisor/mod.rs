@@ -55,6 +55,7 @@
 //! its predecessor.
 
 mod actor;
+mod builder;
 mod children;
 mod dynamic;
 mod error;
@@ -70,14 +71,12 @@ mod snapshot;
 mod spec;
 mod template;
 
+pub use builder::{DynamicSupervisor, DynamicSupervisorBuilder, Supervisor, SupervisorBuilder};
 pub use children::{ChildCounts, ChildInfo, ChildStatus};
 pub use error::{BoxError, StartPanic, SupervisorError};
 pub use events::{EventSink, SupervisorEvent};
 pub use exit::SupervisorExit;
-pub use handle::{
-    DynamicSupervisor, DynamicSupervisorBuilder, DynamicSupervisorHandle, StartSpec, Supervisor,
-    SupervisorBuilder, SupervisorHandle,
-};
+pub use handle::{DynamicSupervisorHandle, StartSpec, SupervisorHandle};
 pub use slot::{ChildHandle, ChildRef, WeakChildHandle, WeakChildRef};
 pub use snapshot::TreeSnapshot;
 pub use spec::{
