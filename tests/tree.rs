@@ -8,7 +8,7 @@ use std::time::Duration;
 use arbor::activator::{ActivatorEvent, ActivatorOptions, Role, Singleton};
 use arbor::connection::ConnectionConfig;
 use arbor::ractor::{Actor, ActorProcessingErr, ActorRef};
-use arbor::supervisor::{ChildKind, ChildSpec, SupervisorEvent, TreeSnapshot};
+use arbor::supervisor::{ChildKind, ChildSpec, SupervisorEvent, SupervisorExit, TreeSnapshot};
 use arbor::tree::{DynamicConfig, Tree, TreeEvent};
 use arbor::tunnel::{CheckpointPolicy, TunnelEvent};
 use tokio::sync::broadcast;
@@ -90,8 +90,7 @@ max_children = 10
     std::fs::write(&path, toml).unwrap();
     let from_file = Tree::from_file(&path).unwrap().singleton_kind("janitor", Janitor);
 
-    let mut dynamic = DynamicConfig::new("jobs");
-    dynamic.max_children = Some(10);
+    let dynamic = DynamicConfig::new("jobs").max_children(10);
     let from_code = Tree::builder()
         .name("orders")
         .root(arbor::supervisor::SupervisorOptions::default().intensity(5, Duration::from_secs(10)))
@@ -294,4 +293,57 @@ async fn shutdown_flushes_tunnel_checkpoints_and_shuts_sessions_down() {
     );
     next.shutdown(Duration::from_secs(30)).await.unwrap();
     server.stop().await;
+}
+
+/// A dynamic supervisor of the tree as a pool: a hundred workers survive twenty quick crashes of different
+/// workers (the default intensity is per child); one worker crash-looping makes it give up, and the tree says
+/// which supervisor gave up and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_survives_unrelated_crashes_and_a_crash_loop_is_told_as_an_escalation() {
+    let tree = Tree::builder()
+        .name("pools")
+        .dynamic(DynamicConfig::new("jobs"))
+        .start()
+        .await
+        .unwrap();
+    let mut events = tree.subscribe_events();
+    let mut jobs = Vec::new();
+    for _ in 0..100 {
+        jobs.push(
+            tree.start_child("jobs", ChildSpec::actor("job", || (Job, ())))
+                .await
+                .unwrap(),
+        );
+    }
+    for job in jobs.iter().step_by(5) {
+        job.kill().unwrap();
+        let id = job.id();
+        event(
+            &mut events,
+            |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Restarted { child, .. }) if *child == id),
+        )
+        .await;
+    }
+    let counts = tree.supervisor("jobs").unwrap().count_children().await.unwrap();
+    assert_eq!((counts.specs, counts.active), (100, 100));
+
+    let looping = &jobs[1];
+    let id = looping.id();
+    for _ in 0..3 {
+        looping.kill().unwrap();
+        event(
+            &mut events,
+            |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Restarted { child, .. }) if *child == id),
+        )
+        .await;
+    }
+    looping.kill().unwrap();
+    let escalation = event(&mut events, |e| e.escalation().is_some()).await;
+    let (supervisor, cause) = escalation.escalation().unwrap();
+    assert_eq!(supervisor, "pools/jobs");
+    assert!(
+        matches!(cause, SupervisorExit::IntensityReached { child, max_restarts: 3, .. } if *child == id),
+        "{cause:?}"
+    );
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
 }

@@ -61,6 +61,24 @@ pub enum TreeEvent {
     },
 }
 
+impl TreeEvent {
+    /// The escalation this event stands for, if it is one: a supervisor of the tree gave up (one restart more
+    /// than its intensity allows), with its path in the tree and the typed cause. Its children were stopped;
+    /// its parent restarts it if it is permanent (a dynamic supervisor comes back *empty*: the children
+    /// started in it are gone) and counts that restart against its own intensity. A program that started
+    /// children in a dynamic supervisor watches for this to start them again, or to stop.
+    pub fn escalation(&self) -> Option<(&str, &SupervisorExit)> {
+        match self {
+            TreeEvent::Supervisor(SupervisorEvent::Stopped { supervisor, exit })
+                if matches!(exit, SupervisorExit::IntensityReached { .. }) =>
+            {
+                Some((supervisor, exit))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Records the metrics an event stands for.
 pub(crate) fn record_metrics(event: &TreeEvent) {
     match event {

@@ -33,7 +33,7 @@ use super::events::{EventSink, SupervisorEvent};
 use super::exit::{Exit, ExitCell, Orphan, SupervisorExit};
 use super::intensity::RestartIntensity;
 use super::slot::ChildHandle;
-use super::spec::{AutoShutdown, ChildKind, ChildSpec, Strategy};
+use super::spec::{AutoShutdown, ChildKind, ChildSpec, IntensityScope, Strategy};
 
 /// Messages a supervisor handles; users go through the handles instead.
 pub(crate) enum SupervisorMsg {
@@ -86,6 +86,7 @@ pub(crate) struct SupervisorArgs {
     pub(crate) strategy: Strategy,
     pub(crate) max_restarts: u32,
     pub(crate) period: Duration,
+    pub(crate) intensity_scope: IntensityScope,
     pub(crate) auto_shutdown: AutoShutdown,
     pub(crate) children: Vec<ChildSpec>,
     pub(crate) exit: ExitCell,
@@ -122,6 +123,8 @@ pub(crate) struct SupervisorState {
     pub(super) strategy: Strategy,
     pub(super) auto_shutdown: AutoShutdown,
     pub(super) intensity: RestartIntensity,
+    /// Whether each child has its own intensity (a dynamic supervisor's default), copied from `intensity`.
+    pub(super) intensity_scope: IntensityScope,
     pub(super) children: Children,
     pub(super) started_at: Instant,
     /// Exits of actors not known yet, kept while dynamic starts are in flight (see `dynamic.rs`).
@@ -142,6 +145,7 @@ impl SupervisorState {
             strategy: args.strategy,
             auto_shutdown: args.auto_shutdown,
             intensity: RestartIntensity::new(args.max_restarts, args.period),
+            intensity_scope: args.intensity_scope,
             children: Children::new(matches!(args.mode, Mode::Dynamic(_))),
             started_at: Instant::now(),
             early_exits: HashMap::new(),

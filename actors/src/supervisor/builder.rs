@@ -16,8 +16,8 @@ use super::events::EventSink;
 use super::exit::ExitCell;
 use super::handle::{DynamicSupervisorHandle, SupervisorHandle, Target};
 use super::spec::{
-    AutoShutdown, ChildKind, ChildSpec, DynamicSupervisorOptions, Shutdown, StartContext, StartFn, Strategy,
-    SupervisorOptions,
+    AutoShutdown, ChildKind, ChildSpec, DynamicSupervisorOptions, IntensityScope, Shutdown, StartContext,
+    StartFn, Strategy, SupervisorOptions,
 };
 
 fn spawn_error(err: SpawnErr) -> SupervisorError {
@@ -88,6 +88,7 @@ fn static_args(
         strategy: options.strategy,
         max_restarts: options.max_restarts,
         period: options.period,
+        intensity_scope: IntensityScope::Supervisor,
         auto_shutdown: options.auto_shutdown,
         children,
         exit: ExitCell::default(),
@@ -101,6 +102,7 @@ fn dynamic_args(options: DynamicSupervisorOptions, events: Option<EventSink>) ->
         strategy: Strategy::OneForOne,
         max_restarts: options.max_restarts,
         period: options.period,
+        intensity_scope: options.intensity_scope,
         auto_shutdown: AutoShutdown::Never,
         children: Vec::new(),
         exit: ExitCell::default(),

@@ -40,7 +40,7 @@
 //! | `{already_started, Pid}`, `already_present`, `running`, `restarting` | [`SupervisorError::AlreadyStarted`] (with the running child), [`SupervisorError::AlreadyPresent`], [`SupervisorError::AlreadyRunning`], [`SupervisorError::Restarting`] |
 //! | a restart that fails | counts as a restart and is retried through the mailbox, so the supervisor stays responsive |
 //! | `significant`, `auto_shutdown` | [`ChildSpec::significant`] (transient or temporary only, under an `auto_shutdown` other than never), [`AutoShutdown`]; the exit is [`SupervisorExit::AutoShutdown`] |
-//! | `simple_one_for_one` / Elixir `DynamicSupervisor`, `extra_arguments`, `max_children` | [`DynamicSupervisor`], [`ChildTemplate`], [`DynamicSupervisorOptions::max_children`]; children are stopped concurrently, each within its own shutdown, and every child whose `start_child` returned `Ok` is stopped gracefully however soon the shutdown follows |
+//! | `simple_one_for_one` / Elixir `DynamicSupervisor`, `extra_arguments`, `max_children` | [`DynamicSupervisor`], [`ChildTemplate`], [`DynamicSupervisorOptions::max_children`]; the intensity counts each child's restarts on its own by default ([`IntensityScope`]: a pool survives unrelated crashes, one child crash-looping still makes it give up; `IntensityScope::Supervisor` is Elixir's one budget); children are stopped concurrently, each within its own shutdown, and every child whose `start_child` returned `Ok` is stopped gracefully however soon the shutdown follows |
 //! | — | [`RestartBackoff`]: Akka-style delay before restarting a crash-looping child, off by default |
 //!
 //! A child's start closure must spawn it *linked* to the supervisor cell it is given; that link is how the
@@ -80,7 +80,7 @@ pub use handle::{DynamicSupervisorHandle, StartSpec, SupervisorHandle};
 pub use slot::{ChildHandle, ChildRef, WeakChildHandle, WeakChildRef};
 pub use snapshot::TreeSnapshot;
 pub use spec::{
-    AutoShutdown, ChildKind, ChildSpec, DynamicSupervisorOptions, Restart, RestartBackoff, Shutdown,
-    Strategy, SupervisorOptions, TypedChildSpec,
+    AutoShutdown, ChildKind, ChildSpec, DynamicSupervisorOptions, IntensityScope, Restart, RestartBackoff,
+    Shutdown, Strategy, SupervisorOptions, TypedChildSpec,
 };
 pub use template::{ChildTemplate, TemplatedSupervisor};

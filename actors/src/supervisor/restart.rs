@@ -7,11 +7,12 @@ use ractor::{ActorId, ActorRef};
 use tracing::{debug, error, info, warn};
 
 use super::actor::{Mode, SupervisorMsg, SupervisorState};
-use super::children::{ChildState, ShownId};
+use super::children::ChildState;
 use super::events::SupervisorEvent;
 use super::exit::{Exit, SupervisorExit};
+use super::intensity::RestartIntensity;
 use super::lifecycle::{error_chain, start_one, KILL_WAIT};
-use super::spec::{instant_after, AutoShutdown, Restart, Strategy};
+use super::spec::{instant_after, AutoShutdown, IntensityScope, Restart, Strategy};
 
 impl SupervisorState {
     /// Decides to exit: children are stopped by `post_stop`, and the exit is what `wait` reports.
@@ -57,7 +58,7 @@ impl SupervisorState {
                 Restart::Temporary => false,
             };
         // Counted before the exit is told, so that the event says whether it really is restarted.
-        if restart_it && !self.record_restart(myself, &id) {
+        if restart_it && !self.record_restart(myself, order) {
             restart_it = false;
         }
         match &exit {
@@ -137,15 +138,28 @@ impl SupervisorState {
         }
     }
 
-    /// Counts a restart; `false` (and the supervisor is on its way out) when it is one too many.
-    pub(super) fn record_restart(&mut self, myself: &ActorRef<SupervisorMsg>, child: &ShownId) -> bool {
-        if self.intensity.record(Instant::now()) {
+    /// Counts a restart of the child `order`, against its own intensity or the supervisor's (see
+    /// [`IntensityScope`]); `false` (and the supervisor is on its way out) when it is one too many.
+    pub(super) fn record_restart(&mut self, myself: &ActorRef<SupervisorMsg>, order: u64) -> bool {
+        let now = Instant::now();
+        let intensity = match (self.intensity_scope, self.children.get_mut(order)) {
+            (IntensityScope::PerChild, Some(child)) => child.intensity.get_or_insert_with(|| {
+                Box::new(RestartIntensity::new(
+                    self.intensity.max_restarts(),
+                    self.intensity.period(),
+                ))
+            }),
+            _ => &mut self.intensity,
+        };
+        if intensity.record(now) {
             return true;
         }
+        let (max_restarts, period) = (intensity.max_restarts(), intensity.period());
+        let child = self.children.id_of(order);
         let exit = SupervisorExit::IntensityReached {
             child: child.to_string(),
-            max_restarts: self.intensity.max_restarts(),
-            period: self.intensity.period(),
+            max_restarts,
+            period,
         };
         error!(%child, cause = %exit, "restart intensity reached: stopping all children and exiting");
         self.exit_with(myself, exit);
@@ -246,7 +260,7 @@ impl SupervisorState {
                     if let Some(c) = self.children.get_mut(order) {
                         c.last_exit = Some(format!("restart failed: {err}").into());
                     }
-                    if !self.record_restart(myself, &id) {
+                    if !self.record_restart(myself, order) {
                         return;
                     }
                     if let Some(c) = self.children.get_mut(order) {
