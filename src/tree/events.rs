@@ -17,6 +17,7 @@
 //! | `arbor_leader` | gauge (1 while this process leads) | `singleton` |
 
 use std::collections::HashMap;
+use std::fmt;
 
 use arbor_actors::activator::{ActivatorInfo, Role};
 use arbor_actors::connection::{ConnectionInfo, ConnectivityState};
@@ -59,6 +60,66 @@ pub enum TreeEvent {
         /// Its fencing token while it leads.
         fencing_token: Option<u64>,
     },
+}
+
+/// One line for people: `started worker-3#3 under app/pool (actor 0.13)`, `connection orders (grpc://…) is
+/// READY`, `tunnel orders: channel 2 checkpointed at 118`, `node-1 is leader of janitor (fencing token 7)`.
+impl fmt::Display for TreeEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TreeEvent::Supervisor(event) => event.fmt(f),
+            TreeEvent::Connection { key, target, state } => {
+                write!(f, "connection {key} ({target}) is {state}")
+            }
+            TreeEvent::Tunnel { tunnel_id, event } => {
+                write!(f, "tunnel {tunnel_id}: ")?;
+                tunnel_words(f, event)
+            }
+            TreeEvent::Leadership {
+                name,
+                identity,
+                role,
+                fencing_token,
+            } => {
+                write!(f, "{identity} is {role} of {name}")?;
+                match fencing_token {
+                    Some(token) => write!(f, " (fencing token {token})"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn tunnel_words(f: &mut fmt::Formatter<'_>, event: &TunnelEvent) -> fmt::Result {
+    match event {
+        TunnelEvent::Connected { client_id } => write!(f, "connected as client {client_id}"),
+        TunnelEvent::SessionLost { client_id, reason } => {
+            write!(f, "session of client {client_id} lost: {reason}")
+        }
+        TunnelEvent::ChannelAssigned {
+            channel_id,
+            version,
+            position,
+        } => write!(
+            f,
+            "channel {channel_id} assigned (version {version}, from position {position})"
+        ),
+        TunnelEvent::ChannelReleased { channel_id, reason } => {
+            write!(f, "channel {channel_id} released: {reason}")
+        }
+        TunnelEvent::ChannelTerminated { channel_id } => write!(f, "channel {channel_id} terminated"),
+        TunnelEvent::Checkpointed { channel_id, position } => {
+            write!(f, "channel {channel_id} checkpointed at {position}")
+        }
+        TunnelEvent::RecordsLostToRetention { channel_id, records } => {
+            write!(f, "channel {channel_id} lost {records} records to retention")
+        }
+        TunnelEvent::SubscriberLost { reason } => write!(f, "subscriber lost: {reason}"),
+        TunnelEvent::SubscriberAttached => write!(f, "subscriber attached"),
+        TunnelEvent::Fatal { error } => write!(f, "stopped for good: {error}"),
+        _ => write!(f, "worker event"),
+    }
 }
 
 impl TreeEvent {
@@ -252,4 +313,42 @@ pub(crate) fn pump_tunnel(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_events_read_as_one_line_without_debug_formatting() {
+        let lines = [
+            TreeEvent::Connection {
+                key: "orders".into(),
+                target: "grpc://10.0.0.1:443".into(),
+                state: ConnectivityState::Ready,
+            },
+            TreeEvent::Tunnel {
+                tunnel_id: "orders".into(),
+                event: TunnelEvent::Checkpointed {
+                    channel_id: 2,
+                    position: 118,
+                },
+            },
+            TreeEvent::Leadership {
+                name: "janitor".into(),
+                identity: "node-1".into(),
+                role: Role::Leader,
+                fencing_token: Some(7),
+            },
+        ]
+        .map(|event| event.to_string());
+        assert_eq!(
+            lines,
+            [
+                "connection orders (grpc://10.0.0.1:443) is READY",
+                "tunnel orders: channel 2 checkpointed at 118",
+                "node-1 is leader of janitor (fencing token 7)",
+            ]
+        );
+    }
 }
