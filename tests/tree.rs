@@ -347,3 +347,128 @@ async fn a_pool_survives_unrelated_crashes_and_a_crash_loop_is_told_as_an_escala
     );
     tree.shutdown(Duration::from_secs(30)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_activator_resigns_and_keeps_it_down() {
+    let tree = Tree::builder().name("stopper").start().await.unwrap();
+    let mut events = tree.subscribe_events();
+    tree.start_activator(Janitor, ActivatorOptions::new("janitor"))
+        .await
+        .unwrap();
+    event(
+        &mut events,
+        |e| matches!(e, TreeEvent::Leadership { name, role: Role::Leader, .. } if name == "janitor"),
+    )
+    .await;
+    tree.stop_activator("janitor").await.unwrap();
+    event(&mut events, |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Exited { supervisor, child, restart: false, .. }) if &**supervisor == "stopper/activators" && child.starts_with("janitor#"))).await;
+    assert!(tree.activator("janitor").is_none());
+    let parts = tree.root().child_dynamic_supervisor("activators").await.unwrap();
+    assert_eq!(parts.count_children().await.unwrap().specs, 0, "not restarted");
+    assert!(matches!(
+        tree.stop_activator("janitor").await,
+        Err(arbor::tree::TreeError::UnknownActivator { name }) if name == "janitor"
+    ));
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
+}
+
+/// A singleton that cannot start: the last step of a tree's start fails.
+#[derive(Clone)]
+struct Broken;
+
+impl Singleton for Broken {
+    type State = ();
+    fn init(&self) -> Result<(), ActorProcessingErr> {
+        Err("broken on purpose".into())
+    }
+    async fn on_event(&self, _: &mut (), _: ActivatorEvent) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// An application child that tells the test which actor is its supervisor (the tree's root) and when it
+/// stops gracefully.
+struct Witness;
+
+type WitnessLog = tokio::sync::mpsc::UnboundedSender<Option<arbor::ractor::ActorCell>>;
+
+impl Actor for Witness {
+    type Msg = ();
+    type State = WitnessLog;
+    type Arguments = WitnessLog;
+    async fn pre_start(&self, _: ActorRef<()>, tx: WitnessLog) -> Result<WitnessLog, ActorProcessingErr> {
+        Ok(tx)
+    }
+    async fn post_stop(&self, _: ActorRef<()>, tx: &mut WitnessLog) -> Result<(), ActorProcessingErr> {
+        let _ = tx.send(None);
+        Ok(())
+    }
+}
+
+fn witness(tx: WitnessLog) -> ChildSpec {
+    ChildSpec::new("witness", move |supervisor: arbor::ractor::ActorCell| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(Some(supervisor.clone()));
+            let (actor, _) = Actor::spawn_linked(None, Witness, tx, supervisor).await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// Waits for the witness's start (giving the root) and its graceful stop, then for the root to exit.
+async fn everything_stopped(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Option<arbor::ractor::ActorCell>>) {
+    let root = tokio::time::timeout(LONG, rx.recv())
+        .await
+        .expect("the witness started")
+        .flatten()
+        .expect("the witness has a supervisor");
+    assert!(
+        tokio::time::timeout(LONG, rx.recv())
+            .await
+            .expect("the witness stopped")
+            .is_some(),
+        "the witness was stopped gracefully"
+    );
+    root.wait(Some(LONG)).await.expect("the root stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_at_its_last_step_leaves_nothing_running() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let result = Tree::builder()
+        .name("doomed")
+        .dynamic(DynamicConfig::new("jobs"))
+        .child(witness(tx))
+        .singleton_kind("broken", Broken)
+        .activator("broken", "broken")
+        .start()
+        .await;
+    let err = result.expect_err("the singleton cannot start");
+    assert!(err.to_string().contains("broken"), "{err}");
+    everything_stopped(&mut rx).await;
+}
+
+#[cfg(feature = "introspection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_introspection_port_is_taken_leaves_nothing_running_and_no_port_bound() {
+    use arbor::introspect::{IntrospectionOptions, PrometheusOptions};
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let grpc_addr = grpc.local_addr().unwrap();
+    drop(grpc);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let result = Tree::builder()
+        .name("taken")
+        .child(witness(tx))
+        .introspection(
+            IntrospectionOptions::default()
+                .listen(grpc_addr)
+                .prometheus(PrometheusOptions::default().listen(taken.local_addr().unwrap())),
+        )
+        .start()
+        .await;
+    assert!(result.is_err(), "the Prometheus port is taken");
+    everything_stopped(&mut rx).await;
+    std::net::TcpListener::bind(grpc_addr).expect("the gRPC port is free again");
+}

@@ -239,6 +239,30 @@ impl TreeHandle {
         ActivatorHandle::from_cell(name.clone(), cell).ok_or(TreeError::UnknownActivator { name })
     }
 
+    /// Stops the activator of `name` started through this tree and keeps it down: it resigns (its `Shutdown`
+    /// callback runs, leadership passes to another activator of the name), within its child spec's shutdown.
+    /// [`UnknownActivator`](TreeError::UnknownActivator) if none of that name runs under the tree.
+    pub async fn stop_activator(&self, name: &str) -> Result<(), TreeError> {
+        let ids: Vec<String> = self
+            .inner
+            .activators
+            .which_children()
+            .await?
+            .into_iter()
+            .filter(|child| child.id.rsplit_once('#').map(|(spec, _)| spec) == Some(name))
+            .map(|child| child.id)
+            .collect();
+        if ids.is_empty() {
+            return Err(TreeError::UnknownActivator {
+                name: name.to_string(),
+            });
+        }
+        for id in ids {
+            self.inner.activators.terminate_child(&id).await?;
+        }
+        Ok(())
+    }
+
     /// The running activator of `name` started through this tree, if any.
     pub fn activator(&self, name: &str) -> Option<ActivatorHandle> {
         self.inner

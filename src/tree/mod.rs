@@ -116,8 +116,9 @@ pub enum TreeError {
         /// The tunnel.
         tunnel_id: String,
     },
-    /// The activator started, but is not one (a foreign actor under its id).
-    #[error("activator {name:?} could not be found after its start")]
+    /// No activator of this name runs under the tree (never started, or stopped; or, after a start, a foreign
+    /// actor under its id).
+    #[error("no activator named {name:?} runs in this tree")]
     UnknownActivator {
         /// The singleton's name.
         name: String,
