@@ -262,6 +262,11 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
         .shutdown(Shutdown::BrutalKill)
     }
 
+    /// Whether `other` is a handle to the same registry (not just one of the same name).
+    pub(crate) fn same_as(&self, other: &Registry<V>) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Starts the watcher unsupervised (for tests and small programs).
     pub async fn start(&self) -> Result<(), RegistryError> {
         Actor::spawn(None, Watcher, self.erased())
