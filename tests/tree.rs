@@ -472,3 +472,71 @@ async fn a_start_whose_introspection_port_is_taken_leaves_nothing_running_and_no
     everything_stopped(&mut rx).await;
     std::net::TcpListener::bind(grpc_addr).expect("the gRPC port is free again");
 }
+
+/// `GET /metrics` over plain HTTP/1.1.
+#[cfg(feature = "introspection")]
+async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: arbor\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(LONG, stream.read_to_string(&mut response))
+        .await
+        .expect("the exporter answers")
+        .unwrap();
+    response
+}
+
+/// Children of many ids come and go: the restart counter's `child` label keeps to its budget (a recorder keeps
+/// every series it is given for the life of the process).
+#[cfg(feature = "introspection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_keep_a_bounded_number_of_series_through_many_child_start_stop_cycles() {
+    use arbor::introspect::{IntrospectionOptions, PrometheusOptions};
+    let tree = Tree::builder()
+        .name("labels")
+        .dynamic(DynamicConfig::new("jobs"))
+        .introspection(
+            IntrospectionOptions::default()
+                .listen("127.0.0.1:0".parse().unwrap())
+                .prometheus(PrometheusOptions::default().listen("127.0.0.1:0".parse().unwrap())),
+        )
+        .start()
+        .await
+        .unwrap();
+    let mut events = tree.subscribe_events();
+    let jobs = tree.supervisor("jobs").unwrap().clone();
+    let cycles = arbor::tree::LABEL_BUDGET + 100;
+    for i in 0..cycles {
+        let job = jobs
+            .start_child(ChildSpec::actor(format!("job-{i}"), || (Job, ())))
+            .await
+            .unwrap();
+        let id = job.id();
+        job.kill().unwrap();
+        event(
+            &mut events,
+            |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Restarted { child, .. }) if *child == id),
+        )
+        .await;
+        jobs.terminate_child(&id).await.unwrap();
+    }
+    assert_eq!(jobs.count_children().await.unwrap().specs, 0);
+    let addr = tree.introspection_addrs().unwrap().prometheus.unwrap();
+    let text = metrics_text(addr).await;
+    let children: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("arbor_restarts_total{"))
+        .filter_map(|l| l.split("child=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(
+        children.len() <= arbor::tree::LABEL_BUDGET + 1,
+        "{} child series",
+        children.len()
+    );
+    assert!(children.contains("other"), "the rest are counted as other");
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
+}

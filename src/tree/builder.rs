@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 use super::config::{BackendConfig, DynamicConfig, SingletonConfig, TreeConfig, TunnelConfig};
-use super::events::{pump_connections, pump_leadership, pump_supervisors};
+use super::events::{pump_connections, pump_leadership, pump_supervisors, Pumps};
 use super::handle::{TreeHandle, TreeInner};
 use super::TreeError;
 
@@ -346,7 +346,7 @@ impl TreeBuilder {
                 backend,
                 dynamic,
                 events,
-                pumps: Mutex::new(pumps),
+                pumps: Mutex::new(Pumps::new(pumps)),
                 #[cfg(feature = "introspection")]
                 introspection: Arc::default(),
             }),

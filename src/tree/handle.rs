@@ -19,9 +19,8 @@ use arbor_actors::tunnel::{
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 
-use super::events::{pump_tunnel, TreeEvent};
+use super::events::{pump_tunnel, Pumps, TreeEvent};
 use super::TreeError;
 
 /// A registry entry of any of the tree's registries, for listings (`inspect registry`).
@@ -51,7 +50,7 @@ pub(crate) struct TreeInner {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) dynamic: BTreeMap<String, DynamicSupervisorHandle>,
     pub(crate) events: broadcast::Sender<TreeEvent>,
-    pub(crate) pumps: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) pumps: Mutex<Pumps>,
     /// Where the introspection server listens while it runs.
     #[cfg(feature = "introspection")]
     pub(crate) introspection: Arc<Mutex<Option<crate::introspect::IntrospectionAddrs>>>,
@@ -59,9 +58,10 @@ pub(crate) struct TreeInner {
 
 impl Drop for TreeInner {
     fn drop(&mut self) {
-        for pump in self.pumps.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            pump.abort();
-        }
+        self.pumps
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort_all();
     }
 }
 
@@ -218,7 +218,13 @@ impl TreeHandle {
             .ok_or_else(|| TreeError::UnknownTunnel {
                 tunnel_id: tunnel_id.to_string(),
             })?;
-        Ok(handle.shutdown(timeout).await?)
+        let stopped = handle.shutdown(timeout).await;
+        self.inner
+            .pumps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release_tunnel(tunnel_id);
+        Ok(stopped?)
     }
 
     // --- activators ---
@@ -375,7 +381,7 @@ impl TreeTunnel {
             .pumps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(pump);
+            .add_tunnel(tunnel_id.clone(), pump);
         self.tree.lock_tunnels().insert(tunnel_id, handle.clone());
         Ok(handle)
     }

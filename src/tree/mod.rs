@@ -44,6 +44,7 @@ pub mod builder;
 pub mod config;
 pub mod events;
 pub mod handle;
+pub mod metrics;
 
 use std::path::Path;
 
@@ -52,8 +53,9 @@ pub use config::{
     ActivatorsConfig, BackendConfig, ConfigError, DynamicConfig, EtcdConfig, SingletonConfig, TreeConfig,
     TunnelConfig,
 };
-pub use events::{record_channel_metrics, TreeEvent};
+pub use events::TreeEvent;
 pub use handle::{RegistryRow, TreeHandle, TreeTunnel};
+pub use metrics::{record_channel_metrics, LABEL_BUDGET};
 
 /// Starting trees.
 #[derive(Debug)]
