@@ -122,14 +122,14 @@ pub(crate) async fn terminate_cell(cell: &ActorCell, shutdown: Shutdown) -> &'st
                 Err(_) => cell.wait(Some(timeout)).await.is_ok(),
             };
             if !stopped {
-                warn!(child = %cell.get_id(), ?timeout, "child did not stop in time, killing it");
+                warn!(child = %cell.get_id(), timeout = %humantime::format_duration(timeout), "child did not stop in time, killing it");
             }
             stopped
         }
     };
     if !stopped {
         if let Err(ractor::RactorErr::Timeout) = cell.kill_and_wait(Some(KILL_WAIT)).await {
-            error!(child = %cell.get_id(), wait = ?KILL_WAIT, "child did not die when killed (blocking code?); going on without it");
+            error!(child = %cell.get_id(), wait = %humantime::format_duration(KILL_WAIT), "child did not die when killed (blocking code?); going on without it");
         }
         return "killed";
     }

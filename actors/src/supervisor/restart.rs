@@ -122,7 +122,7 @@ impl SupervisorState {
                 }
                 let delay = backoff.delay(child.backoff_step);
                 child.backoff_step = child.backoff_step.saturating_add(1);
-                info!(child = %id, ?delay, "restart delayed by backoff");
+                info!(child = %id, delay = %humantime::format_duration(delay), "restart delayed by backoff");
                 instant_after(delay)
             }
             None => Instant::now(),
