@@ -192,7 +192,7 @@ macro_rules! common_calls {
     };
 }
 
-/// A cloneable handle to a [`Supervisor`]. A handle to a child supervisor (from
+/// A cloneable handle to a [`Supervisor`](super::Supervisor). A handle to a child supervisor (from
 /// [`child_supervisor`](Self::child_supervisor)) follows it across restarts.
 #[derive(Clone)]
 pub struct SupervisorHandle {
@@ -318,7 +318,7 @@ impl SupervisorHandle {
 /// The state shared with one incarnation of a dynamic supervisor, and which incarnation that is.
 type SharedOf = (ActorId, Arc<DynamicShared>);
 
-/// A cloneable handle to a [`DynamicSupervisor`].
+/// A cloneable handle to a [`DynamicSupervisor`](super::DynamicSupervisor).
 #[derive(Clone)]
 pub struct DynamicSupervisorHandle {
     target: Target,
