@@ -114,6 +114,8 @@ async fn starts_exits_restarts_and_giving_up_are_published_with_the_supervisors_
 struct Replay {
     running: BTreeMap<(String, String), ActorId>,
     violations: Vec<String>,
+    /// Restarts seen, by supervisor label: the storm must have reached every kind of group.
+    restarts: BTreeMap<String, u32>,
 }
 
 impl Replay {
@@ -130,6 +132,9 @@ impl Replay {
                 actor,
                 ..
             } => {
+                if matches!(event, SupervisorEvent::Restarted { .. }) {
+                    *self.restarts.entry(supervisor.to_string()).or_default() += 1;
+                }
                 if let Some(old) = self
                     .running
                     .insert((supervisor.to_string(), child.clone()), *actor)
@@ -312,6 +317,13 @@ async fn a_replay_of_the_events_through_a_kill_storm_always_knows_what_runs() {
 
     let mut replay = Replay::default();
     replay_until_settled(&mut rx, &mut replay, &root).await;
+    for group in ["root", "root/ofa", "root/rfo", "root/rfo/nested"] {
+        assert!(
+            replay.restarts.get(group).is_some_and(|n| *n > 0),
+            "no restart under {group}: {:?}",
+            replay.restarts
+        );
+    }
     assert!(
         replay.violations.is_empty(),
         "{} inconsistencies, first: {:#?}",

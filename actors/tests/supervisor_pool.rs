@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use arbor_actors::supervisor::{
-    DynamicSupervisor, DynamicSupervisorOptions, EventSink, IntensityScope, SupervisorEvent, SupervisorExit,
+    DynamicSupervisor, EventSink, IntensityScope, SupervisorEvent, SupervisorExit,
 };
 use common::*;
 use tokio::sync::broadcast;
@@ -87,7 +87,7 @@ async fn one_child_crash_looping_makes_the_pool_give_up_and_say_which() {
 async fn the_supervisor_scope_counts_every_childs_restarts_against_one_budget() {
     let mut w = Workers::new();
     let pool = DynamicSupervisor::builder()
-        .options(DynamicSupervisorOptions::default().intensity_scope(IntensityScope::Supervisor))
+        .intensity_scope(IntensityScope::Supervisor)
         .start()
         .await
         .unwrap();

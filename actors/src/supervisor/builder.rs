@@ -365,7 +365,7 @@ impl DynamicSupervisorBuilder {
         self
     }
 
-    /// See [`DynamicSupervisorOptions::intensity`] (default 3 in 5 s).
+    /// See [`DynamicSupervisorOptions::intensity`] (default 3 in 5 s, per child).
     pub fn intensity(mut self, max_restarts: u32, period: Duration) -> Self {
         self.options = self.options.intensity(max_restarts, period);
         self
@@ -380,6 +380,12 @@ impl DynamicSupervisorBuilder {
     /// See [`DynamicSupervisorOptions::max_children`] (default no limit).
     pub fn max_children(mut self, max_children: usize) -> Self {
         self.options.max_children = Some(max_children);
+        self
+    }
+
+    /// See [`DynamicSupervisorOptions::intensity_scope`] (default [`IntensityScope::PerChild`]).
+    pub fn intensity_scope(mut self, scope: IntensityScope) -> Self {
+        self.options.intensity_scope = scope;
         self
     }
 
