@@ -263,6 +263,7 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
     }
 
     /// Whether `other` is a handle to the same registry (not just one of the same name).
+    #[cfg(feature = "activator")]
     pub(crate) fn same_as(&self, other: &Registry<V>) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
