@@ -27,11 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = tree.acquire(config.clone()).await?;
     let b = tree.acquire(config).await?;
     assert_eq!(a.key(), b.key());
-    println!(
-        "leases a and b share {:?}: {:?}",
-        a.key(),
-        tree.pool().stats().await?
-    );
+    println!("leases a and b share {}: {}", a.key(), tree.pool().stats().await?);
 
     a.wait_ready(Duration::from_secs(5)).await?;
     let mut health = HealthClient::new(b.channel()); // any tonic client; it follows reconnects
@@ -39,7 +35,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .check(b.request(HealthCheckRequest::default()))
         .await?
         .into_inner();
-    println!("READY; health check through lease b: {:?}", answer.status());
+    println!(
+        "READY; health check through lease b: {}",
+        answer.status().as_str_name()
+    );
 
     let mut states = a.watch();
     let printer = tokio::spawn(async move {
@@ -70,12 +69,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .check(b.request(HealthCheckRequest::default()))
         .await?
         .into_inner();
-    println!("the same client works again: {:?}", answer.status());
+    println!("the same client works again: {}", answer.status().as_str_name());
 
     drop(a); // the pool's linger is 0 (the default): the last release stops the connection at once
-    println!("a released: {:?}", tree.pool().stats().await?);
+    println!("a released: {}", tree.pool().stats().await?);
     drop((b, health));
-    println!("b released: {:?}", tree.pool().stats().await?);
+    println!("b released: {}", tree.pool().stats().await?);
 
     tree.shutdown(Duration::from_secs(5)).await?;
     printer.abort();

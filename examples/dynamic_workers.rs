@@ -71,16 +71,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     handles[1].kill()?;
     loop {
         match timeout(WAIT, changes.recv()).await?? {
-            RegistryEvent::Removed(entry, why) => println!("registry: {} removed ({why:?})", entry.key),
-            RegistryEvent::Registered(entry) => {
-                println!(
-                    "registry: {} registered again, actor {}",
-                    entry.key,
-                    entry.actor.get_id()
-                );
+            change @ RegistryEvent::Registered(_) => {
+                println!("registry: {change}");
                 break;
             }
-            _ => {}
+            change => println!("registry: {change}"),
         }
     }
     print_events_until(&mut events, |e| matches!(e, SupervisorEvent::Restarted { .. })).await?;
@@ -101,7 +96,7 @@ async fn print_events_until(
         let TreeEvent::Supervisor(event) = timeout(WAIT, events.recv()).await?? else {
             continue;
         };
-        println!("event: {event:?}");
+        println!("event: {event}");
         if last(&event) {
             return Ok(());
         }
@@ -109,7 +104,7 @@ async fn print_events_until(
 }
 
 fn print_registry(workers: &Registry<Shard>) {
-    println!("registry {:?}:", workers.name());
+    println!("registry {}:", workers.name());
     for entry in workers.list() {
         println!(
             "  {} -> actor {}, shard {}",

@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             back.push(entry.key);
         }
     }
-    println!("came back: {back:?}");
+    println!("came back: {}", back.join(", "));
     println!("{}", root.snapshot().await?.render());
     root.shutdown(Duration::from_secs(5)).await?;
     Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use arbor::activator::{ActivatorEvent, ActivatorOptions, Role, Singleton};
 use arbor::connection::ConnectionConfig;
 use arbor::ractor::{Actor, ActorProcessingErr, ActorRef};
-use arbor::supervisor::{ChildKind, ChildSpec, SupervisorEvent, TreeSnapshot};
+use arbor::supervisor::{ChildKind, ChildSpec, SupervisorEvent, SupervisorExit, TreeSnapshot};
 use arbor::tree::{DynamicConfig, Tree, TreeEvent};
 use arbor::tunnel::{CheckpointPolicy, TunnelEvent};
 use tokio::sync::broadcast;
@@ -90,8 +90,7 @@ max_children = 10
     std::fs::write(&path, toml).unwrap();
     let from_file = Tree::from_file(&path).unwrap().singleton_kind("janitor", Janitor);
 
-    let mut dynamic = DynamicConfig::new("jobs");
-    dynamic.max_children = Some(10);
+    let dynamic = DynamicConfig::new("jobs").max_children(10);
     let from_code = Tree::builder()
         .name("orders")
         .root(arbor::supervisor::SupervisorOptions::default().intensity(5, Duration::from_secs(10)))
@@ -294,4 +293,250 @@ async fn shutdown_flushes_tunnel_checkpoints_and_shuts_sessions_down() {
     );
     next.shutdown(Duration::from_secs(30)).await.unwrap();
     server.stop().await;
+}
+
+/// A dynamic supervisor of the tree as a pool: a hundred workers survive twenty quick crashes of different
+/// workers (the default intensity is per child); one worker crash-looping makes it give up, and the tree says
+/// which supervisor gave up and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_survives_unrelated_crashes_and_a_crash_loop_is_told_as_an_escalation() {
+    let tree = Tree::builder()
+        .name("pools")
+        .dynamic(DynamicConfig::new("jobs"))
+        .start()
+        .await
+        .unwrap();
+    let mut events = tree.subscribe_events();
+    let mut jobs = Vec::new();
+    for _ in 0..100 {
+        jobs.push(
+            tree.start_child("jobs", ChildSpec::actor("job", || (Job, ())))
+                .await
+                .unwrap(),
+        );
+    }
+    for job in jobs.iter().step_by(5) {
+        job.kill().unwrap();
+        let id = job.id();
+        event(
+            &mut events,
+            |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Restarted { child, .. }) if *child == id),
+        )
+        .await;
+    }
+    let counts = tree.supervisor("jobs").unwrap().count_children().await.unwrap();
+    assert_eq!((counts.specs, counts.active), (100, 100));
+
+    let looping = &jobs[1];
+    let id = looping.id();
+    for _ in 0..3 {
+        looping.kill().unwrap();
+        event(
+            &mut events,
+            |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Restarted { child, .. }) if *child == id),
+        )
+        .await;
+    }
+    looping.kill().unwrap();
+    let escalation = event(&mut events, |e| e.escalation().is_some()).await;
+    let (supervisor, cause) = escalation.escalation().unwrap();
+    assert_eq!(supervisor, "pools/jobs");
+    assert!(
+        matches!(cause, SupervisorExit::IntensityReached { child, max_restarts: 3, .. } if *child == id),
+        "{cause:?}"
+    );
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_activator_resigns_and_keeps_it_down() {
+    let tree = Tree::builder().name("stopper").start().await.unwrap();
+    let mut events = tree.subscribe_events();
+    tree.start_activator(Janitor, ActivatorOptions::new("janitor"))
+        .await
+        .unwrap();
+    event(
+        &mut events,
+        |e| matches!(e, TreeEvent::Leadership { name, role: Role::Leader, .. } if name == "janitor"),
+    )
+    .await;
+    tree.stop_activator("janitor").await.unwrap();
+    event(&mut events, |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Exited { supervisor, child, restart: false, .. }) if &**supervisor == "stopper/activators" && child.starts_with("janitor#"))).await;
+    assert!(tree.activator("janitor").is_none());
+    let parts = tree.root().child_dynamic_supervisor("activators").await.unwrap();
+    assert_eq!(parts.count_children().await.unwrap().specs, 0, "not restarted");
+    assert!(matches!(
+        tree.stop_activator("janitor").await,
+        Err(arbor::tree::TreeError::UnknownActivator { name }) if name == "janitor"
+    ));
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
+}
+
+/// A singleton that cannot start: the last step of a tree's start fails.
+#[derive(Clone)]
+struct Broken;
+
+impl Singleton for Broken {
+    type State = ();
+    fn init(&self) -> Result<(), ActorProcessingErr> {
+        Err("broken on purpose".into())
+    }
+    async fn on_event(&self, _: &mut (), _: ActivatorEvent) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// An application child that tells the test which actor is its supervisor (the tree's root) and when it
+/// stops gracefully.
+struct Witness;
+
+type WitnessLog = tokio::sync::mpsc::UnboundedSender<Option<arbor::ractor::ActorCell>>;
+
+impl Actor for Witness {
+    type Msg = ();
+    type State = WitnessLog;
+    type Arguments = WitnessLog;
+    async fn pre_start(&self, _: ActorRef<()>, tx: WitnessLog) -> Result<WitnessLog, ActorProcessingErr> {
+        Ok(tx)
+    }
+    async fn post_stop(&self, _: ActorRef<()>, tx: &mut WitnessLog) -> Result<(), ActorProcessingErr> {
+        let _ = tx.send(None);
+        Ok(())
+    }
+}
+
+fn witness(tx: WitnessLog) -> ChildSpec {
+    ChildSpec::new("witness", move |supervisor: arbor::ractor::ActorCell| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(Some(supervisor.clone()));
+            let (actor, _) = Actor::spawn_linked(None, Witness, tx, supervisor).await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// Waits for the witness's start (giving the root) and its graceful stop, then for the root to exit.
+async fn everything_stopped(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Option<arbor::ractor::ActorCell>>) {
+    let root = tokio::time::timeout(LONG, rx.recv())
+        .await
+        .expect("the witness started")
+        .flatten()
+        .expect("the witness has a supervisor");
+    assert!(
+        tokio::time::timeout(LONG, rx.recv())
+            .await
+            .expect("the witness stopped")
+            .is_some(),
+        "the witness was stopped gracefully"
+    );
+    root.wait(Some(LONG)).await.expect("the root stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_at_its_last_step_leaves_nothing_running() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let result = Tree::builder()
+        .name("doomed")
+        .dynamic(DynamicConfig::new("jobs"))
+        .child(witness(tx))
+        .singleton_kind("broken", Broken)
+        .activator("broken", "broken")
+        .start()
+        .await;
+    let err = result.expect_err("the singleton cannot start");
+    assert!(err.to_string().contains("broken"), "{err}");
+    everything_stopped(&mut rx).await;
+}
+
+#[cfg(feature = "introspection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_introspection_port_is_taken_leaves_nothing_running_and_no_port_bound() {
+    use arbor::introspect::{IntrospectionOptions, PrometheusOptions};
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let grpc_addr = grpc.local_addr().unwrap();
+    drop(grpc);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let result = Tree::builder()
+        .name("taken")
+        .child(witness(tx))
+        .introspection(
+            IntrospectionOptions::default()
+                .listen(grpc_addr)
+                .prometheus(PrometheusOptions::default().listen(taken.local_addr().unwrap())),
+        )
+        .start()
+        .await;
+    assert!(result.is_err(), "the Prometheus port is taken");
+    everything_stopped(&mut rx).await;
+    std::net::TcpListener::bind(grpc_addr).expect("the gRPC port is free again");
+}
+
+/// `GET /metrics` over plain HTTP/1.1.
+#[cfg(feature = "introspection")]
+async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: arbor\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(LONG, stream.read_to_string(&mut response))
+        .await
+        .expect("the exporter answers")
+        .unwrap();
+    response
+}
+
+/// Children of many ids come and go: the restart counter's `child` label keeps to its budget (a recorder keeps
+/// every series it is given for the life of the process).
+#[cfg(feature = "introspection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_keep_a_bounded_number_of_series_through_many_child_start_stop_cycles() {
+    use arbor::introspect::{IntrospectionOptions, PrometheusOptions};
+    let tree = Tree::builder()
+        .name("labels")
+        .dynamic(DynamicConfig::new("jobs"))
+        .introspection(
+            IntrospectionOptions::default()
+                .listen("127.0.0.1:0".parse().unwrap())
+                .prometheus(PrometheusOptions::default().listen("127.0.0.1:0".parse().unwrap())),
+        )
+        .start()
+        .await
+        .unwrap();
+    let mut events = tree.subscribe_events();
+    let jobs = tree.supervisor("jobs").unwrap().clone();
+    let cycles = arbor::tree::LABEL_BUDGET + 100;
+    for i in 0..cycles {
+        let job = jobs
+            .start_child(ChildSpec::actor(format!("job-{i}"), || (Job, ())))
+            .await
+            .unwrap();
+        let id = job.id();
+        job.kill().unwrap();
+        event(
+            &mut events,
+            |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Restarted { child, .. }) if *child == id),
+        )
+        .await;
+        jobs.terminate_child(&id).await.unwrap();
+    }
+    assert_eq!(jobs.count_children().await.unwrap().specs, 0);
+    let addr = tree.introspection_addrs().unwrap().prometheus.unwrap();
+    let text = metrics_text(addr).await;
+    let children: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("arbor_restarts_total{"))
+        .filter_map(|l| l.split("child=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(
+        children.len() <= arbor::tree::LABEL_BUDGET + 1,
+        "{} child series",
+        children.len()
+    );
+    assert!(children.contains("other"), "the rest are counted as other");
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
 }

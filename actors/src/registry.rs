@@ -108,6 +108,28 @@ pub enum RegistryEvent<V> {
     Removed(RegistryEntry<V>, RemovalReason),
 }
 
+impl fmt::Display for RemovalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RemovalReason::Unregistered => "unregistered",
+            RemovalReason::ActorExited => "its actor exited",
+        })
+    }
+}
+
+/// One line for people, without the value (metadata of any type): `registered worker-3 (actor 0.13)`.
+impl<V> fmt::Display for RegistryEvent<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryEvent::Registered(e) => write!(f, "registered {} (actor {})", e.key, e.actor.get_id()),
+            RegistryEvent::Updated(e) => write!(f, "updated {} (actor {})", e.key, e.actor.get_id()),
+            RegistryEvent::Removed(e, why) => {
+                write!(f, "removed {} (actor {}): {why}", e.key, e.actor.get_id())
+            }
+        }
+    }
+}
+
 /// What went wrong with a registry operation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegistryError {
@@ -238,6 +260,12 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
             }
         })
         .shutdown(Shutdown::BrutalKill)
+    }
+
+    /// Whether `other` is a handle to the same registry (not just one of the same name).
+    #[cfg(feature = "activator")]
+    pub(crate) fn same_as(&self, other: &Registry<V>) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 
     /// Starts the watcher unsupervised (for tests and small programs).

@@ -703,3 +703,41 @@ async fn a_registry_watcher_catching_up_late_cannot_hand_leadership_away() {
     .await
     .expect("the newcomer leads once the old leader resigned");
 }
+
+/// Hand-over is first come, first served: when the leader goes (killed, or stopped and resigning) and its
+/// supervisor restarts it at once, the follower that was already waiting takes over, and the restarted old
+/// leader queues behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_follower_takes_over_before_the_restarted_old_leader() {
+    let registry = new_registry().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let trees = [
+        supervised_tree(0, &registry, &tx, false).await,
+        supervised_tree(1, &registry, &tx, false).await,
+    ];
+    let (mut leader, _) = next_leader_on(&mut rx).await;
+    for round in 0..6 {
+        let old = activator_of(&trees[leader]).await;
+        // the follower is waiting before the leader goes (its tree may still be restarting it: ask for the
+        // current incarnation each time)
+        timeout(WAIT, async {
+            loop {
+                let follower = activator_of(&trees[1 - leader]).await;
+                if matches!(follower.dump().await, Ok(d) if d.role == Role::Follower) {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the other activator follows");
+        if round % 2 == 0 {
+            old.cell().kill();
+        } else {
+            old.cell().stop(Some("crashed".into()));
+        }
+        let (next, _) = next_leader_on(&mut rx).await;
+        assert_eq!(next, 1 - leader, "round {round}: the waiting follower takes over");
+        leader = next;
+    }
+}

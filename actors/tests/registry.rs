@@ -343,3 +343,23 @@ async fn an_entry_of_an_exited_actor_is_gone_even_without_a_watcher() {
         Err(RegistryError::NotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn events_read_as_one_line_for_people() {
+    let w = Workers::new();
+    let registry: Registry<Vec<u8>> = Registry::new("words");
+    registry.start().await.unwrap();
+    let mut events = registry.watch();
+    let a = spawn_worker(&w, "a").await;
+    registry.register("worker-3", a.get_cell(), vec![1]).unwrap();
+    let id = a.get_id();
+    assert_eq!(
+        event(&mut events).await.to_string(),
+        format!("registered worker-3 (actor {id})")
+    );
+    a.kill();
+    assert_eq!(
+        event(&mut events).await.to_string(),
+        format!("removed worker-3 (actor {id}): its actor exited")
+    );
+}

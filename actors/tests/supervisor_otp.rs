@@ -222,7 +222,7 @@ async fn reaching_intensity_is_a_shutdown_that_only_a_permanent_parent_entry_res
     assert_eq!(trans_node.restart_count, 0);
     let cause = trans_node.last_exit.as_deref().unwrap();
     assert!(
-        cause.starts_with("shutdown:reached_max_restart_intensity"),
+        cause.starts_with("shutdown: reached_max_restart_intensity"),
         "{cause}"
     );
     assert!(cause.contains("trans-leaf"), "{cause}");
@@ -355,9 +355,7 @@ async fn max_children_counts_right_across_restarts_of_its_children() {
         sup.start_child(w.spec("three")).await,
         Err(SupervisorError::MaxChildren { max_children: 2 })
     ));
-    sup.terminate_child(first.actor().unwrap().get_id())
-        .await
-        .unwrap();
+    sup.terminate_child(&first.id()).await.unwrap();
     sup.start_child(w.spec("three")).await.unwrap();
     let counts = sup.count_children().await.unwrap();
     assert_eq!((counts.specs, counts.active), (2, 2));

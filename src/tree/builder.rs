@@ -3,17 +3,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arbor_actors::activator::{ActivatorInfo, ActivatorOptions, Backend, LocalBackend, Singleton};
 use arbor_actors::connection::{ConnectionConfig, ConnectionPool, PoolOptions};
 use arbor_actors::registry::Registry;
-use arbor_actors::supervisor::{ChildSpec, DynamicSupervisor, EventSink, Supervisor, SupervisorOptions};
+use arbor_actors::supervisor::{
+    ChildSpec, DynamicSupervisor, EventSink, Supervisor, SupervisorHandle, SupervisorOptions,
+};
 use arbor_actors::tunnel::{Batch, Subscriber, TunnelOptions, TunnelWorkerBuilder};
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 use super::config::{BackendConfig, DynamicConfig, SingletonConfig, TreeConfig, TunnelConfig};
-use super::events::{pump_connections, pump_leadership, pump_supervisors};
+use super::events::{pump_connections, pump_leadership, pump_supervisors, Pumps};
 use super::handle::{TreeHandle, TreeInner};
 use super::TreeError;
 
@@ -308,15 +311,31 @@ impl TreeBuilder {
                 return Err(err.into());
             }
         };
-        let mut dynamic = BTreeMap::new();
-        for d in &config.dynamic {
-            dynamic.insert(d.name.clone(), root.child_dynamic_supervisor(&d.name).await?);
+        // From here on the root runs: a step that fails stops it (and so everything started) before the error
+        // is returned, so a failed start leaves no actor, task or port behind.
+        let parts = async {
+            let mut dynamic = BTreeMap::new();
+            for d in &config.dynamic {
+                dynamic.insert(d.name.clone(), root.child_dynamic_supervisor(&d.name).await?);
+            }
+            let tunnels = root.child_dynamic_supervisor("tunnels").await?;
+            let activators = root.child_dynamic_supervisor("activators").await?;
+            Ok::<_, TreeError>((dynamic, tunnels, activators))
         }
+        .await;
+        let (dynamic, tunnels, activators) = match parts {
+            Ok(parts) => parts,
+            Err(err) => {
+                pumps.drain(..).for_each(|p| p.abort());
+                stop_after_failed_start(&root, &config.name, &err).await;
+                return Err(err);
+            }
+        };
         let tree = TreeHandle {
             inner: Arc::new(TreeInner {
                 name: config.name.clone(),
-                tunnels: root.child_dynamic_supervisor("tunnels").await?,
-                activators: root.child_dynamic_supervisor("activators").await?,
+                tunnels,
+                activators,
                 root,
                 registry,
                 pool,
@@ -327,38 +346,61 @@ impl TreeBuilder {
                 backend,
                 dynamic,
                 events,
-                pumps: Mutex::new(pumps),
+                pumps: Mutex::new(Pumps::new(pumps)),
                 #[cfg(feature = "introspection")]
                 introspection: Arc::default(),
             }),
         };
-        #[cfg(feature = "introspection")]
-        if let (Some(options), Some(journal)) = (&config.introspection, journal) {
-            let spec = crate::introspect::IntrospectionServer::child_spec(
-                tree.clone(),
-                journal,
-                options.clone(),
-                Arc::clone(&tree.inner.introspection),
-            );
-            if let Err(err) = tree.inner.root.start_child(spec).await {
-                let _ = tree.shutdown(std::time::Duration::from_secs(10)).await;
-                return Err(err.into());
+        let configured = async {
+            #[cfg(feature = "introspection")]
+            if let (Some(options), Some(journal)) = (&config.introspection, journal) {
+                let spec = crate::introspect::IntrospectionServer::child_spec(
+                    tree.clone(),
+                    journal,
+                    options.clone(),
+                    Arc::clone(&tree.inner.introspection),
+                );
+                tree.inner.root.start_child(spec).await?;
             }
+            for t in &config.tunnels {
+                let target = tree.named_connection(&t.connection)?;
+                let apply = Arc::clone(&subscriber_kinds[&t.subscriber]);
+                tree.tunnel(t.options.clone(), target)
+                    .map(|b| apply(b))
+                    .start()
+                    .await?;
+            }
+            for s in &config.activators.singletons {
+                let options =
+                    ActivatorOptions::new(s.name.clone()).timers_on_followers(s.timers_on_followers);
+                singleton_kinds[&s.kind](tree.clone(), options).await?;
+            }
+            Ok::<_, TreeError>(())
         }
-        for t in &config.tunnels {
-            let target = tree.named_connection(&t.connection)?;
-            let apply = Arc::clone(&subscriber_kinds[&t.subscriber]);
-            tree.tunnel(t.options.clone(), target)
-                .map(|b| apply(b))
-                .start()
-                .await?;
-        }
-        for s in &config.activators.singletons {
-            let options = ActivatorOptions::new(s.name.clone()).timers_on_followers(s.timers_on_followers);
-            singleton_kinds[&s.kind](tree.clone(), options).await?;
+        .await;
+        if let Err(err) = configured {
+            stop_after_failed_start(tree.root(), &config.name, &err).await;
+            return Err(err);
         }
         tracing::info!(tree = %config.name, "tree started");
         Ok(tree)
+    }
+}
+
+/// How long a tree whose start failed half-way is given to stop what it had started.
+const FAILED_START_SHUTDOWN: Duration = Duration::from_secs(30);
+
+/// Stops the root of a tree whose start failed after the root started: its children (the pool, workers,
+/// activators, the introspection server and its ports) stop in reverse order, as in a shutdown.
+async fn stop_after_failed_start(root: &SupervisorHandle, tree: &str, err: &TreeError) {
+    tracing::error!(%tree, error = %err, "tree failed to start: stopping what it started");
+    if let Err(stop) = root.shutdown(FAILED_START_SHUTDOWN).await {
+        tracing::error!(
+            %tree,
+            error = %stop,
+            waited = %humantime::format_duration(FAILED_START_SHUTDOWN),
+            "tree that failed to start did not stop in time"
+        );
     }
 }
 

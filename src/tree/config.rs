@@ -33,6 +33,8 @@
 //! [[dynamic]]                 # named dynamic supervisors for your own children
 //! name = "jobs"
 //! max_children = 1000
+//! max_restarts = 3            # within period, per child ("per_child", the default) or for the whole
+//! period = "5s"               # supervisor (intensity_scope = "supervisor")
 //!
 //! [introspection]             # the gRPC introspection server (feature `introspection`; off without this table)
 //! listen = "127.0.0.1:50052"
@@ -49,7 +51,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use arbor_actors::connection::{ConnectionConfig, PoolOptions};
-use arbor_actors::supervisor::{DynamicSupervisorOptions, SupervisorOptions};
+use arbor_actors::supervisor::{DynamicSupervisorOptions, IntensityScope, SupervisorOptions};
 use arbor_actors::tunnel::TunnelOptions;
 use serde::Deserialize;
 
@@ -190,12 +192,18 @@ pub struct DynamicConfig {
     /// At most this many children (default no limit).
     #[serde(default)]
     pub max_children: Option<usize>,
-    /// At most this many restarts within `period` (default 3).
+    /// At most this many restarts within `period` (default 3), per child unless `intensity_scope` says
+    /// otherwise.
     #[serde(default = "default_max_restarts")]
     pub max_restarts: u32,
     /// The intensity's window (default 5 s).
     #[serde(default = "default_period", with = "humantime_serde")]
     pub period: Duration,
+    /// What the intensity counts: `per_child` (the default: a pool survives unrelated crashes, one child
+    /// crash-looping makes it give up) or `supervisor` (every restart against one budget, OTP's rule); see
+    /// [`IntensityScope`].
+    #[serde(default)]
+    pub intensity_scope: IntensityScope,
 }
 
 fn default_max_restarts() -> u32 {
@@ -214,11 +222,33 @@ impl DynamicConfig {
             max_children: None,
             max_restarts: default_max_restarts(),
             period: default_period(),
+            intensity_scope: IntensityScope::default(),
         }
     }
 
+    /// Sets the most children it accepts (default no limit).
+    pub fn max_children(mut self, max_children: usize) -> Self {
+        self.max_children = Some(max_children);
+        self
+    }
+
+    /// Sets the restart intensity: at most `max_restarts` within `period` (default 3 in 5 s, per child).
+    pub fn intensity(mut self, max_restarts: u32, period: Duration) -> Self {
+        self.max_restarts = max_restarts;
+        self.period = period;
+        self
+    }
+
+    /// Sets what the intensity counts (default [`IntensityScope::PerChild`]).
+    pub fn intensity_scope(mut self, scope: IntensityScope) -> Self {
+        self.intensity_scope = scope;
+        self
+    }
+
     pub(crate) fn options(&self) -> DynamicSupervisorOptions {
-        let options = DynamicSupervisorOptions::default().intensity(self.max_restarts, self.period);
+        let options = DynamicSupervisorOptions::default()
+            .intensity(self.max_restarts, self.period)
+            .intensity_scope(self.intensity_scope);
         match self.max_children {
             Some(max) => options.max_children(max),
             None => options,

@@ -19,9 +19,8 @@ use arbor_actors::tunnel::{
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 
-use super::events::{pump_tunnel, TreeEvent};
+use super::events::{pump_tunnel, Pumps, TreeEvent};
 use super::TreeError;
 
 /// A registry entry of any of the tree's registries, for listings (`inspect registry`).
@@ -51,7 +50,7 @@ pub(crate) struct TreeInner {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) dynamic: BTreeMap<String, DynamicSupervisorHandle>,
     pub(crate) events: broadcast::Sender<TreeEvent>,
-    pub(crate) pumps: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) pumps: Mutex<Pumps>,
     /// Where the introspection server listens while it runs.
     #[cfg(feature = "introspection")]
     pub(crate) introspection: Arc<Mutex<Option<crate::introspect::IntrospectionAddrs>>>,
@@ -59,9 +58,10 @@ pub(crate) struct TreeInner {
 
 impl Drop for TreeInner {
     fn drop(&mut self) {
-        for pump in self.pumps.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            pump.abort();
-        }
+        self.pumps
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort_all();
     }
 }
 
@@ -218,7 +218,13 @@ impl TreeHandle {
             .ok_or_else(|| TreeError::UnknownTunnel {
                 tunnel_id: tunnel_id.to_string(),
             })?;
-        Ok(handle.shutdown(timeout).await?)
+        let stopped = handle.shutdown(timeout).await;
+        self.inner
+            .pumps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release_tunnel(tunnel_id);
+        Ok(stopped?)
     }
 
     // --- activators ---
@@ -237,6 +243,30 @@ impl TreeHandle {
         let child = self.inner.activators.start_child(spec).await?;
         let cell = child.cell()?;
         ActivatorHandle::from_cell(name.clone(), cell).ok_or(TreeError::UnknownActivator { name })
+    }
+
+    /// Stops the activator of `name` started through this tree and keeps it down: it resigns (its `Shutdown`
+    /// callback runs, leadership passes to another activator of the name), within its child spec's shutdown.
+    /// [`UnknownActivator`](TreeError::UnknownActivator) if none of that name runs under the tree.
+    pub async fn stop_activator(&self, name: &str) -> Result<(), TreeError> {
+        let ids: Vec<String> = self
+            .inner
+            .activators
+            .which_children()
+            .await?
+            .into_iter()
+            .filter(|child| child.id.rsplit_once('#').map(|(spec, _)| spec) == Some(name))
+            .map(|child| child.id)
+            .collect();
+        if ids.is_empty() {
+            return Err(TreeError::UnknownActivator {
+                name: name.to_string(),
+            });
+        }
+        for id in ids {
+            self.inner.activators.terminate_child(&id).await?;
+        }
+        Ok(())
     }
 
     /// The running activator of `name` started through this tree, if any.
@@ -351,7 +381,7 @@ impl TreeTunnel {
             .pumps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(pump);
+            .add_tunnel(tunnel_id.clone(), pump);
         self.tree.lock_tunnels().insert(tunnel_id, handle.clone());
         Ok(handle)
     }

@@ -44,6 +44,7 @@ pub mod builder;
 pub mod config;
 pub mod events;
 pub mod handle;
+pub mod metrics;
 
 use std::path::Path;
 
@@ -52,8 +53,9 @@ pub use config::{
     ActivatorsConfig, BackendConfig, ConfigError, DynamicConfig, EtcdConfig, SingletonConfig, TreeConfig,
     TunnelConfig,
 };
-pub use events::{record_channel_metrics, TreeEvent};
+pub use events::TreeEvent;
 pub use handle::{RegistryRow, TreeHandle, TreeTunnel};
+pub use metrics::{record_channel_metrics, LABEL_BUDGET};
 
 /// Starting trees.
 #[derive(Debug)]
@@ -116,8 +118,9 @@ pub enum TreeError {
         /// The tunnel.
         tunnel_id: String,
     },
-    /// The activator started, but is not one (a foreign actor under its id).
-    #[error("activator {name:?} could not be found after its start")]
+    /// No activator of this name runs under the tree (never started, or stopped; or, after a start, a foreign
+    /// actor under its id).
+    #[error("no activator named {name:?} runs in this tree")]
     UnknownActivator {
         /// The singleton's name.
         name: String,

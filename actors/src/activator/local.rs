@@ -10,9 +10,15 @@
 //! The others monitor the claim (ractor monitors) and try to register again when it exits; a watch on the
 //! registry covers the cases a monitor cannot see (the entry outliving its actor for a moment, a graceful
 //! resign that unregisters before the claim stops).
+//!
+//! A free key goes to the candidates in the order they joined (first come, first served, as etcd's election
+//! orders them by create revision): a candidate registers only when no candidate of the same election that
+//! joined before it is still waiting. So when a leader goes and its supervisor restarts it at once, the
+//! follower that was already waiting takes over and the restarted activator, a new candidate, queues behind
+//! it, rather than the two racing for the key (which the restart, already under way, usually won).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent};
@@ -28,6 +34,15 @@ use crate::registry::{Registry, RegistryError, RegistryEvent};
 /// Process-wide, so tokens increase across leaders of a name even when several `LocalBackend`s share one
 /// registry. Starts at 1: 0 never fences anything.
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// Every candidate of the process, in the order they joined (see the module docs). Entries of candidates
+/// that left are pruned when someone leaves.
+static LINE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+fn line() -> MutexGuard<'static, Vec<Weak<Shared>>> {
+    // Pushes and retains only: a panic elsewhere cannot leave the list half-changed.
+    LINE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// How often `try_acquire` re-reads the registry when the holder it found died in between. Past that, the
 /// registry's `Removed` event for the stale entry triggers the next attempt.
@@ -120,8 +135,10 @@ impl Backend for LocalBackend {
                 node_id,
                 campaign,
                 claim: claim.get_cell(),
+                waiting: AtomicBool::new(true),
                 state: Mutex::new(LocalState::default()),
             });
+            line().push(Arc::downgrade(&shared));
             // Subscribe before the first attempt so no `Removed` between the attempt and the subscription
             // can be missed.
             let rx = shared.registry.watch();
@@ -147,6 +164,9 @@ struct Shared {
     campaign: Campaign,
     /// Holds the leader key while this candidate leads.
     claim: ActorCell,
+    /// Whether it waits for the key: from its join until it leads or leaves. Read by other candidates
+    /// without taking `state` (see [`Shared::someone_ahead`]).
+    waiting: AtomicBool,
     state: Mutex<LocalState>,
 }
 
@@ -161,19 +181,73 @@ impl Shared {
         &self.campaign.actor
     }
 
-    /// Registers the leader key or, failing that, monitors its holder. Events are sent while the lock is
-    /// held so that the activator sees them in the order the decisions were taken.
+    /// Whether this candidate still waits for the key, as the others see it.
+    fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire)
+            && !matches!(
+                self.me().get_status(),
+                ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+            )
+    }
+
+    fn same_election(&self, other: &Shared) -> bool {
+        other.key == self.key && other.registry.same_as(&self.registry)
+    }
+
+    /// Whether a candidate of the same election joined before this one and still waits: the free key is its.
+    fn someone_ahead(&self) -> bool {
+        for other in line().iter().filter_map(Weak::upgrade) {
+            if std::ptr::eq(&*other, self) {
+                return false;
+            }
+            if self.same_election(&other) && other.is_waiting() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Tells the other waiting candidates of this election to look again: the key was just taken (they
+    /// follow its holder) or a candidate ahead of them left (the key may be theirs now).
+    fn wake_the_line(&self) {
+        let others: Vec<Arc<Shared>> = line()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|other| !std::ptr::eq(&**other, self) && self.same_election(other) && other.is_waiting())
+            .collect();
+        for other in others {
+            other.try_acquire();
+        }
+    }
+
+    /// Leaves the line of candidates for good.
+    fn leave_the_line(&self) {
+        self.waiting.store(false, Ordering::Release);
+        line().retain(|entry| entry.upgrade().is_some_and(|other| !std::ptr::eq(&*other, self)));
+        self.wake_the_line();
+    }
+
+    /// Registers the leader key or, failing that, follows its holder; then, once it leads, tells the others
+    /// to follow it.
     fn try_acquire(&self) {
+        if self.try_acquire_locked() {
+            self.wake_the_line();
+        }
+    }
+
+    /// Registers the leader key or, failing that, monitors its holder; `true` when it was elected. Events are
+    /// sent while the lock is held so that the activator sees them in the order the decisions were taken.
+    fn try_acquire_locked(&self) -> bool {
         let mut st = self.lock();
         if st.leader || st.resigned {
-            return;
+            return false;
         }
         for _ in 0..ACQUIRE_ATTEMPTS {
             if let Some(holder) = self.registry.lookup(&self.key) {
                 if holder.actor.get_id() == self.claim.get_id() {
                     // Cannot happen through this type (`leader` would be set); refuse to report
                     // leadership twice rather than guess.
-                    return;
+                    return false;
                 }
                 match holder.actor.get_status() {
                     // Dead for good: `register` below replaces the stale entry.
@@ -194,9 +268,16 @@ impl Shared {
                         });
                         let leader = (!stepping_down).then(|| holder.value.identity.clone());
                         self.campaign.events.send(BackendEvent::Following { leader });
-                        return;
+                        return false;
                     }
                 }
+            }
+            if self.someone_ahead() {
+                // The key is free, but not ours yet: the first in line takes it and then wakes us.
+                self.campaign
+                    .events
+                    .send(BackendEvent::Following { leader: None });
+                return false;
             }
             let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
             let now = SystemTime::now();
@@ -216,6 +297,7 @@ impl Shared {
             match self.registry.register(self.key.clone(), self.claim.clone(), info) {
                 Ok(()) => {
                     st.leader = true;
+                    self.waiting.store(false, Ordering::Release);
                     if let Some(old) = st.monitored.take() {
                         self.me().unmonitor(old);
                     }
@@ -223,14 +305,14 @@ impl Shared {
                     self.campaign
                         .events
                         .send(BackendEvent::Elected { fencing_token: token });
-                    return;
+                    return true;
                 }
                 // Someone registered between the lookup and now: look again.
                 Err(RegistryError::Duplicate { .. }) => continue,
                 Err(err) => {
                     // `NotAlive`: this activator itself is stopping; nothing to campaign for.
                     tracing::debug!(key = %self.key, %err, "not campaigning");
-                    return;
+                    return false;
                 }
             }
         }
@@ -238,6 +320,7 @@ impl Shared {
         self.campaign
             .events
             .send(BackendEvent::Following { leader: None });
+        false
     }
 
     /// Monitors `holder` (once) so that its exit triggers the next attempt.
@@ -272,6 +355,11 @@ impl Shared {
     }
 
     fn resign(&self) {
+        self.resign_locked();
+        self.leave_the_line();
+    }
+
+    fn resign_locked(&self) {
         let mut st = self.lock();
         st.resigned = true;
         if let Some(old) = st.monitored.take() {
@@ -355,5 +443,6 @@ impl Drop for LocalCandidacy {
         // Abandoned without resigning (the activator crashed): the claim goes, the key with it. ractor would
         // kill the linked claim when the activator exits; this also covers a candidacy dropped earlier.
         self.shared.claim.stop(Some("abandoned".into()));
+        self.shared.leave_the_line();
     }
 }

@@ -136,6 +136,12 @@ pub struct PoolStats {
     pub leases: usize,
 }
 
+impl std::fmt::Display for PoolStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} connections, {} leases", self.connections, self.leases)
+    }
+}
+
 impl ConnectionPool {
     /// A pool with its own registry; nothing runs until [`child_spec`](Self::child_spec) is started under a
     /// supervisor, or [`start`](Self::start) / [`start_linked`](Self::start_linked) is called.

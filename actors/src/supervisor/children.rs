@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 use ractor::{ActorCell, ActorId};
 use serde::{Deserialize, Serialize};
 
+use super::intensity::RestartIntensity;
 use super::slot::ChildSlot;
 use super::spec::{ChildKind, ChildSpec, Restart, RestartBackoff, Shutdown};
 
@@ -91,6 +92,9 @@ pub(crate) struct Child {
     pub(crate) backoff_step: u32,
     pub(crate) started_at: Option<Instant>,
     pub(crate) last_exit: Option<Cow<'static, str>>,
+    /// Its own restart intensity, under [`IntensityScope::PerChild`](super::IntensityScope::PerChild); made at
+    /// its first restart, so children that never restart cost a pointer.
+    pub(crate) intensity: Option<Box<RestartIntensity>>,
 }
 
 impl Child {
@@ -105,6 +109,7 @@ impl Child {
             backoff_step: 0,
             started_at: Some(Instant::now()),
             last_exit: None,
+            intensity: None,
         }
     }
 

@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ractor::{ActorCell, ActorRef, ActorStatus};
 use tokio::sync::Notify;
 
-use super::actor::{start_one, terminate_cell, SupervisorMsg};
+use super::actor::SupervisorMsg;
 use super::error::SupervisorError;
+use super::lifecycle::{start_one, terminate_cell};
 use super::slot::{ChildHandle, ChildSlot};
 use super::spec::ChildSpec;
 

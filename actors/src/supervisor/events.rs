@@ -4,6 +4,7 @@
 //! [`EventSink`] is a broadcast sender plus the label the supervisor's events carry (its path in a tree).
 //! Publishing costs nothing when no sink is set, and a send to a sink nobody listens to is dropped.
 
+use std::fmt;
 use std::sync::Arc;
 
 use ractor::ActorId;
@@ -24,7 +25,11 @@ pub enum SupervisorEvent {
         /// The running actor.
         actor: ActorId,
     },
-    /// A child exited.
+    /// A child exited: on its own, or stopped by the supervisor (a group restart, `terminate_child`, the
+    /// supervisor's shutdown). Every `Started` / `Restarted` of a child follows the `Exited` of its previous
+    /// incarnation, so a subscriber replaying the events knows what runs. A child *supervisor*'s exit also
+    /// ends everything below it (its children's exits come first, unless it was killed and could not tell
+    /// them).
     Exited {
         /// The supervisor's label.
         supervisor: Arc<str>,
@@ -32,7 +37,8 @@ pub enum SupervisorEvent {
         child: String,
         /// The actor that exited.
         actor: ActorId,
-        /// Why: `normal`, `shutdown…`, `killed`, a panic message, an error.
+        /// Why: `normal`, `shutdown`, `killed`, a panic message, an error; for a child supervisor that gave up,
+        /// `shutdown: <cause>` (its actor's reason is plain `shutdown`).
         reason: String,
         /// Whether the exit counts as normal (OTP's `normal` / `shutdown`).
         normal: bool,
@@ -81,6 +87,57 @@ impl SupervisorEvent {
     }
 }
 
+/// One line for people: `started worker-3#3 under app/pool (actor 0.13)`.
+impl fmt::Display for SupervisorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SupervisorEvent::Started {
+                supervisor,
+                child,
+                actor,
+            } => write!(f, "started {child} under {supervisor} (actor {actor})"),
+            SupervisorEvent::Exited {
+                supervisor,
+                child,
+                actor,
+                reason,
+                restart,
+                ..
+            } => {
+                let next = if *restart {
+                    "restarting it"
+                } else {
+                    "not restarted"
+                };
+                write!(
+                    f,
+                    "{child} under {supervisor} exited: {reason} (actor {actor}); {next}"
+                )
+            }
+            SupervisorEvent::Restarted {
+                supervisor,
+                child,
+                actor,
+                restarts,
+            } => write!(
+                f,
+                "restarted {child} under {supervisor} (actor {actor}, restart {restarts})"
+            ),
+            SupervisorEvent::RestartFailed {
+                supervisor,
+                child,
+                error,
+            } => write!(
+                f,
+                "restart of {child} under {supervisor} failed: {error}; retrying"
+            ),
+            SupervisorEvent::Stopped { supervisor, exit } => {
+                write!(f, "supervisor {supervisor} stopped: {exit}")
+            }
+        }
+    }
+}
+
 /// Where a supervisor publishes its [`SupervisorEvent`]s, and under which label.
 #[derive(Debug, Clone)]
 pub struct EventSink {
@@ -116,5 +173,63 @@ impl EventSink {
 
     pub(crate) fn send(&self, event: SupervisorEvent) {
         let _ = self.sender.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn each_event_reads_as_one_line_for_people() {
+        let supervisor: Arc<str> = Arc::from("app/pool");
+        let actor = ActorId::Local(13);
+        let lines = [
+            SupervisorEvent::Started {
+                supervisor: supervisor.clone(),
+                child: "worker#3".into(),
+                actor,
+            },
+            SupervisorEvent::Exited {
+                supervisor: supervisor.clone(),
+                child: "worker#3".into(),
+                actor,
+                reason: "killed".into(),
+                normal: false,
+                restart: true,
+            },
+            SupervisorEvent::Restarted {
+                supervisor: supervisor.clone(),
+                child: "worker#3".into(),
+                actor,
+                restarts: 2,
+            },
+            SupervisorEvent::RestartFailed {
+                supervisor: supervisor.clone(),
+                child: "worker#3".into(),
+                error: "refused".into(),
+            },
+            SupervisorEvent::Stopped {
+                supervisor,
+                exit: SupervisorExit::IntensityReached {
+                    child: "worker#3".into(),
+                    max_restarts: 3,
+                    period: Duration::from_secs(5),
+                },
+            },
+        ]
+        .map(|event| event.to_string());
+        assert_eq!(
+            lines,
+            [
+                "started worker#3 under app/pool (actor 0.13)",
+                "worker#3 under app/pool exited: killed (actor 0.13); restarting it",
+                "restarted worker#3 under app/pool (actor 0.13, restart 2)",
+                "restart of worker#3 under app/pool failed: refused; retrying",
+                "supervisor app/pool stopped: reached_max_restart_intensity (child worker#3 exited once more after \
+                 3 restarts within 5s)",
+            ]
+        );
     }
 }

@@ -14,8 +14,9 @@ use tokio::time::Instant;
 ///
 /// OTP ends a supervisor that reached its restart intensity with reason `shutdown`, so a *transient* parent
 /// entry leaves it down and a *permanent* one restarts it; arbor does the same (the exit reason its parent sees
-/// is `"shutdown:reached_max_restart_intensity …"`, a normal exit), and keeps the cause here, in the log and in
-/// the parent's snapshot (`last_exit`).
+/// is exactly `"shutdown"`, a normal exit), and keeps the cause here, typed: in its
+/// [`Stopped`](super::SupervisorEvent::Stopped) event, in the log, and in the parent's snapshot and `Exited`
+/// event (`shutdown: reached_max_restart_intensity …`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 #[non_exhaustive]
@@ -51,13 +52,10 @@ impl SupervisorExit {
         )
     }
 
-    /// The exit reason the supervisor's actor stops with; every one but a kill is a normal exit for its
-    /// parent, as in OTP.
+    /// The exit reason the supervisor's actor stops with: `shutdown` exactly, as OTP's (a normal exit for its
+    /// parent, and what code matching `reason == "shutdown"` expects); the cause is this value itself.
     pub(crate) fn reason(&self) -> String {
-        match self {
-            SupervisorExit::Shutdown => "shutdown".into(),
-            other => format!("shutdown:{other}"),
-        }
+        "shutdown".into()
     }
 }
 

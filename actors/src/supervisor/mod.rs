@@ -34,13 +34,13 @@
 //! |---|---|
 //! | `one_for_one`, `one_for_all`, `rest_for_one` | [`Strategy`]; the group is stopped in reverse start order and *waited for* before anything is re-spawned; every non-temporary member of the group is restarted, including one that had been terminated (as OTP's `start_children` over the group); when a member fails to restart, one_for_all stops the members already restarted and restarts the whole group again, rest_for_one keeps those before it |
 //! | `permanent`, `transient`, `temporary` | [`Restart`]; an exit is normal when the actor stopped with no reason, `"normal"`, `"shutdown"` or `"shutdown:…"`; a kill, a panic, an error or any other reason is abnormal |
-//! | intensity / period (`invalid_period` for 0) | [`SupervisorOptions::intensity`] (default 3 in 5 s; a zero period is refused); one restart too many stops all children in reverse order and exits with reason `shutdown:reached_max_restart_intensity …` — a *normal* exit, as OTP's `shutdown`: a permanent parent entry restarts the supervisor, a transient one leaves it down. The cause is kept: [`SupervisorExit::IntensityReached`] from [`SupervisorHandle::wait`], the log, and `last_exit` in the parent's [`TreeSnapshot`] |
+//! | intensity / period (`invalid_period` for 0) | [`SupervisorOptions::intensity`] (default 3 in 5 s; a zero period is refused); one restart too many stops all children in reverse order and exits with reason `shutdown`, exactly as OTP's — a *normal* exit: a permanent parent entry restarts the supervisor, a transient one leaves it down. The cause is kept, typed: [`SupervisorExit::IntensityReached`] from [`SupervisorHandle::wait`] and in its [`SupervisorEvent::Stopped`], the log, and (`shutdown: <cause>`) `last_exit` in the parent's [`TreeSnapshot`] and its `Exited` event |
 //! | `brutal_kill`, timeout, `infinity` | [`Shutdown`]; a child asked to stop by someone else first is still waited for, within its timeout |
 //! | a child failing to start at init | every spec and flag is checked before any child starts ([`SupervisorError::InvalidSpec`] and [`SupervisorError::InvalidOptions`] name the field); the supervisor's start fails with the child's error (its `pre_start` error is the `source()`) after the children already started are stopped |
 //! | `{already_started, Pid}`, `already_present`, `running`, `restarting` | [`SupervisorError::AlreadyStarted`] (with the running child), [`SupervisorError::AlreadyPresent`], [`SupervisorError::AlreadyRunning`], [`SupervisorError::Restarting`] |
 //! | a restart that fails | counts as a restart and is retried through the mailbox, so the supervisor stays responsive |
 //! | `significant`, `auto_shutdown` | [`ChildSpec::significant`] (transient or temporary only, under an `auto_shutdown` other than never), [`AutoShutdown`]; the exit is [`SupervisorExit::AutoShutdown`] |
-//! | `simple_one_for_one` / Elixir `DynamicSupervisor`, `extra_arguments`, `max_children` | [`DynamicSupervisor`], [`ChildTemplate`], [`DynamicSupervisorOptions::max_children`]; children are stopped concurrently, each within its own shutdown, and every child whose `start_child` returned `Ok` is stopped gracefully however soon the shutdown follows |
+//! | `simple_one_for_one` / Elixir `DynamicSupervisor`, `extra_arguments`, `max_children` | [`DynamicSupervisor`], [`ChildTemplate`], [`DynamicSupervisorOptions::max_children`]; the intensity counts each child's restarts on its own by default ([`IntensityScope`]: a pool survives unrelated crashes, one child crash-looping still makes it give up; `IntensityScope::Supervisor` is Elixir's one budget); children are stopped concurrently, each within its own shutdown, and every child whose `start_child` returned `Ok` is stopped gracefully however soon the shutdown follows |
 //! | — | [`RestartBackoff`]: Akka-style delay before restarting a crash-looping child, off by default |
 //!
 //! A child's start closure must spawn it *linked* to the supervisor cell it is given; that link is how the
@@ -55,6 +55,7 @@
 //! its predecessor.
 
 mod actor;
+mod builder;
 mod children;
 mod dynamic;
 mod error;
@@ -62,23 +63,24 @@ mod events;
 mod exit;
 mod handle;
 mod intensity;
+mod lifecycle;
+mod operations;
+mod restart;
 mod slot;
 mod snapshot;
 mod spec;
 mod template;
 
+pub use builder::{DynamicSupervisor, DynamicSupervisorBuilder, Supervisor, SupervisorBuilder};
 pub use children::{ChildCounts, ChildInfo, ChildStatus};
 pub use error::{BoxError, StartPanic, SupervisorError};
 pub use events::{EventSink, SupervisorEvent};
 pub use exit::SupervisorExit;
-pub use handle::{
-    DynamicSupervisor, DynamicSupervisorBuilder, DynamicSupervisorHandle, StartSpec, Supervisor,
-    SupervisorBuilder, SupervisorHandle,
-};
+pub use handle::{DynamicSupervisorHandle, StartSpec, SupervisorHandle};
 pub use slot::{ChildHandle, ChildRef, WeakChildHandle, WeakChildRef};
 pub use snapshot::TreeSnapshot;
 pub use spec::{
-    AutoShutdown, ChildKind, ChildSpec, DynamicSupervisorOptions, Restart, RestartBackoff, Shutdown,
-    Strategy, SupervisorOptions, TypedChildSpec,
+    AutoShutdown, ChildKind, ChildSpec, DynamicSupervisorOptions, IntensityScope, Restart, RestartBackoff,
+    Shutdown, Strategy, SupervisorOptions, TypedChildSpec,
 };
 pub use template::{ChildTemplate, TemplatedSupervisor};

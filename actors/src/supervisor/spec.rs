@@ -505,18 +505,42 @@ fn check_period(period: Duration) -> Result<(), SupervisorError> {
     Ok(())
 }
 
+/// What a dynamic supervisor's restart intensity counts.
+///
+/// A dynamic supervisor's children are independent of one another (a pool of workers, one per job or
+/// connection): that worker 3 crashed says nothing about worker 7. Counting every child's restarts against
+/// one budget, as OTP and Elixir do (3 in 5 s by default), makes the budget shrink as the pool grows: a pool
+/// of 100 workers is wiped after four unrelated crashes within 5 s. So arbor counts per child by default: the
+/// supervisor gives up when one child crash-loops (restarting it does not help), not when several children
+/// fail once each. A budget that scaled with `max_children` was the other choice; it was not taken because it
+/// says nothing when there is no maximum, and it still lets one busy corner of a pool spend everyone's budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntensityScope {
+    /// Each child has its own `max_restarts` within `period`; one child exceeding it makes the supervisor
+    /// give up (the default).
+    #[default]
+    PerChild,
+    /// Every restart counts against one budget for the whole supervisor (OTP's and Elixir's rule). Tune the
+    /// intensity to the pool's size.
+    Supervisor,
+}
+
 /// A dynamic supervisor's flags (Elixir's `DynamicSupervisor`: one_for_one only). Deserializes like
 /// [`SupervisorOptions`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DynamicSupervisorOptions {
-    /// At most this many restarts within `period` (default 3 in 5 s); see [`SupervisorOptions::intensity`].
+    /// At most this many restarts within `period` (default 3 in 5 s), per child unless `intensity_scope` says
+    /// otherwise; see [`SupervisorOptions::intensity`].
     pub max_restarts: u32,
     /// The window of the restart intensity; must not be zero.
     #[serde(with = "humantime_serde")]
     pub period: Duration,
     /// At most this many children at once; `None` (the default) for no limit.
     pub max_children: Option<usize>,
+    /// What the intensity counts (default [`IntensityScope::PerChild`]).
+    pub intensity_scope: IntensityScope,
 }
 
 impl Default for DynamicSupervisorOptions {
@@ -525,16 +549,23 @@ impl Default for DynamicSupervisorOptions {
             max_restarts: 3,
             period: Duration::from_secs(5),
             max_children: None,
+            intensity_scope: IntensityScope::PerChild,
         }
     }
 }
 
 impl DynamicSupervisorOptions {
-    /// Sets the restart intensity: at most `max_restarts` within `period` (default 3 in 5 s); see
-    /// [`SupervisorOptions::intensity`] for how to choose them.
+    /// Sets the restart intensity: at most `max_restarts` within `period` (default 3 in 5 s), per child by
+    /// default (see [`IntensityScope`]); see [`SupervisorOptions::intensity`] for how to choose them.
     pub fn intensity(mut self, max_restarts: u32, period: Duration) -> Self {
         self.max_restarts = max_restarts;
         self.period = period;
+        self
+    }
+
+    /// Sets what the intensity counts (default [`IntensityScope::PerChild`]).
+    pub fn intensity_scope(mut self, scope: IntensityScope) -> Self {
+        self.intensity_scope = scope;
         self
     }
 
