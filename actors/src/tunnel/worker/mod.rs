@@ -33,18 +33,20 @@ use futures::future::{join_all, BoxFuture};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, error, info, warn};
 
-use super::backoff::Backoff;
 use super::channel::{ChannelActor, ChannelArgs, ChannelMsg, Outcome, OutcomeSlot, StopMode};
-use super::error::{ErrorKind, TunnelError};
+use super::error::TunnelError;
 use super::handle::{TunnelExit, WorkerShared};
 use super::info::{TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
 use super::options::TunnelOptions;
-use super::source::{ChannelLease, ReportedChannel, ServerChannel, Session, TunnelSource};
+use super::source::{ChannelLease, ServerChannel, Session, TunnelSource};
 use super::state::{self, Decision, Local, Server};
 use super::subscriber::SubscriberRef;
 
 /// How many times a subscriber the worker runs itself is started again within one grace period before the
 /// worker gives up on it (and releases its channels once the grace period has passed).
+mod session;
+mod subscribers;
+
 pub(crate) const RUNNER_RESTARTS: usize = 3;
 
 /// Starts a subscriber the worker runs itself, linked to the worker.
@@ -140,25 +142,6 @@ pub(crate) struct WorkerState {
     grace_generation: u64,
 }
 
-impl Drop for WorkerState {
-    fn drop(&mut self) {
-        // A killed worker runs no post_stop: a session its connect task opened meanwhile would hold channels
-        // until its heartbeat timeout. Mark the stop (the task then shuts its session down itself) and shut
-        // down one already handed over but never taken.
-        let orphan = {
-            let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
-            opening.stopped = true;
-            opening.opened.take()
-        };
-        if let (Some(session), Ok(runtime)) = (orphan, tokio::runtime::Handle::try_current()) {
-            let source = Arc::clone(&self.source);
-            runtime.spawn(async move {
-                let _ = source.shutdown(&session).await;
-            });
-        }
-    }
-}
-
 impl WorkerState {
     fn tunnel_id(&self) -> &str {
         &self.options.tunnel_id
@@ -192,190 +175,6 @@ impl WorkerState {
             self.status = status;
             self.shared.status.send_replace(status);
             self.publish();
-        }
-    }
-
-    fn connect(&mut self, myself: &ActorRef<WorkerMsg>) {
-        if self.session.is_some()
-            || self.connecting
-            || self.subscriber.is_none() && self.status == WorkerStatus::Detached
-        {
-            return;
-        }
-        self.connecting = true;
-        self.set_status(WorkerStatus::Connecting);
-        let (source, options, me) = (
-            Arc::clone(&self.source),
-            Arc::clone(&self.options),
-            myself.clone(),
-        );
-        let opening = Arc::clone(&self.opening);
-        tokio::spawn(async move {
-            let result = source
-                .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
-                .await;
-            let orphan = match &result {
-                Ok(session) => {
-                    let mut opening = opening.lock().unwrap_or_else(|p| p.into_inner());
-                    if opening.stopped {
-                        Some(session.clone())
-                    } else {
-                        // Handed over under the lock: post_stop either finds it here or stops us above.
-                        opening.opened = Some(session.clone());
-                        None
-                    }
-                }
-                Err(_) => None,
-            };
-            match orphan {
-                Some(session) => {
-                    info!(client_id = %session.client_id, "session opened as the worker stopped: shutting it down");
-                    let _ = source.shutdown(&session).await;
-                }
-                None => {
-                    let _ = me.cast(WorkerMsg::Connected { result });
-                }
-            }
-        });
-    }
-
-    fn on_connected(&mut self, myself: &ActorRef<WorkerMsg>, result: Result<Session, TunnelError>) {
-        self.connecting = false;
-        self.opening.lock().unwrap_or_else(|p| p.into_inner()).opened = None;
-        match result {
-            Ok(session) if self.subscriber.is_none() && self.status == WorkerStatus::Detached => {
-                // The grace period ran out while this session was being opened: give it back at once rather
-                // than hold channels nobody consumes.
-                info!(client_id = %session.client_id, "session opened while detached: shutting it down");
-                let source = Arc::clone(&self.source);
-                tokio::spawn(async move {
-                    let _ = source.shutdown(&session).await;
-                });
-            }
-            Ok(session) => {
-                self.session_gen += 1;
-                self.sessions += 1;
-                self.connect_failures = 0;
-                self.last_ok = Instant::now();
-                self.last_ok_wall = Some(SystemTime::now());
-                info!(client_id = %session.client_id, heartbeat_timeout = ?session.heartbeat_timeout, "session opened");
-                self.event(TunnelEvent::Connected {
-                    client_id: session.client_id.to_string(),
-                });
-                self.session = Some(session);
-                let status = if self.subscriber.is_some() {
-                    WorkerStatus::Active
-                } else {
-                    WorkerStatus::Paused
-                };
-                self.set_status(status);
-                self.heartbeat(myself);
-            }
-            Err(err) if err.kind() == ErrorKind::Fatal => self.fail(myself, err),
-            Err(err) => {
-                let retry = Backoff {
-                    initial: Duration::from_millis(100),
-                    multiplier: 2.0,
-                    max: self.options.reconnect_delay_max.max(Duration::from_millis(100)),
-                    jitter: 0.2,
-                };
-                let delay = retry.delay(self.connect_failures);
-                self.connect_failures = self.connect_failures.saturating_add(1);
-                warn!(error = %err, cause = ?std::error::Error::source(&err), ?delay, "connecting failed; retrying");
-                myself.send_after(delay, || WorkerMsg::Connect);
-            }
-        }
-    }
-
-    fn reports(&self) -> Vec<ReportedChannel> {
-        self.channels
-            .iter()
-            .filter_map(|(&channel_id, c)| {
-                let (status, version) = match c.local? {
-                    Local::Running { status, version } | Local::Reported { status, version } => {
-                        (status, version)
-                    }
-                };
-                Some(ReportedChannel {
-                    channel_id,
-                    status,
-                    version,
-                })
-            })
-            .collect()
-    }
-
-    fn heartbeat(&mut self, myself: &ActorRef<WorkerMsg>) {
-        let Some(session) = self.session.clone() else {
-            return;
-        };
-        if self.heartbeat_in_flight {
-            self.heartbeat_again = true;
-            return;
-        }
-        self.heartbeat_in_flight = true;
-        self.heartbeat_again = false;
-        let reports = self.reports();
-        let (source, me, generation) = (Arc::clone(&self.source), myself.clone(), self.session_gen);
-        tokio::spawn(async move {
-            let result = source.heartbeat(&session, &reports).await;
-            let _ = me.cast(WorkerMsg::HeartbeatDone {
-                session: generation,
-                result,
-            });
-        });
-    }
-
-    fn on_tick(&mut self, myself: &ActorRef<WorkerMsg>) {
-        if self.session.is_none() {
-            return;
-        }
-        let silent = self.last_ok.elapsed();
-        if silent > self.options.heartbeat_timeout {
-            self.lose_session(
-                myself,
-                format!(
-                    "no successful heartbeat for {silent:?} (timeout {:?})",
-                    self.options.heartbeat_timeout
-                ),
-            );
-            return;
-        }
-        self.heartbeat(myself);
-    }
-
-    async fn on_heartbeat(
-        &mut self,
-        myself: &ActorRef<WorkerMsg>,
-        generation: u64,
-        result: Result<Vec<ServerChannel>, TunnelError>,
-    ) {
-        if generation != self.session_gen {
-            return;
-        }
-        self.heartbeat_in_flight = false;
-        match result {
-            Ok(owned) => {
-                self.last_ok = Instant::now();
-                self.last_ok_wall = Some(SystemTime::now());
-                self.apply(myself, owned).await;
-                self.publish();
-                if self.heartbeat_again {
-                    self.heartbeat(myself);
-                }
-            }
-            Err(err) => match err.kind() {
-                ErrorKind::OwnershipLost => {
-                    self.lose_session(myself, format!("the service no longer knows this client: {err}"))
-                }
-                ErrorKind::Fatal => self.fail(myself, err),
-                _ => {
-                    warn!(error = %err, cause = ?std::error::Error::source(&err), "heartbeat failed");
-                    if self.heartbeat_again {
-                        self.heartbeat(myself);
-                    }
-                }
-            },
         }
     }
 
@@ -608,49 +407,6 @@ impl WorkerState {
         self.channels.clear();
     }
 
-    /// Ends the session without waiting for the service: the channels are abandoned (their unacknowledged
-    /// records are delivered again by their next owner), `Shutdown` is sent in the background, and a new
-    /// session is opened after a random delay.
-    fn lose_session(&mut self, myself: &ActorRef<WorkerMsg>, reason: String) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        self.session_gen += 1;
-        self.heartbeat_in_flight = false;
-        warn!(client_id = %session.client_id, %reason, "session lost: starting over with a new client id");
-        self.event(TunnelEvent::SessionLost {
-            client_id: session.client_id.to_string(),
-            reason,
-        });
-        for c in self.channels.values_mut() {
-            c.local = None;
-            if let Some(actor) = &c.actor {
-                let _ = actor.cast(ChannelMsg::Stop(StopMode::Abandon));
-            }
-        }
-        let source = Arc::clone(&self.source);
-        tokio::spawn(async move {
-            let _ = source.shutdown(&session).await;
-        });
-        let (min, max) = (self.options.reconnect_delay_min, self.options.reconnect_delay_max);
-        let delay = min + (max - min).mul_f64(rand::random::<f64>());
-        self.set_status(WorkerStatus::Connecting);
-        myself.send_after(delay, || WorkerMsg::Connect);
-    }
-
-    /// Ends the session cleanly: channels checkpoint what was acknowledged, then `Shutdown` releases them.
-    async fn release_session(&mut self, reason: &str) {
-        self.stop_channels(StopMode::Flush).await;
-        if let Some(session) = self.session.take() {
-            self.session_gen += 1;
-            self.heartbeat_in_flight = false;
-            info!(client_id = %session.client_id, %reason, "session shut down");
-            if let Err(err) = self.source.shutdown(&session).await {
-                warn!(error = %err, "Shutdown failed; the service releases the channels at the heartbeat timeout");
-            }
-        }
-    }
-
     /// Stops the worker for good on an error it cannot retry (a normal exit: its supervisor does not
     /// restart it into the same error; the cause is kept for `wait`).
     fn fail(&mut self, myself: &ActorRef<WorkerMsg>, err: TunnelError) {
@@ -661,89 +417,6 @@ impl WorkerState {
         let reason = format!("shutdown:fatal: {err}");
         self.shared.set_exit(TunnelExit::Fatal(Arc::new(err)));
         myself.stop(Some(reason));
-    }
-
-    // --- the subscriber ---
-
-    fn attach(&mut self, myself: &ActorRef<WorkerMsg>, subscriber: SubscriberRef, owned: bool) {
-        if !owned {
-            myself.get_cell().monitor(subscriber.cell().clone());
-        }
-        info!(subscriber = %subscriber.cell().get_id(), owned, "subscriber attached");
-        self.subscriber = Some(subscriber.clone());
-        self.shared.subscriber.send_replace(Some(subscriber));
-        self.grace_generation += 1;
-        self.event(TunnelEvent::SubscriberAttached);
-        if self.session.is_some() {
-            self.set_status(WorkerStatus::Active);
-        } else {
-            if self.status == WorkerStatus::Detached {
-                self.set_status(WorkerStatus::Connecting);
-            }
-            self.connect(myself);
-        }
-    }
-
-    async fn subscriber_lost(
-        &mut self,
-        myself: &ActorRef<WorkerMsg>,
-        subscriber: ActorId,
-        reason: String,
-        kill: bool,
-    ) {
-        let Some(current) = &self.subscriber else {
-            return;
-        };
-        if current.cell().get_id() != subscriber {
-            return;
-        }
-        let current = self.subscriber.take().expect("checked above");
-        warn!(%subscriber, %reason, "subscriber lost: delivery paused");
-        self.shared.subscriber.send_replace(None);
-        self.event(TunnelEvent::SubscriberLost { reason });
-        if self.session.is_some() {
-            self.set_status(WorkerStatus::Paused);
-        }
-        if let Some(factory) = self.owned.clone() {
-            if kill {
-                current.cell().kill();
-            }
-            // Restart intensity, as a supervisor's: at most RUNNER_RESTARTS within a grace period. A runner
-            // that keeps dying (a batch that makes it panic) is then given up on like a user's subscriber.
-            let window = self.options.subscriber_grace;
-            while self
-                .owned_restarts
-                .front()
-                .is_some_and(|at| at.elapsed() > window)
-            {
-                self.owned_restarts.pop_front();
-            }
-            if self.owned_restarts.len() < RUNNER_RESTARTS {
-                self.owned_restarts.push_back(Instant::now());
-                match factory(myself.get_cell()).await {
-                    Ok(subscriber) => {
-                        self.attach(myself, subscriber, true);
-                        return;
-                    }
-                    Err(err) => error!(error = %err, "the subscriber failed to start again"),
-                }
-            }
-        }
-        self.grace_generation += 1;
-        let generation = self.grace_generation;
-        myself.send_after(self.options.subscriber_grace, move || WorkerMsg::GraceExpired {
-            generation,
-        });
-    }
-
-    async fn grace_expired(&mut self, generation: u64) {
-        if generation != self.grace_generation || self.subscriber.is_some() {
-            return;
-        }
-        warn!(grace = ?self.options.subscriber_grace, "no subscriber came back: releasing the channels");
-        self.release_session("no subscriber within the grace period")
-            .await;
-        self.set_status(WorkerStatus::Detached);
     }
 }
 
