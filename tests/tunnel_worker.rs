@@ -220,3 +220,38 @@ async fn workers_under_dynamic_supervisors_restart_after_a_crash_and_move_away_w
     assert!(info.clients.is_empty(), "{:?}", info.clients);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_shuts_its_session_down_so_that_its_channels_move_without_waiting_for_the_timeout() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "killed", 2).await;
+    // A heartbeat timeout far beyond the test's bounds: only a Shutdown releases the channels in time.
+    let options = |tag: &str| {
+        fast_options(&tunnel)
+            .heartbeat(Duration::from_millis(100), Duration::from_secs(120))
+            .client_tag(tag)
+    };
+    let (victim, _) = start_worker(&server.url, options("victim"), Registry::new("victim")).await;
+    wait_until("the victim holds both channels", || victim.channels().len() == 2).await;
+    let victim_client = victim.info().await.unwrap().client_id.unwrap();
+    victim.cell().unwrap().kill();
+    assert!(matches!(victim.wait().await, TunnelExit::Killed));
+    wait_for_tunnel(&mut client, &tunnel, "the killed worker's session is gone", |t| {
+        !t.clients.iter().any(|c| c.client_id == victim_client)
+    })
+    .await;
+    let history = server.store.assignment_history(&tunnel).unwrap();
+    for channel in 0..2 {
+        let last = history.iter().rev().find(|e| e.channel_id == channel).unwrap();
+        assert_eq!(last.reason, "client-shutdown", "{last:?}");
+    }
+    // and another consumer gets them at once
+    let (other, _) = start_worker(&server.url, options("other"), Registry::new("other")).await;
+    wait_until("the other worker holds both channels", || {
+        other.channels().len() == 2
+    })
+    .await;
+    other.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}

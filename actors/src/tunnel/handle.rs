@@ -259,7 +259,7 @@ impl TunnelWorkerBuilder {
 
     /// The worker as a supervised child: transient (a fatal error or a shutdown is a normal exit that stays
     /// down; a crash restarts it, as a new session), with a shutdown timeout that leaves room to flush
-    /// checkpoints and send `Shutdown`. The handle follows every incarnation.
+    /// checkpoints and send `Shutdown` ([`TunnelOptions::shutdown_timeout`]). The handle follows every incarnation.
     pub fn child_spec(self, id: impl Into<String>) -> Result<(ChildSpec, TunnelHandle), TunnelError> {
         self.child_spec_and_handle(id)
     }
@@ -267,7 +267,7 @@ impl TunnelWorkerBuilder {
     fn child_spec_and_handle(self, id: impl Into<String>) -> Result<(ChildSpec, TunnelHandle), TunnelError> {
         let prepared = Arc::new(self.prepare()?);
         let handle = prepared.handle();
-        let shutdown = prepared.options.call_timeout * 3 + Duration::from_secs(5);
+        let shutdown = prepared.options.shutdown_timeout();
         let spec = ChildSpec::new(id, move |supervisor| {
             let prepared = Arc::clone(&prepared);
             async move { Ok(prepared.spawn(Some(supervisor)).await?.get_cell()) }

@@ -59,7 +59,7 @@
 //!
 //! [`state`] holds the channel state machine's merge rules as pure functions; [`source`] is the only code
 //! that knows the RPCs ([`TunnelSource`] is the seam for other services); the worker and channel actors are
-//! in `worker.rs` and `channel.rs`, the subscriber side in `subscriber.rs`.
+//! in `worker/` and `channel/`, the subscriber side in `subscriber.rs`.
 
 mod backoff;
 mod channel;

@@ -212,6 +212,20 @@ impl TunnelOptions {
         self
     }
 
+    /// How long stopping the channels may take: each flushes its checkpoint within two call timeouts, and
+    /// retries transient errors for at most `retry_for` (capped at 5 s) before giving up.
+    pub(crate) fn channel_stop_wait(&self) -> Duration {
+        self.call_timeout * 2 + self.retry_for.min(Duration::from_secs(5))
+    }
+
+    /// How long a graceful stop of the worker may take, sized from its own timeouts: the channels' stop
+    /// ([`Self::channel_stop_wait`]), then up to three calls in turn (`Shutdown` of the session, `Shutdown`
+    /// of one opened as the worker stopped, the subscriber runner's stop), plus 5 s of scheduling slack. A
+    /// supervisor gives the worker this long before it kills it (60 s with the defaults).
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.channel_stop_wait() + self.call_timeout * 3 + Duration::from_secs(5)
+    }
+
     /// Checks every option; the error names the first field at fault, what was expected and what came.
     pub fn validate(&self) -> Result<(), TunnelError> {
         let invalid = |field: &str, reason: String| TunnelError::InvalidOptions {
@@ -345,6 +359,32 @@ mod tests {
         assert_eq!(options.heartbeat_timeout, Duration::from_secs(300));
         assert_eq!(options.min_heartbeat_interval, Duration::from_secs(5));
         options.validate().unwrap();
+    }
+
+    #[test]
+    fn the_shutdown_timeout_covers_every_step_of_a_graceful_stop() {
+        for options in [
+            TunnelOptions::new("t"),
+            TunnelOptions::new("t").call_timeout(Duration::from_secs(30)),
+            TunnelOptions::new("t")
+                .call_timeout(Duration::from_millis(200))
+                .retry_for(Duration::from_secs(1)),
+        ] {
+            // channels (flush within two calls, retries up to 5 s), Shutdown, the orphan's Shutdown, the runner
+            let steps = options.call_timeout * 2
+                + options.retry_for.min(Duration::from_secs(5))
+                + options.call_timeout * 3;
+            assert!(
+                options.shutdown_timeout() > steps,
+                "{:?} for steps of {:?}",
+                options.shutdown_timeout(),
+                steps
+            );
+        }
+        assert_eq!(
+            TunnelOptions::new("t").shutdown_timeout(),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]

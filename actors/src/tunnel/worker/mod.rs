@@ -397,7 +397,7 @@ impl WorkerState {
         for actor in &actors {
             let _ = actor.cast(ChannelMsg::Stop(mode));
         }
-        let wait = self.options.call_timeout * 2 + self.options.retry_for.min(Duration::from_secs(5));
+        let wait = self.options.channel_stop_wait();
         let cells: Vec<ActorCell> = actors.iter().map(|a| a.get_cell()).collect();
         join_all(cells.iter().map(|c| c.wait(Some(wait)))).await;
         for c in self.channels.values_mut() {

@@ -16,20 +16,35 @@ use crate::tunnel::state::Local;
 
 impl Drop for WorkerState {
     fn drop(&mut self) {
-        // A killed worker runs no post_stop: a session its connect task opened meanwhile would hold channels
-        // until its heartbeat timeout. Mark the stop (the task then shuts its session down itself) and shut
-        // down one already handed over but never taken.
+        // A killed worker runs no post_stop: its session (and one its connect task opened meanwhile) would hold
+        // its channels until the service's heartbeat timeout. Mark the stop (the connect task then shuts its
+        // session down itself) and shut down the live session and one handed over but never taken. Nothing is
+        // checkpointed: the channels' next owners replay from the last checkpoint, as after a crash.
         let orphan = {
             let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
             opening.stopped = true;
             opening.opened.take()
         };
-        if let (Some(session), Ok(runtime)) = (orphan, tokio::runtime::Handle::try_current()) {
-            let source = Arc::clone(&self.source);
-            runtime.spawn(async move {
-                let _ = source.shutdown(&session).await;
-            });
+        let sessions: Vec<Session> = self.session.take().into_iter().chain(orphan).collect();
+        if sessions.is_empty() {
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let source = Arc::clone(&self.source);
+        runtime.spawn(async move {
+            for session in sessions {
+                match source.shutdown(&session).await {
+                    Ok(()) => info!(client_id = %session.client_id, "killed worker's session shut down"),
+                    Err(err) => warn!(
+                        client_id = %session.client_id,
+                        error = %err,
+                        "killed worker's Shutdown failed; the service releases its channels at the heartbeat timeout"
+                    ),
+                }
+            }
+        });
     }
 }
 
