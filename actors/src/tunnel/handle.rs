@@ -215,7 +215,11 @@ impl TunnelWorkerBuilder {
         })
     }
 
-    /// Starts the worker unsupervised.
+    /// Starts the worker unsupervised. Every start (this one, [`Self::start_linked`], [`Self::start_under`], a
+    /// supervisor's restart) returns once the service answered the first `ConnectTunnel`, within
+    /// `call_timeout`: an answer the worker cannot retry (an unknown tunnel, refused credentials) fails the
+    /// start with that error ([`TunnelError::Call`], kind [`ErrorKind::Fatal`](super::ErrorKind::Fatal)); a
+    /// retryable one (the service is down) is retried in the background.
     pub async fn start(self) -> Result<TunnelHandle, TunnelError> {
         let prepared = self.prepare()?;
         let handle = prepared.handle();

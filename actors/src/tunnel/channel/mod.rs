@@ -14,7 +14,8 @@
 //! - **CLOSING** (the service moves the channel): no new reads; the batch in delivery is finished, the
 //!   checkpoint flushed, CLOSE reported at version + 1.
 //! - **finished** (a sealed base channel read to its end): checkpoint the end, report TERMINATED at
-//!   version + 1, never read again.
+//!   version + 1, never read again; if that last checkpoint fails, report CLOSE instead (the service
+//!   refuses a TERMINATED whose end is not checkpointed) and the next owner finishes it.
 //! - **ownership lost** (the service fenced a read or checkpoint): stop at once, without checkpointing.
 //!
 //! A nack from the subscriber gives the channel up (CLOSE) so its records are delivered again; a delivery
@@ -182,11 +183,7 @@ impl Actor for ChannelActor {
                         ctx.outcome.set(outcome);
                         Ok(())
                     }
-                    Err(panic) => Err(panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panic".into())),
+                    Err(panic) => Err(run::panic_message(panic)),
                 };
                 let _ = me.cast(ChannelMsg::LoopEnded(ended));
             }

@@ -32,12 +32,13 @@ pub(super) async fn run(ctx: &mut Ctx) -> Outcome {
         | Ended::OutOfRange(_)
         | Ended::Fatal(_) => false,
     };
+    let mut flushed = false;
     if flush {
         // Only an abandoning stop cuts the flush short (the graceful stop that may have ended the loop does
         // not); the flush itself is bounded by `retry_for`.
         ctx.flushing = true;
         match ctx.checkpoint().await {
-            Ok(()) => {}
+            Ok(()) => flushed = true,
             Err(Ended::OwnershipLost(err)) => {
                 info!(error = %err, "ownership lost during the last checkpoint");
                 ctx.publish();
@@ -60,6 +61,20 @@ pub(super) async fn run(ctx: &mut Ctx) -> Outcome {
             Outcome::Released {
                 version: next,
                 reason: "drained for a hand-over".into(),
+            }
+        }
+        Ended::Finished if !flushed => {
+            // TERMINATED is only true once the end is checkpointed: the service refuses it otherwise, and fails
+            // the whole heartbeat with it. CLOSE lets the next owner finish the channel.
+            warn!(
+                version = %next,
+                acked = ctx.acked,
+                checkpointed = ctx.checkpointed,
+                "channel finished but its last checkpoint failed: releasing it instead of terminating it"
+            );
+            Outcome::Released {
+                version: next,
+                reason: "finished, but the last checkpoint failed".into(),
             }
         }
         Ended::Finished => {
@@ -176,13 +191,26 @@ impl PendingRead {
     async fn wait(mut self) -> Result<ReadBatch, TunnelError> {
         match (&mut self.0).await {
             Ok(result) => result,
-            Err(join) => Err(TunnelError::Malformed {
+            // Not the service's answer but a bug in the source: its own error, not the resync of a malformed one.
+            Err(join) => Err(TunnelError::SourcePanicked {
                 call: "ReadRecords",
-                field: "(task)".into(),
-                reason: format!("the read task ended abnormally: {join}"),
+                reason: if join.is_panic() {
+                    panic_message(join.into_panic())
+                } else {
+                    format!("the read task ended abnormally: {join}")
+                },
             }),
         }
     }
+}
+
+/// A panic's message, when it has one.
+pub(super) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 impl Drop for PendingRead {
@@ -229,10 +257,34 @@ async fn recover(ctx: &mut Ctx, err: TunnelError, position: u64) -> Result<u64, 
             if position < info.first_retained {
                 let resume = out_of_range(ctx, position, info.first_retained)?;
                 ctx.acked = resume;
-                Ok(resume)
-            } else {
-                Ok(position)
+                return Ok(resume);
             }
+            // Refused as out of range at a position the service still keeps: not retention, so nothing to skip
+            // (tonic's own status for a message over the decode limit is OUT_OF_RANGE too). Back off like a
+            // transient error, and give up with the typed error after `retry_for` rather than spin.
+            let since = *ctx.read_failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= ctx.options.retry_for {
+                return Err(Ended::Fatal(TunnelError::PersistentOutOfRange {
+                    channel_id: ctx.channel_id(),
+                    position,
+                    first_retained: info.first_retained,
+                    retried_for: since.elapsed(),
+                    last: Box::new(err),
+                }));
+            }
+            let delay = ctx.options.retry_backoff.delay(ctx.read_attempts);
+            ctx.read_attempts = ctx.read_attempts.saturating_add(1);
+            warn!(
+                error = %err,
+                position,
+                first_retained = info.first_retained,
+                delay = %humantime::format_duration(delay),
+                "read refused as out of range at a retained position; retrying"
+            );
+            ctx.or_stop(tokio::time::sleep(delay))
+                .await
+                .map_err(Ended::Stopped)?;
+            Ok(position)
         }
         ErrorKind::Fatal if matches!(err, TunnelError::Malformed { .. }) => {
             // The two sides disagree on positions: resync from the checkpoint (records after it are delivered

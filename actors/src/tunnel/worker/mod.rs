@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType, Version};
 use futures::future::{join_all, BoxFuture};
@@ -34,7 +34,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPo
 use tracing::{debug, error, info, warn};
 
 use super::channel::{ChannelActor, ChannelArgs, ChannelMsg, Outcome, OutcomeSlot, StopMode};
-use super::error::TunnelError;
+use super::error::{ErrorKind, TunnelError};
 use super::handle::{TunnelExit, WorkerShared};
 use super::info::{TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
 use super::options::TunnelOptions;
@@ -468,6 +468,21 @@ impl Actor for WorkerActor {
                 other => Box::new(other),
             })?;
         let source = (args.source)(myself.get_cell()).await.map_err(Box::new)?;
+        // The first ConnectTunnel is made here, so that a worker that can never work (an unknown tunnel, a
+        // refused api key, options outside the service's limits) fails its start with the typed error rather
+        // than start and stop. A retryable failure is retried in the background as any other.
+        let options = &args.options;
+        let first = source
+            .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
+            .await;
+        let first = match first {
+            Err(err) if err.kind() == ErrorKind::Fatal => {
+                error!(error = %err, cause = ?std::error::Error::source(&err), "tunnel worker cannot start");
+                shared.registry.unregister(&shared.registry_key);
+                return Err(Box::new(err));
+            }
+            first => first,
+        };
         shared.set_actor(Some(myself.clone()));
         shared.status.send_replace(WorkerStatus::Connecting);
         let mut state = WorkerState {
@@ -478,7 +493,8 @@ impl Actor for WorkerActor {
             session_gen: 0,
             sessions: 0,
             connect_failures: 0,
-            connecting: false,
+            // The first connect's answer is handled below, once the subscriber is attached.
+            connecting: true,
             opening: Arc::default(),
             heartbeat_in_flight: false,
             heartbeat_again: false,
@@ -500,7 +516,7 @@ impl Actor for WorkerActor {
             }
             None => {}
         }
-        let _ = myself.cast(WorkerMsg::Connect);
+        state.on_connected(&myself, first);
         myself.send_interval(state.options.heartbeat_interval, || WorkerMsg::Tick);
         info!(tunnel = %state.options.tunnel_id, "tunnel worker started");
         Ok(state)
