@@ -2,6 +2,8 @@
 
 mod tunnel_worker_common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::time::Instant;
@@ -253,5 +255,56 @@ async fn a_killed_worker_shuts_its_session_down_so_that_its_channels_move_withou
     })
     .await;
     other.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_steps_down_at_half_the_services_heartbeat_timeout_not_at_its_own() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "step-down", 2).await;
+    // The worker's own timeout (60 s) is far beyond the test's bounds; the service grants 2 s.
+    let options = fast_options(&tunnel).heartbeat(Duration::from_millis(100), Duration::from_secs(60));
+    let fail_heartbeats = Arc::new(AtomicBool::new(false));
+    let source = ServiceTimeout {
+        inner: arbor::tunnel::GrpcSource::new(connection(&server.url).await, options.call_timeout),
+        service_timeout: Duration::from_secs(2),
+        fail_heartbeats: Arc::clone(&fail_heartbeats),
+    };
+    let recorder = Recorder::default();
+    let worker = TunnelWorker::builder(options)
+        .source(Arc::new(source))
+        .run_subscriber(recorder.clone())
+        .registry(Registry::new("step-down"))
+        .start()
+        .await
+        .unwrap();
+    wait_until("the worker holds both channels", || worker.channels().len() == 2).await;
+    let mut events = worker.events();
+    let first_client = worker.info().await.unwrap().client_id.unwrap();
+    fail_heartbeats.store(true, Ordering::SeqCst);
+    let (client_id, reason) = next_event(&mut events, |e| match e {
+        TunnelEvent::SessionLost { client_id, reason } => Some((client_id.clone(), reason.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(client_id, first_client);
+    assert!(
+        reason.contains("half the service's heartbeat timeout of 2s"),
+        "{reason}"
+    );
+    wait_until("the channels are stopped", || worker.channels().is_empty()).await;
+    // heartbeats come back: a new session, the channels again, records flow
+    fail_heartbeats.store(false, Ordering::SeqCst);
+    wait_until("the worker holds both channels again", || {
+        worker.channels().len() == 2
+    })
+    .await;
+    assert_ne!(worker.info().await.unwrap().client_id.unwrap(), first_client);
+    append_to(&mut client, &tunnel, None, records("a", 50))
+        .await
+        .unwrap();
+    recorder.wait_for(50).await;
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
     server.stop().await;
 }

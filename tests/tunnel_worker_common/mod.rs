@@ -372,3 +372,80 @@ pub async fn wait_for_status(worker: &TunnelHandle, status: WorkerStatus) -> Wor
     );
     worker.info().await.expect("the worker runs")
 }
+
+/// [`arbor::tunnel::GrpcSource`] as is, except that it asks the service for `service_timeout` whatever the
+/// worker's options say (so the service's figure can differ from the worker's own), and that its heartbeats
+/// fail as UNAVAILABLE, without reaching the service, while `fail_heartbeats` is set.
+pub struct ServiceTimeout {
+    pub inner: arbor::tunnel::GrpcSource,
+    pub service_timeout: Duration,
+    pub fail_heartbeats: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl arbor::tunnel::TunnelSource for ServiceTimeout {
+    fn connect<'a>(
+        &'a self,
+        tunnel_id: &'a str,
+        client_tag: &'a str,
+        _: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<arbor::tunnel::source::Session, arbor::tunnel::TunnelError>>
+    {
+        self.inner.connect(tunnel_id, client_tag, self.service_timeout)
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        session: &'a arbor::tunnel::source::Session,
+        channels: &'a [arbor::tunnel::source::ReportedChannel],
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Vec<arbor::tunnel::source::ServerChannel>, arbor::tunnel::TunnelError>,
+    > {
+        if self.fail_heartbeats.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(arbor::tunnel::TunnelError::Call {
+                    call: "Heartbeat",
+                    kind: arbor::tunnel::ErrorKind::Retryable,
+                    status: tonic::Status::unavailable("heartbeats cut off by the test"),
+                })
+            });
+        }
+        self.inner.heartbeat(session, channels)
+    }
+
+    fn get_checkpoint<'a>(
+        &'a self,
+        lease: &'a arbor::tunnel::source::ChannelLease,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<arbor::tunnel::source::CheckpointInfo, arbor::tunnel::TunnelError>,
+    > {
+        self.inner.get_checkpoint(lease)
+    }
+
+    fn read<'a>(
+        &'a self,
+        lease: &'a arbor::tunnel::source::ChannelLease,
+        from: u64,
+        max_records: u32,
+        wait: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<arbor::tunnel::source::ReadBatch, arbor::tunnel::TunnelError>>
+    {
+        self.inner.read(lease, from, max_records, wait)
+    }
+
+    fn checkpoint<'a>(
+        &'a self,
+        lease: &'a arbor::tunnel::source::ChannelLease,
+        position: u64,
+    ) -> futures::future::BoxFuture<'a, Result<(), arbor::tunnel::TunnelError>> {
+        self.inner.checkpoint(lease, position)
+    }
+
+    fn shutdown<'a>(
+        &'a self,
+        session: &'a arbor::tunnel::source::Session,
+    ) -> futures::future::BoxFuture<'a, Result<(), arbor::tunnel::TunnelError>> {
+        self.inner.shutdown(session)
+    }
+}

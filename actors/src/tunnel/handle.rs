@@ -219,7 +219,8 @@ impl TunnelWorkerBuilder {
     /// supervisor's restart) returns once the service answered the first `ConnectTunnel`, within
     /// `call_timeout`: an answer the worker cannot retry (an unknown tunnel, refused credentials) fails the
     /// start with that error ([`TunnelError::Call`], kind [`ErrorKind::Fatal`](super::ErrorKind::Fatal)); a
-    /// retryable one (the service is down) is retried in the background.
+    /// retryable one (the service is down) is retried in the background. The first session's
+    /// [`TunnelEvent::Connected`] is sent before `start` returns: [`TunnelHandle::info`] shows its client id.
     pub async fn start(self) -> Result<TunnelHandle, TunnelError> {
         let prepared = self.prepare()?;
         let handle = prepared.handle();

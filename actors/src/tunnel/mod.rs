@@ -20,7 +20,8 @@
 //! - **Nothing stalls silently.** A crashed channel actor is reported CLOSE and reassigned; a subscriber that
 //!   dies or stops acknowledging (processing timeout) pauses delivery, and if no subscriber is attached
 //!   within the grace period the worker shuts its session down so other consumers take the channels; a
-//!   worker that cannot reach the service for its heartbeat timeout starts over with a new client id.
+//!   worker that cannot reach the service for half its heartbeat timeout delivers nothing more and starts over
+//!   with a new client id.
 //!
 //! # Example
 //!

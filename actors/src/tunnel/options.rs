@@ -53,11 +53,15 @@ pub struct TunnelOptions {
     pub tunnel_id: String,
     /// A label the service shows for this consumer (default `arbor-<pid>`).
     pub client_tag: String,
-    /// How often the worker heartbeats (default 30 s; at least `min_heartbeat_interval`).
+    /// How often the worker heartbeats (default 5 s; at least `min_heartbeat_interval`, and less than half
+    /// `heartbeat_timeout`, so that a heartbeat fits before the worker steps down).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// How long the service keeps this consumer without a heartbeat, and how long the worker goes on without
-    /// a successful one before it starts over with a new client id (default 300 s; above the interval).
+    /// How long the service keeps this consumer without a heartbeat (default 30 s, as Kafka consumers' session
+    /// timeout is tens of seconds: a killed consumer's channels move after it; above twice the interval). The
+    /// worker steps down (stops every channel and starts over with a new client id) at half the timeout the
+    /// service granted without a heartbeat acknowledged, before the service can expire it, and delivers
+    /// nothing past that deadline.
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
     /// The floor of `heartbeat_interval` (default 5 s, the reference workers' minimum; lower it only on
@@ -107,8 +111,8 @@ impl Default for TunnelOptions {
         TunnelOptions {
             tunnel_id: String::new(),
             client_tag: format!("arbor-{}", std::process::id()),
-            heartbeat_interval: Duration::from_secs(30),
-            heartbeat_timeout: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(30),
             min_heartbeat_interval: Duration::from_secs(5),
             read_batch_size: 1_000,
             read_wait: Duration::from_millis(500),
@@ -126,6 +130,11 @@ impl Default for TunnelOptions {
     }
 }
 
+/// A duration as people write it (`1m 30s`), for messages.
+pub(crate) fn human(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(duration)
+}
+
 /// The most records a read may ask for (the service's per-message limit is of the same order).
 const MAX_READ_BATCH: u32 = 100_000;
 
@@ -138,7 +147,7 @@ impl TunnelOptions {
         }
     }
 
-    /// Sets the heartbeat interval and timeout (default 30 s and 300 s).
+    /// Sets the heartbeat interval and timeout (default 5 s and 30 s).
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval;
         self.heartbeat_timeout = timeout;
@@ -259,27 +268,29 @@ impl TunnelOptions {
             return Err(invalid(
                 "heartbeat_interval",
                 format!(
-                    "must be at least min_heartbeat_interval {:?} (got {:?})",
-                    self.min_heartbeat_interval, self.heartbeat_interval
+                    "must be at least min_heartbeat_interval {} (got {})",
+                    human(self.min_heartbeat_interval),
+                    human(self.heartbeat_interval)
                 ),
             ));
         }
         if self.heartbeat_interval.is_zero() {
             return Err(invalid("heartbeat_interval", "must be above zero".into()));
         }
-        if self.heartbeat_timeout <= self.heartbeat_interval {
+        if self.heartbeat_timeout <= self.heartbeat_interval * 2 {
             return Err(invalid(
                 "heartbeat_timeout",
                 format!(
-                    "must exceed heartbeat_interval {:?} (got {:?})",
-                    self.heartbeat_interval, self.heartbeat_timeout
+                    "must exceed twice heartbeat_interval {} (the worker steps down at half the timeout; got {})",
+                    human(self.heartbeat_interval),
+                    human(self.heartbeat_timeout)
                 ),
             ));
         }
         if self.heartbeat_timeout > Duration::from_secs(24 * 3600) {
             return Err(invalid(
                 "heartbeat_timeout",
-                format!("must be at most 24 h (got {:?})", self.heartbeat_timeout),
+                format!("must be at most 24h (got {})", human(self.heartbeat_timeout)),
             ));
         }
         if self.read_batch_size == 0 || self.read_batch_size > MAX_READ_BATCH {
@@ -294,7 +305,7 @@ impl TunnelOptions {
         if self.read_wait > Duration::from_secs(60) {
             return Err(invalid(
                 "read_wait",
-                format!("must be at most 60 s (got {:?})", self.read_wait),
+                format!("must be at most 1m (got {})", human(self.read_wait)),
             ));
         }
         if let CheckpointPolicy::Every(interval) = self.checkpoint {
@@ -314,7 +325,7 @@ impl TunnelOptions {
             if value.is_zero() || value > Duration::from_secs(24 * 3600) {
                 return Err(invalid(
                     field,
-                    format!("must be above zero and at most 24 h (got {value:?})"),
+                    format!("must be above zero and at most 24h (got {})", human(value)),
                 ));
             }
         }
@@ -324,8 +335,9 @@ impl TunnelOptions {
             return Err(invalid(
                 "reconnect_delay_min",
                 format!(
-                    "must not exceed reconnect_delay_max, itself at most 1 h (got {:?} and {:?})",
-                    self.reconnect_delay_min, self.reconnect_delay_max
+                    "must not exceed reconnect_delay_max, itself at most 1h (got {} and {})",
+                    human(self.reconnect_delay_min),
+                    human(self.reconnect_delay_max)
                 ),
             ));
         }
@@ -353,10 +365,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_reference_workers_and_valid() {
+    fn defaults_are_kafka_like_and_valid() {
         let options = TunnelOptions::new("t");
-        assert_eq!(options.heartbeat_interval, Duration::from_secs(30));
-        assert_eq!(options.heartbeat_timeout, Duration::from_secs(300));
+        assert_eq!(options.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(options.heartbeat_timeout, Duration::from_secs(30));
         assert_eq!(options.min_heartbeat_interval, Duration::from_secs(5));
         options.validate().unwrap();
     }
@@ -398,6 +410,11 @@ mod tests {
         );
         assert_eq!(
             field(base().heartbeat(Duration::from_secs(30), Duration::from_secs(30))),
+            "heartbeat_timeout"
+        );
+        // no heartbeat would fit before the step-down at half the timeout
+        assert_eq!(
+            field(base().heartbeat(Duration::from_secs(10), Duration::from_secs(20))),
             "heartbeat_timeout"
         );
         assert_eq!(field(base().read_batch_size(0)), "read_batch_size");

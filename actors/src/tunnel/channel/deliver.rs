@@ -1,6 +1,7 @@
 //! One delivery: hand a batch to the subscriber and wait for its acknowledgement.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 use tracing::warn;
@@ -26,6 +27,17 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
             Ok(subscriber) => subscriber,
             Err(mode) => return Err(Ended::Stopped(mode)),
         };
+        // As the activator checks its renew deadline before every leader callback: a worker resumed from a
+        // freeze (or cut off from the service) may hold read-ahead of a channel that has moved on, and a
+        // subscriber doing last-writer-wins upserts would overwrite newer state with it. Hold the batch until
+        // a heartbeat proves the session alive, or the session's loss stops the channel.
+        if Instant::now() >= *ctx.alive.borrow() {
+            warn!("the session may have expired (no heartbeat acknowledged within half its timeout): holding the batch");
+            ctx.or_stop(session_alive(ctx.alive.clone()))
+                .await
+                .map_err(Ended::Stopped)?;
+            continue;
+        }
         let (delivery, mut ack) = Delivery::new(Arc::clone(&batch));
         let failure = if subscriber.deliver(delivery).is_err() {
             "the subscriber is gone".to_string()
@@ -56,7 +68,10 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
                     return Err(Ended::Nacked(format!("the subscriber refused the batch: {nack}")))
                 }
                 Ok(Ok(Err(_))) => "the subscriber dropped the batch without answering".to_string(),
-                Ok(Err(_)) => format!("the subscriber did not acknowledge within {timeout:?}"),
+                Ok(Err(_)) => format!(
+                    "the subscriber did not acknowledge within {}",
+                    humantime::format_duration(timeout)
+                ),
             }
         };
         warn!(reason = %failure, "delivery failed; pausing until a subscriber is attached");
@@ -85,6 +100,19 @@ async fn wait_for_subscriber(mut rx: watch::Receiver<Option<SubscriberRef>>) -> 
         }
         if rx.changed().await.is_err() {
             // The worker is gone: nothing will ever come; the stop that follows ends the wait.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Returns once the session's step-down deadline is in the future again (a heartbeat succeeded); never, once
+/// the session is over.
+async fn session_alive(mut alive: watch::Receiver<Instant>) {
+    loop {
+        if Instant::now() < *alive.borrow_and_update() {
+            return;
+        }
+        if alive.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     }

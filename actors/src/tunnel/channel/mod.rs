@@ -109,6 +109,8 @@ pub(crate) struct ChannelArgs {
     pub(crate) source: Arc<dyn TunnelSource>,
     pub(crate) options: Arc<TunnelOptions>,
     pub(crate) subscriber: watch::Receiver<Option<SubscriberRef>>,
+    /// The session's step-down deadline: nothing is delivered at or past it.
+    pub(crate) alive: watch::Receiver<Instant>,
     pub(crate) worker: ActorRef<WorkerMsg>,
     pub(crate) registry: Registry<TunnelEntry>,
     pub(crate) events: broadcast::Sender<TunnelEvent>,
@@ -255,6 +257,7 @@ struct Ctx {
     source: Arc<dyn TunnelSource>,
     options: Arc<TunnelOptions>,
     subscriber: watch::Receiver<Option<SubscriberRef>>,
+    alive: watch::Receiver<Instant>,
     worker: ActorRef<WorkerMsg>,
     registry: Registry<TunnelEntry>,
     registry_key: String,
@@ -285,6 +288,7 @@ impl Ctx {
             source: args.source,
             options: args.options,
             subscriber: args.subscriber,
+            alive: args.alive,
             worker: args.worker,
             registry: args.registry,
             registry_key,
@@ -408,15 +412,15 @@ impl Ctx {
                     ErrorKind::Retryable if began.elapsed() < self.options.retry_for => {
                         let delay = self.options.retry_backoff.delay(attempt);
                         attempt += 1;
-                        debug!(%what, error = %err, ?delay, "transient error; retrying");
+                        debug!(%what, error = %err, delay = %humantime::format_duration(delay), "transient error; retrying");
                         if let Err(mode) = self.or_stop(tokio::time::sleep(delay)).await {
                             return Err(Ended::Stopped(mode));
                         }
                     }
                     ErrorKind::Retryable => {
                         return Err(Ended::GiveUp(format!(
-                            "{what} kept failing for {:?}: {err}",
-                            self.options.retry_for
+                            "{what} kept failing for {}: {err}",
+                            humantime::format_duration(self.options.retry_for)
                         )))
                     }
                     ErrorKind::OwnershipLost => return Err(Ended::OwnershipLost(err)),

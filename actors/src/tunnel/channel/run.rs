@@ -235,13 +235,13 @@ async fn recover(ctx: &mut Ctx, err: TunnelError, position: u64) -> Result<u64, 
             let since = *ctx.read_failing_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= ctx.options.retry_for {
                 return Err(Ended::GiveUp(format!(
-                    "reads kept failing for {:?}: {err}",
-                    ctx.options.retry_for
+                    "reads kept failing for {}: {err}",
+                    humantime::format_duration(ctx.options.retry_for)
                 )));
             }
             let delay = ctx.options.retry_backoff.delay(ctx.read_attempts);
             ctx.read_attempts = ctx.read_attempts.saturating_add(1);
-            debug!(error = %err, ?delay, "read failed; retrying");
+            debug!(error = %err, delay = %humantime::format_duration(delay), "read failed; retrying");
             ctx.or_stop(tokio::time::sleep(delay))
                 .await
                 .map_err(Ended::Stopped)?;
@@ -297,7 +297,7 @@ async fn recover(ctx: &mut Ctx, err: TunnelError, position: u64) -> Result<u64, 
             }
             let delay = ctx.options.retry_backoff.delay(ctx.read_attempts);
             ctx.read_attempts = ctx.read_attempts.saturating_add(1);
-            warn!(error = %err, ?delay, "read out of sequence; resyncing from the checkpoint");
+            warn!(error = %err, delay = %humantime::format_duration(delay), "read out of sequence; resyncing from the checkpoint");
             ctx.or_stop(tokio::time::sleep(delay))
                 .await
                 .map_err(Ended::Stopped)?;

@@ -7,9 +7,10 @@
 //! - **Active**: a heartbeat every interval (off the mailbox, one at a time, more on demand) reports the
 //!   channels' states and merges the answer ([`state::merge`]): channels are started, renewed, drained or
 //!   stopped. A channel that ends reports CLOSE or TERMINATED in the next heartbeat, asked for at once.
-//!   A heartbeat answer of OWNERSHIP_LOST (the client expired), or no successful heartbeat for the heartbeat
-//!   timeout, ends the session: every channel is stopped, `Shutdown` is sent, and the worker connects again
-//!   after a random delay with a new client id.
+//!   A heartbeat answer of OWNERSHIP_LOST (the client expired), or no heartbeat acknowledged among those sent
+//!   in the last half of the service's heartbeat timeout (the step-down deadline, which the channels check
+//!   before every delivery), ends the session: every channel is stopped, `Shutdown` is sent, and the worker
+//!   connects again after a random delay with a new client id.
 //! - **Paused**: the subscriber died or failed; deliveries wait (nothing past what it acknowledged is ever
 //!   checkpointed). A subscriber the worker runs itself is started again at once (at most three times
 //!   within a grace period); otherwise, or after that, the worker waits for [`attach_subscriber`] for the
@@ -31,6 +32,7 @@ use std::time::{Instant, SystemTime};
 use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType, Version};
 use futures::future::{join_all, BoxFuture};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::channel::{ChannelActor, ChannelArgs, ChannelMsg, Outcome, OutcomeSlot, StopMode};
@@ -69,11 +71,15 @@ pub(crate) type SourceFactory =
 pub(crate) enum WorkerMsg {
     Connect,
     Connected {
+        /// When the ConnectTunnel was sent: the session's first step-down deadline counts from it.
+        sent_at: Instant,
         result: Result<Session, TunnelError>,
     },
     Tick,
     HeartbeatDone {
         session: u64,
+        /// When the heartbeat was sent: a success moves the step-down deadline to half a timeout after it.
+        sent_at: Instant,
         result: Result<Vec<ServerChannel>, TunnelError>,
     },
     SubscriberFailed {
@@ -131,7 +137,10 @@ pub(crate) struct WorkerState {
     opening: Arc<Mutex<Opening>>,
     heartbeat_in_flight: bool,
     heartbeat_again: bool,
-    last_ok: Instant,
+    /// The session's step-down deadline (half the service's heartbeat timeout after the last heartbeat sent
+    /// that succeeded), watched by its channels, which deliver nothing past it. One per session; set to now
+    /// when the session ends, so that a channel still stopping cannot deliver.
+    alive: Option<watch::Sender<Instant>>,
     last_ok_wall: Option<SystemTime>,
     channels: BTreeMap<u32, Channel>,
     status: WorkerStatus,
@@ -273,7 +282,8 @@ impl WorkerState {
         version: Version,
         channel_type: ChannelType,
     ) {
-        let Some(session) = self.session.clone() else {
+        let (Some(session), Some(alive)) = (self.session.clone(), self.alive.as_ref().map(|a| a.subscribe()))
+        else {
             return;
         };
         if self.channels.get(&id).is_some_and(|c| c.actor.is_some()) {
@@ -292,6 +302,7 @@ impl WorkerState {
             source: Arc::clone(&self.source),
             options: Arc::clone(&self.options),
             subscriber: self.shared.subscriber.subscribe(),
+            alive,
             worker: myself.clone(),
             registry: self.shared.registry.clone(),
             events: self.shared.events.clone(),
@@ -472,6 +483,7 @@ impl Actor for WorkerActor {
         // refused api key, options outside the service's limits) fails its start with the typed error rather
         // than start and stop. A retryable failure is retried in the background as any other.
         let options = &args.options;
+        let first_sent = Instant::now();
         let first = source
             .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
             .await;
@@ -498,7 +510,7 @@ impl Actor for WorkerActor {
             opening: Arc::default(),
             heartbeat_in_flight: false,
             heartbeat_again: false,
-            last_ok: Instant::now(),
+            alive: None,
             last_ok_wall: None,
             channels: BTreeMap::new(),
             status: WorkerStatus::Connecting,
@@ -516,7 +528,7 @@ impl Actor for WorkerActor {
             }
             None => {}
         }
-        state.on_connected(&myself, first);
+        state.on_connected(&myself, first_sent, first);
         myself.send_interval(state.options.heartbeat_interval, || WorkerMsg::Tick);
         info!(tunnel = %state.options.tunnel_id, "tunnel worker started");
         Ok(state)
@@ -563,11 +575,13 @@ impl Actor for WorkerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Connect => state.connect(&myself),
-            WorkerMsg::Connected { result } => state.on_connected(&myself, result),
+            WorkerMsg::Connected { sent_at, result } => state.on_connected(&myself, sent_at, result),
             WorkerMsg::Tick => state.on_tick(&myself),
-            WorkerMsg::HeartbeatDone { session, result } => {
-                state.on_heartbeat(&myself, session, result).await
-            }
+            WorkerMsg::HeartbeatDone {
+                session,
+                sent_at,
+                result,
+            } => state.on_heartbeat(&myself, session, sent_at, result).await,
             WorkerMsg::SubscriberFailed { subscriber, reason } => {
                 state.subscriber_lost(&myself, subscriber, reason, true).await
             }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ractor::ActorRef;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{WorkerMsg, WorkerState};
@@ -12,7 +13,7 @@ use crate::tunnel::channel::{ChannelMsg, StopMode};
 use crate::tunnel::error::{ErrorKind, TunnelError};
 use crate::tunnel::info::{TunnelEvent, WorkerStatus};
 use crate::tunnel::source::{ReportedChannel, ServerChannel, Session};
-use crate::tunnel::state::Local;
+use crate::tunnel::state::{self, Local};
 
 impl Drop for WorkerState {
     fn drop(&mut self) {
@@ -65,6 +66,7 @@ impl WorkerState {
         );
         let opening = Arc::clone(&self.opening);
         tokio::spawn(async move {
+            let sent_at = Instant::now();
             let result = source
                 .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
                 .await;
@@ -87,7 +89,7 @@ impl WorkerState {
                     let _ = source.shutdown(&session).await;
                 }
                 None => {
-                    let _ = me.cast(WorkerMsg::Connected { result });
+                    let _ = me.cast(WorkerMsg::Connected { sent_at, result });
                 }
             }
         });
@@ -96,6 +98,7 @@ impl WorkerState {
     pub(super) fn on_connected(
         &mut self,
         myself: &ActorRef<WorkerMsg>,
+        sent_at: Instant,
         result: Result<Session, TunnelError>,
     ) {
         self.connecting = false;
@@ -114,9 +117,23 @@ impl WorkerState {
                 self.session_gen += 1;
                 self.sessions += 1;
                 self.connect_failures = 0;
-                self.last_ok = Instant::now();
                 self.last_ok_wall = Some(SystemTime::now());
-                info!(client_id = %session.client_id, heartbeat_timeout = ?session.heartbeat_timeout, "session opened");
+                let step_down = self.step_down_after(&session);
+                self.alive = Some(watch::channel(sent_at + step_down).0);
+                if step_down <= self.options.heartbeat_interval {
+                    warn!(
+                        heartbeat_interval = %humantime::format_duration(self.options.heartbeat_interval),
+                        step_down = %humantime::format_duration(step_down),
+                        "the service's heartbeat timeout leaves no room for a heartbeat before the worker steps \
+                         down: lower heartbeat_interval"
+                    );
+                }
+                info!(
+                    client_id = %session.client_id,
+                    heartbeat_timeout = %humantime::format_duration(session.heartbeat_timeout),
+                    step_down = %humantime::format_duration(step_down),
+                    "session opened"
+                );
                 self.event(TunnelEvent::Connected {
                     client_id: session.client_id.to_string(),
                 });
@@ -139,7 +156,12 @@ impl WorkerState {
                 };
                 let delay = retry.delay(self.connect_failures);
                 self.connect_failures = self.connect_failures.saturating_add(1);
-                warn!(error = %err, cause = ?std::error::Error::source(&err), ?delay, "connecting failed; retrying");
+                warn!(
+                    error = %err,
+                    cause = ?std::error::Error::source(&err),
+                    delay = %humantime::format_duration(delay),
+                    "connecting failed; retrying"
+                );
                 myself.send_after(delay, || WorkerMsg::Connect);
             }
         }
@@ -176,27 +198,35 @@ impl WorkerState {
         let reports = self.reports();
         let (source, me, generation) = (Arc::clone(&self.source), myself.clone(), self.session_gen);
         tokio::spawn(async move {
+            let sent_at = Instant::now();
             let result = source.heartbeat(&session, &reports).await;
             let _ = me.cast(WorkerMsg::HeartbeatDone {
                 session: generation,
+                sent_at,
                 result,
             });
         });
     }
 
+    /// How long the session is trusted after a heartbeat sent that succeeded (half the service's timeout).
+    fn step_down_after(&self, session: &Session) -> std::time::Duration {
+        state::step_down_after(session.heartbeat_timeout, self.options.heartbeat_timeout)
+    }
+
     pub(super) fn on_tick(&mut self, myself: &ActorRef<WorkerMsg>) {
-        if self.session.is_none() {
+        let (Some(session), Some(alive)) = (&self.session, &self.alive) else {
             return;
-        }
-        let silent = self.last_ok.elapsed();
-        if silent > self.options.heartbeat_timeout {
-            self.lose_session(
-                myself,
-                format!(
-                    "no successful heartbeat for {silent:?} (timeout {:?})",
-                    self.options.heartbeat_timeout
-                ),
+        };
+        // As the etcd activator at TTL/2: past half the service's timeout without a heartbeat sent since
+        // that succeeded, the service may already have expired the session and handed its channels on.
+        let deadline = *alive.borrow();
+        if Instant::now() >= deadline {
+            let reason = format!(
+                "no heartbeat acknowledged within {} (half the service's heartbeat timeout of {})",
+                humantime::format_duration(self.step_down_after(session)),
+                humantime::format_duration(session.heartbeat_timeout)
             );
+            self.lose_session(myself, reason);
             return;
         }
         self.heartbeat(myself);
@@ -206,6 +236,7 @@ impl WorkerState {
         &mut self,
         myself: &ActorRef<WorkerMsg>,
         generation: u64,
+        sent_at: Instant,
         result: Result<Vec<ServerChannel>, TunnelError>,
     ) {
         if generation != self.session_gen {
@@ -214,7 +245,16 @@ impl WorkerState {
         self.heartbeat_in_flight = false;
         match result {
             Ok(owned) => {
-                self.last_ok = Instant::now();
+                if let (Some(session), Some(alive)) = (&self.session, &self.alive) {
+                    let until = sent_at + self.step_down_after(session);
+                    alive.send_if_modified(|deadline| {
+                        let later = until > *deadline;
+                        if later {
+                            *deadline = until;
+                        }
+                        later
+                    });
+                }
                 self.last_ok_wall = Some(SystemTime::now());
                 self.apply(myself, owned).await;
                 self.publish();
@@ -237,6 +277,13 @@ impl WorkerState {
         }
     }
 
+    /// The session is over: its channels, even those still stopping, must deliver nothing more.
+    fn expire_deadline(&mut self) {
+        if let Some(alive) = self.alive.take() {
+            alive.send_replace(Instant::now());
+        }
+    }
+
     /// Ends the session without waiting for the service: the channels are abandoned (their unacknowledged
     /// records are delivered again by their next owner), `Shutdown` is sent in the background, and a new
     /// session is opened after a random delay.
@@ -244,6 +291,7 @@ impl WorkerState {
         let Some(session) = self.session.take() else {
             return;
         };
+        self.expire_deadline();
         self.session_gen += 1;
         self.heartbeat_in_flight = false;
         warn!(client_id = %session.client_id, %reason, "session lost: starting over with a new client id");
@@ -270,6 +318,7 @@ impl WorkerState {
     /// Ends the session cleanly: channels checkpoint what was acknowledged, then `Shutdown` releases them.
     pub(super) async fn release_session(&mut self, reason: &str) {
         self.stop_channels(StopMode::Flush).await;
+        self.expire_deadline();
         if let Some(session) = self.session.take() {
             self.session_gen += 1;
             self.heartbeat_in_flight = false;

@@ -85,7 +85,7 @@ impl WorkerState {
         if generation != self.grace_generation || self.subscriber.is_some() {
             return;
         }
-        warn!(grace = ?self.options.subscriber_grace, "no subscriber came back: releasing the channels");
+        warn!(grace = %humantime::format_duration(self.options.subscriber_grace), "no subscriber came back: releasing the channels");
         self.release_session("no subscriber within the grace period")
             .await;
         self.set_status(WorkerStatus::Detached);
