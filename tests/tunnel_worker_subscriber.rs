@@ -366,3 +366,120 @@ async fn a_runner_is_restarted_three_times_per_grace_period_then_the_channels_ar
     worker.shutdown(Duration::from_secs(10)).await.unwrap();
     server.stop().await;
 }
+
+/// Takes `delay` over every batch; counts the batches in processing at once, overall and per channel.
+#[derive(Clone, Default)]
+struct Slow {
+    delay: Duration,
+    recorder: Recorder,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    channels_busy: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
+    same_channel_twice: Arc<AtomicBool>,
+}
+
+impl Subscriber for Slow {
+    async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
+        if !self.channels_busy.lock().unwrap().insert(batch.channel_id) {
+            self.same_channel_twice.store(true, Ordering::SeqCst);
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.channels_busy.lock().unwrap().remove(&batch.channel_id);
+        self.recorder.handle(batch).await
+    }
+}
+
+/// Runs `subscriber` with `concurrency` on 16 channels of a batch each (processing timeout 3 s: less than the
+/// queue of a subscriber shared by 16 channels at 300 ms a batch, far more than one batch takes); returns the
+/// events seen meanwhile.
+async fn sixteen_channels(
+    subscriber: Slow,
+    concurrency: arbor::tunnel::SubscriberConcurrency,
+) -> Vec<TunnelEvent> {
+    const CHANNELS: u32 = 16;
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "sixteen", CHANNELS).await;
+    for channel in 0..CHANNELS {
+        append_to(&mut client, &tunnel, Some(channel), records("a", 10))
+            .await
+            .unwrap();
+    }
+    let worker = TunnelWorker::builder(
+        fast_options(&tunnel)
+            .read_batch_size(10)
+            .processing_timeout(Duration::from_secs(3))
+            .subscriber_grace(Duration::from_secs(60)),
+    )
+    .connection(connection(&server.url).await)
+    .run_subscriber_with(subscriber.clone(), concurrency)
+    .registry(Registry::new("sixteen"))
+    .start()
+    .await
+    .unwrap();
+    let mut events = worker.events();
+    subscriber.recorder.wait_for(10 * CHANNELS as usize).await;
+    wait_for_tunnel(
+        &mut client,
+        &tunnel,
+        "every channel checkpointed to its end",
+        |t| t.channels.iter().all(|c| c.checkpoint_sequence_number == 10),
+    )
+    .await;
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_subscriber_shared_by_sixteen_channels_is_never_timed_out_for_its_queue() {
+    let subscriber = Slow {
+        delay: Duration::from_millis(300),
+        ..Slow::default()
+    };
+    let events = sixteen_channels(subscriber.clone(), Default::default()).await;
+    let lost: Vec<&TunnelEvent> = events
+        .iter()
+        .filter(|e| matches!(e, TunnelEvent::SubscriberLost { .. }))
+        .collect();
+    assert!(lost.is_empty(), "a healthy subscriber was timed out: {lost:?}");
+    assert_eq!(subscriber.max_in_flight.load(Ordering::SeqCst), 1);
+    // nothing was delivered again: no timeout, no restart
+    assert_eq!(subscriber.recorder.count(), 16 * 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_four_processes_batches_of_several_channels_at_once_never_two_of_one_channel() {
+    let subscriber = Slow {
+        delay: Duration::from_millis(300),
+        ..Slow::default()
+    };
+    let pool = arbor::tunnel::SubscriberConcurrency::Pool(4.try_into().unwrap());
+    let events = sixteen_channels(subscriber.clone(), pool).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, TunnelEvent::SubscriberLost { .. })),
+        "{events:?}"
+    );
+    let max = subscriber.max_in_flight.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&max), "{max} batches at once with a pool of 4");
+    assert!(!subscriber.same_channel_twice.load(Ordering::SeqCst));
+    // in order per channel
+    let seen = subscriber.recorder.seen.lock().unwrap().clone();
+    for channel in 0..16 {
+        let sequences: Vec<u64> = seen
+            .iter()
+            .filter(|s| s.channel == channel)
+            .map(|s| s.sequence)
+            .collect();
+        assert_eq!(sequences, (0..10).collect::<Vec<u64>>(), "channel {channel}");
+    }
+}

@@ -12,7 +12,7 @@ use super::error::TunnelError;
 use super::info::{ChannelInfo, TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
 use super::options::TunnelOptions;
 use super::source::{GrpcSource, TunnelSource};
-use super::subscriber::{Subscriber, SubscriberActor, SubscriberRef};
+use super::subscriber::{Subscriber, SubscriberActor, SubscriberConcurrency, SubscriberRef};
 use super::worker::{RunnerFactory, SourceFactory, SubscriberSpec, WorkerActor, WorkerArgs, WorkerMsg};
 use crate::connection::{ConnectionConfig, ConnectionHandle, ConnectionPool};
 use crate::registry::Registry;
@@ -137,15 +137,26 @@ impl TunnelWorkerBuilder {
         self
     }
 
-    /// Run `subscriber` in an actor the worker supervises: started again at once if it dies or misses the
-    /// processing timeout, at most three times within one `subscriber_grace` period (a restart intensity, as
-    /// a supervisor's); past that, the worker waits for [`TunnelHandle::attach_subscriber`] as it would for a
-    /// user's subscriber.
-    pub fn run_subscriber<S: Subscriber>(mut self, subscriber: S) -> Self {
+    /// Run `subscriber` in an actor the worker supervises, one batch at a time: started again at once if it
+    /// dies or misses the processing timeout, at most three times within one `subscriber_grace` period (a
+    /// restart intensity, as a supervisor's); past that, the worker waits for
+    /// [`TunnelHandle::attach_subscriber`] as it would for a user's subscriber.
+    pub fn run_subscriber<S: Subscriber>(self, subscriber: S) -> Self {
+        self.run_subscriber_with(subscriber, SubscriberConcurrency::One)
+    }
+
+    /// [`Self::run_subscriber`], processing up to `concurrency` batches at once (one per channel, or a pool of
+    /// N); a channel never has two batches in flight, so each channel's records stay in order. Each batch's
+    /// processing timeout starts when the subscriber starts it, not while it waits for a turn.
+    pub fn run_subscriber_with<S: Subscriber>(
+        mut self,
+        subscriber: S,
+        concurrency: SubscriberConcurrency,
+    ) -> Self {
         let subscriber = Arc::new(subscriber);
         let factory: RunnerFactory = Arc::new(move |worker: ActorCell| {
             let subscriber = Arc::clone(&subscriber);
-            async move { SubscriberActor::spawn_linked(subscriber, worker).await }.boxed()
+            async move { SubscriberActor::spawn_linked(subscriber, concurrency, worker).await }.boxed()
         });
         self.subscriber = Some(SubscriberSpec::Owned(factory));
         self

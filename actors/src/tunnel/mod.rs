@@ -80,4 +80,4 @@ pub use handle::{default_registry, TunnelExit, TunnelHandle, TunnelWorker, Tunne
 pub use info::{ChannelInfo, TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
 pub use options::{CheckpointPolicy, OutOfRangePolicy, TunnelOptions};
 pub use source::{GrpcSource, Record, TunnelSource};
-pub use subscriber::{Ack, Batch, Delivery, Nack, Subscriber, SubscriberRef};
+pub use subscriber::{Ack, Batch, Delivery, Nack, Subscriber, SubscriberConcurrency, SubscriberRef};

@@ -1,19 +1,21 @@
 //! One delivery: hand a batch to the subscriber and wait for its acknowledgement.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use ractor::ActorId;
 use tokio::sync::watch;
 use tracing::warn;
 
 use super::{Ctx, Ended, StopMode};
 use crate::tunnel::source::ReadBatch;
-use crate::tunnel::subscriber::{Batch, Delivery, SubscriberRef};
+use crate::tunnel::subscriber::{Batch, Delivery, Nack, SubscriberRef};
 use crate::tunnel::worker::WorkerMsg;
 
-/// Hands `batch` to the subscriber and waits for its acknowledgement. A subscriber that dies or does not
-/// answer in time is reported to the worker (which pauses delivery) and the batch is delivered again to the
-/// next one; a drain waits for the batch in delivery.
+/// Hands `batch` to the subscriber and waits for its acknowledgement, at most the processing timeout from
+/// when the subscriber takes it. A subscriber that dies or does not answer in time is reported to the worker
+/// (which pauses delivery) and the batch is delivered again to the next one; a drain waits for the batch in
+/// delivery.
 pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended> {
     let next = batch.next;
     let count = batch.records.len() as u64;
@@ -38,58 +40,115 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
                 .map_err(Ended::Stopped)?;
             continue;
         }
-        let (delivery, mut ack) = Delivery::new(Arc::clone(&batch));
-        let failure = if subscriber.deliver(delivery).is_err() {
-            "the subscriber is gone".to_string()
-        } else {
-            let timeout = ctx.options.processing_timeout;
-            let deadline = tokio::time::Instant::now() + timeout;
-            match ctx.or_stop(tokio::time::timeout_at(deadline, &mut ack)).await {
-                Err(StopMode::Flush) => {
-                    // A graceful stop while the subscriber has the batch: let it finish (within the call
-                    // timeout) so that the flush includes it rather than deliver it again elsewhere.
-                    ctx.flushing = true;
-                    let until = deadline.min(tokio::time::Instant::now() + ctx.options.call_timeout);
-                    let answer = ctx.or_stop(tokio::time::timeout_at(until, &mut ack)).await;
-                    if let Ok(Ok(Ok(Ok(())))) = answer {
-                        ctx.acked = next;
-                        ctx.delivered += count;
-                    }
-                    return Err(Ended::Stopped(StopMode::Flush));
-                }
-                Err(mode) => return Err(Ended::Stopped(mode)),
-                Ok(Ok(Ok(Ok(())))) => {
-                    ctx.acked = next;
-                    ctx.delivered += count;
-                    ctx.lag = ctx.lag.map(|lag| lag.saturating_sub(count));
-                    return Ok(());
-                }
-                Ok(Ok(Ok(Err(nack)))) => {
-                    return Err(Ended::Nacked(format!("the subscriber refused the batch: {nack}")))
-                }
-                Ok(Ok(Err(_))) => "the subscriber dropped the batch without answering".to_string(),
-                Ok(Err(_)) => format!(
-                    "the subscriber did not acknowledge within {}",
-                    humantime::format_duration(timeout)
-                ),
+        let (delivery, pending) = Delivery::new(Arc::clone(&batch));
+        let Ok((mut ack, taken)) = subscriber.deliver(delivery, pending) else {
+            report_failure(ctx, &subscriber, "the subscriber is gone".into());
+            wait_replaced(ctx, &subscriber).await?;
+            continue;
+        };
+        let id = subscriber.cell().get_id();
+        // Queued behind other channels' batches: the processing timeout starts only when the subscriber takes
+        // this one, so that a healthy subscriber shared by many channels is never timed out (and every batch
+        // in flight redelivered, over and over) for time spent in its queue.
+        let gone = replaced(ctx.subscriber.clone(), id.clone());
+        let queued = async {
+            tokio::select! {
+                biased;
+                answer = &mut ack => Waited::Answer(answer),
+                _ = taken => Waited::Taken,
+                _ = gone => Waited::Replaced,
             }
         };
-        warn!(reason = %failure, "delivery failed; pausing until a subscriber is attached");
-        let _ = ctx.worker.cast(WorkerMsg::SubscriberFailed {
-            subscriber: subscriber.cell().get_id(),
-            reason: failure,
-        });
-        // Wait until the worker has replaced (or detached) this subscriber, then deliver again.
-        let mut rx = ctx.subscriber.clone();
-        let failed = subscriber.cell().get_id();
-        let replaced = async move {
-            let _ = rx
-                .wait_for(|s| s.as_ref().is_none_or(|s| s.cell().get_id() != failed))
-                .await;
+        let waited = match ctx.or_stop(queued).await {
+            Ok(Waited::Taken) => {
+                let timeout = ctx.options.processing_timeout;
+                let deadline = tokio::time::Instant::now() + timeout;
+                let gone = replaced(ctx.subscriber.clone(), id.clone());
+                let processing = async {
+                    tokio::select! {
+                        biased;
+                        answer = &mut ack => Waited::Answer(answer),
+                        _ = gone => Waited::Replaced,
+                        _ = tokio::time::sleep_until(deadline) => Waited::TimedOut(timeout),
+                    }
+                };
+                match ctx.or_stop(processing).await {
+                    Err(StopMode::Flush) => {
+                        // A graceful stop while the subscriber has the batch: let it finish (within the call
+                        // timeout) so that the flush includes it rather than deliver it again elsewhere.
+                        ctx.flushing = true;
+                        let until = deadline.min(tokio::time::Instant::now() + ctx.options.call_timeout);
+                        let answer = ctx.or_stop(tokio::time::timeout_at(until, &mut ack)).await;
+                        if let Ok(Ok(Ok(Ok(())))) = answer {
+                            ctx.acked = next;
+                            ctx.delivered += count;
+                        }
+                        return Err(Ended::Stopped(StopMode::Flush));
+                    }
+                    Err(mode) => return Err(Ended::Stopped(mode)),
+                    Ok(waited) => waited,
+                }
+            }
+            // Not taken yet: nothing of it is in the subscriber's hands to finish.
+            Err(mode) => return Err(Ended::Stopped(mode)),
+            Ok(waited) => waited,
         };
-        if let Err(mode) = ctx.or_stop(replaced).await {
-            return Err(Ended::Stopped(mode));
-        }
+        let failure = match waited {
+            Waited::Answer(Ok(Ok(()))) => {
+                ctx.acked = next;
+                ctx.delivered += count;
+                ctx.lag = ctx.lag.map(|lag| lag.saturating_sub(count));
+                return Ok(());
+            }
+            Waited::Answer(Ok(Err(nack))) => {
+                return Err(Ended::Nacked(format!("the subscriber refused the batch: {nack}")))
+            }
+            Waited::Answer(Err(_)) => "the subscriber dropped the batch without answering".to_string(),
+            Waited::TimedOut(timeout) => format!(
+                "the subscriber did not acknowledge within {}",
+                humantime::format_duration(timeout)
+            ),
+            // The worker replaced (or detached) the subscriber meanwhile: deliver again to the next one.
+            Waited::Replaced | Waited::Taken => continue,
+        };
+        report_failure(ctx, &subscriber, failure);
+        wait_replaced(ctx, &subscriber).await?;
+    }
+}
+
+/// How waiting for an acknowledgement ended.
+enum Waited {
+    Answer(Result<Result<(), Nack>, tokio::sync::oneshot::error::RecvError>),
+    Taken,
+    Replaced,
+    TimedOut(Duration),
+}
+
+/// Tells the worker the subscriber failed this delivery (it pauses delivery and replaces or detaches it).
+fn report_failure(ctx: &Ctx, subscriber: &SubscriberRef, failure: String) {
+    warn!(reason = %failure, "delivery failed; pausing until a subscriber is attached");
+    let _ = ctx.worker.cast(WorkerMsg::SubscriberFailed {
+        subscriber: subscriber.cell().get_id(),
+        reason: failure,
+    });
+}
+
+/// Waits until the worker has replaced (or detached) `subscriber`, unless the channel is stopped first.
+async fn wait_replaced(ctx: &mut Ctx, subscriber: &SubscriberRef) -> Result<(), Ended> {
+    let rx = ctx.subscriber.clone();
+    ctx.or_stop(replaced(rx, subscriber.cell().get_id()))
+        .await
+        .map_err(Ended::Stopped)
+}
+
+/// Returns once the current subscriber is not `failed` any more; never, once the worker is gone.
+async fn replaced(mut rx: watch::Receiver<Option<SubscriberRef>>, failed: ActorId) {
+    if rx
+        .wait_for(|s| s.as_ref().is_none_or(|s| s.cell().get_id() != failed))
+        .await
+        .is_err()
+    {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -44,6 +44,7 @@ use crate::registry::Registry;
 mod deliver;
 mod run;
 
+pub(crate) use run::panic_message;
 use run::run;
 
 /// What the worker wants of the channel.

@@ -205,7 +205,7 @@ impl PendingRead {
 }
 
 /// A panic's message, when it has one.
-pub(super) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
