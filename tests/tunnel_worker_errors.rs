@@ -583,3 +583,46 @@ async fn a_panic_in_the_sources_read_stops_the_worker_with_its_own_typed_error()
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_wider_than_the_services_limits_are_refused_or_lowered_at_start() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "limits", 1).await;
+    // the service keeps clients for at most 1 h: a 2 h heartbeat timeout fails the start, naming both values
+    let too_long = TunnelWorker::builder(
+        fast_options(&tunnel).heartbeat(Duration::from_millis(100), Duration::from_secs(7200)),
+    )
+    .connection(connection(&server.url).await)
+    .run_subscriber(Recorder::default())
+    .registry(Registry::new("limits-refused"))
+    .start()
+    .await;
+    match too_long {
+        Err(TunnelError::InvalidOptions { field, reason }) => {
+            assert_eq!(field, "heartbeat_timeout");
+            assert!(reason.contains("2h") && reason.contains("1h"), "{reason}");
+        }
+        other => panic!("expected InvalidOptions, got {other:?}"),
+    }
+    // reads wider than the service's (10,000 records, 30 s) are lowered to them: records flow, no fatal error
+    append_to(&mut client, &tunnel, Some(0), records("a", 20))
+        .await
+        .unwrap();
+    let (worker, recorder) = start_worker(
+        &server.url,
+        fast_options(&tunnel)
+            .read_batch_size(100_000)
+            .read_wait(Duration::from_secs(60)),
+        Registry::new("limits-lowered"),
+    )
+    .await;
+    recorder.wait_for(20).await;
+    append_to(&mut client, &tunnel, Some(0), records("b", 20))
+        .await
+        .unwrap();
+    recorder.wait_for(40).await;
+    assert!(worker.info().await.is_ok(), "the worker runs");
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
 use super::error::TunnelError;
+use super::source::ServiceLimits;
 
 /// When a channel moves its checkpoint forward (always after the subscriber acknowledged the records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,17 +62,20 @@ pub struct TunnelOptions {
     /// timeout is tens of seconds: a killed consumer's channels move after it; above twice the interval). The
     /// worker steps down (stops every channel and starts over with a new client id) at half the timeout the
     /// service granted without a heartbeat acknowledged, before the service can expire it, and delivers
-    /// nothing past that deadline.
+    /// nothing past that deadline. Outside the service's bounds, the worker's start fails
+    /// ([`TunnelError::InvalidOptions`] naming both values).
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
     /// The floor of `heartbeat_interval` (default 5 s, the reference workers' minimum; lower it only on
     /// purpose, e.g. in tests).
     #[serde(with = "humantime_serde")]
     pub min_heartbeat_interval: Duration,
-    /// Records per read, and so at most per batch handed to the subscriber (default 1,000).
+    /// Records per read, and so at most per batch handed to the subscriber (default 1,000). Above the
+    /// service's `max_records_per_message`, it is lowered to that at start, with a warning.
     pub read_batch_size: u32,
     /// How long a read waits on the service for a record when none is available (long polling; default
-    /// 500 ms). Empty reads then back off per `empty_read_backoff`.
+    /// 500 ms). Empty reads then back off per `empty_read_backoff`. Above the service's longest wait, it is
+    /// lowered to that at start, with a warning.
     #[serde(with = "humantime_serde")]
     pub read_wait: Duration,
     /// When checkpoints are written (default after every batch).
@@ -128,6 +132,14 @@ impl Default for TunnelOptions {
             on_out_of_range: OutOfRangePolicy::SkipToRetained,
         }
     }
+}
+
+/// Options fitted to a service's limits ([`TunnelOptions::fit_to`]).
+#[derive(Debug)]
+pub(crate) struct Fitted {
+    pub(crate) options: TunnelOptions,
+    /// The options lowered: (field, configured, used).
+    pub(crate) lowered: Vec<(&'static str, String, String)>,
 }
 
 /// A duration as people write it (`1m 30s`), for messages.
@@ -233,6 +245,55 @@ impl TunnelOptions {
     /// supervisor gives the worker this long before it kills it (60 s with the defaults).
     pub fn shutdown_timeout(&self) -> Duration {
         self.channel_stop_wait() + self.call_timeout * 3 + Duration::from_secs(5)
+    }
+
+    /// These options fitted to what the service accepts (its [`ServiceLimits`]; a limit of 0 is one the
+    /// service does not state): a heartbeat timeout outside the service's bounds is refused (the session's
+    /// liveness must be what was configured), a read size or wait above its maximum is lowered to it (a
+    /// smaller read only costs a round trip), each lowered option listed as (field, configured, used).
+    pub(crate) fn fit_to(&self, limits: &ServiceLimits) -> Result<Fitted, TunnelError> {
+        let refuse = |reason: String| TunnelError::InvalidOptions {
+            field: "heartbeat_timeout".into(),
+            reason,
+        };
+        let timeout = self.heartbeat_timeout;
+        if !limits.max_heartbeat_timeout.is_zero() && timeout > limits.max_heartbeat_timeout {
+            return Err(refuse(format!(
+                "{} is above the service's maximum {}",
+                human(timeout),
+                human(limits.max_heartbeat_timeout)
+            )));
+        }
+        if timeout < limits.min_heartbeat_timeout {
+            return Err(refuse(format!(
+                "{} is below the service's minimum {}",
+                human(timeout),
+                human(limits.min_heartbeat_timeout)
+            )));
+        }
+        let mut fitted = Fitted {
+            options: self.clone(),
+            lowered: Vec::new(),
+        };
+        let max_records = limits.max_records_per_message;
+        if max_records > 0 && self.read_batch_size > max_records {
+            fitted.options.read_batch_size = max_records;
+            fitted.lowered.push((
+                "read_batch_size",
+                self.read_batch_size.to_string(),
+                max_records.to_string(),
+            ));
+        }
+        let max_wait = limits.max_read_wait;
+        if !max_wait.is_zero() && self.read_wait > max_wait {
+            fitted.options.read_wait = max_wait;
+            fitted.lowered.push((
+                "read_wait",
+                human(self.read_wait).to_string(),
+                human(max_wait).to_string(),
+            ));
+        }
+        Ok(fitted)
     }
 
     /// Checks every option; the error names the first field at fault, what was expected and what came.
@@ -440,6 +501,62 @@ mod tests {
             .heartbeat(Duration::from_millis(100), Duration::from_secs(1))
             .validate()
             .unwrap();
+    }
+
+    fn limits() -> ServiceLimits {
+        ServiceLimits {
+            max_records_per_message: 10_000,
+            max_read_wait: Duration::from_secs(30),
+            min_heartbeat_timeout: Duration::from_millis(100),
+            max_heartbeat_timeout: Duration::from_secs(3600),
+            max_response_bytes: 4 << 20,
+        }
+    }
+
+    #[test]
+    fn options_wider_than_the_services_limits_are_lowered_or_refused_naming_both_values() {
+        // a heartbeat timeout outside the service's bounds is refused
+        let wide = TunnelOptions::new("t").heartbeat(Duration::from_secs(5), Duration::from_secs(24 * 3600));
+        match wide.fit_to(&limits()) {
+            Err(TunnelError::InvalidOptions { field, reason }) => {
+                assert_eq!(field, "heartbeat_timeout");
+                assert_eq!(reason, "1day is above the service's maximum 1h");
+            }
+            other => panic!("expected InvalidOptions, got {other:?}"),
+        }
+        let mut narrow = limits();
+        narrow.min_heartbeat_timeout = Duration::from_secs(60);
+        assert!(TunnelOptions::new("t").fit_to(&narrow).is_err());
+        // read sizes are lowered to the service's, and listed
+        let fitted = TunnelOptions::new("t")
+            .read_batch_size(100_000)
+            .read_wait(Duration::from_secs(60))
+            .fit_to(&limits())
+            .unwrap();
+        assert_eq!(fitted.options.read_batch_size, 10_000);
+        assert_eq!(fitted.options.read_wait, Duration::from_secs(30));
+        assert_eq!(
+            fitted.lowered,
+            vec![
+                ("read_batch_size", "100000".to_string(), "10000".to_string()),
+                ("read_wait", "1m".to_string(), "30s".to_string()),
+            ]
+        );
+        // within the limits, or limits the service does not state: unchanged
+        let defaults = TunnelOptions::new("t");
+        assert_eq!(defaults.fit_to(&limits()).unwrap().options, defaults);
+        let unstated = ServiceLimits {
+            max_records_per_message: 0,
+            max_read_wait: Duration::ZERO,
+            min_heartbeat_timeout: Duration::ZERO,
+            max_heartbeat_timeout: Duration::ZERO,
+            max_response_bytes: 0,
+        };
+        let fitted = TunnelOptions::new("t")
+            .read_batch_size(100_000)
+            .fit_to(&unstated)
+            .unwrap();
+        assert!(fitted.lowered.is_empty());
     }
 
     #[test]

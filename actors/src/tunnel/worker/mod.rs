@@ -443,6 +443,43 @@ impl Channel {
     }
 }
 
+/// The options fitted to the limits the service advertises: a heartbeat timeout outside its bounds fails the
+/// start (naming both values), read sizes above its maximum are lowered with a warning. A service that does
+/// not say (an older server, or one unreachable now) leaves the options as they are.
+async fn fit_to_service(
+    source: &dyn TunnelSource,
+    options: Arc<TunnelOptions>,
+    shared: &WorkerShared,
+) -> Result<Arc<TunnelOptions>, ActorProcessingErr> {
+    let limits = match source.limits().await {
+        Ok(Some(limits)) => limits,
+        Ok(None) => return Ok(options),
+        Err(err) if err.kind() == ErrorKind::Fatal => {
+            shared.registry.unregister(&shared.registry_key);
+            return Err(Box::new(err));
+        }
+        Err(err) => {
+            warn!(error = %err, "the service's limits are unknown for now: using the options as they are");
+            return Ok(options);
+        }
+    };
+    let fitted = match options.fit_to(&limits) {
+        Ok(fitted) => fitted,
+        Err(err) => {
+            error!(error = %err, "tunnel worker cannot start");
+            shared.registry.unregister(&shared.registry_key);
+            return Err(Box::new(err));
+        }
+    };
+    if fitted.lowered.is_empty() {
+        return Ok(options);
+    }
+    for (field, configured, used) in &fitted.lowered {
+        warn!(%field, %configured, %used, "option above the service's limit: lowered to it");
+    }
+    Ok(Arc::new(fitted.options))
+}
+
 impl Actor for WorkerActor {
     type Msg = WorkerMsg;
     type State = WorkerState;
@@ -482,7 +519,7 @@ impl Actor for WorkerActor {
         // The first ConnectTunnel is made here, so that a worker that can never work (an unknown tunnel, a
         // refused api key, options outside the service's limits) fails its start with the typed error rather
         // than start and stop. A retryable failure is retried in the background as any other.
-        let options = &args.options;
+        let options = fit_to_service(&*source, args.options, &shared).await?;
         let first_sent = Instant::now();
         let first = source
             .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
@@ -498,7 +535,7 @@ impl Actor for WorkerActor {
         shared.set_actor(Some(myself.clone()));
         shared.status.send_replace(WorkerStatus::Connecting);
         let mut state = WorkerState {
-            options: args.options,
+            options,
             source,
             shared,
             session: None,
