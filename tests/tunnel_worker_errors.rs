@@ -136,7 +136,7 @@ impl TunnelService for Faulty {
         };
         Ok(Response::new(v1::ConnectTunnelResponse {
             client_id,
-            heartbeat_timeout_ms: 2_000,
+            heartbeat_timeout_ms: 10_000,
             ..Default::default()
         }))
     }

@@ -189,7 +189,8 @@ async fn a_killed_subscriber_nobody_replaces_is_released_cleanly_after_the_grace
     server.stop().await;
 }
 
-/// Takes 2 s over the batch starting at `slow_at` the first time it sees it; records everything else.
+/// Hangs (far past any processing timeout) over the batch starting at `slow_at` the first time it sees it;
+/// records everything else.
 #[derive(Clone)]
 struct SlowOnce {
     slow_at: u64,
@@ -200,7 +201,7 @@ struct SlowOnce {
 impl Subscriber for SlowOnce {
     async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
         if batch.first_sequence() == self.slow_at && !self.slowed.swap(true, Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         self.recorder.handle(batch).await
     }
@@ -221,7 +222,7 @@ async fn a_runner_past_the_processing_timeout_is_restarted_and_gets_the_batch_ag
     };
     let worker = TunnelWorker::builder(
         fast_options(&tunnel)
-            .processing_timeout(Duration::from_millis(300))
+            .processing_timeout(Duration::from_secs(2))
             .subscriber_grace(Duration::from_secs(60)),
     )
     .connection(connection(&server.url).await)
@@ -245,7 +246,9 @@ async fn a_runner_past_the_processing_timeout_is_restarted_and_gets_the_batch_ag
         t.channels[0].checkpoint_sequence_number == 300
     })
     .await;
-    // the slow delivery was cut off (the runner was replaced), then delivered again: every record once, in order
+    // the hung delivery was cut off (the runner was replaced), then delivered again: every record, in order
+    // (a stall of the machine past the processing timeout may time out and redeliver another batch: at least
+    // once allows it, so records are counted at their first delivery)
     let seen: Vec<u64> = subscriber
         .recorder
         .seen
@@ -254,7 +257,13 @@ async fn a_runner_past_the_processing_timeout_is_restarted_and_gets_the_batch_ag
         .iter()
         .map(|s| s.sequence)
         .collect();
-    assert_eq!(seen, (0..300).collect::<Vec<u64>>());
+    let mut first_deliveries = Vec::new();
+    for sequence in seen {
+        if first_deliveries.last().is_none_or(|&last| sequence > last) {
+            first_deliveries.push(sequence);
+        }
+    }
+    assert_eq!(first_deliveries, (0..300).collect::<Vec<u64>>());
     assert_eq!(worker.info().await.unwrap().status, WorkerStatus::Active);
     worker.shutdown(Duration::from_secs(10)).await.unwrap();
     server.stop().await;
@@ -271,7 +280,7 @@ async fn a_user_actor_past_the_processing_timeout_is_detached_until_attached_aga
     let slow = Inbox::holding_from(100);
     let (slow_actor, subscriber) = actor_subscriber(Arc::clone(&slow)).await;
     let options = fast_options(&tunnel)
-        .processing_timeout(Duration::from_millis(300))
+        .processing_timeout(Duration::from_secs(3))
         .subscriber_grace(Duration::from_secs(60));
     let worker = start_worker_with(&server.url, options, Registry::new("slow-actor"), subscriber).await;
     let mut events = worker.events();
@@ -318,7 +327,8 @@ async fn a_runner_is_restarted_three_times_per_grace_period_then_the_channels_ar
     let server = TestServer::memory().await;
     let mut client = server.client().await;
     let tunnel = create_streams(&mut client, "crashing-runner", 1).await;
-    let grace = Duration::from_secs(3);
+    // Long enough for four kill / append / deliver cycles on a loaded machine (the intensity window).
+    let grace = Duration::from_secs(10);
     let (worker, recorder) = start_worker(
         &server.url,
         fast_options(&tunnel).subscriber_grace(grace),

@@ -19,18 +19,19 @@ pub mod service;
 
 pub use service::*;
 
-/// Heartbeats fast enough for tests (the floor is lowered on purpose); idle channels poll at least every
-/// 100 ms (a long-poll read, then at most 100 ms of empty-read backoff), so that a test's new records are
-/// picked up at once.
+/// Heartbeats fast enough for tests (the floor is lowered on purpose), with a timeout and call deadline
+/// generous enough that a scheduler stall of a loaded 2-core CI machine does not end a session (the worker
+/// steps down at half the timeout: 5 s); idle channels poll at least every 100 ms (a long-poll read, then at
+/// most 100 ms of empty-read backoff), so that a test's new records are picked up at once.
 pub fn fast_options(tunnel_id: &str) -> TunnelOptions {
     let mut options = TunnelOptions::new(tunnel_id)
         .min_heartbeat_interval(Duration::from_millis(10))
-        .heartbeat(Duration::from_millis(100), Duration::from_secs(2))
+        .heartbeat(Duration::from_millis(100), Duration::from_secs(10))
         .read_batch_size(100)
         .read_wait(Duration::from_millis(100))
         .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
         .subscriber_grace(Duration::from_secs(1))
-        .call_timeout(Duration::from_secs(2));
+        .call_timeout(Duration::from_secs(5));
     options.empty_read_backoff.max = Duration::from_millis(100);
     options
 }
