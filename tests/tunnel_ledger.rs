@@ -19,7 +19,7 @@ use arbor::connection::{BackoffConfig, ConnectionConfig, ConnectionHandle};
 use arbor::registry::Registry;
 use arbor::supervisor::{BoxError, DynamicSupervisor, DynamicSupervisorHandle};
 use arbor::tunnel::{
-    Batch, CheckpointPolicy, Delivery, Subscriber, TunnelEntry, TunnelEvent, TunnelHandle, TunnelWorker,
+    Batch, CheckpointPolicy, Subscriber, TunnelEntry, TunnelEvent, TunnelHandle, TunnelWorker,
 };
 use arbor_proto::tunnel::v1;
 use tunnel_worker_common::*;
@@ -283,17 +283,7 @@ async fn every_acknowledged_record_is_delivered_in_order_per_key_through_kills_a
                     .select_prefix(&format!("tunnel/{tunnel}/channel/"));
                 pick(&channels).map(|entry| entry.actor.kill()).is_some()
             }
-            Fault::KillSubscriber => consumer
-                .worker
-                .cell()
-                .ok()
-                .and_then(|w| {
-                    w.get_children()
-                        .into_iter()
-                        .find(|c| c.is_message_type_of::<Delivery>() == Some(true))
-                })
-                .map(|runner| runner.kill())
-                .is_some(),
+            Fault::KillSubscriber => runner_of(&consumer.worker).map(|runner| runner.kill()).is_some(),
             Fault::KillWorker => consumer.worker.cell().map(|w| w.kill()).is_ok(),
             Fault::RestartService => {
                 service.sigkill();

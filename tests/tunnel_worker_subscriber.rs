@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arbor::registry::Registry;
 use arbor::supervisor::BoxError;
-use arbor::tunnel::{Batch, Delivery, Subscriber, TunnelEvent, TunnelWorker, WorkerStatus};
+use arbor::tunnel::{Batch, Subscriber, TunnelEvent, TunnelWorker, WorkerStatus};
 use tunnel_worker_common::*;
 
 /// Waits until the worker has had `n` more successful heartbeats: time passes with the worker active.
@@ -311,17 +311,6 @@ async fn a_user_actor_past_the_processing_timeout_is_detached_until_attached_aga
     server.stop().await;
 }
 
-/// The runner actor among the worker's children (the channels are the others).
-fn runner_of(worker: &arbor::tunnel::TunnelHandle) -> arbor::ractor::ActorCell {
-    worker
-        .cell()
-        .unwrap()
-        .get_children()
-        .into_iter()
-        .find(|c| c.is_message_type_of::<Delivery>() == Some(true))
-        .expect("the worker runs its subscriber")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_is_restarted_three_times_per_grace_period_then_the_channels_are_released() {
     let server = TestServer::memory().await;
@@ -338,7 +327,7 @@ async fn a_runner_is_restarted_three_times_per_grace_period_then_the_channels_ar
     let mut events = worker.events();
     let mut appended = 0;
     let mut kill_and_expect_restart = async |appended: &mut usize| {
-        let runner = runner_of(&worker);
+        let runner = runner_of(&worker).expect("the worker runs its subscriber");
         runner.kill();
         next_event(&mut events, |e| {
             matches!(e, TunnelEvent::SubscriberLost { .. }).then_some(())
@@ -348,7 +337,25 @@ async fn a_runner_is_restarted_three_times_per_grace_period_then_the_channels_ar
             matches!(e, TunnelEvent::SubscriberAttached).then_some(())
         })
         .await;
-        assert_ne!(runner_of(&worker).get_id(), runner.get_id());
+        assert_ne!(
+            runner_of(&worker)
+                .expect("the worker runs its subscriber")
+                .get_id(),
+            runner.get_id()
+        );
+        // restarted by the crate's own supervisor, which shows in the tree
+        let new_runner = runner_of(&worker).unwrap().get_id();
+        let supervisor_cell = worker
+            .cell()
+            .unwrap()
+            .get_children()
+            .into_iter()
+            .find(|c| c.get_children().iter().any(|r| r.get_id() == new_runner))
+            .expect("the runner's supervisor is the worker's child");
+        let supervisor = arbor::supervisor::SupervisorHandle::from_cell(supervisor_cell).unwrap();
+        let children = supervisor.which_children().await.unwrap();
+        assert_eq!(children.len(), 1);
+        assert_eq!(children[0].id, "subscriber");
         // the new runner gets records
         append_to(&mut client, &tunnel, Some(0), records("r", 10))
             .await
@@ -366,7 +373,7 @@ async fn a_runner_is_restarted_three_times_per_grace_period_then_the_channels_ar
     }
 
     // a fourth death within the period: the runner is given up on, and the channels released after the grace
-    runner_of(&worker).kill();
+    runner_of(&worker).expect("the worker runs its subscriber").kill();
     next_event(&mut events, |e| {
         matches!(e, TunnelEvent::SubscriberLost { .. }).then_some(())
     })

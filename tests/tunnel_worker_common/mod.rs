@@ -450,3 +450,15 @@ impl arbor::tunnel::TunnelSource for ServiceTimeout {
         self.inner.shutdown(session)
     }
 }
+
+/// The subscriber runner a worker runs itself: the child of its runner supervisor (the worker's children are
+/// that supervisor and the channel actors).
+pub fn runner_of(worker: &TunnelHandle) -> Option<arbor::ractor::ActorCell> {
+    worker
+        .cell()
+        .ok()?
+        .get_children()
+        .into_iter()
+        .flat_map(|child| child.get_children())
+        .find(|c| c.is_message_type_of::<Delivery>() == Some(true))
+}

@@ -137,10 +137,11 @@ impl TunnelWorkerBuilder {
         self
     }
 
-    /// Run `subscriber` in an actor the worker supervises, one batch at a time: started again at once if it
-    /// dies or misses the processing timeout, at most three times within one `subscriber_grace` period (a
-    /// restart intensity, as a supervisor's); past that, the worker waits for
-    /// [`TunnelHandle::attach_subscriber`] as it would for a user's subscriber.
+    /// Run `subscriber` in an actor of the worker's, one batch at a time, under a
+    /// [`Supervisor`](crate::supervisor::Supervisor) that is the worker's child: started again at once if it
+    /// dies or misses the processing timeout, at most three times within one `subscriber_grace` period (the
+    /// supervisor's restart intensity); past that, the worker waits for [`TunnelHandle::attach_subscriber`]
+    /// as it would for a user's subscriber.
     pub fn run_subscriber<S: Subscriber>(self, subscriber: S) -> Self {
         self.run_subscriber_with(subscriber, SubscriberConcurrency::One)
     }

@@ -239,10 +239,11 @@ impl TunnelOptions {
         self.call_timeout * 2 + self.retry_for.min(Duration::from_secs(5))
     }
 
-    /// How long a graceful stop of the worker may take, sized from its own timeouts: the channels' stop
-    /// ([`Self::channel_stop_wait`]), then up to three calls in turn (`Shutdown` of the session, `Shutdown`
-    /// of one opened as the worker stopped, the subscriber runner's stop), plus 5 s of scheduling slack. A
-    /// supervisor gives the worker this long before it kills it (60 s with the defaults).
+    /// How long a graceful stop of the worker may take, sized from its own timeouts: the channels' stop (each
+    /// flushes within two call timeouts plus up to 5 s of retries), then up to three calls in turn (`Shutdown`
+    /// of the session, `Shutdown` of one opened as the worker stopped, the subscriber runner's stop), plus
+    /// 5 s of scheduling slack. A supervisor gives the worker this long before it kills it (60 s with the
+    /// defaults).
     pub fn shutdown_timeout(&self) -> Duration {
         self.channel_stop_wait() + self.call_timeout * 3 + Duration::from_secs(5)
     }

@@ -12,9 +12,10 @@
 //!   before every delivery), ends the session: every channel is stopped, `Shutdown` is sent, and the worker
 //!   connects again after a random delay with a new client id.
 //! - **Paused**: the subscriber died or failed; deliveries wait (nothing past what it acknowledged is ever
-//!   checkpointed). A subscriber the worker runs itself is started again at once (at most three times
-//!   within a grace period); otherwise, or after that, the worker waits for [`attach_subscriber`] for the
-//!   grace period.
+//!   checkpointed). A subscriber the worker runs itself lives under a [`Supervisor`] of its own (a child of
+//!   the worker), which starts it again at once, at most three times within a grace period (its restart
+//!   intensity); otherwise, or once that supervisor gave up, the worker waits for [`attach_subscriber`] for
+//!   the grace period.
 //! - **Detached**: the grace period passed: the session was shut down cleanly (acknowledged positions
 //!   checkpointed, `Shutdown` sent) so that other consumers take the channels; the worker waits for a
 //!   subscriber and then connects again.
@@ -25,7 +26,7 @@
 //!
 //! [`attach_subscriber`]: super::TunnelHandle::attach_subscriber
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -43,15 +44,16 @@ use super::options::TunnelOptions;
 use super::source::{ChannelLease, ServerChannel, Session, TunnelSource};
 use super::state::{self, Decision, Local, Server};
 use super::subscriber::SubscriberRef;
+use crate::supervisor::{ChildSpec, Restart, Shutdown, Supervisor};
 
 /// How many times a subscriber the worker runs itself is started again within one grace period before the
 /// worker gives up on it (and releases its channels once the grace period has passed).
 mod session;
 mod subscribers;
 
-pub(crate) const RUNNER_RESTARTS: usize = 3;
+pub(crate) const RUNNER_RESTARTS: u32 = 3;
 
-/// Starts a subscriber the worker runs itself, linked to the worker.
+/// Starts a subscriber the worker runs itself, linked to the supervisor cell it is given.
 pub(crate) type RunnerFactory =
     Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<SubscriberRef, ractor::SpawnErr>> + Send + Sync>;
 
@@ -85,6 +87,11 @@ pub(crate) enum WorkerMsg {
     SubscriberFailed {
         subscriber: ActorId,
         reason: String,
+    },
+    /// The runner's supervisor (this actor) started a runner.
+    RunnerStarted {
+        supervisor: ActorId,
+        subscriber: SubscriberRef,
     },
     Attach(SubscriberRef, RpcReplyPort<()>),
     GraceExpired {
@@ -145,9 +152,9 @@ pub(crate) struct WorkerState {
     channels: BTreeMap<u32, Channel>,
     status: WorkerStatus,
     subscriber: Option<SubscriberRef>,
-    owned: Option<RunnerFactory>,
-    /// When the runner was restarted, within the last grace period (at most [`RUNNER_RESTARTS`]).
-    owned_restarts: VecDeque<Instant>,
+    /// The supervisor of the subscriber the worker runs itself (the crate's [`Supervisor`], so that the
+    /// runner's restarts follow one mechanism and show in the tree); `None` for a user's subscriber.
+    runner: Option<ActorCell>,
     grace_generation: u64,
 }
 
@@ -443,6 +450,38 @@ impl Channel {
     }
 }
 
+/// Starts the runner under a supervisor of its own, linked to the worker: one permanent child, restarted at
+/// most [`RUNNER_RESTARTS`] times per `subscriber_grace` (one more death and the supervisor gives up, and the
+/// worker waits for a subscriber to be attached). Each runner it starts is reported to the worker.
+async fn start_runner(
+    worker: &ActorRef<WorkerMsg>,
+    factory: RunnerFactory,
+    options: &TunnelOptions,
+) -> Result<ActorCell, ActorProcessingErr> {
+    let me = worker.clone();
+    let runner = ChildSpec::new("subscriber", move |supervisor: ActorCell| {
+        let (factory, me) = (Arc::clone(&factory), me.clone());
+        async move {
+            let supervisor_id = supervisor.get_id();
+            let subscriber = factory(supervisor).await?;
+            let cell = subscriber.cell().clone();
+            let _ = me.cast(WorkerMsg::RunnerStarted {
+                supervisor: supervisor_id,
+                subscriber,
+            });
+            Ok(cell)
+        }
+    })
+    .restart(Restart::Permanent)
+    .shutdown(Shutdown::Timeout(options.call_timeout));
+    let supervisor = Supervisor::builder()
+        .intensity(RUNNER_RESTARTS, options.subscriber_grace)
+        .child(runner)
+        .start_linked(worker.get_cell())
+        .await?;
+    Ok(supervisor.cell()?)
+}
+
 /// The options fitted to the limits the service advertises: a heartbeat timeout outside its bounds fails the
 /// start (naming both values), read sizes above its maximum are lowered with a warning. A service that does
 /// not say (an older server, or one unreachable now) leaves the options as they are.
@@ -552,16 +591,14 @@ impl Actor for WorkerActor {
             channels: BTreeMap::new(),
             status: WorkerStatus::Connecting,
             subscriber: None,
-            owned: None,
-            owned_restarts: VecDeque::new(),
+            runner: None,
             grace_generation: 0,
         };
         match args.subscriber {
             Some(SubscriberSpec::Given(subscriber)) => state.attach(&myself, subscriber, false),
             Some(SubscriberSpec::Owned(factory)) => {
-                let subscriber = factory(myself.get_cell()).await?;
-                state.owned = Some(factory);
-                state.attach(&myself, subscriber, true);
+                // The runner is attached when its supervisor's start closure reports it (RunnerStarted).
+                state.runner = Some(start_runner(&myself, factory, &state.options).await?);
             }
             None => {}
         }
@@ -590,13 +627,8 @@ impl Actor for WorkerActor {
                 warn!(error = %err, "Shutdown failed; the service releases the channels at the heartbeat timeout");
             }
         }
-        if state.owned.is_some() {
-            if let Some(subscriber) = &state.subscriber {
-                let _ = subscriber
-                    .cell()
-                    .stop_and_wait(None, Some(state.options.call_timeout))
-                    .await;
-            }
+        if let Some(runner) = state.runner.take() {
+            let _ = runner.stop_and_wait(None, Some(state.options.call_timeout)).await;
         }
         state.shared.registry.unregister(&state.shared.registry_key);
         state.shared.set_exit(TunnelExit::Shutdown);
@@ -620,18 +652,19 @@ impl Actor for WorkerActor {
                 result,
             } => state.on_heartbeat(&myself, session, sent_at, result).await,
             WorkerMsg::SubscriberFailed { subscriber, reason } => {
-                state.subscriber_lost(&myself, subscriber, reason, true).await
+                state.subscriber_lost(&myself, subscriber, reason, true)
             }
+            WorkerMsg::RunnerStarted {
+                supervisor,
+                subscriber,
+            } => state.runner_started(&myself, supervisor, subscriber),
             WorkerMsg::Attach(subscriber, reply) => {
                 if let Some(old) = state.subscriber.take() {
-                    if state.owned.is_some() {
-                        old.cell().stop(None);
-                    } else {
-                        myself.get_cell().unmonitor(old.cell().clone());
-                    }
+                    myself.get_cell().unmonitor(old.cell().clone());
                 }
-                state.owned = None;
-                state.owned_restarts.clear();
+                if let Some(runner) = state.runner.take() {
+                    runner.stop(Some("a subscriber was attached instead".into()));
+                }
                 state.attach(&myself, subscriber, false);
                 let _ = reply.send(());
             }
@@ -670,7 +703,9 @@ impl Actor for WorkerActor {
                 || "the subscriber stopped".to_string(),
                 |r| format!("the subscriber died: {r}"),
             );
-            state.subscriber_lost(&myself, id, reason, false).await;
+            state.subscriber_lost(&myself, id, reason, false);
+        } else if state.runner.as_ref().is_some_and(|r| r.get_id() == id) {
+            state.runner_supervisor_exited(crash);
         }
         Ok(())
     }

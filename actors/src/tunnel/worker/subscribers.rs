@@ -1,19 +1,16 @@
-//! The worker's subscriber: attaching, monitoring, restarting the runner, the grace period.
-
-use std::time::Instant;
+//! The worker's subscriber: attaching, monitoring, the runner under its own supervisor, the grace period.
 
 use ractor::{ActorId, ActorRef};
 use tracing::{error, info, warn};
 
-use super::{WorkerMsg, WorkerState, RUNNER_RESTARTS};
+use super::{WorkerMsg, WorkerState};
 use crate::tunnel::info::{TunnelEvent, WorkerStatus};
 use crate::tunnel::subscriber::SubscriberRef;
 
 impl WorkerState {
     pub(super) fn attach(&mut self, myself: &ActorRef<WorkerMsg>, subscriber: SubscriberRef, owned: bool) {
-        if !owned {
-            myself.get_cell().monitor(subscriber.cell().clone());
-        }
+        // A runner is monitored too: its supervisor restarts it, the worker pauses delivery meanwhile.
+        myself.get_cell().monitor(subscriber.cell().clone());
         info!(subscriber = %subscriber.cell().get_id(), owned, "subscriber attached");
         self.subscriber = Some(subscriber.clone());
         self.shared.subscriber.send_replace(Some(subscriber));
@@ -29,7 +26,7 @@ impl WorkerState {
         }
     }
 
-    pub(super) async fn subscriber_lost(
+    pub(super) fn subscriber_lost(
         &mut self,
         myself: &ActorRef<WorkerMsg>,
         subscriber: ActorId,
@@ -49,36 +46,51 @@ impl WorkerState {
         if self.session.is_some() {
             self.set_status(WorkerStatus::Paused);
         }
-        if let Some(factory) = self.owned.clone() {
-            if kill {
-                current.cell().kill();
-            }
-            // Restart intensity, as a supervisor's: at most RUNNER_RESTARTS within a grace period. A runner
-            // that keeps dying (a batch that makes it panic) is then given up on like a user's subscriber.
-            let window = self.options.subscriber_grace;
-            while self
-                .owned_restarts
-                .front()
-                .is_some_and(|at| at.elapsed() > window)
-            {
-                self.owned_restarts.pop_front();
-            }
-            if self.owned_restarts.len() < RUNNER_RESTARTS {
-                self.owned_restarts.push_back(Instant::now());
-                match factory(myself.get_cell()).await {
-                    Ok(subscriber) => {
-                        self.attach(myself, subscriber, true);
-                        return;
-                    }
-                    Err(err) => error!(error = %err, "the subscriber failed to start again"),
-                }
-            }
+        if kill && self.runner.is_some() {
+            // A runner that missed the processing timeout: its supervisor starts a new one (counted against its
+            // restart intensity, RUNNER_RESTARTS per grace period; past that it gives up, and the worker waits
+            // for a subscriber to be attached as it would for a user's).
+            current.cell().kill();
         }
         self.grace_generation += 1;
         let generation = self.grace_generation;
         myself.send_after(self.options.subscriber_grace, move || WorkerMsg::GraceExpired {
             generation,
         });
+    }
+
+    /// The runner's supervisor started a runner (first or again): attach it, after saying the one it replaces
+    /// is lost (its exit may reach the worker after this).
+    pub(super) fn runner_started(
+        &mut self,
+        myself: &ActorRef<WorkerMsg>,
+        supervisor: ActorId,
+        subscriber: SubscriberRef,
+    ) {
+        if self.runner.as_ref().is_none_or(|r| r.get_id() != supervisor) {
+            // A runner of a supervisor stopped since (a user's subscriber was attached meanwhile).
+            subscriber.cell().stop(None);
+            return;
+        }
+        if let Some(old) = self.subscriber.as_ref().map(|s| s.cell().get_id()) {
+            if old != subscriber.cell().get_id() {
+                self.subscriber_lost(myself, old, "the subscriber runner was restarted".into(), false);
+            }
+        }
+        self.attach(myself, subscriber, true);
+    }
+
+    /// The runner's supervisor stopped: it gave up on a runner that kept dying (or was stopped).
+    pub(super) fn runner_supervisor_exited(&mut self, reason: Option<String>) {
+        let Some(runner) = self.runner.take() else {
+            return;
+        };
+        error!(
+            supervisor = %runner.get_id(),
+            reason = reason.as_deref().unwrap_or("stopped"),
+            grace = %humantime::format_duration(self.options.subscriber_grace),
+            "the subscriber runner kept failing and was given up on: waiting for a subscriber to be attached"
+        );
     }
 
     pub(super) async fn grace_expired(&mut self, generation: u64) {
