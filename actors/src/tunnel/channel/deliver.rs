@@ -50,7 +50,7 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
         // Queued behind other channels' batches: the processing timeout starts only when the subscriber takes
         // this one, so that a healthy subscriber shared by many channels is never timed out (and every batch
         // in flight redelivered, over and over) for time spent in its queue.
-        let gone = replaced(ctx.subscriber.clone(), id.clone());
+        let gone = replaced(ctx.subscriber.clone(), id);
         let queued = async {
             tokio::select! {
                 biased;
@@ -63,7 +63,7 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
             Ok(Waited::Taken) => {
                 let timeout = ctx.options.processing_timeout;
                 let deadline = tokio::time::Instant::now() + timeout;
-                let gone = replaced(ctx.subscriber.clone(), id.clone());
+                let gone = replaced(ctx.subscriber.clone(), id);
                 let processing = async {
                     tokio::select! {
                         biased;
