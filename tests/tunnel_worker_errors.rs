@@ -626,3 +626,32 @@ async fn options_wider_than_the_services_limits_are_refused_or_lowered_at_start(
     worker.shutdown(Duration::from_secs(10)).await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_the_service_is_down_starts_and_connects_once_it_is_back() {
+    // a durable service with the tunnel, then down
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let args = ["--data", data.as_str()];
+    let mut service = ServeProcess::start(&args);
+    let listen = service.url.trim_start_matches("http://").to_string();
+    let tunnel = create_streams(&mut client(&service.url).await, "down", 1).await;
+    service.sigkill();
+
+    // a retryable first ConnectTunnel does not fail the start: the worker connects in the background
+    let (worker, recorder) = start_worker(&service.url, fast_options(&tunnel), Registry::new("down")).await;
+    assert_eq!(worker.info().await.unwrap().client_id, None);
+    let service = ServeProcess::start_at(&listen, &args);
+    append_to(
+        &mut client(&service.url).await,
+        &tunnel,
+        Some(0),
+        records("a", 10),
+    )
+    .await
+    .unwrap();
+    recorder.wait_for(10).await;
+    assert!(worker.info().await.unwrap().client_id.is_some());
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(service);
+}

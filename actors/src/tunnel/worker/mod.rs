@@ -484,22 +484,23 @@ async fn start_runner(
 
 /// The options fitted to the limits the service advertises: a heartbeat timeout outside its bounds fails the
 /// start (naming both values), read sizes above its maximum are lowered with a warning. A service that does
-/// not say (an older server, or one unreachable now) leaves the options as they are.
+/// not say (an older server) leaves the options as they are; so does one unreachable now, whose error comes
+/// back too (the first connect is then retried in the background rather than waited for).
 async fn fit_to_service(
     source: &dyn TunnelSource,
     options: Arc<TunnelOptions>,
     shared: &WorkerShared,
-) -> Result<Arc<TunnelOptions>, ActorProcessingErr> {
+) -> Result<(Arc<TunnelOptions>, Option<TunnelError>), ActorProcessingErr> {
     let limits = match source.limits().await {
         Ok(Some(limits)) => limits,
-        Ok(None) => return Ok(options),
+        Ok(None) => return Ok((options, None)),
         Err(err) if err.kind() == ErrorKind::Fatal => {
             shared.registry.unregister(&shared.registry_key);
             return Err(Box::new(err));
         }
         Err(err) => {
             warn!(error = %err, "the service's limits are unknown for now: using the options as they are");
-            return Ok(options);
+            return Ok((options, Some(err)));
         }
     };
     let fitted = match options.fit_to(&limits) {
@@ -511,12 +512,12 @@ async fn fit_to_service(
         }
     };
     if fitted.lowered.is_empty() {
-        return Ok(options);
+        return Ok((options, None));
     }
     for (field, configured, used) in &fitted.lowered {
         warn!(%field, %configured, %used, "option above the service's limit: lowered to it");
     }
-    Ok(Arc::new(fitted.options))
+    Ok((Arc::new(fitted.options), None))
 }
 
 impl Actor for WorkerActor {
@@ -558,11 +559,17 @@ impl Actor for WorkerActor {
         // The first ConnectTunnel is made here, so that a worker that can never work (an unknown tunnel, a
         // refused api key, options outside the service's limits) fails its start with the typed error rather
         // than start and stop. A retryable failure is retried in the background as any other.
-        let options = fit_to_service(&*source, args.options, &shared).await?;
+        let (options, unreachable) = fit_to_service(&*source, args.options, &shared).await?;
         let first_sent = Instant::now();
-        let first = source
-            .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
-            .await;
+        let first = match unreachable {
+            // The service did not answer GetLimits: do not wait for it a second time before returning.
+            Some(err) => Err(err),
+            None => {
+                source
+                    .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
+                    .await
+            }
+        };
         let first = match first {
             Err(err) if err.kind() == ErrorKind::Fatal => {
                 error!(error = %err, cause = ?std::error::Error::source(&err), "tunnel worker cannot start");
