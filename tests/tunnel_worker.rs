@@ -268,6 +268,7 @@ async fn a_worker_steps_down_at_half_the_services_heartbeat_timeout_not_at_its_o
         inner: arbor::tunnel::GrpcSource::new(connection(&server.url).await, options.call_timeout),
         service_timeout: Duration::from_secs(2),
         fail_heartbeats: Arc::clone(&fail_heartbeats),
+        fail_connects: Arc::default(),
     };
     let recorder = Recorder::default();
     let worker = TunnelWorker::builder(options)

@@ -655,3 +655,60 @@ async fn a_worker_started_while_the_service_is_down_starts_and_connects_once_it_
     worker.shutdown(Duration::from_secs(10)).await.unwrap();
     drop(service);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_onto_a_fatal_connect_stops_the_worker_without_failing_its_supervisor() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "restart-fatal", 1).await;
+    let options = fast_options(&tunnel);
+    let fail_connects = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let source = ServiceTimeout {
+        inner: arbor::tunnel::GrpcSource::new(connection(&server.url).await, options.call_timeout),
+        service_timeout: options.heartbeat_timeout,
+        fail_heartbeats: Arc::default(),
+        fail_connects: Arc::clone(&fail_connects),
+    };
+    let supervisor = DynamicSupervisor::start(DynamicSupervisorOptions::default())
+        .await
+        .unwrap();
+    let worker = TunnelWorker::builder(options)
+        .source(Arc::new(source))
+        .run_subscriber(Recorder::default())
+        .registry(Registry::new("restart-fatal"))
+        .start_under(&supervisor)
+        .await
+        .unwrap();
+    // a crash, and the restart's first ConnectTunnel is fatal (as for a tunnel deleted meanwhile)
+    fail_connects.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut events = worker.events();
+    worker.cell().unwrap().kill();
+    let fatal = next_event(&mut events, |e| match e {
+        arbor::tunnel::TunnelEvent::Fatal { error } => Some(error.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(fatal.contains("ConnectTunnel"), "{fatal}");
+    let exit = tokio::time::timeout(LONG, worker.wait())
+        .await
+        .expect("the restarted worker never stopped");
+    match exit {
+        TunnelExit::Fatal(err) => assert!(
+            matches!(
+                &*err,
+                TunnelError::Call {
+                    call: "ConnectTunnel",
+                    ..
+                }
+            ),
+            "{err:?}"
+        ),
+        other => panic!("expected a fatal exit, got {other:?}"),
+    }
+    // the supervisor lives on, the worker stays down (a failed restart would have counted against the
+    // supervisor's intensity and been retried)
+    assert!(supervisor.is_running());
+    assert_eq!(supervisor.count_children().await.unwrap().active, 0);
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+    server.stop().await;
+}

@@ -375,12 +375,14 @@ pub async fn wait_for_status(worker: &TunnelHandle, status: WorkerStatus) -> Wor
 }
 
 /// [`arbor::tunnel::GrpcSource`] as is, except that it asks the service for `service_timeout` whatever the
-/// worker's options say (so the service's figure can differ from the worker's own), and that its heartbeats
-/// fail as UNAVAILABLE, without reaching the service, while `fail_heartbeats` is set.
+/// worker's options say (so the service's figure can differ from the worker's own), that its heartbeats
+/// fail as UNAVAILABLE, without reaching the service, while `fail_heartbeats` is set, and its connects as
+/// NOT_FOUND (fatal) while `fail_connects` is.
 pub struct ServiceTimeout {
     pub inner: arbor::tunnel::GrpcSource,
     pub service_timeout: Duration,
     pub fail_heartbeats: Arc<std::sync::atomic::AtomicBool>,
+    pub fail_connects: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl arbor::tunnel::TunnelSource for ServiceTimeout {
@@ -391,6 +393,15 @@ impl arbor::tunnel::TunnelSource for ServiceTimeout {
         _: Duration,
     ) -> futures::future::BoxFuture<'a, Result<arbor::tunnel::source::Session, arbor::tunnel::TunnelError>>
     {
+        if self.fail_connects.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(arbor::tunnel::TunnelError::Call {
+                    call: "ConnectTunnel",
+                    kind: arbor::tunnel::ErrorKind::Fatal,
+                    status: tonic::Status::not_found("tunnel deleted (by the test)"),
+                })
+            });
+        }
         self.inner.connect(tunnel_id, client_tag, self.service_timeout)
     }
 

@@ -58,7 +58,8 @@ impl WorkerShared {
         *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn actor(&self) -> Option<ActorRef<WorkerMsg>> {
+    /// The current (or last) incarnation; `None` before the first start.
+    pub(crate) fn actor(&self) -> Option<ActorRef<WorkerMsg>> {
         self.actor.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

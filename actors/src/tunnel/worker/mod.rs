@@ -489,28 +489,17 @@ async fn start_runner(
 async fn fit_to_service(
     source: &dyn TunnelSource,
     options: Arc<TunnelOptions>,
-    shared: &WorkerShared,
-) -> Result<(Arc<TunnelOptions>, Option<TunnelError>), ActorProcessingErr> {
+) -> Result<(Arc<TunnelOptions>, Option<TunnelError>), TunnelError> {
     let limits = match source.limits().await {
         Ok(Some(limits)) => limits,
         Ok(None) => return Ok((options, None)),
-        Err(err) if err.kind() == ErrorKind::Fatal => {
-            shared.registry.unregister(&shared.registry_key);
-            return Err(Box::new(err));
-        }
+        Err(err) if err.kind() == ErrorKind::Fatal => return Err(err),
         Err(err) => {
             warn!(error = %err, "the service's limits are unknown for now: using the options as they are");
             return Ok((options, Some(err)));
         }
     };
-    let fitted = match options.fit_to(&limits) {
-        Ok(fitted) => fitted,
-        Err(err) => {
-            error!(error = %err, "tunnel worker cannot start");
-            shared.registry.unregister(&shared.registry_key);
-            return Err(Box::new(err));
-        }
-    };
+    let fitted = options.fit_to(&limits)?;
     if fitted.lowered.is_empty() {
         return Ok((options, None));
     }
@@ -558,26 +547,30 @@ impl Actor for WorkerActor {
         let source = (args.source)(myself.get_cell()).await.map_err(Box::new)?;
         // The first ConnectTunnel is made here, so that a worker that can never work (an unknown tunnel, a
         // refused api key, options outside the service's limits) fails its start with the typed error rather
-        // than start and stop. A retryable failure is retried in the background as any other.
-        let (options, unreachable) = fit_to_service(&*source, args.options, &shared).await?;
+        // than start and stop. A retryable failure is retried in the background as any other. A restart (after
+        // a crash) is not failed on a fatal answer: failed restarts count against the supervisor's intensity
+        // and could take the tree's tunnels down; the incarnation stops instead, as a normal exit, which
+        // `wait` reports.
+        let first_start = shared.actor().is_none();
         let first_sent = Instant::now();
-        let first = match unreachable {
+        let (options, first) = match fit_to_service(&*source, Arc::clone(&args.options)).await {
+            Err(err) => (args.options, Err(err)),
             // The service did not answer GetLimits: do not wait for it a second time before returning.
-            Some(err) => Err(err),
-            None => {
-                source
+            Ok((options, Some(unreachable))) => (options, Err(unreachable)),
+            Ok((options, None)) => {
+                let first = source
                     .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
-                    .await
+                    .await;
+                (options, first)
             }
         };
-        let first = match first {
-            Err(err) if err.kind() == ErrorKind::Fatal => {
-                error!(error = %err, cause = ?std::error::Error::source(&err), "tunnel worker cannot start");
-                shared.registry.unregister(&shared.registry_key);
-                return Err(Box::new(err));
-            }
-            first => first,
-        };
+        let fatal = matches!(&first, Err(err) if err.kind() == ErrorKind::Fatal);
+        if fatal && first_start {
+            let err = first.expect_err("matched above");
+            error!(error = %err, cause = ?std::error::Error::source(&err), "tunnel worker cannot start");
+            shared.registry.unregister(&shared.registry_key);
+            return Err(Box::new(err));
+        }
         shared.set_actor(Some(myself.clone()));
         shared.status.send_replace(WorkerStatus::Connecting);
         let mut state = WorkerState {
@@ -609,7 +602,15 @@ impl Actor for WorkerActor {
             }
             None => {}
         }
-        state.on_connected(&myself, first_sent, first);
+        if fatal {
+            // A restart's fatal answer: handled once running, where stopping is a normal exit.
+            let _ = myself.cast(WorkerMsg::Connected {
+                sent_at: first_sent,
+                result: first,
+            });
+        } else {
+            state.on_connected(&myself, first_sent, first);
+        }
         myself.send_interval(state.options.heartbeat_interval, || WorkerMsg::Tick);
         info!(tunnel = %state.options.tunnel_id, "tunnel worker started");
         Ok(state)
