@@ -19,7 +19,7 @@ use arbor::connection::{BackoffConfig, ConnectionConfig, ConnectionHandle};
 use arbor::registry::Registry;
 use arbor::supervisor::{BoxError, DynamicSupervisor, DynamicSupervisorHandle};
 use arbor::tunnel::{
-    Batch, CheckpointPolicy, Delivery, Subscriber, TunnelEntry, TunnelEvent, TunnelHandle, TunnelWorker,
+    Batch, CheckpointPolicy, Subscriber, TunnelEntry, TunnelEvent, TunnelHandle, TunnelWorker,
 };
 use arbor_proto::tunnel::v1;
 use tunnel_worker_common::*;
@@ -283,17 +283,7 @@ async fn every_acknowledged_record_is_delivered_in_order_per_key_through_kills_a
                     .select_prefix(&format!("tunnel/{tunnel}/channel/"));
                 pick(&channels).map(|entry| entry.actor.kill()).is_some()
             }
-            Fault::KillSubscriber => consumer
-                .worker
-                .cell()
-                .ok()
-                .and_then(|w| {
-                    w.get_children()
-                        .into_iter()
-                        .find(|c| c.is_message_type_of::<Delivery>() == Some(true))
-                })
-                .map(|runner| runner.kill())
-                .is_some(),
+            Fault::KillSubscriber => runner_of(&consumer.worker).map(|runner| runner.kill()).is_some(),
             Fault::KillWorker => consumer.worker.cell().map(|w| w.kill()).is_ok(),
             Fault::RestartService => {
                 service.sigkill();
@@ -330,29 +320,21 @@ async fn every_acknowledged_record_is_delivered_in_order_per_key_through_kills_a
         consumer.tree.shutdown(Duration::from_secs(20)).await.unwrap();
     }
     let duration = started.elapsed();
-    // the graceful shutdowns flushed every channel's checkpoint to its end, unless a session outlived them
+    // the graceful shutdowns flushed every channel's checkpoint to its end, and no session outlived them (a
+    // killed worker's Drop shuts its session down)
     let mut admin = client(&url).await;
     let info = describe(&mut admin, &tunnel).await;
-    if info.clients.is_empty() {
-        for c in &info.channels {
-            assert_eq!(
-                c.checkpoint_sequence_number, c.end_sequence_number,
-                "channel {}",
-                c.channel_id
-            );
-        }
-    } else {
-        // Seen about once in six runs: a session of a worker that a fault killed as it connected (or as it
-        // stopped) is still open, and the service handed it the channels the others released. It must expire at
-        // its heartbeat timeout; one still heartbeating after its supervisor's shutdown would fail here.
-        println!(
-            "sessions open after the shutdowns (waiting for their expiry): {:?}",
-            info.clients
+    assert!(
+        info.clients.is_empty(),
+        "sessions open after the shutdowns: {:?}",
+        info.clients
+    );
+    for c in &info.channels {
+        assert_eq!(
+            c.checkpoint_sequence_number, c.end_sequence_number,
+            "channel {}",
+            c.channel_id
         );
-        wait_for_tunnel(&mut admin, &tunnel, "every session closed or expired", |t| {
-            t.clients.is_empty()
-        })
-        .await;
     }
 
     let report = check(&ledger.entries.lock().unwrap(), &acknowledged)

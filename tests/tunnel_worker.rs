@@ -2,6 +2,8 @@
 
 mod tunnel_worker_common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::time::Instant;
@@ -90,10 +92,10 @@ fn spread(workers: &[TunnelHandle]) -> Vec<usize> {
     spread
 }
 
-/// Heartbeat interval and timeout of the failover tests: the bound on a failover is the timeout plus two
-/// intervals (one for the service's expiry to be seen, one of slack for a loaded machine).
+/// Heartbeat interval and timeout of the failover tests. A killed worker shuts its session down (its state's
+/// Drop), so its channels move at once; the timeout bounds the case where that Shutdown is lost.
 const INTERVAL: Duration = Duration::from_millis(500);
-const TIMEOUT: Duration = Duration::from_secs(3);
+const TIMEOUT: Duration = Duration::from_secs(6);
 
 fn failover_options(tunnel: &str, tag: String) -> TunnelOptions {
     fast_options(tunnel).heartbeat(INTERVAL, TIMEOUT).client_tag(tag)
@@ -117,22 +119,20 @@ async fn flow(client: &mut Client, tunnel: &str, recorders: &[Recorder], n: usiz
     .await;
 }
 
-/// Kills what `kill` kills at once and checks that the channels are all owned by `survivors` within the bound.
-async fn assert_failover_within_bound(survivors: &[TunnelHandle], kill: impl FnOnce()) {
-    let bound = TIMEOUT + 2 * INTERVAL;
+/// Kills what `kill` kills and waits (generously: no timed assertion) until the channels are all owned by
+/// `survivors`; prints how long that took.
+async fn assert_failover(survivors: &[TunnelHandle], kill: impl FnOnce()) {
     let killed_at = Instant::now();
     kill();
     wait_for_spread(survivors, &[4, 4]).await;
-    let took = killed_at.elapsed();
-    println!("channels moved {took:?} after the kill (bound {bound:?}: timeout {TIMEOUT:?} + 2 heartbeats)");
-    assert!(
-        took <= bound,
-        "failover took {took:?}, beyond the heartbeat timeout + 2 heartbeats ({bound:?})"
+    println!(
+        "channels moved {} after the kill",
+        humantime::format_duration(killed_at.elapsed())
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_share_eight_channels_and_a_killed_ones_move_within_timeout_plus_two_heartbeats() {
+async fn three_workers_share_eight_channels_and_a_killed_ones_move_to_the_others() {
     let server = TestServer::memory().await;
     let mut client = server.client().await;
     let tunnel = create_streams(&mut client, "shared", 8).await;
@@ -152,10 +152,10 @@ async fn three_workers_share_eight_channels_and_a_killed_ones_move_within_timeou
     wait_for_spread(&workers, &[2, 3, 3]).await;
     flow(&mut client, &tunnel, &recorders, 400).await;
 
-    // kill one worker outright (its channel actors and its runner die with it): no Shutdown, so the service
-    // waits for its heartbeat timeout
+    // kill one worker outright (its channel actors and its runner die with it): its state's Drop shuts the
+    // session down
     let victim = workers.remove(0);
-    assert_failover_within_bound(&workers, || victim.cell().unwrap().kill()).await;
+    assert_failover(&workers, || victim.cell().unwrap().kill()).await;
     assert!(matches!(victim.wait().await, TunnelExit::Killed));
     flow(&mut client, &tunnel, &recorders[1..], 400).await;
     for w in &workers {
@@ -207,10 +207,10 @@ async fn workers_under_dynamic_supervisors_restart_after_a_crash_and_move_away_w
     wait_for_spread(&workers, &[2, 3, 3]).await;
     flow(&mut client, &tunnel, &recorders, 400).await;
 
-    // killing a tree kills its worker and the worker's channels: the others take them within the bound
+    // killing a tree kills its worker and the worker's channels: the others take them
     let tree = trees.remove(0);
     workers.remove(0);
-    assert_failover_within_bound(&workers, || tree.cell().unwrap().kill()).await;
+    assert_failover(&workers, || tree.cell().unwrap().kill()).await;
     flow(&mut client, &tunnel, &recorders[1..], 400).await;
     for tree in &trees {
         tree.shutdown(Duration::from_secs(10)).await.unwrap();
@@ -218,5 +218,92 @@ async fn workers_under_dynamic_supervisors_restart_after_a_crash_and_move_away_w
     // a supervisor's graceful shutdown is the worker's: checkpoints flushed, session shut down
     let info = describe(&mut client, &tunnel).await;
     assert!(info.clients.is_empty(), "{:?}", info.clients);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_shuts_its_session_down_so_that_its_channels_move_without_waiting_for_the_timeout() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "killed", 2).await;
+    // A heartbeat timeout far beyond the test's bounds: only a Shutdown releases the channels in time.
+    let options = |tag: &str| {
+        fast_options(&tunnel)
+            .heartbeat(Duration::from_millis(100), Duration::from_secs(120))
+            .client_tag(tag)
+    };
+    let (victim, _) = start_worker(&server.url, options("victim"), Registry::new("victim")).await;
+    wait_until("the victim holds both channels", || victim.channels().len() == 2).await;
+    let victim_client = victim.info().await.unwrap().client_id.unwrap();
+    victim.cell().unwrap().kill();
+    assert!(matches!(victim.wait().await, TunnelExit::Killed));
+    wait_for_tunnel(&mut client, &tunnel, "the killed worker's session is gone", |t| {
+        !t.clients.iter().any(|c| c.client_id == victim_client)
+    })
+    .await;
+    let history = server.store.assignment_history(&tunnel).unwrap();
+    for channel in 0..2 {
+        let last = history.iter().rev().find(|e| e.channel_id == channel).unwrap();
+        assert_eq!(last.reason, "client-shutdown", "{last:?}");
+    }
+    // and another consumer gets them at once
+    let (other, _) = start_worker(&server.url, options("other"), Registry::new("other")).await;
+    wait_until("the other worker holds both channels", || {
+        other.channels().len() == 2
+    })
+    .await;
+    other.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_steps_down_at_half_the_services_heartbeat_timeout_not_at_its_own() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "step-down", 2).await;
+    // The worker's own timeout (60 s) is far beyond the test's bounds; the service grants 2 s.
+    let options = fast_options(&tunnel).heartbeat(Duration::from_millis(100), Duration::from_secs(60));
+    let fail_heartbeats = Arc::new(AtomicBool::new(false));
+    let source = ServiceTimeout {
+        inner: arbor::tunnel::GrpcSource::new(connection(&server.url).await, options.call_timeout),
+        service_timeout: Duration::from_secs(2),
+        fail_heartbeats: Arc::clone(&fail_heartbeats),
+        fail_connects: Arc::default(),
+    };
+    let recorder = Recorder::default();
+    let worker = TunnelWorker::builder(options)
+        .source(Arc::new(source))
+        .run_subscriber(recorder.clone())
+        .registry(Registry::new("step-down"))
+        .start()
+        .await
+        .unwrap();
+    wait_until("the worker holds both channels", || worker.channels().len() == 2).await;
+    let mut events = worker.events();
+    let first_client = worker.info().await.unwrap().client_id.unwrap();
+    fail_heartbeats.store(true, Ordering::SeqCst);
+    let (client_id, reason) = next_event(&mut events, |e| match e {
+        TunnelEvent::SessionLost { client_id, reason } => Some((client_id.clone(), reason.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(client_id, first_client);
+    assert!(
+        reason.contains("half the service's heartbeat timeout of 2s"),
+        "{reason}"
+    );
+    wait_until("the channels are stopped", || worker.channels().is_empty()).await;
+    // heartbeats come back: a new session, the channels again, records flow
+    fail_heartbeats.store(false, Ordering::SeqCst);
+    wait_until("the worker holds both channels again", || {
+        worker.channels().len() == 2
+    })
+    .await;
+    assert_ne!(worker.info().await.unwrap().client_id.unwrap(), first_client);
+    append_to(&mut client, &tunnel, None, records("a", 50))
+        .await
+        .unwrap();
+    recorder.wait_for(50).await;
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
     server.stop().await;
 }

@@ -19,18 +19,19 @@ pub mod service;
 
 pub use service::*;
 
-/// Heartbeats fast enough for tests (the floor is lowered on purpose); idle channels poll at least every
-/// 100 ms (a long-poll read, then at most 100 ms of empty-read backoff), so that a test's new records are
-/// picked up at once.
+/// Heartbeats fast enough for tests (the floor is lowered on purpose), with a timeout and call deadline
+/// generous enough that a scheduler stall of a loaded 2-core CI machine does not end a session (the worker
+/// steps down at half the timeout: 5 s); idle channels poll at least every 100 ms (a long-poll read, then at
+/// most 100 ms of empty-read backoff), so that a test's new records are picked up at once.
 pub fn fast_options(tunnel_id: &str) -> TunnelOptions {
     let mut options = TunnelOptions::new(tunnel_id)
         .min_heartbeat_interval(Duration::from_millis(10))
-        .heartbeat(Duration::from_millis(100), Duration::from_secs(2))
+        .heartbeat(Duration::from_millis(100), Duration::from_secs(10))
         .read_batch_size(100)
         .read_wait(Duration::from_millis(100))
         .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
         .subscriber_grace(Duration::from_secs(1))
-        .call_timeout(Duration::from_secs(2));
+        .call_timeout(Duration::from_secs(5));
     options.empty_read_backoff.max = Duration::from_millis(100);
     options
 }
@@ -371,4 +372,104 @@ pub async fn wait_for_status(worker: &TunnelHandle, status: WorkerStatus) -> Wor
         *worker.status().borrow()
     );
     worker.info().await.expect("the worker runs")
+}
+
+/// [`arbor::tunnel::GrpcSource`] as is, except that it asks the service for `service_timeout` whatever the
+/// worker's options say (so the service's figure can differ from the worker's own), that its heartbeats
+/// fail as UNAVAILABLE, without reaching the service, while `fail_heartbeats` is set, and its connects as
+/// NOT_FOUND (fatal) while `fail_connects` is.
+pub struct ServiceTimeout {
+    pub inner: arbor::tunnel::GrpcSource,
+    pub service_timeout: Duration,
+    pub fail_heartbeats: Arc<std::sync::atomic::AtomicBool>,
+    pub fail_connects: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl arbor::tunnel::TunnelSource for ServiceTimeout {
+    fn connect<'a>(
+        &'a self,
+        tunnel_id: &'a str,
+        client_tag: &'a str,
+        _: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<arbor::tunnel::source::Session, arbor::tunnel::TunnelError>>
+    {
+        if self.fail_connects.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(arbor::tunnel::TunnelError::Call {
+                    call: "ConnectTunnel",
+                    kind: arbor::tunnel::ErrorKind::Fatal,
+                    status: tonic::Status::not_found("tunnel deleted (by the test)"),
+                })
+            });
+        }
+        self.inner.connect(tunnel_id, client_tag, self.service_timeout)
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        session: &'a arbor::tunnel::source::Session,
+        channels: &'a [arbor::tunnel::source::ReportedChannel],
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Vec<arbor::tunnel::source::ServerChannel>, arbor::tunnel::TunnelError>,
+    > {
+        if self.fail_heartbeats.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(arbor::tunnel::TunnelError::Call {
+                    call: "Heartbeat",
+                    kind: arbor::tunnel::ErrorKind::Retryable,
+                    status: tonic::Status::unavailable("heartbeats cut off by the test"),
+                })
+            });
+        }
+        self.inner.heartbeat(session, channels)
+    }
+
+    fn get_checkpoint<'a>(
+        &'a self,
+        lease: &'a arbor::tunnel::source::ChannelLease,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<arbor::tunnel::source::CheckpointInfo, arbor::tunnel::TunnelError>,
+    > {
+        self.inner.get_checkpoint(lease)
+    }
+
+    fn read<'a>(
+        &'a self,
+        lease: &'a arbor::tunnel::source::ChannelLease,
+        from: u64,
+        max_records: u32,
+        wait: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<arbor::tunnel::source::ReadBatch, arbor::tunnel::TunnelError>>
+    {
+        self.inner.read(lease, from, max_records, wait)
+    }
+
+    fn checkpoint<'a>(
+        &'a self,
+        lease: &'a arbor::tunnel::source::ChannelLease,
+        position: u64,
+    ) -> futures::future::BoxFuture<'a, Result<(), arbor::tunnel::TunnelError>> {
+        self.inner.checkpoint(lease, position)
+    }
+
+    fn shutdown<'a>(
+        &'a self,
+        session: &'a arbor::tunnel::source::Session,
+    ) -> futures::future::BoxFuture<'a, Result<(), arbor::tunnel::TunnelError>> {
+        self.inner.shutdown(session)
+    }
+}
+
+/// The subscriber runner a worker runs itself: the child of its runner supervisor (the worker's children are
+/// that supervisor and the channel actors).
+pub fn runner_of(worker: &TunnelHandle) -> Option<arbor::ractor::ActorCell> {
+    worker
+        .cell()
+        .ok()?
+        .get_children()
+        .into_iter()
+        .flat_map(|child| child.get_children())
+        .find(|c| c.is_message_type_of::<Delivery>() == Some(true))
 }

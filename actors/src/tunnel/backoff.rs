@@ -79,8 +79,9 @@ impl Backoff {
             return Err((
                 format!("{prefix}.initial"),
                 format!(
-                    "must be above zero and at most max (got {:?}, max {:?})",
-                    self.initial, self.max
+                    "must be above zero and at most max (got {}, max {})",
+                    humantime::format_duration(self.initial),
+                    humantime::format_duration(self.max)
                 ),
             ));
         }

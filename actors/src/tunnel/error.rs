@@ -68,6 +68,36 @@ pub enum TunnelError {
         /// The first record the service still keeps.
         first_retained: u64,
     },
+    /// A [`TunnelSource`](super::TunnelSource) call panicked (a bug in the source, not an answer of the
+    /// service): the worker stops rather than call it again.
+    #[error("the tunnel source panicked in {call}: {reason}")]
+    SourcePanicked {
+        /// The call (`ReadRecords`, ...).
+        call: &'static str,
+        /// The panic's message.
+        reason: String,
+    },
+    /// Reads kept failing as out of range although the position is still retained (tonic's own status for a
+    /// message over the client's decode limit is OUT_OF_RANGE too): retried with backoff for `retry_for`, then
+    /// given up.
+    #[error(
+        "channel {channel_id}: reads at {position} kept failing as out of range for {} although records from \
+         {first_retained} are retained",
+        humantime::format_duration(*retried_for)
+    )]
+    PersistentOutOfRange {
+        /// The channel.
+        channel_id: u32,
+        /// Where the reads started.
+        position: u64,
+        /// The first record the service still keeps.
+        first_retained: u64,
+        /// How long the reads were retried.
+        retried_for: Duration,
+        /// The last read's error.
+        #[source]
+        last: Box<TunnelError>,
+    },
     /// The worker is not running.
     #[error("the worker for tunnel {tunnel_id:?} is not running")]
     NotRunning {
@@ -75,7 +105,10 @@ pub enum TunnelError {
         tunnel_id: String,
     },
     /// The worker did not stop within the time given to `shutdown`.
-    #[error("the worker for tunnel {tunnel_id:?} did not stop within {timeout:?}")]
+    #[error(
+        "the worker for tunnel {tunnel_id:?} did not stop within {}",
+        humantime::format_duration(*timeout)
+    )]
     ShutdownTimedOut {
         /// The tunnel.
         tunnel_id: String,

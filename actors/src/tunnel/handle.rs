@@ -12,7 +12,7 @@ use super::error::TunnelError;
 use super::info::{ChannelInfo, TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
 use super::options::TunnelOptions;
 use super::source::{GrpcSource, TunnelSource};
-use super::subscriber::{Subscriber, SubscriberActor, SubscriberRef};
+use super::subscriber::{Subscriber, SubscriberActor, SubscriberConcurrency, SubscriberRef};
 use super::worker::{RunnerFactory, SourceFactory, SubscriberSpec, WorkerActor, WorkerArgs, WorkerMsg};
 use crate::connection::{ConnectionConfig, ConnectionHandle, ConnectionPool};
 use crate::registry::Registry;
@@ -58,7 +58,8 @@ impl WorkerShared {
         *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn actor(&self) -> Option<ActorRef<WorkerMsg>> {
+    /// The current (or last) incarnation; `None` before the first start.
+    pub(crate) fn actor(&self) -> Option<ActorRef<WorkerMsg>> {
         self.actor.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -137,15 +138,27 @@ impl TunnelWorkerBuilder {
         self
     }
 
-    /// Run `subscriber` in an actor the worker supervises: started again at once if it dies or misses the
-    /// processing timeout, at most three times within one `subscriber_grace` period (a restart intensity, as
-    /// a supervisor's); past that, the worker waits for [`TunnelHandle::attach_subscriber`] as it would for a
-    /// user's subscriber.
-    pub fn run_subscriber<S: Subscriber>(mut self, subscriber: S) -> Self {
+    /// Run `subscriber` in an actor of the worker's, one batch at a time, under a
+    /// [`Supervisor`](crate::supervisor::Supervisor) that is the worker's child: started again at once if it
+    /// dies or misses the processing timeout, at most three times within one `subscriber_grace` period (the
+    /// supervisor's restart intensity); past that, the worker waits for [`TunnelHandle::attach_subscriber`]
+    /// as it would for a user's subscriber.
+    pub fn run_subscriber<S: Subscriber>(self, subscriber: S) -> Self {
+        self.run_subscriber_with(subscriber, SubscriberConcurrency::One)
+    }
+
+    /// [`Self::run_subscriber`], processing up to `concurrency` batches at once (one per channel, or a pool of
+    /// N); a channel never has two batches in flight, so each channel's records stay in order. Each batch's
+    /// processing timeout starts when the subscriber starts it, not while it waits for a turn.
+    pub fn run_subscriber_with<S: Subscriber>(
+        mut self,
+        subscriber: S,
+        concurrency: SubscriberConcurrency,
+    ) -> Self {
         let subscriber = Arc::new(subscriber);
         let factory: RunnerFactory = Arc::new(move |worker: ActorCell| {
             let subscriber = Arc::clone(&subscriber);
-            async move { SubscriberActor::spawn_linked(subscriber, worker).await }.boxed()
+            async move { SubscriberActor::spawn_linked(subscriber, concurrency, worker).await }.boxed()
         });
         self.subscriber = Some(SubscriberSpec::Owned(factory));
         self
@@ -215,7 +228,12 @@ impl TunnelWorkerBuilder {
         })
     }
 
-    /// Starts the worker unsupervised.
+    /// Starts the worker unsupervised. Every start (this one, [`Self::start_linked`], [`Self::start_under`], a
+    /// supervisor's restart) returns once the service answered the first `ConnectTunnel`, within
+    /// `call_timeout`: an answer the worker cannot retry (an unknown tunnel, refused credentials) fails the
+    /// start with that error ([`TunnelError::Call`], kind [`ErrorKind::Fatal`](super::ErrorKind::Fatal)); a
+    /// retryable one (the service is down) is retried in the background. The first session's
+    /// [`TunnelEvent::Connected`] is sent before `start` returns: [`TunnelHandle::info`] shows its client id.
     pub async fn start(self) -> Result<TunnelHandle, TunnelError> {
         let prepared = self.prepare()?;
         let handle = prepared.handle();
@@ -259,7 +277,7 @@ impl TunnelWorkerBuilder {
 
     /// The worker as a supervised child: transient (a fatal error or a shutdown is a normal exit that stays
     /// down; a crash restarts it, as a new session), with a shutdown timeout that leaves room to flush
-    /// checkpoints and send `Shutdown`. The handle follows every incarnation.
+    /// checkpoints and send `Shutdown` ([`TunnelOptions::shutdown_timeout`]). The handle follows every incarnation.
     pub fn child_spec(self, id: impl Into<String>) -> Result<(ChildSpec, TunnelHandle), TunnelError> {
         self.child_spec_and_handle(id)
     }
@@ -267,7 +285,7 @@ impl TunnelWorkerBuilder {
     fn child_spec_and_handle(self, id: impl Into<String>) -> Result<(ChildSpec, TunnelHandle), TunnelError> {
         let prepared = Arc::new(self.prepare()?);
         let handle = prepared.handle();
-        let shutdown = prepared.options.call_timeout * 3 + Duration::from_secs(5);
+        let shutdown = prepared.options.shutdown_timeout();
         let spec = ChildSpec::new(id, move |supervisor| {
             let prepared = Arc::clone(&prepared);
             async move { Ok(prepared.spawn(Some(supervisor)).await?.get_cell()) }

@@ -20,7 +20,8 @@
 //! - **Nothing stalls silently.** A crashed channel actor is reported CLOSE and reassigned; a subscriber that
 //!   dies or stops acknowledging (processing timeout) pauses delivery, and if no subscriber is attached
 //!   within the grace period the worker shuts its session down so other consumers take the channels; a
-//!   worker that cannot reach the service for its heartbeat timeout starts over with a new client id.
+//!   worker that cannot reach the service for half its heartbeat timeout delivers nothing more and starts over
+//!   with a new client id.
 //!
 //! # Example
 //!
@@ -59,7 +60,7 @@
 //!
 //! [`state`] holds the channel state machine's merge rules as pure functions; [`source`] is the only code
 //! that knows the RPCs ([`TunnelSource`] is the seam for other services); the worker and channel actors are
-//! in `worker.rs` and `channel.rs`, the subscriber side in `subscriber.rs`.
+//! in `worker/` and `channel/`, the subscriber side in `subscriber.rs`.
 
 mod backoff;
 mod channel;
@@ -79,4 +80,4 @@ pub use handle::{default_registry, TunnelExit, TunnelHandle, TunnelWorker, Tunne
 pub use info::{ChannelInfo, TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
 pub use options::{CheckpointPolicy, OutOfRangePolicy, TunnelOptions};
 pub use source::{GrpcSource, Record, TunnelSource};
-pub use subscriber::{Ack, Batch, Delivery, Nack, Subscriber, SubscriberRef};
+pub use subscriber::{Ack, Batch, Delivery, Nack, Subscriber, SubscriberConcurrency, SubscriberRef};

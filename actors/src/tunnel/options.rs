@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
 use super::error::TunnelError;
+use super::source::ServiceLimits;
 
 /// When a channel moves its checkpoint forward (always after the subscriber acknowledged the records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,21 +54,28 @@ pub struct TunnelOptions {
     pub tunnel_id: String,
     /// A label the service shows for this consumer (default `arbor-<pid>`).
     pub client_tag: String,
-    /// How often the worker heartbeats (default 30 s; at least `min_heartbeat_interval`).
+    /// How often the worker heartbeats (default 5 s; at least `min_heartbeat_interval`, and less than half
+    /// `heartbeat_timeout`, so that a heartbeat fits before the worker steps down).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// How long the service keeps this consumer without a heartbeat, and how long the worker goes on without
-    /// a successful one before it starts over with a new client id (default 300 s; above the interval).
+    /// How long the service keeps this consumer without a heartbeat (default 30 s, as Kafka consumers' session
+    /// timeout is tens of seconds: a killed consumer's channels move after it; above twice the interval). The
+    /// worker steps down (stops every channel and starts over with a new client id) at half the timeout the
+    /// service granted without a heartbeat acknowledged, before the service can expire it, and delivers
+    /// nothing past that deadline. Outside the service's bounds, the worker's start fails
+    /// ([`TunnelError::InvalidOptions`] naming both values).
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
     /// The floor of `heartbeat_interval` (default 5 s, the reference workers' minimum; lower it only on
     /// purpose, e.g. in tests).
     #[serde(with = "humantime_serde")]
     pub min_heartbeat_interval: Duration,
-    /// Records per read, and so at most per batch handed to the subscriber (default 1,000).
+    /// Records per read, and so at most per batch handed to the subscriber (default 1,000). Above the
+    /// service's `max_records_per_message`, it is lowered to that at start, with a warning.
     pub read_batch_size: u32,
     /// How long a read waits on the service for a record when none is available (long polling; default
-    /// 500 ms). Empty reads then back off per `empty_read_backoff`.
+    /// 500 ms). Empty reads then back off per `empty_read_backoff`. Above the service's longest wait, it is
+    /// lowered to that at start, with a warning.
     #[serde(with = "humantime_serde")]
     pub read_wait: Duration,
     /// When checkpoints are written (default after every batch).
@@ -107,8 +115,8 @@ impl Default for TunnelOptions {
         TunnelOptions {
             tunnel_id: String::new(),
             client_tag: format!("arbor-{}", std::process::id()),
-            heartbeat_interval: Duration::from_secs(30),
-            heartbeat_timeout: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(30),
             min_heartbeat_interval: Duration::from_secs(5),
             read_batch_size: 1_000,
             read_wait: Duration::from_millis(500),
@@ -126,6 +134,19 @@ impl Default for TunnelOptions {
     }
 }
 
+/// Options fitted to a service's limits ([`TunnelOptions::fit_to`]).
+#[derive(Debug)]
+pub(crate) struct Fitted {
+    pub(crate) options: TunnelOptions,
+    /// The options lowered: (field, configured, used).
+    pub(crate) lowered: Vec<(&'static str, String, String)>,
+}
+
+/// A duration as people write it (`1m 30s`), for messages.
+pub(crate) fn human(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(duration)
+}
+
 /// The most records a read may ask for (the service's per-message limit is of the same order).
 const MAX_READ_BATCH: u32 = 100_000;
 
@@ -138,7 +159,7 @@ impl TunnelOptions {
         }
     }
 
-    /// Sets the heartbeat interval and timeout (default 30 s and 300 s).
+    /// Sets the heartbeat interval and timeout (default 5 s and 30 s).
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval;
         self.heartbeat_timeout = timeout;
@@ -212,6 +233,70 @@ impl TunnelOptions {
         self
     }
 
+    /// How long stopping the channels may take: each flushes its checkpoint within two call timeouts, and
+    /// retries transient errors for at most `retry_for` (capped at 5 s) before giving up.
+    pub(crate) fn channel_stop_wait(&self) -> Duration {
+        self.call_timeout * 2 + self.retry_for.min(Duration::from_secs(5))
+    }
+
+    /// How long a graceful stop of the worker may take, sized from its own timeouts: the channels' stop (each
+    /// flushes within two call timeouts plus up to 5 s of retries), then up to three calls in turn (`Shutdown`
+    /// of the session, `Shutdown` of one opened as the worker stopped, the subscriber runner's stop), plus
+    /// 5 s of scheduling slack. A supervisor gives the worker this long before it kills it (60 s with the
+    /// defaults).
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.channel_stop_wait() + self.call_timeout * 3 + Duration::from_secs(5)
+    }
+
+    /// These options fitted to what the service accepts (its [`ServiceLimits`]; a limit of 0 is one the
+    /// service does not state): a heartbeat timeout outside the service's bounds is refused (the session's
+    /// liveness must be what was configured), a read size or wait above its maximum is lowered to it (a
+    /// smaller read only costs a round trip), each lowered option listed as (field, configured, used).
+    pub(crate) fn fit_to(&self, limits: &ServiceLimits) -> Result<Fitted, TunnelError> {
+        let refuse = |reason: String| TunnelError::InvalidOptions {
+            field: "heartbeat_timeout".into(),
+            reason,
+        };
+        let timeout = self.heartbeat_timeout;
+        if !limits.max_heartbeat_timeout.is_zero() && timeout > limits.max_heartbeat_timeout {
+            return Err(refuse(format!(
+                "{} is above the service's maximum {}",
+                human(timeout),
+                human(limits.max_heartbeat_timeout)
+            )));
+        }
+        if timeout < limits.min_heartbeat_timeout {
+            return Err(refuse(format!(
+                "{} is below the service's minimum {}",
+                human(timeout),
+                human(limits.min_heartbeat_timeout)
+            )));
+        }
+        let mut fitted = Fitted {
+            options: self.clone(),
+            lowered: Vec::new(),
+        };
+        let max_records = limits.max_records_per_message;
+        if max_records > 0 && self.read_batch_size > max_records {
+            fitted.options.read_batch_size = max_records;
+            fitted.lowered.push((
+                "read_batch_size",
+                self.read_batch_size.to_string(),
+                max_records.to_string(),
+            ));
+        }
+        let max_wait = limits.max_read_wait;
+        if !max_wait.is_zero() && self.read_wait > max_wait {
+            fitted.options.read_wait = max_wait;
+            fitted.lowered.push((
+                "read_wait",
+                human(self.read_wait).to_string(),
+                human(max_wait).to_string(),
+            ));
+        }
+        Ok(fitted)
+    }
+
     /// Checks every option; the error names the first field at fault, what was expected and what came.
     pub fn validate(&self) -> Result<(), TunnelError> {
         let invalid = |field: &str, reason: String| TunnelError::InvalidOptions {
@@ -245,27 +330,29 @@ impl TunnelOptions {
             return Err(invalid(
                 "heartbeat_interval",
                 format!(
-                    "must be at least min_heartbeat_interval {:?} (got {:?})",
-                    self.min_heartbeat_interval, self.heartbeat_interval
+                    "must be at least min_heartbeat_interval {} (got {})",
+                    human(self.min_heartbeat_interval),
+                    human(self.heartbeat_interval)
                 ),
             ));
         }
         if self.heartbeat_interval.is_zero() {
             return Err(invalid("heartbeat_interval", "must be above zero".into()));
         }
-        if self.heartbeat_timeout <= self.heartbeat_interval {
+        if self.heartbeat_timeout <= self.heartbeat_interval * 2 {
             return Err(invalid(
                 "heartbeat_timeout",
                 format!(
-                    "must exceed heartbeat_interval {:?} (got {:?})",
-                    self.heartbeat_interval, self.heartbeat_timeout
+                    "must exceed twice heartbeat_interval {} (the worker steps down at half the timeout; got {})",
+                    human(self.heartbeat_interval),
+                    human(self.heartbeat_timeout)
                 ),
             ));
         }
         if self.heartbeat_timeout > Duration::from_secs(24 * 3600) {
             return Err(invalid(
                 "heartbeat_timeout",
-                format!("must be at most 24 h (got {:?})", self.heartbeat_timeout),
+                format!("must be at most 24h (got {})", human(self.heartbeat_timeout)),
             ));
         }
         if self.read_batch_size == 0 || self.read_batch_size > MAX_READ_BATCH {
@@ -280,7 +367,7 @@ impl TunnelOptions {
         if self.read_wait > Duration::from_secs(60) {
             return Err(invalid(
                 "read_wait",
-                format!("must be at most 60 s (got {:?})", self.read_wait),
+                format!("must be at most 1m (got {})", human(self.read_wait)),
             ));
         }
         if let CheckpointPolicy::Every(interval) = self.checkpoint {
@@ -300,7 +387,7 @@ impl TunnelOptions {
             if value.is_zero() || value > Duration::from_secs(24 * 3600) {
                 return Err(invalid(
                     field,
-                    format!("must be above zero and at most 24 h (got {value:?})"),
+                    format!("must be above zero and at most 24h (got {})", human(value)),
                 ));
             }
         }
@@ -310,8 +397,9 @@ impl TunnelOptions {
             return Err(invalid(
                 "reconnect_delay_min",
                 format!(
-                    "must not exceed reconnect_delay_max, itself at most 1 h (got {:?} and {:?})",
-                    self.reconnect_delay_min, self.reconnect_delay_max
+                    "must not exceed reconnect_delay_max, itself at most 1h (got {} and {})",
+                    human(self.reconnect_delay_min),
+                    human(self.reconnect_delay_max)
                 ),
             ));
         }
@@ -339,12 +427,38 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_reference_workers_and_valid() {
+    fn defaults_are_kafka_like_and_valid() {
         let options = TunnelOptions::new("t");
-        assert_eq!(options.heartbeat_interval, Duration::from_secs(30));
-        assert_eq!(options.heartbeat_timeout, Duration::from_secs(300));
+        assert_eq!(options.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(options.heartbeat_timeout, Duration::from_secs(30));
         assert_eq!(options.min_heartbeat_interval, Duration::from_secs(5));
         options.validate().unwrap();
+    }
+
+    #[test]
+    fn the_shutdown_timeout_covers_every_step_of_a_graceful_stop() {
+        for options in [
+            TunnelOptions::new("t"),
+            TunnelOptions::new("t").call_timeout(Duration::from_secs(30)),
+            TunnelOptions::new("t")
+                .call_timeout(Duration::from_millis(200))
+                .retry_for(Duration::from_secs(1)),
+        ] {
+            // channels (flush within two calls, retries up to 5 s), Shutdown, the orphan's Shutdown, the runner
+            let steps = options.call_timeout * 2
+                + options.retry_for.min(Duration::from_secs(5))
+                + options.call_timeout * 3;
+            assert!(
+                options.shutdown_timeout() > steps,
+                "{:?} for steps of {:?}",
+                options.shutdown_timeout(),
+                steps
+            );
+        }
+        assert_eq!(
+            TunnelOptions::new("t").shutdown_timeout(),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -358,6 +472,11 @@ mod tests {
         );
         assert_eq!(
             field(base().heartbeat(Duration::from_secs(30), Duration::from_secs(30))),
+            "heartbeat_timeout"
+        );
+        // no heartbeat would fit before the step-down at half the timeout
+        assert_eq!(
+            field(base().heartbeat(Duration::from_secs(10), Duration::from_secs(20))),
             "heartbeat_timeout"
         );
         assert_eq!(field(base().read_batch_size(0)), "read_batch_size");
@@ -383,6 +502,62 @@ mod tests {
             .heartbeat(Duration::from_millis(100), Duration::from_secs(1))
             .validate()
             .unwrap();
+    }
+
+    fn limits() -> ServiceLimits {
+        ServiceLimits {
+            max_records_per_message: 10_000,
+            max_read_wait: Duration::from_secs(30),
+            min_heartbeat_timeout: Duration::from_millis(100),
+            max_heartbeat_timeout: Duration::from_secs(3600),
+            max_response_bytes: 4 << 20,
+        }
+    }
+
+    #[test]
+    fn options_wider_than_the_services_limits_are_lowered_or_refused_naming_both_values() {
+        // a heartbeat timeout outside the service's bounds is refused
+        let wide = TunnelOptions::new("t").heartbeat(Duration::from_secs(5), Duration::from_secs(24 * 3600));
+        match wide.fit_to(&limits()) {
+            Err(TunnelError::InvalidOptions { field, reason }) => {
+                assert_eq!(field, "heartbeat_timeout");
+                assert_eq!(reason, "1day is above the service's maximum 1h");
+            }
+            other => panic!("expected InvalidOptions, got {other:?}"),
+        }
+        let mut narrow = limits();
+        narrow.min_heartbeat_timeout = Duration::from_secs(60);
+        assert!(TunnelOptions::new("t").fit_to(&narrow).is_err());
+        // read sizes are lowered to the service's, and listed
+        let fitted = TunnelOptions::new("t")
+            .read_batch_size(100_000)
+            .read_wait(Duration::from_secs(60))
+            .fit_to(&limits())
+            .unwrap();
+        assert_eq!(fitted.options.read_batch_size, 10_000);
+        assert_eq!(fitted.options.read_wait, Duration::from_secs(30));
+        assert_eq!(
+            fitted.lowered,
+            vec![
+                ("read_batch_size", "100000".to_string(), "10000".to_string()),
+                ("read_wait", "1m".to_string(), "30s".to_string()),
+            ]
+        );
+        // within the limits, or limits the service does not state: unchanged
+        let defaults = TunnelOptions::new("t");
+        assert_eq!(defaults.fit_to(&limits()).unwrap().options, defaults);
+        let unstated = ServiceLimits {
+            max_records_per_message: 0,
+            max_read_wait: Duration::ZERO,
+            min_heartbeat_timeout: Duration::ZERO,
+            max_heartbeat_timeout: Duration::ZERO,
+            max_response_bytes: 0,
+        };
+        let fitted = TunnelOptions::new("t")
+            .read_batch_size(100_000)
+            .fit_to(&unstated)
+            .unwrap();
+        assert!(fitted.lowered.is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! RPCs: another source (a hosted tunnel service, a log engine) is another implementation of the trait, and
 //! the actors do not change.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -128,6 +129,33 @@ pub struct ReadBatch {
     pub finished: bool,
 }
 
+/// What the service accepts, as far as a worker's options go (`arbor.tunnel.v1.ServiceLimits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// Most records one read message may carry (a read asks for at most this many).
+    pub max_records_per_message: u32,
+    /// Longest long-poll wait of a read.
+    pub max_read_wait: Duration,
+    /// Shortest heartbeat timeout a client may ask for.
+    pub min_heartbeat_timeout: Duration,
+    /// Longest heartbeat timeout a client may ask for.
+    pub max_heartbeat_timeout: Duration,
+    /// Largest response message the service sends, in bytes (the client's decode limit must be at least this).
+    pub max_response_bytes: u64,
+}
+
+impl ServiceLimits {
+    fn from_wire(limits: &v1::ServiceLimits) -> Self {
+        ServiceLimits {
+            max_records_per_message: limits.max_records_per_message,
+            max_read_wait: Duration::from_millis(limits.max_read_wait_ms),
+            min_heartbeat_timeout: Duration::from_millis(limits.min_heartbeat_timeout_ms),
+            max_heartbeat_timeout: Duration::from_millis(limits.max_heartbeat_timeout_ms),
+            max_response_bytes: limits.max_response_bytes,
+        }
+    }
+}
+
 /// The calls a tunnel worker makes. Every error carries its [`ErrorKind`] (see [`TunnelError::kind`]).
 pub trait TunnelSource: Send + Sync + 'static {
     /// Opens a session on `tunnel_id` (a new client id each time).
@@ -169,6 +197,12 @@ pub trait TunnelSource: Send + Sync + 'static {
 
     /// Ends the session: the service releases its channels at once.
     fn shutdown<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<(), TunnelError>>;
+
+    /// The service's limits, asked once at the worker's start so that its options fit them; `None` when the
+    /// service does not say (an older server), and the options are used as they are.
+    fn limits(&self) -> BoxFuture<'_, Result<Option<ServiceLimits>, TunnelError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// How [`GrpcSource`] reaches the service.
@@ -193,7 +227,13 @@ impl Connection {
 pub struct GrpcSource {
     connection: Connection,
     call_timeout: Duration,
+    /// The largest response message decoded: the service's `max_response_bytes` once it said (tonic's 4 MiB
+    /// default before); shared by the clones.
+    decode_limit: Arc<AtomicUsize>,
 }
+
+/// tonic's default decode limit.
+const DEFAULT_DECODE_LIMIT: usize = 4 << 20;
 
 type Client = TunnelServiceClient<ConnectionChannel>;
 
@@ -203,6 +243,7 @@ impl GrpcSource {
         GrpcSource {
             connection: Connection::Handle(connection),
             call_timeout,
+            decode_limit: Arc::new(AtomicUsize::new(DEFAULT_DECODE_LIMIT)),
         }
     }
 
@@ -211,13 +252,26 @@ impl GrpcSource {
         GrpcSource {
             connection: Connection::Pooled(Arc::new(lease)),
             call_timeout,
+            decode_limit: Arc::new(AtomicUsize::new(DEFAULT_DECODE_LIMIT)),
         }
     }
 
     /// A client on the connection's following channel: each call goes to the current transport, carries the
     /// credentials, and waits (within its deadline) while the connection connects.
     async fn client(&self) -> Result<Client, TunnelError> {
-        Ok(TunnelServiceClient::new(self.connection.handle().channel()))
+        Ok(TunnelServiceClient::new(self.connection.handle().channel())
+            .max_decoding_message_size(self.decode_limit.load(Ordering::Relaxed)))
+    }
+
+    /// Takes the service's limits: decodes responses up to its `max_response_bytes`.
+    fn adopt(&self, limits: &v1::ServiceLimits) -> ServiceLimits {
+        let limits = ServiceLimits::from_wire(limits);
+        if limits.max_response_bytes > 0 {
+            let bytes = usize::try_from(limits.max_response_bytes).unwrap_or(usize::MAX);
+            self.decode_limit
+                .store(bytes.max(DEFAULT_DECODE_LIMIT), Ordering::Relaxed);
+        }
+        limits
     }
 
     fn request<T>(&self, message: T, extra: Duration) -> tonic::Request<T> {
@@ -331,6 +385,9 @@ impl TunnelSource for GrpcSource {
                 .await
                 .map_err(|s| self.failed("ConnectTunnel", s))?
                 .into_inner();
+            if let Some(limits) = &reply.limits {
+                self.adopt(limits);
+            }
             if reply.client_id.is_empty() {
                 return Err(TunnelError::Malformed {
                     call: "ConnectTunnel",
@@ -486,6 +543,23 @@ impl TunnelSource for GrpcSource {
                 .await
                 .map_err(|s| self.failed("Shutdown", s))?;
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn limits(&self) -> BoxFuture<'_, Result<Option<ServiceLimits>, TunnelError>> {
+        async move {
+            let reply = self
+                .client()
+                .await?
+                .get_limits(self.request(v1::GetLimitsRequest {}, Duration::ZERO))
+                .await;
+            match reply {
+                Ok(reply) => Ok(reply.into_inner().limits.map(|l| self.adopt(&l))),
+                // A server from before GetLimits: nothing to fit.
+                Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
+                Err(status) => Err(self.failed("GetLimits", status)),
+            }
         }
         .boxed()
     }

@@ -22,6 +22,8 @@
 //! | reported CLOSE at r | CLOSING ≥ r | [`Decision::Report`] CLOSE at the new version + 1 |
 //! | reported TERMINATED at r | OPEN or CLOSING ≥ r | [`Decision::Report`] TERMINATED at the new version + 1 |
 
+use std::time::Duration;
+
 use arbor_proto::tunnel::domain::{ChannelStatus, Version};
 
 /// What the worker holds for a channel.
@@ -110,6 +112,16 @@ pub fn merge(local: Option<Local>, server: Option<Server>) -> Decision {
 /// How many heartbeats a channel may stay `Closing` before the worker forces it closed (the Java SDK's rule):
 /// a subscriber that never acks must not hold a channel the server wants to move.
 pub const CLOSING_HEARTBEATS_BEFORE_FORCE: u32 = 3;
+
+/// How long a session is trusted after a heartbeat that was sent at a given instant succeeded: half the
+/// heartbeat timeout the service applies (`service`; the worker's own `requested` figure when the service
+/// gives none). Past it, with no later heartbeat acknowledged, the service may already have expired the
+/// session and handed its channels on: the worker steps down before that can happen, as the etcd activator
+/// does at TTL/2, and its channels deliver nothing meanwhile.
+pub fn step_down_after(service: Duration, requested: Duration) -> Duration {
+    let timeout = if service.is_zero() { requested } else { service };
+    timeout / 2
+}
 
 #[cfg(test)]
 mod tests {
@@ -284,6 +296,16 @@ mod tests {
         for (name, local, server, expected) in cases {
             assert_eq!(merge(*local, *server), *expected, "{name}");
         }
+    }
+
+    #[test]
+    fn the_session_is_trusted_for_half_the_services_timeout() {
+        let secs = Duration::from_secs;
+        // the service's figure wins over the worker's own, whichever is shorter
+        assert_eq!(step_down_after(secs(2), secs(60)), secs(1));
+        assert_eq!(step_down_after(secs(60), secs(2)), secs(30));
+        // a service that says nothing: the worker's own figure
+        assert_eq!(step_down_after(Duration::ZERO, secs(30)), secs(15));
     }
 
     #[test]

@@ -8,9 +8,15 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinSet;
 
 use super::source::Record;
 use crate::supervisor::BoxError;
@@ -44,19 +50,60 @@ pub type Nack = String;
 /// The acknowledgement a subscriber owes for one [`Batch`]. Dropping it unanswered counts as a failed
 /// delivery (the batch is delivered again, to this subscriber or the next one).
 #[derive(Debug)]
-pub struct Ack(RpcReplyPort<Result<(), Nack>>);
+pub struct Ack {
+    reply: Option<RpcReplyPort<Result<(), Nack>>>,
+    /// Told when a runner starts processing the batch: its processing timeout starts then.
+    taken: Option<oneshot::Sender<()>>,
+    /// Told when the batch is answered (or the acknowledgement dropped): for a subscriber that takes its
+    /// deliveries one at a time, in order, the next one is taken then.
+    answered: Option<oneshot::Sender<()>>,
+}
 
 impl Ack {
     /// The batch was processed: its records may be checkpointed.
-    pub fn ack(self) {
-        let _ = self.0.send(Ok(()));
+    pub fn ack(mut self) {
+        self.answer(Ok(()));
     }
 
     /// The batch could not be processed: the channel is given up and its records delivered again.
-    pub fn nack(self, reason: impl Into<String>) {
-        let _ = self.0.send(Err(reason.into()));
+    pub fn nack(mut self, reason: impl Into<String>) {
+        self.answer(Err(reason.into()));
+    }
+
+    fn answer(&mut self, answer: Result<(), Nack>) {
+        self.mark_taken();
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// The subscriber starts processing the batch now.
+    pub(crate) fn mark_taken(&mut self) {
+        if let Some(taken) = self.taken.take() {
+            let _ = taken.send(());
+        }
     }
 }
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        self.mark_taken();
+        self.reply.take();
+        if let Some(answered) = self.answered.take() {
+            let _ = answered.send(());
+        }
+    }
+}
+
+/// The channel's side of a [`Delivery`] not yet handed over.
+pub(crate) struct Pending {
+    reply: oneshot::Receiver<Result<(), Nack>>,
+    taken: oneshot::Receiver<()>,
+    answered: oneshot::Receiver<()>,
+}
+
+/// Resolves when the subscriber takes the delivery (starts processing it).
+pub(crate) type Taken = BoxFuture<'static, ()>;
 
 /// What a ractor subscriber receives: a batch and the acknowledgement it owes.
 #[derive(Debug)]
@@ -93,11 +140,22 @@ pub trait Subscriber: Send + Sync + 'static {
 /// Hands a delivery over; `Err` when the subscriber is gone (the delivery, and its `Ack`, are dropped).
 type Deliver = dyn Fn(Delivery) -> Result<(), ()> + Send + Sync;
 
+/// How the channel learns that the subscriber took a delivery.
+#[derive(Clone)]
+enum Taking {
+    /// An actor that handles its deliveries one at a time, in order (any ractor actor): a delivery is taken
+    /// when the one handed over before it was answered. Holds that one's answer signal.
+    InOrder(Arc<Mutex<Option<oneshot::Receiver<()>>>>),
+    /// A runner that says when it starts each delivery ([`Ack::mark_taken`]).
+    Marked,
+}
+
 /// A subscriber as the worker holds it: an actor to monitor, and how to hand it a [`Delivery`].
 #[derive(Clone)]
 pub struct SubscriberRef {
     cell: ActorCell,
     deliver: Arc<Deliver>,
+    taking: Taking,
 }
 
 impl fmt::Debug for SubscriberRef {
@@ -117,6 +175,16 @@ impl SubscriberRef {
         SubscriberRef {
             cell: actor.get_cell(),
             deliver: Arc::new(move |delivery: Delivery| target.cast(wrap(delivery)).map_err(|_| ())),
+            taking: Taking::InOrder(Arc::default()),
+        }
+    }
+
+    /// A runner of the worker's own, which marks when it starts each delivery.
+    fn runner(actor: ActorRef<Delivery>) -> Self {
+        SubscriberRef {
+            cell: actor.get_cell(),
+            deliver: Arc::new(move |delivery: Delivery| actor.cast(delivery).map_err(|_| ())),
+            taking: Taking::Marked,
         }
     }
 
@@ -125,29 +193,89 @@ impl SubscriberRef {
         &self.cell
     }
 
-    pub(crate) fn deliver(&self, delivery: Delivery) -> Result<(), ()> {
-        (self.deliver)(delivery)
+    /// Hands `delivery` over: the receiver of its acknowledgement, and when the subscriber takes it.
+    pub(crate) fn deliver(
+        &self,
+        delivery: Delivery,
+        pending: Pending,
+    ) -> Result<(oneshot::Receiver<Result<(), Nack>>, Taken), ()> {
+        let taken: Taken = match &self.taking {
+            Taking::Marked => {
+                let taken = pending.taken;
+                Box::pin(async move {
+                    let _ = taken.await;
+                })
+            }
+            Taking::InOrder(previous) => {
+                // Swapped under the lock, in the order the deliveries are cast: the actor's mailbox order.
+                let mut previous = previous.lock().unwrap_or_else(|p| p.into_inner());
+                let before = previous.replace(pending.answered);
+                (self.deliver)(delivery)?;
+                return Ok((
+                    pending.reply,
+                    Box::pin(async move {
+                        if let Some(before) = before {
+                            let _ = before.await;
+                        }
+                    }),
+                ));
+            }
+        };
+        (self.deliver)(delivery)?;
+        Ok((pending.reply, taken))
     }
 }
 
 impl Delivery {
-    /// A delivery of `batch`, and the receiver of its acknowledgement.
-    pub(crate) fn new(
-        batch: Arc<Batch>,
-    ) -> (Delivery, ractor::concurrency::OneshotReceiver<Result<(), Nack>>) {
-        let (tx, rx) = ractor::concurrency::oneshot();
+    /// A delivery of `batch`, and the channel's side of it.
+    pub(crate) fn new(batch: Arc<Batch>) -> (Delivery, Pending) {
+        let (reply_tx, reply) = oneshot::channel();
+        let (taken_tx, taken) = oneshot::channel();
+        let (answered_tx, answered) = oneshot::channel();
+        let ack = Ack {
+            reply: Some(reply_tx.into()),
+            taken: Some(taken_tx),
+            answered: Some(answered_tx),
+        };
         (
-            Delivery {
-                batch,
-                ack: Ack(tx.into()),
+            Delivery { batch, ack },
+            Pending {
+                reply,
+                taken,
+                answered,
             },
-            rx,
         )
     }
 }
 
-/// The actor that runs a [`Subscriber`].
+/// How many batches a [`Subscriber`] the worker runs
+/// ([`TunnelWorkerBuilder::run_subscriber_with`](super::TunnelWorkerBuilder::run_subscriber_with)) processes at
+/// once. Whatever the choice, one channel never has two batches in flight (it waits for each acknowledgement),
+/// so the records of a channel, and so of a key, are processed in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SubscriberConcurrency {
+    /// One batch at a time, across all channels (the default).
+    #[default]
+    One,
+    /// One batch per channel at a time: each channel's batch is processed as soon as it is read.
+    PerChannel,
+    /// At most this many batches at once, across channels (taken in the order they arrive).
+    Pool(NonZeroUsize),
+}
+
+/// The actor that runs a [`Subscriber`]: each batch on a task of its own, as many at once as its
+/// [`SubscriberConcurrency`] allows; each batch's processing timeout starts when its task starts it.
 pub(crate) struct SubscriberActor<S>(std::marker::PhantomData<fn() -> S>);
+
+pub(crate) struct RunnerState<S> {
+    subscriber: Arc<S>,
+    /// The permits of a bounded concurrency; `None` for one batch per channel.
+    permits: Option<Arc<Semaphore>>,
+    /// The batches in processing: aborted (their acknowledgements dropped, so they are delivered again) when
+    /// the runner goes.
+    tasks: JoinSet<()>,
+}
 
 impl<S: Subscriber> SubscriberActor<S> {
     pub(crate) fn new() -> Self {
@@ -157,37 +285,75 @@ impl<S: Subscriber> SubscriberActor<S> {
     /// Spawns the actor linked to `supervisor`, and the reference the worker uses.
     pub(crate) async fn spawn_linked(
         subscriber: Arc<S>,
+        concurrency: SubscriberConcurrency,
         supervisor: ActorCell,
     ) -> Result<SubscriberRef, ractor::SpawnErr> {
-        let (actor, _) =
-            Actor::spawn_linked(None, SubscriberActor::<S>::new(), subscriber, supervisor).await?;
-        Ok(SubscriberRef::actor(actor, |d| d))
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            SubscriberActor::<S>::new(),
+            (subscriber, concurrency),
+            supervisor,
+        )
+        .await?;
+        Ok(SubscriberRef::runner(actor))
     }
 }
 
 impl<S: Subscriber> Actor for SubscriberActor<S> {
     type Msg = Delivery;
-    type State = Arc<S>;
-    type Arguments = Arc<S>;
+    type State = RunnerState<S>;
+    type Arguments = (Arc<S>, SubscriberConcurrency);
 
     async fn pre_start(
         &self,
         _: ActorRef<Delivery>,
-        subscriber: Arc<S>,
-    ) -> Result<Arc<S>, ActorProcessingErr> {
-        Ok(subscriber)
+        (subscriber, concurrency): (Arc<S>, SubscriberConcurrency),
+    ) -> Result<RunnerState<S>, ActorProcessingErr> {
+        let permits = match concurrency {
+            SubscriberConcurrency::One => Some(1),
+            SubscriberConcurrency::Pool(n) => Some(n.get()),
+            SubscriberConcurrency::PerChannel => None,
+        };
+        Ok(RunnerState {
+            subscriber,
+            permits: permits.map(|n| Arc::new(Semaphore::new(n))),
+            tasks: JoinSet::new(),
+        })
     }
 
     async fn handle(
         &self,
-        _: ActorRef<Delivery>,
-        delivery: Delivery,
-        subscriber: &mut Arc<S>,
+        myself: ActorRef<Delivery>,
+        mut delivery: Delivery,
+        state: &mut RunnerState<S>,
     ) -> Result<(), ActorProcessingErr> {
-        match subscriber.handle(&delivery.batch).await {
-            Ok(()) => delivery.ack.ack(),
-            Err(err) => delivery.ack.nack(err.to_string()),
-        }
+        while state.tasks.try_join_next().is_some() {}
+        let (subscriber, permits) = (Arc::clone(&state.subscriber), state.permits.clone());
+        // Off the mailbox, so that a batch waiting for a permit holds up nothing but itself (the semaphore is
+        // fair: batches are taken in the order they came).
+        state.tasks.spawn(async move {
+            let _permit = match permits {
+                Some(permits) => match permits.acquire_owned().await {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return,
+                },
+                None => None,
+            };
+            delivery.ack.mark_taken();
+            let handled = AssertUnwindSafe(subscriber.handle(&delivery.batch))
+                .catch_unwind()
+                .await;
+            match handled {
+                Ok(Ok(())) => delivery.ack.ack(),
+                Ok(Err(err)) => delivery.ack.nack(err.to_string()),
+                // A panic is the runner's crash, as if it had happened in the actor: the worker restarts it and
+                // the batches it held are delivered again.
+                Err(panic) => myself.stop(Some(format!(
+                    "the subscriber panicked: {}",
+                    crate::tunnel::channel::panic_message(panic)
+                ))),
+            }
+        });
         Ok(())
     }
 }

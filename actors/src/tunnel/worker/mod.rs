@@ -7,13 +7,15 @@
 //! - **Active**: a heartbeat every interval (off the mailbox, one at a time, more on demand) reports the
 //!   channels' states and merges the answer ([`state::merge`]): channels are started, renewed, drained or
 //!   stopped. A channel that ends reports CLOSE or TERMINATED in the next heartbeat, asked for at once.
-//!   A heartbeat answer of OWNERSHIP_LOST (the client expired), or no successful heartbeat for the heartbeat
-//!   timeout, ends the session: every channel is stopped, `Shutdown` is sent, and the worker connects again
-//!   after a random delay with a new client id.
+//!   A heartbeat answer of OWNERSHIP_LOST (the client expired), or no heartbeat acknowledged among those sent
+//!   in the last half of the service's heartbeat timeout (the step-down deadline, which the channels check
+//!   before every delivery), ends the session: every channel is stopped, `Shutdown` is sent, and the worker
+//!   connects again after a random delay with a new client id.
 //! - **Paused**: the subscriber died or failed; deliveries wait (nothing past what it acknowledged is ever
-//!   checkpointed). A subscriber the worker runs itself is started again at once (at most three times
-//!   within a grace period); otherwise, or after that, the worker waits for [`attach_subscriber`] for the
-//!   grace period.
+//!   checkpointed). A subscriber the worker runs itself lives under a [`Supervisor`] of its own (a child of
+//!   the worker), which starts it again at once, at most three times within a grace period (its restart
+//!   intensity); otherwise, or once that supervisor gave up, the worker waits for [`attach_subscriber`] for
+//!   the grace period.
 //! - **Detached**: the grace period passed: the session was shut down cleanly (acknowledged positions
 //!   checkpointed, `Shutdown` sent) so that other consumers take the channels; the worker waits for a
 //!   subscriber and then connects again.
@@ -24,30 +26,34 @@
 //!
 //! [`attach_subscriber`]: super::TunnelHandle::attach_subscriber
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType, Version};
 use futures::future::{join_all, BoxFuture};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::backoff::Backoff;
 use super::channel::{ChannelActor, ChannelArgs, ChannelMsg, Outcome, OutcomeSlot, StopMode};
 use super::error::{ErrorKind, TunnelError};
 use super::handle::{TunnelExit, WorkerShared};
 use super::info::{TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};
 use super::options::TunnelOptions;
-use super::source::{ChannelLease, ReportedChannel, ServerChannel, Session, TunnelSource};
+use super::source::{ChannelLease, ServerChannel, Session, TunnelSource};
 use super::state::{self, Decision, Local, Server};
 use super::subscriber::SubscriberRef;
+use crate::supervisor::{ChildSpec, Restart, Shutdown, Supervisor};
 
 /// How many times a subscriber the worker runs itself is started again within one grace period before the
 /// worker gives up on it (and releases its channels once the grace period has passed).
-pub(crate) const RUNNER_RESTARTS: usize = 3;
+mod session;
+mod subscribers;
 
-/// Starts a subscriber the worker runs itself, linked to the worker.
+pub(crate) const RUNNER_RESTARTS: u32 = 3;
+
+/// Starts a subscriber the worker runs itself, linked to the supervisor cell it is given.
 pub(crate) type RunnerFactory =
     Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<SubscriberRef, ractor::SpawnErr>> + Send + Sync>;
 
@@ -67,16 +73,25 @@ pub(crate) type SourceFactory =
 pub(crate) enum WorkerMsg {
     Connect,
     Connected {
+        /// When the ConnectTunnel was sent: the session's first step-down deadline counts from it.
+        sent_at: Instant,
         result: Result<Session, TunnelError>,
     },
     Tick,
     HeartbeatDone {
         session: u64,
+        /// When the heartbeat was sent: a success moves the step-down deadline to half a timeout after it.
+        sent_at: Instant,
         result: Result<Vec<ServerChannel>, TunnelError>,
     },
     SubscriberFailed {
         subscriber: ActorId,
         reason: String,
+    },
+    /// The runner's supervisor (this actor) started a runner.
+    RunnerStarted {
+        supervisor: ActorId,
+        subscriber: SubscriberRef,
     },
     Attach(SubscriberRef, RpcReplyPort<()>),
     GraceExpired {
@@ -129,34 +144,18 @@ pub(crate) struct WorkerState {
     opening: Arc<Mutex<Opening>>,
     heartbeat_in_flight: bool,
     heartbeat_again: bool,
-    last_ok: Instant,
+    /// The session's step-down deadline (half the service's heartbeat timeout after the last heartbeat sent
+    /// that succeeded), watched by its channels, which deliver nothing past it. One per session; set to now
+    /// when the session ends, so that a channel still stopping cannot deliver.
+    alive: Option<watch::Sender<Instant>>,
     last_ok_wall: Option<SystemTime>,
     channels: BTreeMap<u32, Channel>,
     status: WorkerStatus,
     subscriber: Option<SubscriberRef>,
-    owned: Option<RunnerFactory>,
-    /// When the runner was restarted, within the last grace period (at most [`RUNNER_RESTARTS`]).
-    owned_restarts: VecDeque<Instant>,
+    /// The supervisor of the subscriber the worker runs itself (the crate's [`Supervisor`], so that the
+    /// runner's restarts follow one mechanism and show in the tree); `None` for a user's subscriber.
+    runner: Option<ActorCell>,
     grace_generation: u64,
-}
-
-impl Drop for WorkerState {
-    fn drop(&mut self) {
-        // A killed worker runs no post_stop: a session its connect task opened meanwhile would hold channels
-        // until its heartbeat timeout. Mark the stop (the task then shuts its session down itself) and shut
-        // down one already handed over but never taken.
-        let orphan = {
-            let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
-            opening.stopped = true;
-            opening.opened.take()
-        };
-        if let (Some(session), Ok(runtime)) = (orphan, tokio::runtime::Handle::try_current()) {
-            let source = Arc::clone(&self.source);
-            runtime.spawn(async move {
-                let _ = source.shutdown(&session).await;
-            });
-        }
-    }
 }
 
 impl WorkerState {
@@ -192,190 +191,6 @@ impl WorkerState {
             self.status = status;
             self.shared.status.send_replace(status);
             self.publish();
-        }
-    }
-
-    fn connect(&mut self, myself: &ActorRef<WorkerMsg>) {
-        if self.session.is_some()
-            || self.connecting
-            || self.subscriber.is_none() && self.status == WorkerStatus::Detached
-        {
-            return;
-        }
-        self.connecting = true;
-        self.set_status(WorkerStatus::Connecting);
-        let (source, options, me) = (
-            Arc::clone(&self.source),
-            Arc::clone(&self.options),
-            myself.clone(),
-        );
-        let opening = Arc::clone(&self.opening);
-        tokio::spawn(async move {
-            let result = source
-                .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
-                .await;
-            let orphan = match &result {
-                Ok(session) => {
-                    let mut opening = opening.lock().unwrap_or_else(|p| p.into_inner());
-                    if opening.stopped {
-                        Some(session.clone())
-                    } else {
-                        // Handed over under the lock: post_stop either finds it here or stops us above.
-                        opening.opened = Some(session.clone());
-                        None
-                    }
-                }
-                Err(_) => None,
-            };
-            match orphan {
-                Some(session) => {
-                    info!(client_id = %session.client_id, "session opened as the worker stopped: shutting it down");
-                    let _ = source.shutdown(&session).await;
-                }
-                None => {
-                    let _ = me.cast(WorkerMsg::Connected { result });
-                }
-            }
-        });
-    }
-
-    fn on_connected(&mut self, myself: &ActorRef<WorkerMsg>, result: Result<Session, TunnelError>) {
-        self.connecting = false;
-        self.opening.lock().unwrap_or_else(|p| p.into_inner()).opened = None;
-        match result {
-            Ok(session) if self.subscriber.is_none() && self.status == WorkerStatus::Detached => {
-                // The grace period ran out while this session was being opened: give it back at once rather
-                // than hold channels nobody consumes.
-                info!(client_id = %session.client_id, "session opened while detached: shutting it down");
-                let source = Arc::clone(&self.source);
-                tokio::spawn(async move {
-                    let _ = source.shutdown(&session).await;
-                });
-            }
-            Ok(session) => {
-                self.session_gen += 1;
-                self.sessions += 1;
-                self.connect_failures = 0;
-                self.last_ok = Instant::now();
-                self.last_ok_wall = Some(SystemTime::now());
-                info!(client_id = %session.client_id, heartbeat_timeout = ?session.heartbeat_timeout, "session opened");
-                self.event(TunnelEvent::Connected {
-                    client_id: session.client_id.to_string(),
-                });
-                self.session = Some(session);
-                let status = if self.subscriber.is_some() {
-                    WorkerStatus::Active
-                } else {
-                    WorkerStatus::Paused
-                };
-                self.set_status(status);
-                self.heartbeat(myself);
-            }
-            Err(err) if err.kind() == ErrorKind::Fatal => self.fail(myself, err),
-            Err(err) => {
-                let retry = Backoff {
-                    initial: Duration::from_millis(100),
-                    multiplier: 2.0,
-                    max: self.options.reconnect_delay_max.max(Duration::from_millis(100)),
-                    jitter: 0.2,
-                };
-                let delay = retry.delay(self.connect_failures);
-                self.connect_failures = self.connect_failures.saturating_add(1);
-                warn!(error = %err, cause = ?std::error::Error::source(&err), ?delay, "connecting failed; retrying");
-                myself.send_after(delay, || WorkerMsg::Connect);
-            }
-        }
-    }
-
-    fn reports(&self) -> Vec<ReportedChannel> {
-        self.channels
-            .iter()
-            .filter_map(|(&channel_id, c)| {
-                let (status, version) = match c.local? {
-                    Local::Running { status, version } | Local::Reported { status, version } => {
-                        (status, version)
-                    }
-                };
-                Some(ReportedChannel {
-                    channel_id,
-                    status,
-                    version,
-                })
-            })
-            .collect()
-    }
-
-    fn heartbeat(&mut self, myself: &ActorRef<WorkerMsg>) {
-        let Some(session) = self.session.clone() else {
-            return;
-        };
-        if self.heartbeat_in_flight {
-            self.heartbeat_again = true;
-            return;
-        }
-        self.heartbeat_in_flight = true;
-        self.heartbeat_again = false;
-        let reports = self.reports();
-        let (source, me, generation) = (Arc::clone(&self.source), myself.clone(), self.session_gen);
-        tokio::spawn(async move {
-            let result = source.heartbeat(&session, &reports).await;
-            let _ = me.cast(WorkerMsg::HeartbeatDone {
-                session: generation,
-                result,
-            });
-        });
-    }
-
-    fn on_tick(&mut self, myself: &ActorRef<WorkerMsg>) {
-        if self.session.is_none() {
-            return;
-        }
-        let silent = self.last_ok.elapsed();
-        if silent > self.options.heartbeat_timeout {
-            self.lose_session(
-                myself,
-                format!(
-                    "no successful heartbeat for {silent:?} (timeout {:?})",
-                    self.options.heartbeat_timeout
-                ),
-            );
-            return;
-        }
-        self.heartbeat(myself);
-    }
-
-    async fn on_heartbeat(
-        &mut self,
-        myself: &ActorRef<WorkerMsg>,
-        generation: u64,
-        result: Result<Vec<ServerChannel>, TunnelError>,
-    ) {
-        if generation != self.session_gen {
-            return;
-        }
-        self.heartbeat_in_flight = false;
-        match result {
-            Ok(owned) => {
-                self.last_ok = Instant::now();
-                self.last_ok_wall = Some(SystemTime::now());
-                self.apply(myself, owned).await;
-                self.publish();
-                if self.heartbeat_again {
-                    self.heartbeat(myself);
-                }
-            }
-            Err(err) => match err.kind() {
-                ErrorKind::OwnershipLost => {
-                    self.lose_session(myself, format!("the service no longer knows this client: {err}"))
-                }
-                ErrorKind::Fatal => self.fail(myself, err),
-                _ => {
-                    warn!(error = %err, cause = ?std::error::Error::source(&err), "heartbeat failed");
-                    if self.heartbeat_again {
-                        self.heartbeat(myself);
-                    }
-                }
-            },
         }
     }
 
@@ -474,7 +289,8 @@ impl WorkerState {
         version: Version,
         channel_type: ChannelType,
     ) {
-        let Some(session) = self.session.clone() else {
+        let (Some(session), Some(alive)) = (self.session.clone(), self.alive.as_ref().map(|a| a.subscribe()))
+        else {
             return;
         };
         if self.channels.get(&id).is_some_and(|c| c.actor.is_some()) {
@@ -493,6 +309,7 @@ impl WorkerState {
             source: Arc::clone(&self.source),
             options: Arc::clone(&self.options),
             subscriber: self.shared.subscriber.subscribe(),
+            alive,
             worker: myself.clone(),
             registry: self.shared.registry.clone(),
             events: self.shared.events.clone(),
@@ -598,7 +415,7 @@ impl WorkerState {
         for actor in &actors {
             let _ = actor.cast(ChannelMsg::Stop(mode));
         }
-        let wait = self.options.call_timeout * 2 + self.options.retry_for.min(Duration::from_secs(5));
+        let wait = self.options.channel_stop_wait();
         let cells: Vec<ActorCell> = actors.iter().map(|a| a.get_cell()).collect();
         join_all(cells.iter().map(|c| c.wait(Some(wait)))).await;
         for c in self.channels.values_mut() {
@@ -606,49 +423,6 @@ impl WorkerState {
             c.local = None;
         }
         self.channels.clear();
-    }
-
-    /// Ends the session without waiting for the service: the channels are abandoned (their unacknowledged
-    /// records are delivered again by their next owner), `Shutdown` is sent in the background, and a new
-    /// session is opened after a random delay.
-    fn lose_session(&mut self, myself: &ActorRef<WorkerMsg>, reason: String) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        self.session_gen += 1;
-        self.heartbeat_in_flight = false;
-        warn!(client_id = %session.client_id, %reason, "session lost: starting over with a new client id");
-        self.event(TunnelEvent::SessionLost {
-            client_id: session.client_id.to_string(),
-            reason,
-        });
-        for c in self.channels.values_mut() {
-            c.local = None;
-            if let Some(actor) = &c.actor {
-                let _ = actor.cast(ChannelMsg::Stop(StopMode::Abandon));
-            }
-        }
-        let source = Arc::clone(&self.source);
-        tokio::spawn(async move {
-            let _ = source.shutdown(&session).await;
-        });
-        let (min, max) = (self.options.reconnect_delay_min, self.options.reconnect_delay_max);
-        let delay = min + (max - min).mul_f64(rand::random::<f64>());
-        self.set_status(WorkerStatus::Connecting);
-        myself.send_after(delay, || WorkerMsg::Connect);
-    }
-
-    /// Ends the session cleanly: channels checkpoint what was acknowledged, then `Shutdown` releases them.
-    async fn release_session(&mut self, reason: &str) {
-        self.stop_channels(StopMode::Flush).await;
-        if let Some(session) = self.session.take() {
-            self.session_gen += 1;
-            self.heartbeat_in_flight = false;
-            info!(client_id = %session.client_id, %reason, "session shut down");
-            if let Err(err) = self.source.shutdown(&session).await {
-                warn!(error = %err, "Shutdown failed; the service releases the channels at the heartbeat timeout");
-            }
-        }
     }
 
     /// Stops the worker for good on an error it cannot retry (a normal exit: its supervisor does not
@@ -662,89 +436,6 @@ impl WorkerState {
         self.shared.set_exit(TunnelExit::Fatal(Arc::new(err)));
         myself.stop(Some(reason));
     }
-
-    // --- the subscriber ---
-
-    fn attach(&mut self, myself: &ActorRef<WorkerMsg>, subscriber: SubscriberRef, owned: bool) {
-        if !owned {
-            myself.get_cell().monitor(subscriber.cell().clone());
-        }
-        info!(subscriber = %subscriber.cell().get_id(), owned, "subscriber attached");
-        self.subscriber = Some(subscriber.clone());
-        self.shared.subscriber.send_replace(Some(subscriber));
-        self.grace_generation += 1;
-        self.event(TunnelEvent::SubscriberAttached);
-        if self.session.is_some() {
-            self.set_status(WorkerStatus::Active);
-        } else {
-            if self.status == WorkerStatus::Detached {
-                self.set_status(WorkerStatus::Connecting);
-            }
-            self.connect(myself);
-        }
-    }
-
-    async fn subscriber_lost(
-        &mut self,
-        myself: &ActorRef<WorkerMsg>,
-        subscriber: ActorId,
-        reason: String,
-        kill: bool,
-    ) {
-        let Some(current) = &self.subscriber else {
-            return;
-        };
-        if current.cell().get_id() != subscriber {
-            return;
-        }
-        let current = self.subscriber.take().expect("checked above");
-        warn!(%subscriber, %reason, "subscriber lost: delivery paused");
-        self.shared.subscriber.send_replace(None);
-        self.event(TunnelEvent::SubscriberLost { reason });
-        if self.session.is_some() {
-            self.set_status(WorkerStatus::Paused);
-        }
-        if let Some(factory) = self.owned.clone() {
-            if kill {
-                current.cell().kill();
-            }
-            // Restart intensity, as a supervisor's: at most RUNNER_RESTARTS within a grace period. A runner
-            // that keeps dying (a batch that makes it panic) is then given up on like a user's subscriber.
-            let window = self.options.subscriber_grace;
-            while self
-                .owned_restarts
-                .front()
-                .is_some_and(|at| at.elapsed() > window)
-            {
-                self.owned_restarts.pop_front();
-            }
-            if self.owned_restarts.len() < RUNNER_RESTARTS {
-                self.owned_restarts.push_back(Instant::now());
-                match factory(myself.get_cell()).await {
-                    Ok(subscriber) => {
-                        self.attach(myself, subscriber, true);
-                        return;
-                    }
-                    Err(err) => error!(error = %err, "the subscriber failed to start again"),
-                }
-            }
-        }
-        self.grace_generation += 1;
-        let generation = self.grace_generation;
-        myself.send_after(self.options.subscriber_grace, move || WorkerMsg::GraceExpired {
-            generation,
-        });
-    }
-
-    async fn grace_expired(&mut self, generation: u64) {
-        if generation != self.grace_generation || self.subscriber.is_some() {
-            return;
-        }
-        warn!(grace = ?self.options.subscriber_grace, "no subscriber came back: releasing the channels");
-        self.release_session("no subscriber within the grace period")
-            .await;
-        self.set_status(WorkerStatus::Detached);
-    }
 }
 
 impl Channel {
@@ -757,6 +448,65 @@ impl Channel {
             forced: false,
         }
     }
+}
+
+/// Starts the runner under a supervisor of its own, linked to the worker: one permanent child, restarted at
+/// most [`RUNNER_RESTARTS`] times per `subscriber_grace` (one more death and the supervisor gives up, and the
+/// worker waits for a subscriber to be attached). Each runner it starts is reported to the worker.
+async fn start_runner(
+    worker: &ActorRef<WorkerMsg>,
+    factory: RunnerFactory,
+    options: &TunnelOptions,
+) -> Result<ActorCell, ActorProcessingErr> {
+    let me = worker.clone();
+    let runner = ChildSpec::new("subscriber", move |supervisor: ActorCell| {
+        let (factory, me) = (Arc::clone(&factory), me.clone());
+        async move {
+            let supervisor_id = supervisor.get_id();
+            let subscriber = factory(supervisor).await?;
+            let cell = subscriber.cell().clone();
+            let _ = me.cast(WorkerMsg::RunnerStarted {
+                supervisor: supervisor_id,
+                subscriber,
+            });
+            Ok(cell)
+        }
+    })
+    .restart(Restart::Permanent)
+    .shutdown(Shutdown::Timeout(options.call_timeout));
+    let supervisor = Supervisor::builder()
+        .intensity(RUNNER_RESTARTS, options.subscriber_grace)
+        .child(runner)
+        .start_linked(worker.get_cell())
+        .await?;
+    Ok(supervisor.cell()?)
+}
+
+/// The options fitted to the limits the service advertises: a heartbeat timeout outside its bounds fails the
+/// start (naming both values), read sizes above its maximum are lowered with a warning. A service that does
+/// not say (an older server) leaves the options as they are; so does one unreachable now, whose error comes
+/// back too (the first connect is then retried in the background rather than waited for).
+async fn fit_to_service(
+    source: &dyn TunnelSource,
+    options: Arc<TunnelOptions>,
+) -> Result<(Arc<TunnelOptions>, Option<TunnelError>), TunnelError> {
+    let limits = match source.limits().await {
+        Ok(Some(limits)) => limits,
+        Ok(None) => return Ok((options, None)),
+        Err(err) if err.kind() == ErrorKind::Fatal => return Err(err),
+        Err(err) => {
+            warn!(error = %err, "the service's limits are unknown for now: using the options as they are");
+            return Ok((options, Some(err)));
+        }
+    };
+    let fitted = options.fit_to(&limits)?;
+    if fitted.lowered.is_empty() {
+        return Ok((options, None));
+    }
+    for (field, configured, used) in &fitted.lowered {
+        warn!(%field, %configured, %used, "option above the service's limit: lowered to it");
+    }
+    Ok((Arc::new(fitted.options), None))
 }
 
 impl Actor for WorkerActor {
@@ -795,39 +545,72 @@ impl Actor for WorkerActor {
                 other => Box::new(other),
             })?;
         let source = (args.source)(myself.get_cell()).await.map_err(Box::new)?;
+        // The first ConnectTunnel is made here, so that a worker that can never work (an unknown tunnel, a
+        // refused api key, options outside the service's limits) fails its start with the typed error rather
+        // than start and stop. A retryable failure is retried in the background as any other. A restart (after
+        // a crash) is not failed on a fatal answer: failed restarts count against the supervisor's intensity
+        // and could take the tree's tunnels down; the incarnation stops instead, as a normal exit, which
+        // `wait` reports.
+        let first_start = shared.actor().is_none();
+        let first_sent = Instant::now();
+        let (options, first) = match fit_to_service(&*source, Arc::clone(&args.options)).await {
+            Err(err) => (args.options, Err(err)),
+            // The service did not answer GetLimits: do not wait for it a second time before returning.
+            Ok((options, Some(unreachable))) => (options, Err(unreachable)),
+            Ok((options, None)) => {
+                let first = source
+                    .connect(&options.tunnel_id, &options.client_tag, options.heartbeat_timeout)
+                    .await;
+                (options, first)
+            }
+        };
+        let fatal = matches!(&first, Err(err) if err.kind() == ErrorKind::Fatal);
+        if fatal && first_start {
+            let err = first.expect_err("matched above");
+            error!(error = %err, cause = ?std::error::Error::source(&err), "tunnel worker cannot start");
+            shared.registry.unregister(&shared.registry_key);
+            return Err(Box::new(err));
+        }
         shared.set_actor(Some(myself.clone()));
         shared.status.send_replace(WorkerStatus::Connecting);
         let mut state = WorkerState {
-            options: args.options,
+            options,
             source,
             shared,
             session: None,
             session_gen: 0,
             sessions: 0,
             connect_failures: 0,
-            connecting: false,
+            // The first connect's answer is handled below, once the subscriber is attached.
+            connecting: true,
             opening: Arc::default(),
             heartbeat_in_flight: false,
             heartbeat_again: false,
-            last_ok: Instant::now(),
+            alive: None,
             last_ok_wall: None,
             channels: BTreeMap::new(),
             status: WorkerStatus::Connecting,
             subscriber: None,
-            owned: None,
-            owned_restarts: VecDeque::new(),
+            runner: None,
             grace_generation: 0,
         };
         match args.subscriber {
             Some(SubscriberSpec::Given(subscriber)) => state.attach(&myself, subscriber, false),
             Some(SubscriberSpec::Owned(factory)) => {
-                let subscriber = factory(myself.get_cell()).await?;
-                state.owned = Some(factory);
-                state.attach(&myself, subscriber, true);
+                // The runner is attached when its supervisor's start closure reports it (RunnerStarted).
+                state.runner = Some(start_runner(&myself, factory, &state.options).await?);
             }
             None => {}
         }
-        let _ = myself.cast(WorkerMsg::Connect);
+        if fatal {
+            // A restart's fatal answer: handled once running, where stopping is a normal exit.
+            let _ = myself.cast(WorkerMsg::Connected {
+                sent_at: first_sent,
+                result: first,
+            });
+        } else {
+            state.on_connected(&myself, first_sent, first);
+        }
         myself.send_interval(state.options.heartbeat_interval, || WorkerMsg::Tick);
         info!(tunnel = %state.options.tunnel_id, "tunnel worker started");
         Ok(state)
@@ -852,13 +635,8 @@ impl Actor for WorkerActor {
                 warn!(error = %err, "Shutdown failed; the service releases the channels at the heartbeat timeout");
             }
         }
-        if state.owned.is_some() {
-            if let Some(subscriber) = &state.subscriber {
-                let _ = subscriber
-                    .cell()
-                    .stop_and_wait(None, Some(state.options.call_timeout))
-                    .await;
-            }
+        if let Some(runner) = state.runner.take() {
+            let _ = runner.stop_and_wait(None, Some(state.options.call_timeout)).await;
         }
         state.shared.registry.unregister(&state.shared.registry_key);
         state.shared.set_exit(TunnelExit::Shutdown);
@@ -874,24 +652,27 @@ impl Actor for WorkerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Connect => state.connect(&myself),
-            WorkerMsg::Connected { result } => state.on_connected(&myself, result),
+            WorkerMsg::Connected { sent_at, result } => state.on_connected(&myself, sent_at, result),
             WorkerMsg::Tick => state.on_tick(&myself),
-            WorkerMsg::HeartbeatDone { session, result } => {
-                state.on_heartbeat(&myself, session, result).await
-            }
+            WorkerMsg::HeartbeatDone {
+                session,
+                sent_at,
+                result,
+            } => state.on_heartbeat(&myself, session, sent_at, result).await,
             WorkerMsg::SubscriberFailed { subscriber, reason } => {
-                state.subscriber_lost(&myself, subscriber, reason, true).await
+                state.subscriber_lost(&myself, subscriber, reason, true)
             }
+            WorkerMsg::RunnerStarted {
+                supervisor,
+                subscriber,
+            } => state.runner_started(&myself, supervisor, subscriber),
             WorkerMsg::Attach(subscriber, reply) => {
                 if let Some(old) = state.subscriber.take() {
-                    if state.owned.is_some() {
-                        old.cell().stop(None);
-                    } else {
-                        myself.get_cell().unmonitor(old.cell().clone());
-                    }
+                    myself.get_cell().unmonitor(old.cell().clone());
                 }
-                state.owned = None;
-                state.owned_restarts.clear();
+                if let Some(runner) = state.runner.take() {
+                    runner.stop(Some("a subscriber was attached instead".into()));
+                }
                 state.attach(&myself, subscriber, false);
                 let _ = reply.send(());
             }
@@ -930,7 +711,9 @@ impl Actor for WorkerActor {
                 || "the subscriber stopped".to_string(),
                 |r| format!("the subscriber died: {r}"),
             );
-            state.subscriber_lost(&myself, id, reason, false).await;
+            state.subscriber_lost(&myself, id, reason, false);
+        } else if state.runner.as_ref().is_some_and(|r| r.get_id() == id) {
+            state.runner_supervisor_exited(crash);
         }
         Ok(())
     }

@@ -14,7 +14,8 @@
 //! - **CLOSING** (the service moves the channel): no new reads; the batch in delivery is finished, the
 //!   checkpoint flushed, CLOSE reported at version + 1.
 //! - **finished** (a sealed base channel read to its end): checkpoint the end, report TERMINATED at
-//!   version + 1, never read again.
+//!   version + 1, never read again; if that last checkpoint fails, report CLOSE instead (the service
+//!   refuses a TERMINATED whose end is not checkpointed) and the next owner finishes it.
 //! - **ownership lost** (the service fenced a read or checkpoint): stop at once, without checkpointing.
 //!
 //! A nack from the subscriber gives the channel up (CLOSE) so its records are delivered again; a delivery
@@ -30,15 +31,21 @@ use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use super::error::{ErrorKind, TunnelError};
 use super::info::{ChannelInfo, TunnelEntry, TunnelEvent};
-use super::options::{CheckpointPolicy, OutOfRangePolicy, TunnelOptions};
-use super::source::{ChannelLease, ReadBatch, TunnelSource};
-use super::subscriber::{Batch, Delivery, SubscriberRef};
+use super::options::{CheckpointPolicy, TunnelOptions};
+use super::source::{ChannelLease, TunnelSource};
+use super::subscriber::SubscriberRef;
 use super::worker::WorkerMsg;
 use crate::registry::Registry;
+
+mod deliver;
+mod run;
+
+pub(crate) use run::panic_message;
+use run::run;
 
 /// What the worker wants of the channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +110,8 @@ pub(crate) struct ChannelArgs {
     pub(crate) source: Arc<dyn TunnelSource>,
     pub(crate) options: Arc<TunnelOptions>,
     pub(crate) subscriber: watch::Receiver<Option<SubscriberRef>>,
+    /// The session's step-down deadline: nothing is delivered at or past it.
+    pub(crate) alive: watch::Receiver<Instant>,
     pub(crate) worker: ActorRef<WorkerMsg>,
     pub(crate) registry: Registry<TunnelEntry>,
     pub(crate) events: broadcast::Sender<TunnelEvent>,
@@ -177,11 +186,7 @@ impl Actor for ChannelActor {
                         ctx.outcome.set(outcome);
                         Ok(())
                     }
-                    Err(panic) => Err(panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panic".into())),
+                    Err(panic) => Err(run::panic_message(panic)),
                 };
                 let _ = me.cast(ChannelMsg::LoopEnded(ended));
             }
@@ -253,6 +258,7 @@ struct Ctx {
     source: Arc<dyn TunnelSource>,
     options: Arc<TunnelOptions>,
     subscriber: watch::Receiver<Option<SubscriberRef>>,
+    alive: watch::Receiver<Instant>,
     worker: ActorRef<WorkerMsg>,
     registry: Registry<TunnelEntry>,
     registry_key: String,
@@ -283,6 +289,7 @@ impl Ctx {
             source: args.source,
             options: args.options,
             subscriber: args.subscriber,
+            alive: args.alive,
             worker: args.worker,
             registry: args.registry,
             registry_key,
@@ -406,15 +413,15 @@ impl Ctx {
                     ErrorKind::Retryable if began.elapsed() < self.options.retry_for => {
                         let delay = self.options.retry_backoff.delay(attempt);
                         attempt += 1;
-                        debug!(%what, error = %err, ?delay, "transient error; retrying");
+                        debug!(%what, error = %err, delay = %humantime::format_duration(delay), "transient error; retrying");
                         if let Err(mode) = self.or_stop(tokio::time::sleep(delay)).await {
                             return Err(Ended::Stopped(mode));
                         }
                     }
                     ErrorKind::Retryable => {
                         return Err(Ended::GiveUp(format!(
-                            "{what} kept failing for {:?}: {err}",
-                            self.options.retry_for
+                            "{what} kept failing for {}: {err}",
+                            humantime::format_duration(self.options.retry_for)
                         )))
                     }
                     ErrorKind::OwnershipLost => return Err(Ended::OwnershipLost(err)),
@@ -468,355 +475,4 @@ enum Ended {
     OwnershipLost(TunnelError),
     OutOfRange(TunnelError),
     Fatal(TunnelError),
-}
-
-/// The channel's life: from `GetCheckpoint` to its outcome.
-async fn run(ctx: &mut Ctx) -> Outcome {
-    let ended = match read_and_deliver(ctx).await {
-        Ok(never) => match never {},
-        Err(ended) => ended,
-    };
-    // The final checkpoint: only of what was acknowledged, and never once the channel is not ours.
-    let flush = match &ended {
-        Ended::Stopped(StopMode::Flush)
-        | Ended::Drained
-        | Ended::Finished
-        | Ended::GiveUp(_)
-        | Ended::Nacked(_) => true,
-        Ended::Stopped(StopMode::Abandon)
-        | Ended::OwnershipLost(_)
-        | Ended::OutOfRange(_)
-        | Ended::Fatal(_) => false,
-    };
-    if flush {
-        // Only an abandoning stop cuts the flush short (the graceful stop that may have ended the loop does
-        // not); the flush itself is bounded by `retry_for`.
-        ctx.flushing = true;
-        match ctx.checkpoint().await {
-            Ok(()) => {}
-            Err(Ended::OwnershipLost(err)) => {
-                info!(error = %err, "ownership lost during the last checkpoint");
-                ctx.publish();
-                return Outcome::OwnershipLost;
-            }
-            Err(_) => warn!(
-                acked = ctx.acked,
-                checkpointed = ctx.checkpointed,
-                "last checkpoint failed"
-            ),
-        }
-    }
-    ctx.publish();
-    let next = ctx.lease.version.next();
-    let channel_id = ctx.channel_id();
-    match ended {
-        Ended::Stopped(_) => Outcome::Stopped,
-        Ended::Drained => {
-            info!(version = %next, "drained: releasing the channel");
-            Outcome::Released {
-                version: next,
-                reason: "drained for a hand-over".into(),
-            }
-        }
-        Ended::Finished => {
-            info!(version = %next, position = ctx.checkpointed, "channel finished: terminated");
-            ctx.event(TunnelEvent::ChannelTerminated { channel_id });
-            Outcome::Terminated { version: next }
-        }
-        Ended::GiveUp(reason) | Ended::Nacked(reason) => {
-            warn!(%reason, "giving the channel up so that it is delivered again");
-            Outcome::Released {
-                version: next,
-                reason,
-            }
-        }
-        Ended::OwnershipLost(err) => {
-            info!(error = %err, "ownership lost: stopping without a checkpoint");
-            Outcome::OwnershipLost
-        }
-        Ended::OutOfRange(err) | Ended::Fatal(err) => {
-            error!(error = %err, "channel stops on an error it cannot retry");
-            Outcome::Fatal(err)
-        }
-    }
-}
-
-/// Reads and delivers until something ends the channel (the `Ok` side never happens).
-async fn read_and_deliver(ctx: &mut Ctx) -> Result<std::convert::Infallible, Ended> {
-    let info = ctx
-        .retrying("GetCheckpoint", |source, lease| {
-            async move { source.get_checkpoint(&lease).await }.boxed()
-        })
-        .await?;
-    ctx.channel_type = info.channel_type;
-    let mut position = info.position;
-    if position < info.first_retained {
-        position = out_of_range(ctx, position, info.first_retained)?;
-    }
-    ctx.acked = position;
-    ctx.checkpointed = info.position;
-    ctx.lag = Some(info.end.saturating_sub(position));
-    ctx.event(TunnelEvent::ChannelAssigned {
-        channel_id: ctx.channel_id(),
-        version: ctx.lease.version.get(),
-        position,
-    });
-    ctx.publish();
-    info!(position, end = info.end, "channel started");
-    if info.finished {
-        return Err(Ended::Finished);
-    }
-
-    let mut empty_reads = 0u32;
-    let mut ahead = Some(spawn_read(ctx, position));
-    loop {
-        if ctx.closing() {
-            return Err(Ended::Drained);
-        }
-        let Some(read) = ahead.take() else {
-            return Err(Ended::Drained);
-        };
-        let batch = match ctx.or_control(read.wait()).await {
-            Ok(batch) => batch,
-            Err(Interrupted::Stop(mode)) => return Err(Ended::Stopped(mode)),
-            Err(Interrupted::Drain) => return Err(Ended::Drained),
-        };
-        let batch = match batch {
-            Ok(batch) => batch,
-            Err(err) => {
-                position = recover(ctx, err, position).await?;
-                ahead = Some(spawn_read(ctx, position));
-                continue;
-            }
-        };
-        ctx.read_failing_since = None;
-        ctx.read_attempts = 0;
-        if batch.records.is_empty() {
-            if batch.finished {
-                ctx.acked = batch.next;
-                return Err(Ended::Finished);
-            }
-            let delay = ctx.options.empty_read_backoff.delay(empty_reads);
-            empty_reads = empty_reads.saturating_add(1);
-            if let Err(interrupted) = ctx.or_control(tokio::time::sleep(delay)).await {
-                return Err(match interrupted {
-                    Interrupted::Stop(mode) => Ended::Stopped(mode),
-                    Interrupted::Drain => Ended::Drained,
-                });
-            }
-            ahead = Some(spawn_read(ctx, position));
-            continue;
-        }
-        empty_reads = 0;
-        position = batch.next;
-        // One batch read ahead while this one is delivered (none past the end, none once closing).
-        if !batch.finished && !ctx.closing() {
-            ahead = Some(spawn_read(ctx, position));
-        }
-        let finished = batch.finished;
-        deliver(ctx, batch).await?;
-        ctx.checkpoint_per_policy().await?;
-        if finished {
-            return Err(Ended::Finished);
-        }
-        if ahead.is_none() && !ctx.closing() {
-            ahead = Some(spawn_read(ctx, position));
-        }
-    }
-}
-
-/// A read running on its own task, so it proceeds while the previous batch is delivered.
-struct PendingRead(JoinHandle<Result<ReadBatch, TunnelError>>);
-
-impl PendingRead {
-    async fn wait(mut self) -> Result<ReadBatch, TunnelError> {
-        match (&mut self.0).await {
-            Ok(result) => result,
-            Err(join) => Err(TunnelError::Malformed {
-                call: "ReadRecords",
-                field: "(task)".into(),
-                reason: format!("the read task ended abnormally: {join}"),
-            }),
-        }
-    }
-}
-
-impl Drop for PendingRead {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn spawn_read(ctx: &Ctx, from: u64) -> PendingRead {
-    let (source, lease) = (Arc::clone(&ctx.source), ctx.lease.clone());
-    let (max, wait) = (ctx.options.read_batch_size, ctx.options.read_wait);
-    PendingRead(tokio::spawn(
-        async move { source.read(&lease, from, max, wait).await },
-    ))
-}
-
-/// After a failed read: retry transient errors after a backoff, resync on a sequence mismatch, apply the
-/// out-of-range policy; anything else ends the channel. Returns where to read next.
-async fn recover(ctx: &mut Ctx, err: TunnelError, position: u64) -> Result<u64, Ended> {
-    match err.kind() {
-        ErrorKind::Retryable => {
-            let since = *ctx.read_failing_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= ctx.options.retry_for {
-                return Err(Ended::GiveUp(format!(
-                    "reads kept failing for {:?}: {err}",
-                    ctx.options.retry_for
-                )));
-            }
-            let delay = ctx.options.retry_backoff.delay(ctx.read_attempts);
-            ctx.read_attempts = ctx.read_attempts.saturating_add(1);
-            debug!(error = %err, ?delay, "read failed; retrying");
-            ctx.or_stop(tokio::time::sleep(delay))
-                .await
-                .map_err(Ended::Stopped)?;
-            Ok(position)
-        }
-        ErrorKind::OwnershipLost => Err(Ended::OwnershipLost(err)),
-        ErrorKind::CheckpointOutOfRange => {
-            let info = ctx
-                .retrying("GetCheckpoint", |source, lease| {
-                    async move { source.get_checkpoint(&lease).await }.boxed()
-                })
-                .await?;
-            if position < info.first_retained {
-                let resume = out_of_range(ctx, position, info.first_retained)?;
-                ctx.acked = resume;
-                Ok(resume)
-            } else {
-                Ok(position)
-            }
-        }
-        ErrorKind::Fatal if matches!(err, TunnelError::Malformed { .. }) => {
-            // The two sides disagree on positions: resync from the checkpoint (records after it are delivered
-            // again, which at-least-once allows). A service that keeps answering out of sequence is broken:
-            // resyncs back off like transient errors, and after `retry_for` the error stops the worker
-            // rather than spin.
-            let since = *ctx.read_failing_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= ctx.options.retry_for {
-                return Err(Ended::Fatal(err));
-            }
-            let delay = ctx.options.retry_backoff.delay(ctx.read_attempts);
-            ctx.read_attempts = ctx.read_attempts.saturating_add(1);
-            warn!(error = %err, ?delay, "read out of sequence; resyncing from the checkpoint");
-            ctx.or_stop(tokio::time::sleep(delay))
-                .await
-                .map_err(Ended::Stopped)?;
-            let info = ctx
-                .retrying("GetCheckpoint", |source, lease| {
-                    async move { source.get_checkpoint(&lease).await }.boxed()
-                })
-                .await?;
-            ctx.acked = info.position.max(info.first_retained);
-            Ok(ctx.acked)
-        }
-        ErrorKind::Fatal => Err(Ended::Fatal(err)),
-    }
-}
-
-/// The out-of-range policy: skip to the first retained record (loudly), or stop.
-fn out_of_range(ctx: &mut Ctx, position: u64, first_retained: u64) -> Result<u64, Ended> {
-    match ctx.options.on_out_of_range {
-        OutOfRangePolicy::SkipToRetained => {
-            let lost = first_retained - position;
-            ctx.lost_to_retention += lost;
-            error!(
-                position,
-                first_retained, lost, "records were trimmed by retention before delivery; skipping them"
-            );
-            ctx.event(TunnelEvent::RecordsLostToRetention {
-                channel_id: ctx.channel_id(),
-                records: lost,
-            });
-            Ok(first_retained)
-        }
-        OutOfRangePolicy::Stop => Err(Ended::OutOfRange(TunnelError::OutOfRange {
-            channel_id: ctx.channel_id(),
-            position,
-            first_retained,
-        })),
-    }
-}
-
-/// Hands `batch` to the subscriber and waits for its acknowledgement. A subscriber that dies or does not
-/// answer in time is reported to the worker (which pauses delivery) and the batch is delivered again to the
-/// next one; a drain waits for the batch in delivery.
-async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended> {
-    let next = batch.next;
-    let count = batch.records.len() as u64;
-    let batch = Arc::new(Batch {
-        tunnel_id: Arc::clone(&ctx.lease.session.tunnel_id),
-        channel_id: ctx.channel_id(),
-        records: batch.records,
-    });
-    loop {
-        let subscriber = match ctx.or_stop(wait_for_subscriber(ctx.subscriber.clone())).await {
-            Ok(subscriber) => subscriber,
-            Err(mode) => return Err(Ended::Stopped(mode)),
-        };
-        let (delivery, mut ack) = Delivery::new(Arc::clone(&batch));
-        let failure = if subscriber.deliver(delivery).is_err() {
-            "the subscriber is gone".to_string()
-        } else {
-            let timeout = ctx.options.processing_timeout;
-            let deadline = tokio::time::Instant::now() + timeout;
-            match ctx.or_stop(tokio::time::timeout_at(deadline, &mut ack)).await {
-                Err(StopMode::Flush) => {
-                    // A graceful stop while the subscriber has the batch: let it finish (within the call
-                    // timeout) so that the flush includes it rather than deliver it again elsewhere.
-                    ctx.flushing = true;
-                    let until = deadline.min(tokio::time::Instant::now() + ctx.options.call_timeout);
-                    let answer = ctx.or_stop(tokio::time::timeout_at(until, &mut ack)).await;
-                    if let Ok(Ok(Ok(Ok(())))) = answer {
-                        ctx.acked = next;
-                        ctx.delivered += count;
-                    }
-                    return Err(Ended::Stopped(StopMode::Flush));
-                }
-                Err(mode) => return Err(Ended::Stopped(mode)),
-                Ok(Ok(Ok(Ok(())))) => {
-                    ctx.acked = next;
-                    ctx.delivered += count;
-                    ctx.lag = ctx.lag.map(|lag| lag.saturating_sub(count));
-                    return Ok(());
-                }
-                Ok(Ok(Ok(Err(nack)))) => {
-                    return Err(Ended::Nacked(format!("the subscriber refused the batch: {nack}")))
-                }
-                Ok(Ok(Err(_))) => "the subscriber dropped the batch without answering".to_string(),
-                Ok(Err(_)) => format!("the subscriber did not acknowledge within {timeout:?}"),
-            }
-        };
-        warn!(reason = %failure, "delivery failed; pausing until a subscriber is attached");
-        let _ = ctx.worker.cast(WorkerMsg::SubscriberFailed {
-            subscriber: subscriber.cell().get_id(),
-            reason: failure,
-        });
-        // Wait until the worker has replaced (or detached) this subscriber, then deliver again.
-        let mut rx = ctx.subscriber.clone();
-        let failed = subscriber.cell().get_id();
-        let replaced = async move {
-            let _ = rx
-                .wait_for(|s| s.as_ref().is_none_or(|s| s.cell().get_id() != failed))
-                .await;
-        };
-        if let Err(mode) = ctx.or_stop(replaced).await {
-            return Err(Ended::Stopped(mode));
-        }
-    }
-}
-
-async fn wait_for_subscriber(mut rx: watch::Receiver<Option<SubscriberRef>>) -> SubscriberRef {
-    loop {
-        if let Some(subscriber) = rx.borrow_and_update().clone() {
-            return subscriber;
-        }
-        if rx.changed().await.is_err() {
-            // The worker is gone: nothing will ever come; the stop that follows ends the wait.
-            std::future::pending::<()>().await;
-        }
-    }
 }
