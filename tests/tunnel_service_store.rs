@@ -54,6 +54,18 @@ async fn describe_until(
     }
 }
 
+/// Closes the gate, starts an append of 3 records to channel 0 and drops it once the engine has its write.
+async fn drop_append_once_submitted(engine: &Gated, store: &TunnelStore, target: &TunnelRef) {
+    engine.close_gate();
+    let before = engine.submitted();
+    let append = store.append(target, Some(0), bytes_records(3, 10), None);
+    tokio::select! {
+        biased;
+        result = append => panic!("answered while its acknowledgement is held: {result:?}"),
+        () = engine.wait_submitted(before + 1) => {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_append_is_published_and_its_sealed_channel_terminates() {
     let engine = Gated::new(Arc::new(MemoryEngine::new()));
@@ -68,17 +80,22 @@ async fn a_dropped_append_is_published_and_its_sealed_channel_terminates() {
     )
     .await;
 
-    // The append reaches the engine, then its caller gives up (as a grpc-timeout or RST_STREAM drops it).
-    engine.close_gate();
-    let before = engine.submitted();
+    // The append reaches the engine, then its caller gives up (as a grpc-timeout or RST_STREAM drops it); the
+    // disk answers later: its records become readable.
     let target = TunnelRef::Id(tunnel.clone());
-    let append = store.append(&target, Some(0), bytes_records(3, 10), None);
-    tokio::select! {
-        biased;
-        result = append => panic!("answered while its acknowledgement is held: {result:?}"),
-        () = engine.wait_submitted(before + 1) => {}
-    }
-    // A seal behind it, then the disk answers.
+    drop_append_once_submitted(&engine, &store, &target).await;
+    engine.open_gate();
+    describe_until(
+        &mut client,
+        &tunnel,
+        "the dropped append's records readable",
+        |t| t.channels[0].end_sequence_number == 3,
+    )
+    .await;
+
+    // Again, with a seal behind it before the disk answers: the seal counts it and publishes it.
+    drop_append_once_submitted(&engine, &store, &target).await;
+    let before = engine.submitted();
     let seal = tokio::spawn({
         let mut client = client.clone();
         let tunnel = tunnel.clone();
@@ -92,19 +109,16 @@ async fn a_dropped_append_is_published_and_its_sealed_channel_terminates() {
                 .await
         }
     });
-    engine.wait_submitted(before + 2).await;
+    engine.wait_submitted(before + 1).await;
     engine.open_gate();
     let sealed = seal.await.unwrap().expect("seal").into_inner();
     assert_eq!(
-        sealed.end_sequence_number, 3,
+        sealed.end_sequence_number, 6,
         "the seal counts the dropped append"
     );
-    describe_until(
-        &mut client,
-        &tunnel,
-        "the dropped append's records readable",
-        |t| t.channels[0].end_sequence_number == 3,
-    )
+    describe_until(&mut client, &tunnel, "the sealed end readable", |t| {
+        t.channels[0].end_sequence_number == 6
+    })
     .await;
 
     // The base channel finishes, reaches TERMINATED, and its child stream channel is handed out.
@@ -116,12 +130,12 @@ async fn a_dropped_append_is_published_and_its_sealed_channel_terminates() {
     let v = consumer.version(0);
     let messages = consumer.read(0, v, 0).await.expect("read");
     let records: usize = messages.iter().map(|m| m.records.len()).sum();
-    assert_eq!(records, 3);
+    assert_eq!(records, 6);
     assert!(
         messages.last().unwrap().finished,
         "the sealed channel is finished"
     );
-    consumer.checkpoint(0, v, 3).await.expect("checkpoint the end");
+    consumer.checkpoint(0, v, 6).await.expect("checkpoint the end");
     consumer.pending.push(v1::ChannelState {
         channel_id: 0,
         status: ChannelStatus::Terminated.into(),
