@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use arbor::tunnel_service::store::engine::{ChannelMeta, RecoveredTunnel, TunnelDef, WriteOp};
 use arbor::tunnel_service::store::{
-    ChannelDef, DurableEngine, DurableOptions, Engine, MemoryEngine, Retention, TunnelRef,
+    ChannelDef, DurableEngine, DurableOptions, Engine, MemoryEngine, NewTunnel, Retention, TunnelRef,
 };
 use arbor::tunnel_service::{StoreOptions, TunnelStore};
 use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType};
@@ -149,6 +149,38 @@ async fn a_dropped_append_is_published_and_its_sealed_channel_terminates() {
     let info = describe(&mut client, &tunnel).await;
     assert_eq!(info.channels[0].status, i32::from(v1::ChannelStatus::Terminated));
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_creation_whose_write_fails_is_rolled_back() {
+    let engine = Gated::new(Arc::new(MemoryEngine::new()));
+    let store = TunnelStore::with_engine(engine.clone(), StoreOptions::in_memory()).unwrap();
+    engine.close_gate();
+    engine.fail_held();
+    let create = store.create_tunnel(NewTunnel {
+        name: "failed".into(),
+        channels: vec![ChannelDef {
+            channel_type: ChannelType::Stream,
+            parent: None,
+        }],
+        retention: Retention::default(),
+    });
+    tokio::select! {
+        biased;
+        result = create => panic!("answered while its acknowledgement is held: {result:?}"),
+        () = engine.wait_submitted(1) => {}
+    }
+    engine.open_gate();
+    let name = TunnelRef::Name("failed".into());
+    let deadline = std::time::Instant::now() + LONG;
+    while store.describe(&name).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a tunnel whose creation failed is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.close().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! opens (the real engine underneath stores at once), and a server over any store.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub struct Gated {
     inner: Arc<dyn Engine>,
     open: watch::Sender<bool>,
     submitted: watch::Sender<u64>,
+    /// Held acknowledgements fail when the gate opens (a disk that failed the write).
+    fail_held: Arc<AtomicBool>,
 }
 
 impl Gated {
@@ -27,11 +30,17 @@ impl Gated {
             inner,
             open: watch::Sender::new(true),
             submitted: watch::Sender::new(0),
+            fail_held: Arc::new(AtomicBool::new(false)),
         })
     }
 
     pub fn close_gate(&self) {
         self.open.send_replace(false);
+    }
+
+    /// Held acknowledgements report a failed write when the gate opens.
+    pub fn fail_held(&self) {
+        self.fail_held.store(true, Ordering::SeqCst);
     }
 
     pub fn open_gate(&self) {
@@ -86,9 +95,17 @@ impl Engine for Gated {
         }
         let (tx, rx) = oneshot::channel();
         let mut gate = self.open.subscribe();
+        let fail = Arc::clone(&self.fail_held);
         tokio::spawn(async move {
             let _ = gate.wait_for(|open| *open).await;
-            let _ = tx.send(ack.await.unwrap_or(Err(StoreError::Closed)));
+            let stored = ack.await.unwrap_or(Err(StoreError::Closed));
+            let _ = tx.send(if fail.load(Ordering::SeqCst) {
+                Err(StoreError::Poisoned {
+                    first_error: "the test's disk failed".into(),
+                })
+            } else {
+                stored
+            });
         });
         rx
     }
