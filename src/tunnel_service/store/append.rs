@@ -62,14 +62,9 @@ impl TunnelStore {
             let mut state = tunnel.lock();
             state.live(&tunnel.id)?;
             for &c in groups.keys() {
-                let index = state.channel_index(c, "channel_id")?;
-                if let Some(end) = state.channels[index].meta.sealed_end {
-                    return Err(ServiceError::FailedPrecondition {
-                        channel: c,
-                        reason: format!("sealed at sequence number {end}: it takes no more records"),
-                    });
-                }
+                state.channel_index(c, "channel_id")?;
             }
+            // A retry is answered from what was stored, even if the channel was sealed since.
             let verdict = match &producer {
                 Some(p) => state.producers.check(&p.id, p.sequence)?,
                 None => Verdict::New,
@@ -78,6 +73,14 @@ impl TunnelStore {
                 Verdict::Duplicate(appends) => Planned::Duplicate(appends),
                 Verdict::InFlight(outcome, appends) => Planned::AfterOriginal(outcome, appends),
                 Verdict::New => {
+                    for &c in groups.keys() {
+                        if let Some(end) = state.channels[c as usize].meta.sealed_end {
+                            return Err(ServiceError::FailedPrecondition {
+                                channel: c,
+                                reason: format!("sealed at sequence number {end}: it takes no more records"),
+                            });
+                        }
+                    }
                     // Refused before anything changes: a full queue leaves no gap in the sequence numbers.
                     self.engine.admit(bytes + META_WRITE_BYTES * (groups.len() + 1))?;
                     let mut ops = Vec::with_capacity(groups.len() + 2);
