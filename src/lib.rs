@@ -78,10 +78,10 @@ pub mod top;
 
 #[cfg(any(feature = "tunnel-service", feature = "introspection"))]
 mod closable;
-#[cfg(feature = "introspection")]
-pub(crate) mod dial;
 #[cfg(any(feature = "tunnel-service", feature = "introspection"))]
 pub mod connection_limits;
+#[cfg(feature = "introspection")]
+pub(crate) mod dial;
 #[cfg(feature = "tunnel-service")]
 #[doc(hidden)] // the `arbor` command line's, not a library API
 pub mod serve;

@@ -69,7 +69,7 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     .default_heartbeat_timeout(options.default_heartbeat_timeout)
     .closing_timeout(options.closing_timeout)
     .max_sessions_per_tunnel(options.max_sessions_per_tunnel);
-    let store = TunnelStore::open(store_options)?;
+    let store = TunnelStore::open_async(store_options).await?;
     let server_options = ServerOptions::default()
         .listen(options.listen)
         .tls(options.tls.clone())
@@ -96,7 +96,7 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     };
     tracing::info!(signal, "arbor serve: shutting down");
     let stopped = server.stop(Duration::from_secs(5)).await;
-    let closed = store.close();
+    let closed = store.close_async().await;
     stopped?;
     closed?;
     println!("arbor serve: stopped ({signal})");

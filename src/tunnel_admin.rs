@@ -284,7 +284,10 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
                     tunnel_name: name,
                     channel_id: channel,
                     records,
-                    ..Default::default()
+                    // One batch per command: a fresh producer id makes any retry of this request (by the
+                    // transport or a proxy) a duplicate, not a second copy.
+                    producer_id: format!("arbor-cli-{:016x}", rand::random::<u64>()),
+                    producer_sequence: 0,
                 })
                 .await?
                 .into_inner();

@@ -59,7 +59,7 @@ impl ServiceHost {
     /// Opens a durable store in a new temporary directory and serves it on a free loopback port.
     pub async fn start() -> Result<ServiceHost, DemoError> {
         let dir = TempDir::new()?;
-        let store = TunnelStore::open(store_options(dir.path()))?;
+        let store = TunnelStore::open_async(store_options(dir.path())).await?;
         let server = TunnelServer::start(
             Arc::clone(&store),
             server_options("127.0.0.1:0".parse().expect("an address")),
@@ -94,22 +94,12 @@ impl ServiceHost {
         if let Some(server) = self.server.take() {
             server.stop(Duration::from_millis(500)).await?;
         }
+        // A closed store has let go of the directory (it waited for the stopped server's last reads), so it
+        // opens again at once.
         if let Some(store) = self.store.take() {
-            store.close()?;
+            store.close_async().await?;
         }
-        // The last requests of the stopped server let go of the old store within moments.
-        let mut attempts = 0;
-        let store = loop {
-            match TunnelStore::open(store_options(self.dir.path())) {
-                Ok(store) => break store,
-                Err(err) if attempts < 50 => {
-                    attempts += 1;
-                    tracing::debug!(%err, "reopening the demo's store");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(err) => return Err(err.into()),
-            }
-        };
+        let store = TunnelStore::open_async(store_options(self.dir.path())).await?;
         self.store = Some(Arc::clone(&store));
         // The port was just released; the kernel may take a moment before it can be bound again.
         let mut attempts = 0;
@@ -135,7 +125,7 @@ impl ServiceHost {
             server.stop(Duration::from_secs(2)).await?;
         }
         if let Some(store) = self.store.take() {
-            store.close()?;
+            store.close_async().await?;
         }
         Ok(())
     }
@@ -209,6 +199,10 @@ struct Producer {
 impl Producer {
     async fn run(self) {
         let mut client = TunnelServiceClient::new(self.lease.channel());
+        // An idempotent producer: a retry of a batch the service stored before the failure is answered as a
+        // duplicate instead of being stored twice.
+        let producer_id = format!("demo-{:016x}", rand::random::<u64>());
+        let mut producer_sequence = 0u64;
         let mut next = vec![0u64; self.keys.len()];
         let mut sent = 0u64;
         let mut tick = tokio::time::interval(self.every);
@@ -229,10 +223,11 @@ impl Producer {
                 tunnel_name: String::new(),
                 channel_id: None,
                 records,
-                ..Default::default()
+                producer_id: producer_id.clone(),
+                producer_sequence,
             };
-            // Retried until acknowledged: a failed append may still have been stored, which the ledger then
-            // sees as a duplicate, never as a loss.
+            producer_sequence += 1;
+            // Retried as it was (same producer sequence) until acknowledged: stored once, whatever failed.
             loop {
                 let call = self
                     .lease

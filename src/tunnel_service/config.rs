@@ -120,6 +120,14 @@ pub struct StoreOptions {
     /// How many assignment events each tunnel keeps for [`TunnelStore::assignment_history`](super::TunnelStore::assignment_history).
     /// Default 10,000.
     pub history_capacity: usize,
+    /// Most idempotent producers (`producer_id`s) whose last batch a tunnel remembers; the least recently used
+    /// is forgotten beyond it (its next batch is then taken as its first). Default 1,000.
+    pub max_producers_per_tunnel: usize,
+    /// Most bytes of writes waiting for the durable engine's writer (acknowledged ones excluded). An Append or
+    /// Checkpoint arriving while the queue is at this limit is refused with `RESOURCE_EXHAUSTED` (retryable)
+    /// before anything changes, instead of queueing without bound when the disk does not keep up. A write
+    /// larger than the limit is taken when the queue is empty. Default 256 MiB.
+    pub max_queued_write_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -132,6 +140,8 @@ impl Default for StoreOptions {
             closing_timeout: Duration::from_secs(60),
             max_sessions_per_tunnel: 1_024,
             history_capacity: 10_000,
+            max_producers_per_tunnel: 1_000,
+            max_queued_write_bytes: 256 << 20,
         }
     }
 }
@@ -165,6 +175,18 @@ impl StoreOptions {
     /// Sets the most live sessions per tunnel (default 1,024).
     pub fn max_sessions_per_tunnel(mut self, sessions: usize) -> Self {
         self.max_sessions_per_tunnel = sessions;
+        self
+    }
+
+    /// Sets how many idempotent producers each tunnel remembers (default 1,000; at least 1).
+    pub fn max_producers_per_tunnel(mut self, producers: usize) -> Self {
+        self.max_producers_per_tunnel = producers.max(1);
+        self
+    }
+
+    /// Sets the most bytes of writes waiting for the durable engine's writer (default 256 MiB).
+    pub fn max_queued_write_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_write_bytes = bytes;
         self
     }
 }

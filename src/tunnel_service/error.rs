@@ -102,6 +102,10 @@ pub enum ServiceError {
         /// The limit in force.
         limit: usize,
     },
+    /// The storage engine's write queue is full; nothing of this request was stored or changed.
+    /// `RESOURCE_EXHAUSTED` (retryable): retry with backoff.
+    #[error("storage overloaded")]
+    StorageOverloaded(#[source] Arc<StoreError>),
     /// The storage engine failed; nothing of this request was acknowledged. `UNAVAILABLE` (retryable): a
     /// durable server whose engine failed refuses every write until it is restarted and has recovered. The
     /// status says only "storage unavailable"; the cause is logged by the server.
@@ -132,6 +136,7 @@ impl ServiceError {
             ServiceError::PermissionDenied { .. } => Code::PermissionDenied,
             ServiceError::ResourceExhausted { .. } => Code::ResourceExhausted,
             ServiceError::Storage(_) => Code::Unavailable,
+            ServiceError::StorageOverloaded(_) => Code::ResourceExhausted,
         }
     }
 
@@ -147,7 +152,10 @@ impl ServiceError {
 
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
-        ServiceError::Storage(Arc::new(e))
+        match e {
+            StoreError::QueueFull { .. } => ServiceError::StorageOverloaded(Arc::new(e)),
+            e => ServiceError::Storage(Arc::new(e)),
+        }
     }
 }
 
@@ -202,6 +210,15 @@ pub enum StoreError {
     /// The engine was closed (server shutting down).
     #[error("the store is closed")]
     Closed,
+    /// The engine's queue of writes not yet stored is full: the disk does not keep up. Nothing of the refused
+    /// request was stored or changed; retry with backoff.
+    #[error("the write queue is full ({queued_bytes} bytes waiting, limit {limit_bytes}): retry later")]
+    QueueFull {
+        /// Bytes of writes waiting to be stored.
+        queued_bytes: u64,
+        /// The limit ([`StoreOptions::max_queued_write_bytes`](super::StoreOptions::max_queued_write_bytes)).
+        limit_bytes: u64,
+    },
 }
 
 /// An error and its causes on one line, `outer: cause: root cause`.

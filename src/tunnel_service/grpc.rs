@@ -68,7 +68,7 @@ impl TunnelGrpc {
             max_sessions_per_tunnel: u32::try_from(store.max_sessions_per_tunnel).unwrap_or(u32::MAX),
             max_heartbeat_reports: u32::try_from(self.limits.max_heartbeat_reports()).unwrap_or(u32::MAX),
             max_client_tag_bytes: u32::try_from(self.limits.max_client_tag_bytes).unwrap_or(u32::MAX),
-            ..Default::default()
+            max_producers_per_tunnel: u32::try_from(store.max_producers_per_tunnel).unwrap_or(u32::MAX),
         }
     }
 }
@@ -263,10 +263,15 @@ impl TunnelService for TunnelGrpc {
         let req = request.into_inner();
         let tunnel = validate::tunnel_ref(&req.tunnel_id, &req.tunnel_name)?;
         let records = validate::records(req.records, &self.limits)?;
-        let (tunnel_id, appended) = self.store.append(&tunnel, req.channel_id, records).await?;
+        let producer = validate::producer(&req.producer_id, req.producer_sequence)?;
+        let appended = self
+            .store
+            .append(&tunnel, req.channel_id, records, producer)
+            .await?;
         Ok(Response::new(v1::AppendResponse {
-            tunnel_id,
+            tunnel_id: appended.tunnel_id,
             channels: appended
+                .channels
                 .into_iter()
                 .map(|a| v1::ChannelAppend {
                     channel_id: a.channel,
@@ -274,7 +279,15 @@ impl TunnelService for TunnelGrpc {
                     record_count: a.count,
                 })
                 .collect(),
-            ..Default::default()
+            records: appended
+                .records
+                .into_iter()
+                .map(|(channel_id, sequence_number)| v1::RecordPosition {
+                    channel_id,
+                    sequence_number,
+                })
+                .collect(),
+            duplicate: appended.duplicate,
         }))
     }
 

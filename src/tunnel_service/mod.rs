@@ -8,7 +8,11 @@
 //! # Guarantees
 //! - **Acknowledged means stored.** An Append or Checkpoint answered OK is in the store; with a data directory
 //!   it is fsynced and survives SIGKILL and restart ([`store`] documents the engine, its fsync policy and group
-//!   commit). Readers see a record only once its append was acknowledged, so nothing read can be lost.
+//!   commit). Readers see a record only once its append was acknowledged, so nothing read can be lost; an
+//!   Append whose client gave up is still published once stored.
+//! - **Stored once.** An idempotent producer (`producer_id`, `producer_sequence`) retrying a batch gets the
+//!   original positions (`duplicate`), across restarts too: its last batch is stored with its records.
+//! - **Versions only grow**, across restarts of a durable store too (a start epoch, see [`store`]).
 //! - **Order.** Records routed to one channel keep their request order; sequence numbers are consecutive.
 //! - **One owner per channel.** A channel moves OPEN → CLOSING on its old owner and is given to the next only
 //!   after the old one reported CLOSE, or after the closing timeout ([`assign`]). ReadRecords, GetCheckpoint
@@ -34,11 +38,12 @@
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use arbor::tunnel_service::{ServerOptions, StoreOptions, TunnelServer, TunnelStore};
 //!
-//! let store = TunnelStore::open(StoreOptions::in_memory())?; // StoreOptions::durable(dir) to persist
+//! // StoreOptions::durable(dir) to persist; recovery and the final flush run on blocking threads.
+//! let store = TunnelStore::open_async(StoreOptions::in_memory()).await?;
 //! let server = TunnelServer::start(store.clone(), ServerOptions::default().listen("127.0.0.1:0".parse()?)).await?;
 //! println!("tunnel service on {}", server.local_addr());
 //! server.stop(std::time::Duration::from_secs(5)).await?;
-//! store.close()?;
+//! store.close_async().await?;
 //! # Ok(()) }
 //! ```
 //!

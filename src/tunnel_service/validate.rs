@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::config::Limits;
 use super::error::ServiceError;
-use super::store::{ChannelDef, NewTunnel, Retention, TunnelRef};
+use super::store::{ChannelDef, NewTunnel, ProducerRef, Retention, TunnelRef};
 
 /// Longest tunnel name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -171,6 +171,36 @@ pub fn records(records: Vec<v1::AppendRecord>, limits: &Limits) -> Result<Vec<(B
     Ok(records.into_iter().map(|r| (r.key, r.value)).collect())
 }
 
+/// Longest idempotent producer id.
+pub const MAX_PRODUCER_ID_LEN: usize = 64;
+
+/// Append's idempotent producer: none when `producer_id` is empty (then `producer_sequence` must be 0), else an
+/// id of 1 to 64 of `[A-Za-z0-9._-]`.
+pub fn producer(producer_id: &str, sequence: u64) -> Result<Option<ProducerRef>, ServiceError> {
+    if producer_id.is_empty() {
+        if sequence != 0 {
+            return Err(ServiceError::invalid(
+                "producer_id",
+                format!("is required with producer_sequence ({sequence})"),
+            ));
+        }
+        return Ok(None);
+    }
+    let ok_chars = producer_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if producer_id.len() > MAX_PRODUCER_ID_LEN || !ok_chars {
+        return Err(ServiceError::invalid(
+            "producer_id",
+            format!("{producer_id:?} must be 1 to {MAX_PRODUCER_ID_LEN} of [A-Za-z0-9._-]"),
+        ));
+    }
+    Ok(Some(ProducerRef {
+        id: producer_id.to_string(),
+        sequence,
+    }))
+}
+
 /// A heartbeat's channel reports: at most [`Limits::max_heartbeat_reports`], each well-formed.
 pub fn reports(channels: &[v1::ChannelState], limits: &Limits) -> Result<Vec<ChannelState>, ServiceError> {
     if channels.len() > limits.max_heartbeat_reports() {
@@ -204,6 +234,21 @@ mod tests {
         for bad in ["", "Orders", "-x", ".x", "a b", "é", &"a".repeat(65)] {
             let err = tunnel_name(bad, "tunnel_name").unwrap_err();
             assert_eq!(err.field(), Some("tunnel_name"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn producer_ids() {
+        assert_eq!(producer("", 0).unwrap(), None);
+        assert_eq!(producer("", 3).unwrap_err().field(), Some("producer_id"));
+        let p = producer("demo-p1.A_b", 7).unwrap().unwrap();
+        assert_eq!((p.id.as_str(), p.sequence), ("demo-p1.A_b", 7));
+        for bad in ["a b", "é", "x/y", &"a".repeat(65)] {
+            assert_eq!(
+                producer(bad, 1).unwrap_err().field(),
+                Some("producer_id"),
+                "{bad}"
+            );
         }
     }
 

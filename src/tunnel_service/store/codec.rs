@@ -1,10 +1,15 @@
-//! On-disk encoding of tunnel definitions and channel metadata: protobuf messages private to the store, so
-//! fields can be added without breaking existing data directories.
+//! On-disk encoding of tunnel definitions, channel metadata, idempotent producers and the start epoch: protobuf
+//! messages private to the store, so fields can be added without breaking existing data directories.
+//!
+//! Format history (each step opens every older data directory):
+//! - producers (`p` keys, [`StoredProducer`]) and the start epoch (`e` key, [`StoredEpoch`]) were added with the
+//!   idempotent producer; a directory without them has no producers and epoch 0.
 
 use arbor_proto::tunnel::domain::ChannelType;
 use prost::Message;
 
-use super::engine::{ChannelDef, ChannelMeta, Retention, TunnelDef};
+use super::engine::{ChannelDef, ChannelMeta, ProducerBatch, Retention, TunnelDef};
+use super::types::ChannelAppend;
 use crate::tunnel_service::error::StoreError;
 
 #[derive(Clone, PartialEq, Message)]
@@ -44,6 +49,84 @@ struct StoredChannelMeta {
     sealed_end: Option<u64>,
     #[prost(bool, tag = "5")]
     terminated: bool,
+}
+
+/// An idempotent producer's last batch.
+#[derive(Clone, PartialEq, Message)]
+struct StoredProducer {
+    #[prost(uint64, tag = "1")]
+    sequence: u64,
+    #[prost(message, repeated, tag = "2")]
+    appends: Vec<StoredChannelAppend>,
+    #[prost(uint64, tag = "3")]
+    used: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredChannelAppend {
+    #[prost(uint32, tag = "1")]
+    channel: u32,
+    #[prost(uint64, tag = "2")]
+    first_seq: u64,
+    #[prost(uint32, tag = "3")]
+    count: u32,
+}
+
+/// How many times the store was opened (see `Engine::start_epoch`).
+#[derive(Clone, PartialEq, Message)]
+struct StoredEpoch {
+    #[prost(uint64, tag = "1")]
+    epoch: u64,
+}
+
+pub(crate) fn encode_producer(batch: &ProducerBatch) -> Vec<u8> {
+    StoredProducer {
+        sequence: batch.sequence,
+        appends: batch
+            .appends
+            .iter()
+            .map(|a| StoredChannelAppend {
+                channel: a.channel,
+                first_seq: a.first_seq,
+                count: a.count,
+            })
+            .collect(),
+        used: batch.used,
+    }
+    .encode_to_vec()
+}
+
+pub(crate) fn decode_producer(bytes: &[u8]) -> Result<ProducerBatch, StoreError> {
+    let stored = StoredProducer::decode(bytes).map_err(|e| StoreError::Corrupt {
+        what: "producer",
+        reason: e.to_string(),
+    })?;
+    Ok(ProducerBatch {
+        sequence: stored.sequence,
+        appends: stored
+            .appends
+            .into_iter()
+            .map(|a| ChannelAppend {
+                channel: a.channel,
+                first_seq: a.first_seq,
+                count: a.count,
+            })
+            .collect(),
+        used: stored.used,
+    })
+}
+
+pub(crate) fn encode_epoch(epoch: u64) -> Vec<u8> {
+    StoredEpoch { epoch }.encode_to_vec()
+}
+
+pub(crate) fn decode_epoch(bytes: &[u8]) -> Result<u64, StoreError> {
+    StoredEpoch::decode(bytes)
+        .map(|e| e.epoch)
+        .map_err(|e| StoreError::Corrupt {
+            what: "start epoch",
+            reason: e.to_string(),
+        })
 }
 
 pub(crate) fn encode_tunnel(def: &TunnelDef) -> Vec<u8> {

@@ -13,6 +13,7 @@ use arbor_proto::tunnel::domain::ChannelType;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::types::ChannelAppend;
 use crate::tunnel_service::error::StoreError;
 
 /// A tunnel's definition, fixed at creation.
@@ -121,6 +122,23 @@ pub enum WriteOp {
         /// The new metadata.
         meta: ChannelMeta,
     },
+    /// Remember an idempotent producer's last batch (staged with that batch's `Append`s, so both are stored
+    /// or neither is).
+    PutProducer {
+        /// The tunnel.
+        uid: u64,
+        /// The producer's id.
+        producer_id: String,
+        /// Its last batch.
+        batch: ProducerBatch,
+    },
+    /// Forget an idempotent producer (the least recently used beyond the tunnel's limit).
+    DeleteProducer {
+        /// The tunnel.
+        uid: u64,
+        /// The producer's id.
+        producer_id: String,
+    },
     /// Remove the records `from..below` of a channel (retention).
     Trim {
         /// The tunnel.
@@ -132,6 +150,17 @@ pub enum WriteOp {
         /// The first kept one.
         below: u64,
     },
+}
+
+/// An idempotent producer's last stored batch: its sequence number and where its records went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerBatch {
+    /// The batch's `producer_sequence`.
+    pub sequence: u64,
+    /// Where its records went, one entry per channel, by channel id.
+    pub appends: Vec<ChannelAppend>,
+    /// When the producer was last used, in the tunnel's use order (larger is more recent).
+    pub used: u64,
 }
 
 /// Resolves once a submitted group of writes is stored, or failed.
@@ -157,6 +186,8 @@ pub struct RecoveredTunnel {
     pub def: TunnelDef,
     /// Its channels, by id.
     pub channels: Vec<RecoveredChannel>,
+    /// Its idempotent producers' last batches, by producer id.
+    pub producers: Vec<(String, ProducerBatch)>,
 }
 
 /// A channel as found in storage at start.
@@ -188,8 +219,30 @@ pub trait Engine: Send + Sync + 'static {
     /// [`StoreError::Engine`] on an I/O failure, [`StoreError::Corrupt`] when stored bytes do not decode.
     fn recover(&self) -> Result<Vec<RecoveredTunnel>, StoreError>;
 
-    /// Submits a group of writes, stored atomically and after every group submitted before it.
-    /// Never blocks on I/O; the returned [`Ack`] resolves when the group is stored.
+    /// Called once when a store opens, before anything else is written: a number larger than every earlier
+    /// open's of the same storage, stored before it returns. The store derives channel versions from it, so that
+    /// versions keep growing across restarts. An engine that keeps nothing across restarts answers 0.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] when the number cannot be stored.
+    fn start_epoch(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// Whether a write of about `bytes` may be queued now: [`StoreError::QueueFull`] when the engine's queue of
+    /// writes not yet stored is at its limit. The store asks before it changes any state for a write it may
+    /// refuse (appends, checkpoints), so a refused request leaves nothing behind.
+    ///
+    /// # Errors
+    /// [`StoreError::QueueFull`].
+    fn admit(&self, bytes: usize) -> Result<(), StoreError> {
+        let _ = bytes;
+        Ok(())
+    }
+
+    /// Submits a group of writes, stored atomically and after every group submitted before it: an `Ok` ack
+    /// also means every group submitted earlier is stored. Never blocks on I/O; the returned [`Ack`] resolves
+    /// when the group is stored.
     fn submit(&self, ops: Vec<WriteOp>) -> Ack;
 
     /// Up to `max_records` records of a channel from `from` on (fewer if they would exceed `max_bytes`, but
@@ -206,7 +259,8 @@ pub trait Engine: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, StoreError>;
 
-    /// Waits for every submitted write, flushes, and stops taking writes.
+    /// Waits for every submitted write and every read in progress, flushes, stops taking writes and lets go of
+    /// the storage (another store may open it as soon as this returns).
     ///
     /// # Errors
     /// [`StoreError::Engine`] if the final flush failed.

@@ -14,6 +14,15 @@ pub struct MemoryEngine {
     channels: RwLock<HashMap<(u64, u32), VecDeque<StoredRecord>>>,
 }
 
+impl std::fmt::Debug for MemoryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner()).len();
+        f.debug_struct("MemoryEngine")
+            .field("channels", &channels)
+            .finish()
+    }
+}
+
 impl MemoryEngine {
     /// An empty engine.
     pub fn new() -> Self {
@@ -74,7 +83,10 @@ impl Engine for MemoryEngine {
                             }),
                     );
                 }
-                WriteOp::PutChannelMeta { .. } => {}
+                // Nothing outlives the process, so there is nothing to recover these from.
+                WriteOp::PutChannelMeta { .. }
+                | WriteOp::PutProducer { .. }
+                | WriteOp::DeleteProducer { .. } => {}
                 WriteOp::Trim {
                     uid, channel, below, ..
                 } => {

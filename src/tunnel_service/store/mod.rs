@@ -7,13 +7,22 @@
 //! changed; the answer waits for the engine's acknowledgement.
 //!
 //! After a restart of a durable store every client id is unknown (sessions are not persisted): old clients get
-//! the ownership-lost kind, reconnect, and resume from the durable checkpoints. Channel versions restart from
-//! the version of the last checkpoint, so they never go below a version a checkpoint was written under.
+//! the ownership-lost kind, reconnect, and resume from the durable checkpoints. Channel versions only grow,
+//! across restarts too: each open of a durable store takes a new start epoch from the engine (stored before it
+//! serves), and every recovered channel's version starts at `epoch << 40`, above every version handed out
+//! before (a channel would need 2^40 transitions in one run to reach the next epoch's range). No version is
+//! written on the hot path.
+//!
+//! What a write makes visible (an append's records, a seal's end) is published by the write's completion, on
+//! a task of its own, not by the request's task: a client that gives up (deadline, reset stream) drops its
+//! request's future, and the records it was told nothing about are stored and become readable all the same.
 
+mod append;
 mod codec;
-pub(crate) mod durable;
+pub mod durable;
 pub mod engine;
-pub(crate) mod memory;
+pub mod memory;
+mod producers;
 mod tunnel;
 mod types;
 
@@ -21,22 +30,35 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use arbor_proto::tunnel::domain::{route_key, ChannelState, ChannelType};
-use bytes::Bytes;
+use arbor_proto::tunnel::domain::{ChannelState, ChannelType};
 
-use self::engine::{BatchIndex, RecoveredChannel, TunnelDef, WriteOp};
+use self::append::{on_ack, outcome, wait_ack};
+pub use self::durable::{DurableEngine, DurableOptions};
 pub use self::engine::{ChannelDef, Engine, Retention, StoredRecord};
+use self::engine::{RecoveredChannel, TunnelDef, WriteOp};
+pub use self::memory::MemoryEngine;
 pub use self::tunnel::AssignmentEvent;
-use self::tunnel::{now_ms, Client, SessionToken, Tunnel};
+use self::tunnel::{now_ms, Client, Recovered, SessionToken, Tunnel, TunnelLimits};
 pub use self::types::{
-    ChannelAppend, ChannelDescription, CheckpointInfo, ClientDescription, Lease, NewSession, NewTunnel,
-    ReadBatch, TunnelDescription, TunnelRef,
+    Appended, ChannelAppend, ChannelDescription, CheckpointInfo, ClientDescription, Lease, NewSession,
+    NewTunnel, ProducerRef, ReadBatch, TunnelDescription, TunnelRef,
 };
 use super::config::StoreOptions;
 use super::error::{ServiceError, StoreError};
 
 /// Largest ReadRecords message, in bytes of keys and values: below tonic's default 4 MiB decoding limit.
 pub const READ_MESSAGE_MAX_BYTES: usize = 3 << 20;
+
+/// Each start epoch owns the versions `epoch << 40 ..`: 2^40 transitions per channel and run, 2^23 restarts.
+pub const VERSION_EPOCH_SHIFT: u32 = 40;
+
+/// The least version of every recovered channel in a run with start epoch `epoch`.
+pub fn version_floor(epoch: u64) -> i64 {
+    i64::try_from(u128::from(epoch) << VERSION_EPOCH_SHIFT).unwrap_or(i64::MAX)
+}
+
+/// What a queued write of metadata weighs for [`Engine::admit`].
+const META_WRITE_BYTES: usize = 64;
 
 #[derive(Default)]
 struct Catalog {
@@ -48,7 +70,8 @@ struct Catalog {
 /// service and whoever embeds it (tests read [`TunnelStore::assignment_history`]).
 pub struct TunnelStore {
     engine: Arc<dyn Engine>,
-    catalog: RwLock<Catalog>,
+    /// Shared with the completions of writes (a failed creation takes its tunnel out again).
+    catalog: Arc<RwLock<Catalog>>,
     options: StoreOptions,
 }
 
@@ -75,12 +98,33 @@ impl TunnelStore {
     ///
     /// # Errors
     /// [`StoreError`] when the data directory cannot be opened or its contents do not decode.
+    /// This blocks on I/O (recovery reads the whole data directory): on an async runtime, use
+    /// [`TunnelStore::open_async`].
     pub fn open(options: StoreOptions) -> Result<Arc<TunnelStore>, StoreError> {
         let engine: Arc<dyn Engine> = match &options.data_dir {
-            Some(dir) => Arc::new(durable::DurableEngine::open(dir)?),
-            None => Arc::new(memory::MemoryEngine::new()),
+            Some(dir) => Arc::new(DurableEngine::open_with(
+                dir,
+                DurableOptions {
+                    max_queued_bytes: options.max_queued_write_bytes,
+                    on_sync: None,
+                },
+            )?),
+            None => Arc::new(MemoryEngine::new()),
         };
         TunnelStore::with_engine(engine, options)
+    }
+
+    /// [`TunnelStore::open`] on a blocking thread, off the async runtime's workers.
+    ///
+    /// # Errors
+    /// What [`TunnelStore::open`] returns.
+    pub async fn open_async(options: StoreOptions) -> Result<Arc<TunnelStore>, StoreError> {
+        tokio::task::spawn_blocking(move || TunnelStore::open(options))
+            .await
+            .map_err(|e| StoreError::Engine {
+                operation: "open (blocking task)",
+                source: Box::new(e),
+            })?
     }
 
     /// A store over any engine (recovering what it holds).
@@ -92,16 +136,31 @@ impl TunnelStore {
         options: StoreOptions,
     ) -> Result<Arc<TunnelStore>, StoreError> {
         let mut catalog = Catalog::default();
+        let epoch = engine.start_epoch()?;
+        let floor = version_floor(epoch);
         let recovered = engine.recover()?;
+        let limits = TunnelLimits::of(&options);
         for t in recovered {
-            let tunnel = Tunnel::from_def(t.def, t.channels, options.history_capacity);
+            let found = Recovered {
+                channels: t.channels,
+                producers: t.producers,
+                version_floor: floor,
+            };
+            let tunnel = Tunnel::from_def(t.def, found, limits);
             tracing::info!(tunnel = %tunnel.id, name = %tunnel.def.name, "tunnel recovered");
             catalog.by_name.insert(tunnel.def.name.clone(), tunnel.id.clone());
             catalog.by_id.insert(tunnel.id.clone(), Arc::new(tunnel));
         }
+        tracing::info!(
+            engine = engine.name(),
+            epoch,
+            version_floor = floor,
+            tunnels = catalog.by_id.len(),
+            "tunnel store opened"
+        );
         Ok(Arc::new(TunnelStore {
             engine,
-            catalog: RwLock::new(catalog),
+            catalog: Arc::new(RwLock::new(catalog)),
             options,
         }))
     }
@@ -136,10 +195,7 @@ impl TunnelStore {
     }
 
     async fn wait(&self, ack: engine::Ack) -> Result<(), ServiceError> {
-        match ack.await {
-            Ok(result) => result.map_err(ServiceError::from),
-            Err(_) => Err(StoreError::Closed.into()),
-        }
+        wait_ack(ack).await
     }
 
     /// Creates a tunnel (the request already validated: name syntax, channel count, parents).
@@ -168,21 +224,32 @@ impl TunnelStore {
             };
             let ack = self.engine.submit(vec![WriteOp::PutTunnel(def.clone())]);
             let count = def.channels.len();
-            let tunnel = Arc::new(Tunnel::from_def(
-                def,
-                vec![RecoveredChannel::default(); count],
-                self.options.history_capacity,
-            ));
+            let new = Recovered {
+                channels: vec![RecoveredChannel::default(); count],
+                ..Recovered::default()
+            };
+            let tunnel = Arc::new(Tunnel::from_def(def, new, TunnelLimits::of(&self.options)));
             catalog.by_name.insert(tunnel.def.name.clone(), tunnel.id.clone());
             catalog.by_id.insert(tunnel.id.clone(), Arc::clone(&tunnel));
             (tunnel, ack)
         };
-        if let Err(e) = self.wait(ack).await {
-            let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
-            catalog.by_id.remove(&tunnel.id);
-            catalog.by_name.remove(&tunnel.def.name);
-            return Err(e);
-        }
+        // The rollback runs when the write fails even if this request is gone by then.
+        let (catalog, created) = (Arc::clone(&self.catalog), Arc::clone(&tunnel));
+        let done = on_ack(ack, move |result| {
+            if result.is_ok() {
+                return;
+            }
+            let mut catalog = catalog.write().unwrap_or_else(|e| e.into_inner());
+            if catalog
+                .by_id
+                .get(&created.id)
+                .is_some_and(|t| Arc::ptr_eq(t, &created))
+            {
+                catalog.by_id.remove(&created.id);
+                catalog.by_name.remove(&created.def.name);
+            }
+        });
+        outcome(done).await?;
         tracing::info!(tunnel = %tunnel.id, name = %tunnel.def.name, channels = tunnel.def.channels.len(), "tunnel created");
         Ok(tunnel.describe())
     }
@@ -240,142 +307,6 @@ impl TunnelStore {
         self.wait(ack).await?;
         tracing::info!(tunnel = %found.id, name = %found.def.name, "tunnel deleted");
         Ok(found.id.clone())
-    }
-
-    /// Appends records (validated: sizes and counts), to `channel` or routed by key hash over the stream
-    /// channels; answers once they are stored.
-    ///
-    /// # Errors
-    /// [`ServiceError::TunnelNotFound`]; [`ServiceError::InvalidArgument`] for an unknown `channel_id` or a
-    /// key-routed append to a tunnel without stream channels; [`ServiceError::FailedPrecondition`] for a
-    /// sealed channel; [`ServiceError::Storage`].
-    pub async fn append(
-        &self,
-        tunnel: &TunnelRef,
-        channel: Option<u32>,
-        records: Vec<(Bytes, Bytes)>,
-    ) -> Result<(String, Vec<ChannelAppend>), ServiceError> {
-        let tunnel = self.find(tunnel)?;
-        // Group by channel, keeping request order within each.
-        let mut groups: BTreeMap<u32, Vec<(Bytes, Bytes)>> = BTreeMap::new();
-        match channel {
-            Some(c) => {
-                groups.insert(c, records);
-            }
-            None => {
-                if tunnel.stream_channels.is_empty() {
-                    return Err(ServiceError::invalid(
-                        "channel_id",
-                        "required: the tunnel has no stream channels to route keys to",
-                    ));
-                }
-                let n = tunnel.stream_channels.len() as u32;
-                for record in records {
-                    let c = tunnel.stream_channels[route_key(&record.0, n) as usize];
-                    groups.entry(c).or_default().push(record);
-                }
-            }
-        }
-        let append_ms = now_ms();
-        let (ack, appended) = {
-            let mut state = tunnel.lock();
-            if state.deleted {
-                return Err(ServiceError::TunnelNotFound {
-                    tunnel: tunnel.id.clone(),
-                });
-            }
-            for &c in groups.keys() {
-                let index = state.channel_index(c, "channel_id")?;
-                if let Some(end) = state.channels[index].meta.sealed_end {
-                    return Err(ServiceError::FailedPrecondition {
-                        channel: c,
-                        reason: format!("sealed at sequence number {end}: it takes no more records"),
-                    });
-                }
-            }
-            let mut ops = Vec::with_capacity(groups.len());
-            let mut appended = Vec::with_capacity(groups.len());
-            for (c, records) in groups {
-                let ch = &mut state.channels[c as usize];
-                let count = records.len() as u64;
-                let bytes: u64 = records.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-                let first_seq = ch.next_seq;
-                ch.next_seq += count;
-                ch.batches.push_back(BatchIndex {
-                    first: first_seq,
-                    count,
-                    bytes,
-                    append_ms,
-                });
-                ch.retained_bytes += bytes;
-                ops.push(WriteOp::Append {
-                    uid: tunnel.def.uid,
-                    channel: c,
-                    first_seq,
-                    append_ms,
-                    records,
-                });
-                if let Some(trim) = tunnel.trim(&mut state, c as usize, append_ms) {
-                    ops.extend(trim);
-                }
-                appended.push(ChannelAppend {
-                    channel: c,
-                    first_seq,
-                    count: count as u32,
-                });
-            }
-            (self.engine.submit(ops), appended)
-        };
-        self.wait(ack).await?;
-        let mut state = tunnel.lock();
-        for a in &appended {
-            let ch = &mut state.channels[a.channel as usize];
-            // Groups are stored in submission order, so every lower sequence number is stored too; another
-            // task may already have published a later end.
-            let end = a.first_seq + u64::from(a.count);
-            if end > ch.visible_end {
-                ch.visible_end = end;
-                ch.end_tx.send_replace(end);
-            }
-        }
-        drop(state);
-        Ok((tunnel.id.clone(), appended))
-    }
-
-    /// Seals a base channel; returns its final end.
-    ///
-    /// # Errors
-    /// [`ServiceError::TunnelNotFound`], [`ServiceError::InvalidArgument`] (unknown channel),
-    /// [`ServiceError::FailedPrecondition`] (a stream channel), [`ServiceError::Storage`].
-    pub async fn seal(&self, tunnel: &TunnelRef, channel: u32) -> Result<u64, ServiceError> {
-        let tunnel = self.find(tunnel)?;
-        let (ack, end) = {
-            let mut state = tunnel.lock();
-            let index = state.channel_index(channel, "channel_id")?;
-            let ch = &mut state.channels[index];
-            if ch.channel_type != ChannelType::Base {
-                return Err(ServiceError::FailedPrecondition {
-                    channel,
-                    reason: "only BASE channels can be sealed".into(),
-                });
-            }
-            if let Some(end) = ch.meta.sealed_end {
-                return Ok(end);
-            }
-            ch.meta.sealed_end = Some(ch.next_seq);
-            let meta = ch.meta;
-            let ack = self.engine.submit(vec![WriteOp::PutChannelMeta {
-                uid: tunnel.def.uid,
-                channel,
-                meta,
-            }]);
-            (ack, ch.next_seq)
-        };
-        self.wait(ack).await?;
-        tracing::info!(tunnel = %tunnel.id, channel, end, "tunnel channel sealed");
-        let state = tunnel.lock();
-        state.channels[channel as usize].end_tx.send_modify(|_| {});
-        Ok(end)
     }
 
     /// Registers a consumer; returns its new session: the client id (shown to anyone), the session's secret
@@ -488,7 +419,7 @@ impl TunnelStore {
             }
         }
         state.rebalance(&tunnel.id);
-        if !terminated_meta.is_empty() {
+        if !terminated_meta.is_empty() && !state.deleted {
             // TERMINATED is remembered across restarts; losing it would only re-assign a finished channel,
             // whose reader finds it finished at once, so there is no need to wait for the write.
             let ops = terminated_meta
@@ -539,6 +470,7 @@ impl TunnelStore {
         let tunnel = self.find_id(lease.tunnel_id)?;
         let ack = {
             let mut state = tunnel.lock();
+            state.live(&tunnel.id)?;
             let index = state.fence(
                 &tunnel.id,
                 lease.client_id,
@@ -561,6 +493,8 @@ impl TunnelStore {
                     format!("{sequence_number} is beyond the channel's end {}", ch.visible_end),
                 ));
             }
+            self.engine.admit(META_WRITE_BYTES)?;
+            let ch = &mut state.channels[index];
             ch.meta.checkpoint = sequence_number;
             ch.meta.checkpoint_version = ch.meta.checkpoint_version.max(lease.version.get());
             let meta = ch.meta;
@@ -736,10 +670,15 @@ impl TunnelStore {
         let mut acks = Vec::new();
         for tunnel in tunnels {
             let mut state = tunnel.lock();
+            if state.deleted {
+                continue;
+            }
             if state.expire(Instant::now(), self.options.closing_timeout, &tunnel.id) {
                 state.rebalance(&tunnel.id);
             }
-            if tunnel.def.retention.max_age_ms > 0 {
+            // By size too: batches acknowledged after the append that would have trimmed them.
+            let retention = tunnel.def.retention;
+            if retention.max_age_ms > 0 || retention.max_bytes_per_channel > 0 {
                 let mut ops = Vec::new();
                 for c in 0..state.channels.len() {
                     if let Some(trim) = tunnel.trim(&mut state, c, now_ms) {
@@ -758,12 +697,37 @@ impl TunnelStore {
         }
     }
 
-    /// Stops taking writes, waits for those in flight and flushes (durable state on disk).
+    /// Stops taking writes, waits for those in flight and for reads in progress, flushes (durable state on
+    /// disk) and lets go of the data directory: it can be opened again as soon as this returns, even while
+    /// someone still holds this store. Blocks on I/O: on an async runtime, use [`TunnelStore::close_async`].
     ///
     /// # Errors
     /// The engine's final flush failed.
     pub fn close(&self) -> Result<(), StoreError> {
         self.engine.close()
+    }
+
+    /// [`TunnelStore::close`] on a blocking thread, off the async runtime's workers.
+    ///
+    /// # Errors
+    /// What [`TunnelStore::close`] returns.
+    pub async fn close_async(self: &Arc<Self>) -> Result<(), StoreError> {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| StoreError::Engine {
+                operation: "close (blocking task)",
+                source: Box::new(e),
+            })?
+    }
+}
+
+impl TunnelLimits {
+    fn of(options: &StoreOptions) -> TunnelLimits {
+        TunnelLimits {
+            history_capacity: options.history_capacity,
+            max_producers: options.max_producers_per_tunnel,
+        }
     }
 }
 

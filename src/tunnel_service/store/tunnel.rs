@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arbor_proto::tunnel::domain::{ChannelState, ChannelStatus, ChannelType, Version};
 use tokio::sync::watch;
 
-use super::engine::{BatchIndex, ChannelMeta, RecoveredChannel, TunnelDef, WriteOp};
+use super::engine::{BatchIndex, ChannelMeta, ProducerBatch, RecoveredChannel, TunnelDef, WriteOp};
+use super::producers::Producers;
 use super::types::{ChannelDescription, ClientDescription, TunnelDescription};
 use crate::tunnel_service::assign::{self, ChannelView, Move};
 use crate::tunnel_service::error::ServiceError;
@@ -65,7 +66,13 @@ pub(crate) struct ChannelRt {
 }
 
 impl ChannelRt {
-    pub(crate) fn new(def_type: ChannelType, parent: Option<u32>, recovered: RecoveredChannel) -> ChannelRt {
+    /// A channel as recovered; its version starts at `version_floor` at least (see `TunnelStore::with_engine`).
+    pub(crate) fn new(
+        def_type: ChannelType,
+        parent: Option<u32>,
+        recovered: RecoveredChannel,
+        version_floor: i64,
+    ) -> ChannelRt {
         let status = if recovered.meta.terminated {
             ChannelStatus::Terminated
         } else {
@@ -77,8 +84,9 @@ impl ChannelRt {
             channel_type: def_type,
             parent,
             status,
-            // Versions grow across restarts at least past any version a checkpoint was written under.
-            version: Version(recovered.meta.checkpoint_version),
+            // Versions grow across restarts: past any version a checkpoint was written under, and past every
+            // version handed out before the restart (the floor).
+            version: Version(recovered.meta.checkpoint_version.max(version_floor)),
             owner: None,
             lease_version: Version(0),
             closing_since: None,
@@ -146,6 +154,8 @@ impl std::fmt::Debug for SessionToken {
 /// Everything about a tunnel that changes, behind its lock.
 pub(crate) struct TunnelState {
     pub deleted: bool,
+    /// Idempotent producers' last batches.
+    pub producers: Producers,
     pub channels: Vec<ChannelRt>,
     pub clients: BTreeMap<String, Client>,
     pub history: VecDeque<AssignmentEvent>,
@@ -154,21 +164,41 @@ pub(crate) struct TunnelState {
 }
 
 impl TunnelState {
-    pub(crate) fn new(def: &TunnelDef, recovered: Vec<RecoveredChannel>, history_capacity: usize) -> Self {
-        let mut recovered = recovered.into_iter();
+    pub(crate) fn new(def: &TunnelDef, recovered: Recovered, limits: TunnelLimits) -> Self {
+        let mut channels_found = recovered.channels.into_iter();
         let channels = def
             .channels
             .iter()
-            .map(|c| ChannelRt::new(c.channel_type, c.parent, recovered.next().unwrap_or_default()))
+            .map(|c| {
+                ChannelRt::new(
+                    c.channel_type,
+                    c.parent,
+                    channels_found.next().unwrap_or_default(),
+                    recovered.version_floor,
+                )
+            })
             .collect();
+        let history_capacity = limits.history_capacity;
         TunnelState {
             deleted: false,
+            producers: Producers::new(recovered.producers, limits.max_producers),
             channels,
             clients: BTreeMap::new(),
             history: VecDeque::new(),
             next_event: 0,
             history_capacity,
         }
+    }
+
+    /// Refuses any change to a deleted tunnel: a request that found it before its deletion must not write
+    /// anything for it after the deletion's write.
+    pub(crate) fn live(&self, tunnel_id: &str) -> Result<(), ServiceError> {
+        if self.deleted {
+            return Err(ServiceError::TunnelNotFound {
+                tunnel: tunnel_id.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The channel `channel` (the request's `field`), or an error naming that field.
@@ -464,6 +494,22 @@ impl TunnelState {
     }
 }
 
+/// What storage held for a tunnel when the store opened (empty for a new tunnel).
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    pub channels: Vec<RecoveredChannel>,
+    pub producers: Vec<(String, ProducerBatch)>,
+    /// The least version of every channel (versions handed out before the store opened are below it).
+    pub version_floor: i64,
+}
+
+/// The store's limits a tunnel applies itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TunnelLimits {
+    pub history_capacity: usize,
+    pub max_producers: usize,
+}
+
 /// A tunnel: its fixed definition and its state behind one lock.
 pub(crate) struct Tunnel {
     pub def: TunnelDef,
@@ -482,11 +528,7 @@ impl Tunnel {
 }
 
 impl Tunnel {
-    pub(crate) fn from_def(
-        def: TunnelDef,
-        channels: Vec<RecoveredChannel>,
-        history_capacity: usize,
-    ) -> Tunnel {
+    pub(crate) fn from_def(def: TunnelDef, recovered: Recovered, limits: TunnelLimits) -> Tunnel {
         let stream_channels = def
             .channels
             .iter()
@@ -494,7 +536,7 @@ impl Tunnel {
             .filter(|(_, c)| c.channel_type == ChannelType::Stream)
             .map(|(i, _)| i as u32)
             .collect();
-        let state = TunnelState::new(&def, channels, history_capacity);
+        let state = TunnelState::new(&def, recovered, limits);
         Tunnel {
             id: format!("{:016x}", def.uid),
             def,
@@ -504,13 +546,18 @@ impl Tunnel {
     }
 
     /// Applies the retention policy to channel `c` at `now_ms`: drops whole batches from the front (by size,
-    /// always keeping the newest; by age, all that are too old) and returns the writes that store it.
+    /// always keeping the newest; by age, all that are too old) and returns the writes that store it. Only
+    /// acknowledged batches go: the retained range never starts past the readable end, where a caught-up
+    /// reader stands.
     pub(crate) fn trim(&self, state: &mut TunnelState, c: usize, now_ms: u64) -> Option<Vec<WriteOp>> {
         let retention = self.def.retention;
         let ch = &mut state.channels[c];
         let from = ch.meta.first_retained;
         let mut below = from;
         while let Some(front) = ch.batches.front() {
+            if front.first + front.count > ch.visible_end {
+                break;
+            }
             let too_big = retention.max_bytes_per_channel > 0
                 && ch.retained_bytes > retention.max_bytes_per_channel
                 && ch.batches.len() > 1;

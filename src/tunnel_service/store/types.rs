@@ -103,6 +103,28 @@ pub struct ChannelAppend {
     pub count: u32,
 }
 
+/// An idempotent producer's batch: who sends it and its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerRef {
+    /// The producer's id (validated: 1 to 64 of `[A-Za-z0-9._-]`).
+    pub id: String,
+    /// The batch's sequence number.
+    pub sequence: u64,
+}
+
+/// Append's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The tunnel's id.
+    pub tunnel_id: String,
+    /// Where each channel's records went, by channel id.
+    pub channels: Vec<ChannelAppend>,
+    /// Each record's (channel, sequence number), in request order.
+    pub records: Vec<(u32, u64)>,
+    /// A retry of a stored batch: nothing was stored again.
+    pub duplicate: bool,
+}
+
 /// GetCheckpoint's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointInfo {

@@ -27,21 +27,33 @@
 //! batch (8 bytes BE); value = format (1) ‖ append time (8 LE) ‖ record count (4 LE), then per record key length
 //! (4 LE) ‖ value length (4 LE) ‖ key ‖ value. A channel is one contiguous, ordered key range; a read seeks the
 //! last batch key at or below its position and hands out zero-copy slices of the values. Keyspace `meta`:
-//! `t` ‖ uid → tunnel definition, `c` ‖ uid ‖ channel → channel metadata (both protobuf-encoded, see `codec.rs`).
+//! `t` ‖ uid → tunnel definition, `c` ‖ uid ‖ channel → channel metadata, `p` ‖ uid ‖ producer id (UTF-8) →
+//! an idempotent producer's last batch, `e` → the start epoch (all protobuf-encoded, see `codec.rs`). Data
+//! directories written before the `p` and `e` keys existed open as having no producers and epoch 0.
 //!
 //! # fsync policy and group commit
 //! Every acknowledgement waits for an fsync (`PersistMode::SyncAll`) of fjall's journal: an Append or a
 //! Checkpoint answered OK survives SIGKILL and power loss. One writer thread owns all writes: it takes the
 //! first waiting group of writes, then every group that queued up meanwhile (up to [`GROUP_COMMIT_MAX_BYTES`]),
-//! writes them as one atomic fjall batch, fsyncs once, and acknowledges them all. Under concurrent load the
-//! fsync cost is shared by all requests that arrived during the previous one; a lone request pays one fsync.
+//! writes them as one atomic fjall batch, fsyncs once ([`Database::persist`]), and acknowledges them all. Under
+//! concurrent load the fsync cost is shared by all requests that arrived during the previous one; a lone request
+//! pays one fsync. Writes of one group are staged per key first, so a trim or a tunnel deletion also removes
+//! records and producers written earlier in the same group (they are not in the keyspaces yet).
+//!
+//! The queue in front of the writer is bounded in bytes ([`DurableOptions::max_queued_bytes`]): when the disk
+//! does not keep up, [`Engine::admit`] refuses new appends and checkpoints with [`StoreError::QueueFull`]
+//! (`RESOURCE_EXHAUSTED`, retryable) before the store changes anything, rather than making submitters wait
+//! under a tunnel's lock or queueing without bound. Writes the store cannot refuse (tunnel creation and
+//! deletion, seals, terminations, producers' bookkeeping) are always queued; they are small.
 //! A failed write or fsync poisons the engine: every later write fails with [`StoreError::Poisoned`]
 //! (retryable for clients) until the process restarts and recovers from the journal, because after a failed
 //! fsync the page cache may no longer say what the disk holds (the PostgreSQL "fsyncgate" lesson).
 
+use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -50,22 +62,77 @@ use tokio::sync::oneshot;
 
 use super::codec;
 use super::engine::{
-    Ack, BatchIndex, ChannelMeta, Engine, RecoveredChannel, RecoveredTunnel, StoredRecord, WriteOp,
+    Ack, BatchIndex, ChannelMeta, Engine, ProducerBatch, RecoveredChannel, RecoveredTunnel, StoredRecord,
+    WriteOp,
 };
 use crate::tunnel_service::error::StoreError;
+
+mod writer;
+
+use self::writer::{op_bytes, Writer};
 
 /// The most bytes of records one group commit gathers before it fsyncs.
 pub const GROUP_COMMIT_MAX_BYTES: usize = 32 << 20;
 
 type Request = (Vec<WriteOp>, oneshot::Sender<Result<(), StoreError>>);
 
-/// fjall storage in a data directory.
-pub struct DurableEngine {
+/// Called by the writer after each fsync, before it acknowledges the groups the fsync covered, with their
+/// number. Tests use it to check that no acknowledgement goes out before its fsync.
+pub type SyncHook = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// How a [`DurableEngine`] runs.
+#[derive(Clone)]
+pub struct DurableOptions {
+    /// Most bytes of writes queued for the writer; see
+    /// [`StoreOptions::max_queued_write_bytes`](crate::tunnel_service::StoreOptions::max_queued_write_bytes).
+    pub max_queued_bytes: usize,
+    /// Called after every fsync of a group commit, before its acknowledgements.
+    pub on_sync: Option<SyncHook>,
+}
+
+impl Default for DurableOptions {
+    fn default() -> Self {
+        DurableOptions {
+            max_queued_bytes: 256 << 20,
+            on_sync: None,
+        }
+    }
+}
+
+impl fmt::Debug for DurableOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableOptions")
+            .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("on_sync", &self.on_sync.is_some())
+            .finish()
+    }
+}
+
+/// The open database; taken out (and dropped, releasing the directory) by [`Engine::close`].
+struct Open {
     db: Database,
     records: Keyspace,
     meta: Keyspace,
+}
+
+/// fjall storage in a data directory.
+pub struct DurableEngine {
+    /// Readers hold the read lock for the whole read, so `close` (the write lock) waits for them.
+    open: RwLock<Option<Open>>,
     writer: Mutex<Option<(mpsc::Sender<Request>, JoinHandle<()>)>>,
     poisoned: Arc<Mutex<Option<String>>>,
+    /// Bytes submitted and not yet taken by the writer.
+    queued_bytes: Arc<AtomicU64>,
+    max_queued_bytes: u64,
+}
+
+impl fmt::Debug for DurableEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableEngine")
+            .field("queued_bytes", &self.queued_bytes.load(Ordering::Relaxed))
+            .field("max_queued_bytes", &self.max_queued_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 fn engine_err(operation: &'static str) -> impl FnOnce(fjall::Error) -> StoreError {
@@ -97,6 +164,22 @@ fn channel_key(uid: u64, channel: u32) -> [u8; 13] {
     k[9..].copy_from_slice(&channel.to_be_bytes());
     k
 }
+
+fn producer_prefix(uid: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'p';
+    k[1..].copy_from_slice(&uid.to_be_bytes());
+    k
+}
+
+fn producer_key(uid: u64, producer_id: &str) -> Vec<u8> {
+    let mut k = producer_prefix(uid).to_vec();
+    k.extend_from_slice(producer_id.as_bytes());
+    k
+}
+
+/// The key of the start epoch (see [`Engine::start_epoch`]).
+const EPOCH_KEY: &[u8] = b"e";
 
 /// The sequence number in a record key.
 fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
@@ -198,12 +281,21 @@ impl DecodedBatch {
 }
 
 impl DurableEngine {
-    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    /// Opens (or creates) the store in `dir` with default options and starts its writer thread.
     ///
     /// # Errors
     /// [`StoreError::Open`] if the directory cannot be created or fjall cannot open it (e.g. another process
     /// holds it).
     pub fn open(dir: &Path) -> Result<DurableEngine, StoreError> {
+        DurableEngine::open_with(dir, DurableOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] if the directory cannot be created or fjall cannot open it (e.g. another process
+    /// or an unclosed engine holds it).
+    pub fn open_with(dir: &Path, options: DurableOptions) -> Result<DurableEngine, StoreError> {
         let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             path: dir.to_path_buf(),
             source: e,
@@ -222,25 +314,39 @@ impl DurableEngine {
             .map_err(|e| open_err(Box::new(e)))?;
         let (tx, rx) = mpsc::channel::<Request>();
         let poisoned = Arc::new(Mutex::new(None));
+        let queued_bytes = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             records: records.clone(),
             meta: meta.clone(),
             poisoned: Arc::clone(&poisoned),
+            queued_bytes: Arc::clone(&queued_bytes),
+            on_sync: options.on_sync,
         };
         let handle = std::thread::Builder::new()
             .name("tunnel-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| open_err(Box::new(e)))?;
         Ok(DurableEngine {
-            db,
-            records,
-            meta,
+            open: RwLock::new(Some(Open { db, records, meta })),
             writer: Mutex::new(Some((tx, handle))),
             poisoned,
+            queued_bytes,
+            max_queued_bytes: options.max_queued_bytes as u64,
         })
     }
 
+    /// Bytes of writes submitted and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    fn opened(&self) -> std::sync::RwLockReadGuard<'_, Option<Open>> {
+        self.open.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Open {
     fn recover_channel(&self, uid: u64, channel: u32) -> Result<RecoveredChannel, StoreError> {
         let meta = match self
             .meta
@@ -274,6 +380,20 @@ impl DurableEngine {
         }
         Ok(RecoveredChannel { meta, end, batches })
     }
+
+    fn recover_producers(&self, uid: u64) -> Result<Vec<(String, ProducerBatch)>, StoreError> {
+        let prefix = producer_prefix(uid);
+        let mut producers = Vec::new();
+        for guard in self.meta.prefix(prefix) {
+            let (key, value) = guard.into_inner().map_err(engine_err("scan producers"))?;
+            let id = String::from_utf8(key[prefix.len()..].to_vec()).map_err(|e| StoreError::Corrupt {
+                what: "producer key",
+                reason: e.to_string(),
+            })?;
+            producers.push((id, codec::decode_producer(&value)?));
+        }
+        Ok(producers)
+    }
 }
 
 impl Engine for DurableEngine {
@@ -290,16 +410,48 @@ impl Engine for DurableEngine {
     }
 
     fn recover(&self) -> Result<Vec<RecoveredTunnel>, StoreError> {
+        let opened = self.opened();
+        let open = opened.as_ref().ok_or(StoreError::Closed)?;
         let mut tunnels = Vec::new();
-        for guard in self.meta.prefix(b"t") {
+        for guard in open.meta.prefix(b"t") {
             let (_, value) = guard.into_inner().map_err(engine_err("scan tunnels"))?;
             let def = codec::decode_tunnel(&value)?;
             let channels = (0..def.channels.len() as u32)
-                .map(|c| self.recover_channel(def.uid, c))
+                .map(|c| open.recover_channel(def.uid, c))
                 .collect::<Result<Vec<_>, _>>()?;
-            tunnels.push(RecoveredTunnel { def, channels });
+            let producers = open.recover_producers(def.uid)?;
+            tunnels.push(RecoveredTunnel {
+                def,
+                channels,
+                producers,
+            });
         }
         Ok(tunnels)
+    }
+
+    fn start_epoch(&self) -> Result<u64, StoreError> {
+        let opened = self.opened();
+        let open = opened.as_ref().ok_or(StoreError::Closed)?;
+        let previous = match open.meta.get(EPOCH_KEY).map_err(engine_err("read start epoch"))? {
+            Some(bytes) => codec::decode_epoch(&bytes)?,
+            None => 0,
+        };
+        let epoch = previous + 1;
+        let mut batch = open.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(&open.meta, EPOCH_KEY, codec::encode_epoch(epoch));
+        batch.commit().map_err(engine_err("store start epoch"))?;
+        Ok(epoch)
+    }
+
+    fn admit(&self, bytes: usize) -> Result<(), StoreError> {
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued + bytes as u64 > self.max_queued_bytes {
+            return Err(StoreError::QueueFull {
+                queued_bytes: queued,
+                limit_bytes: self.max_queued_bytes,
+            });
+        }
+        Ok(())
     }
 
     fn submit(&self, ops: Vec<WriteOp>) -> Ack {
@@ -311,7 +463,10 @@ impl Engine for DurableEngine {
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         match writer.as_ref() {
             Some((sender, _)) => {
+                let bytes = op_bytes(&ops) as u64;
+                self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
                 if let Err(mpsc::SendError((_, tx))) = sender.send((ops, tx)) {
+                    self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
                     let _ = tx.send(Err(StoreError::Closed));
                 }
             }
@@ -330,10 +485,12 @@ impl Engine for DurableEngine {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        let opened = self.opened();
+        let open = opened.as_ref().ok_or(StoreError::Closed)?;
         let mut out = Vec::with_capacity(max_records.min(4_096));
         let mut bytes = 0;
         // Start at the batch holding `from`: the last batch key at or below it.
-        let start = match self
+        let start = match open
             .records
             .range(record_key(uid, channel, 0)..=record_key(uid, channel, from))
             .next_back()
@@ -341,7 +498,7 @@ impl Engine for DurableEngine {
             Some(guard) => seq_of(&guard.key().map_err(engine_err("read records"))?)?,
             None => from,
         };
-        'batches: for guard in self
+        'batches: for guard in open
             .records
             .range(record_key(uid, channel, start)..=record_key(uid, channel, u64::MAX))
         {
@@ -370,9 +527,17 @@ impl Engine for DurableEngine {
             drop(sender);
             let _ = handle.join();
         }
-        self.db
+        // The write lock waits for the reads in progress (blocking threads of requests whose server may already
+        // be gone); dropping the database then releases the directory.
+        let Some(open) = self.open.write().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Ok(());
+        };
+        let flushed = open
+            .db
             .persist(PersistMode::SyncAll)
-            .map_err(engine_err("final flush"))
+            .map_err(engine_err("final flush"));
+        drop(open);
+        flushed
     }
 }
 
@@ -380,123 +545,6 @@ impl Drop for DurableEngine {
     fn drop(&mut self) {
         let _ = self.close();
     }
-}
-
-/// The writer thread's state.
-struct Writer {
-    db: Database,
-    records: Keyspace,
-    meta: Keyspace,
-    poisoned: Arc<Mutex<Option<String>>>,
-}
-
-impl Writer {
-    fn run(self, rx: mpsc::Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
-            let mut group = vec![first];
-            let mut bytes = op_bytes(&group[0].0);
-            while bytes < GROUP_COMMIT_MAX_BYTES {
-                match rx.try_recv() {
-                    Ok(next) => {
-                        bytes += op_bytes(&next.0);
-                        group.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let poisoned = self.poisoned.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let result = match poisoned {
-                Some(first_error) => Err(first_error),
-                None => self.commit(&group).map_err(|e| {
-                    let text = crate::tunnel_service::error::chain(&e);
-                    tracing::error!(error = %text, "tunnel store write failed; refusing writes until restart");
-                    *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
-                    text
-                }),
-            };
-            for (_, ack) in group {
-                let _ = ack.send(
-                    result
-                        .clone()
-                        .map_err(|first_error| StoreError::Poisoned { first_error }),
-                );
-            }
-        }
-    }
-
-    fn commit(&self, group: &[Request]) -> Result<(), StoreError> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        for (ops, _) in group {
-            for op in ops {
-                self.stage(&mut batch, op)?;
-            }
-        }
-        batch.commit().map_err(engine_err("commit"))
-    }
-
-    fn stage(&self, batch: &mut fjall::OwnedWriteBatch, op: &WriteOp) -> Result<(), StoreError> {
-        match op {
-            WriteOp::PutTunnel(def) => {
-                batch.insert(&self.meta, tunnel_key(def.uid), codec::encode_tunnel(def));
-            }
-            WriteOp::DeleteTunnel { uid, channels } => {
-                batch.remove(&self.meta, tunnel_key(*uid));
-                for channel in 0..*channels {
-                    batch.remove(&self.meta, channel_key(*uid, channel));
-                }
-                let from = record_key(*uid, 0, 0);
-                let to = record_key(*uid, u32::MAX, u64::MAX);
-                for guard in self.records.range(from..=to) {
-                    let key = guard.key().map_err(engine_err("scan records to delete"))?;
-                    batch.remove_weak(&self.records, key);
-                }
-            }
-            WriteOp::Append {
-                uid,
-                channel,
-                first_seq,
-                append_ms,
-                records,
-            } => {
-                batch.insert(
-                    &self.records,
-                    record_key(*uid, *channel, *first_seq),
-                    encode_batch(*append_ms, records),
-                );
-            }
-            WriteOp::PutChannelMeta { uid, channel, meta } => {
-                batch.insert(
-                    &self.meta,
-                    channel_key(*uid, *channel),
-                    codec::encode_channel_meta(meta),
-                );
-            }
-            WriteOp::Trim {
-                uid,
-                channel,
-                from,
-                below,
-            } => {
-                // The store trims whole append batches, so every batch key in from..below goes. Each key is
-                // written exactly once: a weak (single) delete lets compaction drop key and tombstone together.
-                let range = record_key(*uid, *channel, *from)..record_key(*uid, *channel, *below);
-                for guard in self.records.range(range) {
-                    let key = guard.key().map_err(engine_err("scan records to trim"))?;
-                    batch.remove_weak(&self.records, key);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn op_bytes(ops: &[WriteOp]) -> usize {
-    ops.iter()
-        .map(|op| match op {
-            WriteOp::Append { records, .. } => records.iter().map(|(k, v)| k.len() + v.len() + 32).sum(),
-            _ => 64,
-        })
-        .sum()
 }
 
 #[cfg(test)]
