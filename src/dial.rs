@@ -4,6 +4,32 @@
 
 use std::error::Error;
 use std::io;
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// How long a CLI client waits for its server's connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Dials `url` (within 5 s), trusting the CA certificate `ca_pem` (PEM bytes) when given. The error is in
+/// words ([`connect_failure`]).
+pub async fn connect(url: &str, ca_pem: Option<Vec<u8>>) -> Result<Channel, String> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| connect_failure(url, &e))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(pem) = ca_pem {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).map_err(|e| connect_failure(url, &e))?;
+    }
+    endpoint.connect().await.map_err(|e| connect_failure(url, &e))
+}
+
+/// The secret a key or token file holds: its first line that is neither blank nor a `#` comment, trimmed.
+pub fn first_secret_line(text: &str) -> Option<&str> {
+    text.lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with('#'))
+}
 
 /// The URL to dial for `addr`: kept when it has a scheme; `host:port` becomes `https://host:port` when a CA
 /// file is given (TLS), else `http://host:port`.
@@ -86,6 +112,15 @@ pub fn code_words(code: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_gives_its_first_line_that_is_not_a_comment() {
+        assert_eq!(
+            first_secret_line("# rotated monthly\n\n  k-2026  \nk-old\n"),
+            Some("k-2026")
+        );
+        assert_eq!(first_secret_line("# nothing\n\n"), None);
+    }
 
     #[test]
     fn addresses_take_a_scheme_only_when_missing() {

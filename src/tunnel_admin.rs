@@ -8,7 +8,7 @@ use arbor_proto::tunnel::error::{error_field, ErrorKind};
 use arbor_proto::tunnel::v1;
 use arbor_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 /// How to reach the service.
@@ -147,27 +147,12 @@ async fn connect(conn: &AdminConnection) -> Result<Client, AdminError> {
             source,
         })
     };
-    let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(ca) = &conn.ca_cert {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?;
+    let ca_pem = conn.ca_cert.as_ref().map(read).transpose()?;
+    let channel = crate::dial::connect(&url, ca_pem).await.map_err(connect_err)?;
     let key = match &conn.api_key_file {
         Some(path) => {
             let text = String::from_utf8_lossy(&read(path)?).into_owned();
-            let key = text
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string);
+            let key = crate::dial::first_secret_line(&text).map(str::to_string);
             let key = key.ok_or_else(|| connect_err(format!("no key in {}", path.display())))?;
             Some(key.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| {
                 connect_err(format!(

@@ -11,7 +11,7 @@ use arbor_proto::inspect::v1::inspect_service_client::InspectServiceClient;
 use serde_json::json;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::convert;
@@ -173,11 +173,7 @@ fn read_token(path: &Path) -> Result<AsciiMetadataValue, ClientError> {
         path: path.to_path_buf(),
         reason: reason.into(),
     };
-    let token = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .ok_or_else(|| bad("holds no token"))?;
+    let token = crate::dial::first_secret_line(&text).ok_or_else(|| bad("holds no token"))?;
     format!("Bearer {token}")
         .parse()
         .map_err(|_| bad("the token has characters a header cannot carry"))
@@ -199,19 +195,8 @@ impl InspectClient {
         if let Some(token) = &mut token {
             token.set_sensitive(true);
         }
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(ca) = &options.ca_file {
-            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_file(ca)?));
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?;
-        }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| connect_err(crate::dial::connect_failure(&url, &e)))?;
+        let ca_pem = options.ca_file.as_deref().map(read_file).transpose()?;
+        let channel = crate::dial::connect(&url, ca_pem).await.map_err(connect_err)?;
         Ok(InspectClient {
             addr: url,
             inner: InspectServiceClient::with_interceptor(channel, BearerToken(token)),

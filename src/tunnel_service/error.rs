@@ -221,16 +221,10 @@ pub enum StoreError {
     },
 }
 
-/// An error and its causes on one line, `outer: cause: root cause`.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+/// An error and its causes on one line, `outer: cause: root cause` (arbor's one formatter for that:
+/// [`arbor_actors::report::ErrorChain`]).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    arbor_actors::report::ErrorChain(err).to_string()
 }
 
 #[cfg(test)]

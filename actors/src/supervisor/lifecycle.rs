@@ -13,18 +13,6 @@ use super::error::{BoxError, StartPanic, SupervisorError};
 use super::slot::ChildSlot;
 use super::spec::{ChildSpec, Shutdown, StartContext};
 
-/// An error and its causes, on one line.
-pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
-
 /// The cause inside ractor's "panicked during startup" wrapper: what `pre_start` returned, or its panic.
 pub(super) fn startup_cause(err: ActorProcessingErr) -> BoxError {
     match err.downcast::<SpawnErr>() {
@@ -34,14 +22,6 @@ pub(super) fn startup_cause(err: ActorProcessingErr) -> BoxError {
         },
         Err(err) => err,
     }
-}
-
-pub(super) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(a panic payload that is not a string)".into())
 }
 
 /// Whether `cell` is linked to `supervisor`. An actor that has exited already is unlinked by ractor after its
@@ -90,7 +70,7 @@ pub(crate) async fn start_one(
         }
         Ok(Err(err)) => Err(failed(startup_cause(err))),
         Err(panic) => Err(failed(Box::new(StartPanic {
-            message: panic_message(panic),
+            message: crate::report::panic_message(panic.as_ref()),
         }))),
     }
 }

@@ -11,8 +11,9 @@ use super::children::ChildState;
 use super::events::SupervisorEvent;
 use super::exit::{Exit, SupervisorExit};
 use super::intensity::RestartIntensity;
-use super::lifecycle::{error_chain, start_one, KILL_WAIT};
+use super::lifecycle::{start_one, KILL_WAIT};
 use super::spec::{instant_after, AutoShutdown, IntensityScope, Restart, Strategy};
+use crate::report::ErrorChain;
 
 impl SupervisorState {
     /// Decides to exit: children are stopped by `post_stop`, and the exit is what `wait` reports.
@@ -255,7 +256,7 @@ impl SupervisorState {
                     self.publish(|supervisor| SupervisorEvent::RestartFailed {
                         supervisor,
                         child: id.to_string(),
-                        error: error_chain(&err),
+                        error: ErrorChain(&err).to_string(),
                     });
                     if let Some(c) = self.children.get_mut(order) {
                         c.last_exit = Some(format!("restart failed: {err}").into());

@@ -350,7 +350,7 @@ impl<S: Subscriber> Actor for SubscriberActor<S> {
                 // the batches it held are delivered again.
                 Err(panic) => myself.stop(Some(format!(
                     "the subscriber panicked: {}",
-                    crate::tunnel::channel::panic_message(panic)
+                    crate::report::panic_message(panic.as_ref())
                 ))),
             }
         });

@@ -44,7 +44,6 @@ use crate::registry::Registry;
 mod deliver;
 mod run;
 
-pub(crate) use run::panic_message;
 use run::run;
 
 /// What the worker wants of the channel.
@@ -186,7 +185,7 @@ impl Actor for ChannelActor {
                         ctx.outcome.set(outcome);
                         Ok(())
                     }
-                    Err(panic) => Err(run::panic_message(panic)),
+                    Err(panic) => Err(crate::report::panic_message(panic.as_ref())),
                 };
                 let _ = me.cast(ChannelMsg::LoopEnded(ended));
             }

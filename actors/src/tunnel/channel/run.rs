@@ -195,22 +195,13 @@ impl PendingRead {
             Err(join) => Err(TunnelError::SourcePanicked {
                 call: "ReadRecords",
                 reason: if join.is_panic() {
-                    panic_message(join.into_panic())
+                    crate::report::panic_message(join.into_panic().as_ref())
                 } else {
                     format!("the read task ended abnormally: {join}")
                 },
             }),
         }
     }
-}
-
-/// A panic's message, when it has one.
-pub(crate) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }
 
 impl Drop for PendingRead {
