@@ -444,13 +444,7 @@ impl TunnelStore {
     pub fn get_checkpoint(&self, lease: Lease<'_>) -> Result<CheckpointInfo, ServiceError> {
         let tunnel = self.find_id(lease.tunnel_id)?;
         let state = tunnel.lock();
-        let index = state.fence(
-            &tunnel.id,
-            lease.client_id,
-            lease.session_token,
-            lease.channel,
-            lease.version,
-        )?;
+        let index = state.fence(&tunnel.id, &lease)?;
         let ch = &state.channels[index];
         Ok(CheckpointInfo {
             checkpoint: ch.meta.checkpoint,
@@ -471,13 +465,7 @@ impl TunnelStore {
         let ack = {
             let mut state = tunnel.lock();
             state.live(&tunnel.id)?;
-            let index = state.fence(
-                &tunnel.id,
-                lease.client_id,
-                lease.session_token,
-                lease.channel,
-                lease.version,
-            )?;
+            let index = state.fence(&tunnel.id, &lease)?;
             let ch = &mut state.channels[index];
             if sequence_number < ch.meta.first_retained {
                 return Err(ServiceError::OutOfRange {
@@ -530,13 +518,7 @@ impl TunnelStore {
         let tunnel = self.find_id(lease.tunnel_id)?;
         let (end, sealed_end) = {
             let state = tunnel.lock();
-            let index = state.fence(
-                &tunnel.id,
-                lease.client_id,
-                lease.session_token,
-                lease.channel,
-                lease.version,
-            )?;
+            let index = state.fence(&tunnel.id, &lease)?;
             let ch = &state.channels[index];
             if from < ch.meta.first_retained {
                 return Err(out_of_range(lease.channel, from, ch.meta.first_retained));
@@ -597,16 +579,7 @@ impl TunnelStore {
         loop {
             {
                 let state = tunnel.lock();
-                let fenced = state.deleted
-                    || state
-                        .fence(
-                            &tunnel.id,
-                            lease.client_id,
-                            lease.session_token,
-                            lease.channel,
-                            lease.version,
-                        )
-                        .is_err();
+                let fenced = state.deleted || state.fence(&tunnel.id, &lease).is_err();
                 let ch = &state.channels[lease.channel as usize];
                 if fenced || ch.meta.sealed_end.is_some() || ch.visible_end > from {
                     return;

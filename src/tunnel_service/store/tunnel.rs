@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::engine::{BatchIndex, ChannelMeta, ProducerBatch, RecoveredChannel, TunnelDef, WriteOp};
 use super::producers::Producers;
-use super::types::{ChannelDescription, ClientDescription, TunnelDescription};
+use super::types::{ChannelDescription, ClientDescription, Lease, TunnelDescription};
 use crate::tunnel_service::assign::{self, ChannelView, Move};
 use crate::tunnel_service::error::ServiceError;
 
@@ -236,17 +236,11 @@ impl TunnelState {
         Ok(found)
     }
 
-    /// Checks that the session (`client`, `token`) owns `channel` under `version`: the fence of ReadRecords,
-    /// GetCheckpoint and Checkpoint.
-    pub(crate) fn fence(
-        &self,
-        tunnel_id: &str,
-        client: &str,
-        token: &str,
-        channel: u32,
-        version: Version,
-    ) -> Result<usize, ServiceError> {
-        self.session(tunnel_id, client, token)?;
+    /// Checks that the lease's session (client id and secret) owns its channel under its version: the fence of
+    /// ReadRecords, GetCheckpoint and Checkpoint, and of a waiting long poll.
+    pub(crate) fn fence(&self, tunnel_id: &str, lease: &Lease<'_>) -> Result<usize, ServiceError> {
+        let (client, channel, version) = (lease.client_id, lease.channel, lease.version);
+        self.session(tunnel_id, client, lease.session_token)?;
         let index = self.channel_index(channel, "channel_id")?;
         let ch = &self.channels[index];
         if ch.owner.as_deref() != Some(client) || !ch.status.is_owned() {
