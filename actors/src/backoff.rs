@@ -1,5 +1,11 @@
-//! gRPC's connection-backoff schedule (`doc/connection-backoff.md`): the one backoff of arbor, used by the
+//! arbor's backoff: one growth rule and one jitter rule ([`exponential`], [`spread`]) under every schedule arbor
+//! keeps, and gRPC's connection-backoff schedule (`doc/connection-backoff.md`, [`Backoff`]), used by the
 //! connection actor between connect attempts and by the activator's etcd backend between sessions.
+//!
+//! The other schedules are policies over the same core, each next to what it paces: the tunnel channel's waits
+//! after an empty read or a transient error (`tunnel::backoff`, delays from the end of a try) and a
+//! supervisor's restart delays (`supervisor::RestartBackoff`, reset after a stable period). They differ in what
+//! they count from and when they start over, which is why they are three configurations, not in how they grow.
 //!
 //! Written here rather than taken from `backon` or `backoff`: `backon`'s jitter adds a uniform `(0, delay)` (it
 //! cannot express gRPC's symmetric +-20 %), and both crates count delays from the end of a failed try, whereas
@@ -11,6 +17,40 @@ use std::time::Duration;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+/// The `attempt`-th delay of an exponential schedule: `initial × multiplier^attempt`, at most `max`. Saturates
+/// whatever the inputs (a multiplier below 1, or not finite, counts as 1); never panics.
+pub fn exponential(initial: Duration, multiplier: f64, max: Duration, attempt: u32) -> Duration {
+    let multiplier = if multiplier.is_finite() {
+        multiplier.max(1.0)
+    } else {
+        1.0
+    };
+    let growth = multiplier.powi(attempt.min(1_024) as i32);
+    let secs = (initial.as_secs_f64() * growth).min(max.as_secs_f64());
+    Duration::try_from_secs_f64(secs).unwrap_or(max)
+}
+
+/// How a delay is spread at random, so that many clients failing together do not retry together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Jitter {
+    /// Scaled by a factor in `1 ± fraction` (gRPC's and the tunnel channel's).
+    Symmetric(f64),
+    /// Lengthened by up to `fraction` of itself (the supervisor's restart delays: never earlier than asked).
+    Additive(f64),
+}
+
+/// `delay` spread by `jitter`, with `unit` a uniform random number in `0.0..1.0`. Fractions are clamped to
+/// `0.0..=1.0` (not finite: no jitter); never panics.
+pub fn spread(delay: Duration, jitter: Jitter, unit: f64) -> Duration {
+    let fraction = |f: f64| if f.is_finite() { f.clamp(0.0, 1.0) } else { 0.0 };
+    let unit = unit.clamp(0.0, 1.0);
+    let factor = match jitter {
+        Jitter::Symmetric(f) => 1.0 - fraction(f) + 2.0 * fraction(f) * unit,
+        Jitter::Additive(f) => 1.0 + fraction(f) * unit,
+    };
+    Duration::try_from_secs_f64(delay.as_secs_f64() * factor).unwrap_or(delay)
+}
 
 /// Backoff parameters. The defaults are gRPC's.
 ///
@@ -158,10 +198,10 @@ impl Backoff {
                 self.config.initial
             }
             Some(prev) => {
-                let grown = prev.as_secs_f64() * self.config.multiplier;
-                let next = Duration::from_secs_f64(grown.min(self.config.max.as_secs_f64()));
+                // gRPC grows the un-jittered delay, so jitter never compounds.
+                let next = exponential(prev, self.config.multiplier, self.config.max, 1);
                 self.current = Some(next);
-                jittered(next, self.config.jitter)
+                spread(next, Jitter::Symmetric(self.config.jitter), rand::rng().random())
             }
         };
         AttemptPlan {
@@ -171,17 +211,24 @@ impl Backoff {
     }
 }
 
-fn jittered(d: Duration, jitter: f64) -> Duration {
-    if jitter <= 0.0 {
-        return d;
-    }
-    let factor = rand::rng().random_range((1.0 - jitter)..=(1.0 + jitter));
-    Duration::from_secs_f64(d.as_secs_f64() * factor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_core_grows_caps_spreads_and_saturates() {
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        assert_eq!(exponential(ms(100), 2.0, s(5), 0), ms(100));
+        assert_eq!(exponential(ms(100), 2.0, s(5), 3), ms(800));
+        assert_eq!(exponential(ms(100), 2.0, s(5), 30), s(5));
+        assert_eq!(exponential(ms(100), 2.0, s(5), u32::MAX), s(5));
+        assert_eq!(exponential(ms(100), f64::NAN, s(5), 9), ms(100));
+        assert_eq!(spread(s(10), Jitter::Symmetric(0.2), 0.0), s(8));
+        assert_eq!(spread(s(10), Jitter::Symmetric(0.2), 1.0), s(12));
+        assert_eq!(spread(s(10), Jitter::Additive(0.5), 0.0), s(10));
+        assert_eq!(spread(s(10), Jitter::Additive(0.5), 1.0), s(15));
+        assert_eq!(spread(s(10), Jitter::Additive(f64::INFINITY), 1.0), s(10));
+    }
 
     #[test]
     fn grpc_defaults_and_growth_within_jitter() {

@@ -24,7 +24,6 @@ pub use ractor;
 
 #[cfg(feature = "activator")]
 pub mod activator;
-#[cfg(any(feature = "connection", feature = "activator"))]
 pub mod backoff;
 #[cfg(feature = "connection")]
 pub mod connection;

@@ -114,18 +114,12 @@ impl RestartBackoff {
     /// The delay before restart number `attempt` (0 for the first restart after a stable period). Saturates
     /// instead of overflowing, whatever the fields hold.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(2u32.saturating_pow(attempt.min(31)))
-            .min(self.max);
-        let factor = if self.random_factor.is_finite() {
-            self.random_factor.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        let jitter = Duration::try_from_secs_f64(base.as_secs_f64() * factor * rand::random::<f64>())
-            .unwrap_or(Duration::ZERO);
-        base.saturating_add(jitter)
+        let base = crate::backoff::exponential(self.min, 2.0, self.max, attempt);
+        crate::backoff::spread(
+            base,
+            crate::backoff::Jitter::Additive(self.random_factor),
+            rand::random::<f64>(),
+        )
     }
 
     /// Checks the fields; the error names the first one at fault.

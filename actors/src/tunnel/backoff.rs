@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backoff;
+
 /// An exponential schedule with jitter: the `n`-th wait is `initial × multiplier^n`, at most `max`, then
 /// spread by ± `jitter` (a fraction).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -48,12 +50,8 @@ impl Backoff {
 
     /// The wait before attempt `attempt + 1`, with `unit` a uniform random number in `0.0..1.0`.
     pub fn delay_with(&self, attempt: u32, unit: f64) -> Duration {
-        let growth = self.multiplier.max(1.0).powi(attempt.min(64) as i32);
-        let base = self.initial.as_secs_f64() * growth;
-        let base = base.min(self.max.as_secs_f64());
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        let factor = 1.0 - jitter + 2.0 * jitter * unit.clamp(0.0, 1.0);
-        Duration::try_from_secs_f64(base * factor).unwrap_or(self.max)
+        let base = backoff::exponential(self.initial, self.multiplier, self.max, attempt);
+        backoff::spread(base, backoff::Jitter::Symmetric(self.jitter), unit)
     }
 
     /// The wait before attempt `attempt + 1`.
