@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arbor_actors::connection::{ConnectionConfig, Lease};
+use arbor_actors::connection::{ConnectionConfig, ConnectionLease};
 use arbor_proto::tunnel::v1;
 use arbor_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient;
 use tokio::task::JoinHandle;
@@ -188,7 +188,7 @@ pub async fn start_producers(
 }
 
 struct Producer {
-    lease: Lease,
+    lease: ConnectionLease,
     tunnel_id: String,
     keys: Vec<usize>,
     every: Duration,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use arbor_actors::activator::{
     Activator, ActivatorHandle, ActivatorInfo, ActivatorOptions, Backend, Singleton,
 };
-use arbor_actors::connection::{ConnectionConfig, ConnectionPool, Lease};
+use arbor_actors::connection::{ConnectionConfig, ConnectionLease, ConnectionPool};
 use arbor_actors::ractor::ActorId;
 use arbor_actors::registry::Registry;
 use arbor_actors::supervisor::{
@@ -160,12 +160,12 @@ impl TreeHandle {
 
     /// A lease on a pooled connection for `config` (shared with every other lease on the same target and
     /// credentials).
-    pub async fn acquire(&self, config: ConnectionConfig) -> Result<Lease, TreeError> {
+    pub async fn acquire(&self, config: ConnectionConfig) -> Result<ConnectionLease, TreeError> {
         Ok(self.inner.pool.acquire(config).await?)
     }
 
     /// A lease on the connection named `name` in the configuration.
-    pub async fn connection(&self, name: &str) -> Result<Lease, TreeError> {
+    pub async fn connection(&self, name: &str) -> Result<ConnectionLease, TreeError> {
         let config = self.named_connection(name)?;
         self.acquire(config).await
     }

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::config::Limits;
 use super::error::ServiceError;
-use super::store::{Lease, TunnelDescription, TunnelStore, READ_MESSAGE_MAX_BYTES};
+use super::store::{LeaseClaim, TunnelDescription, TunnelStore, READ_MESSAGE_MAX_BYTES};
 use super::validate;
 use crate::serving::{Granted, Role};
 
@@ -134,8 +134,8 @@ fn lease<'a>(
     session_token: &'a str,
     channel: u32,
     version: i64,
-) -> Result<Lease<'a>, ServiceError> {
-    Ok(Lease {
+) -> Result<LeaseClaim<'a>, ServiceError> {
+    Ok(LeaseClaim {
         tunnel_id: validate::required(tunnel_id, "tunnel_id")?,
         client_id: validate::required(client_id, "client_id")?,
         session_token,
@@ -166,7 +166,7 @@ impl ReadState {
             if self.done {
                 return None;
             }
-            let lease = Lease {
+            let lease = LeaseClaim {
                 tunnel_id: &self.req.tunnel_id,
                 client_id: &self.req.client_id,
                 session_token: &self.req.session_token,
@@ -184,7 +184,7 @@ impl ReadState {
             if batch.records.is_empty() && !batch.finished {
                 if !self.sent_any && !self.waited && !self.max_wait.is_zero() {
                     self.waited = true;
-                    let lease = Lease {
+                    let lease = LeaseClaim {
                         tunnel_id: &self.req.tunnel_id,
                         client_id: &self.req.client_id,
                         session_token: &self.req.session_token,

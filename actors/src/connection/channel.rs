@@ -20,7 +20,7 @@ use super::state::ConnectivityState;
 /// A channel bound to a connection rather than to one of its transports: every call goes to the connection's
 /// current transport, so a client built once keeps working across reconnects, server restarts and GOAWAYs.
 /// Cheap to clone. Get it from [`ConnectionHandle::channel`](super::ConnectionHandle::channel) or
-/// [`Lease::channel`](super::Lease::channel) and hand it to any tonic-generated client:
+/// [`ConnectionLease::channel`](super::ConnectionLease::channel) and hand it to any tonic-generated client:
 ///
 /// ```no_run
 /// # use std::time::Duration;

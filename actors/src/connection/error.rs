@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::config::ConfigError;
 use super::state::{CloseReason, ConnectivityState, ShutdownReason};
 
-/// Errors returned by [`ConnectionHandle`](super::ConnectionHandle), [`Lease`](super::Lease) and, as the
+/// Errors returned by [`ConnectionHandle`](super::ConnectionHandle), [`ConnectionLease`](super::ConnectionLease) and, as the
 /// source of an `Unavailable` status, by [`ConnectionChannel`](super::ConnectionChannel).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]

@@ -48,7 +48,7 @@
 //!
 //! # Making calls
 //!
-//! [`ConnectionHandle::channel`] (and [`Lease::channel`]) give a [`ConnectionChannel`]: a `tower::Service` for
+//! [`ConnectionHandle::channel`] (and [`ConnectionLease::channel`]) give a [`ConnectionChannel`]: a `tower::Service` for
 //! any tonic-generated client that routes each call to the current transport, waits while connecting (bounded
 //! by the call's deadline), fails fast with `Unavailable` when the connection is down past that deadline, and
 //! applies the auth as a layer. Build a client once; it survives reconnects. [`ConnectionHandle::request`] puts
@@ -74,7 +74,7 @@
 //!
 //! [`ConnectionHandle::child_spec`] runs one connection under a supervisor (a restarted actor keeps serving the
 //! same handles). [`ConnectionPool`] shares one connection per target and credentials among refcounted
-//! [`Lease`]s, under its own supervisor, with every connection in a [`Registry`](crate::registry::Registry).
+//! [`ConnectionLease`]s, under its own supervisor, with every connection in a [`Registry`](crate::registry::Registry).
 //!
 //! # Example
 //!
@@ -116,7 +116,7 @@ pub use channel::ConnectionChannel;
 pub use config::{ConfigError, ConnectionConfig, IdleReconnect, Keepalive};
 pub use error::{classify, ConnectionError, FailureClass};
 pub use handle::ConnectionHandle;
-pub use pool::{ConnectionInfo, ConnectionPool, Lease, PoolError, PoolOptions, PoolStats};
+pub use pool::{ConnectionInfo, ConnectionLease, ConnectionPool, PoolError, PoolOptions, PoolStats};
 pub use state::{CloseReason, ConnectionSnapshot, ConnectivityState, GoAway, ShutdownReason};
 pub use target::{Credentials, HostPort, Secret, Target, TargetError};
 pub use tied::{StreamEnd, StreamEvent, TiedCall};

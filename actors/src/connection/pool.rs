@@ -5,7 +5,7 @@
 //!   hash of its TLS and auth settings, so different credentials get different connections. The first
 //!   acquire's [`ConnectionConfig`] is the one the connection runs with.
 //! - Acquires are serialised by the pool actor, so concurrent acquires of one key share one connection.
-//! - A [`Lease`] is released when dropped, or when its holder actor (see [`ConnectionPool::acquire_for`])
+//! - A [`ConnectionLease`] is released when dropped, or when its holder actor (see [`ConnectionPool::acquire_for`])
 //!   dies: the pool monitors holders.
 //! - At zero leases the connection lingers for [`PoolOptions::linger`] (default 0) and is then stopped and
 //!   removed, but only if the entry is still the same one (its generation). A connection that never reached
@@ -246,17 +246,21 @@ impl ConnectionPool {
     }
 
     /// A lease on the connection for `config`'s target, creating the connection if needed.
-    pub async fn acquire(&self, config: ConnectionConfig) -> Result<Lease, PoolError> {
+    pub async fn acquire(&self, config: ConnectionConfig) -> Result<ConnectionLease, PoolError> {
         self.acquire_inner(config, None).await
     }
 
     /// Like [`acquire`](Self::acquire), parsing a connection string with default settings.
-    pub async fn acquire_str(&self, connection_string: &str) -> Result<Lease, PoolError> {
+    pub async fn acquire_str(&self, connection_string: &str) -> Result<ConnectionLease, PoolError> {
         self.acquire(ConnectionConfig::parse(connection_string)?).await
     }
 
     /// A lease held on behalf of `holder`: released when `holder` dies, even if the lease is never dropped.
-    pub async fn acquire_for(&self, config: ConnectionConfig, holder: ActorCell) -> Result<Lease, PoolError> {
+    pub async fn acquire_for(
+        &self,
+        config: ConnectionConfig,
+        holder: ActorCell,
+    ) -> Result<ConnectionLease, PoolError> {
         self.acquire_inner(config, Some(holder)).await
     }
 
@@ -264,11 +268,11 @@ impl ConnectionPool {
         &self,
         config: ConnectionConfig,
         holder: Option<ActorCell>,
-    ) -> Result<Lease, PoolError> {
+    ) -> Result<ConnectionLease, PoolError> {
         let actor = self.actor()?;
         let granted = ractor::call!(actor, PoolMsg::Acquire, Box::new(config), holder)
             .map_err(|_| PoolError::NotRunning)??;
-        Ok(Lease {
+        Ok(ConnectionLease {
             pool: actor,
             key: granted.key,
             id: granted.lease_id,
@@ -286,16 +290,16 @@ impl ConnectionPool {
 /// A share of a pooled connection. Dropping it releases it: the connection stops with its last lease (after
 /// the pool's linger), and channels taken from it then fail with `Unavailable` (source
 /// [`ConnectionError::Shutdown`]). Keep the lease as long as its channels are used.
-pub struct Lease {
+pub struct ConnectionLease {
     pool: ActorRef<PoolMsg>,
     key: String,
     id: u64,
     handle: ConnectionHandle,
 }
 
-impl std::fmt::Debug for Lease {
+impl std::fmt::Debug for ConnectionLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
+        f.debug_struct("ConnectionLease")
             .field("key", &self.key)
             .field("id", &self.id)
             .field("state", &self.handle.state())
@@ -303,7 +307,7 @@ impl std::fmt::Debug for Lease {
     }
 }
 
-impl Lease {
+impl ConnectionLease {
     /// The pool key.
     pub fn key(&self) -> &str {
         &self.key
@@ -345,7 +349,7 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
+impl Drop for ConnectionLease {
     fn drop(&mut self) {
         let _ = self.pool.cast(PoolMsg::Release {
             key: std::mem::take(&mut self.key),

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::error::TunnelError;
-use crate::connection::{ConnectionChannel, ConnectionHandle, FailureClass, Lease as PoolLease};
+use crate::connection::{ConnectionChannel, ConnectionHandle, ConnectionLease, FailureClass};
 
 /// A consumer session: the client id and secret the service gave at `connect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +209,7 @@ pub trait TunnelSource: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 enum Connection {
     Handle(ConnectionHandle),
-    Pooled(Arc<PoolLease>),
+    Pooled(Arc<ConnectionLease>),
 }
 
 impl Connection {
@@ -248,7 +248,7 @@ impl GrpcSource {
     }
 
     /// A source on a pooled connection; the lease is released when the last clone of the source goes.
-    pub fn pooled(lease: PoolLease, call_timeout: Duration) -> Self {
+    pub fn pooled(lease: ConnectionLease, call_timeout: Duration) -> Self {
         GrpcSource {
             connection: Connection::Pooled(Arc::new(lease)),
             call_timeout,

@@ -40,8 +40,8 @@ pub use self::memory::MemoryEngine;
 pub use self::tunnel::AssignmentEvent;
 use self::tunnel::{now_ms, Client, Recovered, SessionToken, Tunnel, TunnelLimits};
 pub use self::types::{
-    Appended, ChannelAppend, ChannelDescription, CheckpointInfo, ClientDescription, Lease, NewSession,
-    NewTunnel, ProducerRef, ReadBatch, TunnelDescription, TunnelRef,
+    Appended, ChannelAppend, ChannelDescription, CheckpointState, ClientDescription, LeaseClaim, NewSession,
+    NewTunnel, ProducerRef, StoredBatch, TunnelDescription, TunnelRef,
 };
 use super::config::StoreOptions;
 use super::error::{ServiceError, StoreError};
@@ -441,12 +441,12 @@ impl TunnelStore {
     /// # Errors
     /// [`ServiceError::TunnelNotFound`], [`ServiceError::ClientUnknown`], [`ServiceError::NotOwner`],
     /// [`ServiceError::InvalidArgument`] for an unknown channel.
-    pub fn get_checkpoint(&self, lease: Lease<'_>) -> Result<CheckpointInfo, ServiceError> {
+    pub fn get_checkpoint(&self, lease: LeaseClaim<'_>) -> Result<CheckpointState, ServiceError> {
         let tunnel = self.find_id(lease.tunnel_id)?;
         let state = tunnel.lock();
         let index = state.fence(&tunnel.id, &lease)?;
         let ch = &state.channels[index];
-        Ok(CheckpointInfo {
+        Ok(CheckpointState {
             checkpoint: ch.meta.checkpoint,
             first_retained: ch.meta.first_retained,
             end: ch.visible_end,
@@ -460,7 +460,7 @@ impl TunnelStore {
     /// # Errors
     /// The fence's errors; [`ServiceError::OutOfRange`] below the retained range;
     /// [`ServiceError::InvalidArgument`] beyond the end; [`ServiceError::Storage`].
-    pub async fn checkpoint(&self, lease: Lease<'_>, sequence_number: u64) -> Result<(), ServiceError> {
+    pub async fn checkpoint(&self, lease: LeaseClaim<'_>, sequence_number: u64) -> Result<(), ServiceError> {
         let tunnel = self.find_id(lease.tunnel_id)?;
         let ack = {
             let mut state = tunnel.lock();
@@ -511,10 +511,10 @@ impl TunnelStore {
     /// [`ServiceError::InvalidArgument`] beyond the end; [`ServiceError::Storage`].
     pub async fn read(
         &self,
-        lease: Lease<'_>,
+        lease: LeaseClaim<'_>,
         from: u64,
         max_records: usize,
-    ) -> Result<ReadBatch, ServiceError> {
+    ) -> Result<StoredBatch, ServiceError> {
         let tunnel = self.find_id(lease.tunnel_id)?;
         let (end, sealed_end) = {
             let state = tunnel.lock();
@@ -552,7 +552,7 @@ impl TunnelStore {
             return Err(out_of_range(lease.channel, from, first_retained));
         }
         let next = from + records.len() as u64;
-        Ok(ReadBatch {
+        Ok(StoredBatch {
             records,
             next,
             finished: sealed_end == Some(next) && next == end,
@@ -562,7 +562,7 @@ impl TunnelStore {
     /// Waits until the lease's channel has a record at `from` or is sealed, until the lease no longer passes
     /// the fence (the reader stopped being the owner, its version was fenced, the tunnel was deleted), or
     /// until `timeout` passes; the caller's next read tells which.
-    pub async fn wait_for_records(&self, lease: Lease<'_>, from: u64, timeout: Duration) {
+    pub async fn wait_for_records(&self, lease: LeaseClaim<'_>, from: u64, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         let Ok(tunnel) = self.find_id(lease.tunnel_id) else {
             return;

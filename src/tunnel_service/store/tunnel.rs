@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::engine::{BatchIndex, ChannelMeta, ProducerBatch, RecoveredChannel, TunnelDef, WriteOp};
 use super::producers::Producers;
-use super::types::{ChannelDescription, ClientDescription, Lease, TunnelDescription};
+use super::types::{ChannelDescription, ClientDescription, LeaseClaim, TunnelDescription};
 use crate::tunnel_service::assign::{self, ChannelView, Move};
 use crate::tunnel_service::error::ServiceError;
 
@@ -238,7 +238,7 @@ impl TunnelState {
 
     /// Checks that the lease's session (client id and secret) owns its channel under its version: the fence of
     /// ReadRecords, GetCheckpoint and Checkpoint, and of a waiting long poll.
-    pub(crate) fn fence(&self, tunnel_id: &str, lease: &Lease<'_>) -> Result<usize, ServiceError> {
+    pub(crate) fn fence(&self, tunnel_id: &str, lease: &LeaseClaim<'_>) -> Result<usize, ServiceError> {
         let (client, channel, version) = (lease.client_id, lease.channel, lease.version);
         self.session(tunnel_id, client, lease.session_token)?;
         let index = self.channel_index(channel, "channel_id")?;

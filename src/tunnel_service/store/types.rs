@@ -127,7 +127,7 @@ pub struct Appended {
 
 /// GetCheckpoint's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CheckpointInfo {
+pub struct CheckpointState {
     /// The checkpoint.
     pub checkpoint: u64,
     /// The first retained sequence number.
@@ -142,7 +142,7 @@ pub struct CheckpointInfo {
 
 /// One read of a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadBatch {
+pub struct StoredBatch {
     /// Consecutive records.
     pub records: Vec<StoredRecord>,
     /// Where the next read continues.
@@ -154,7 +154,7 @@ pub struct ReadBatch {
 /// A fenced consumer position: who asks, for which channel, under which version. Debug leaves out the session
 /// token.
 #[derive(Clone, Copy)]
-pub struct Lease<'a> {
+pub struct LeaseClaim<'a> {
     /// The tunnel id.
     pub tunnel_id: &'a str,
     /// The client id.
@@ -167,9 +167,9 @@ pub struct Lease<'a> {
     pub version: Version,
 }
 
-impl std::fmt::Debug for Lease<'_> {
+impl std::fmt::Debug for LeaseClaim<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
+        f.debug_struct("LeaseClaim")
             .field("tunnel_id", &self.tunnel_id)
             .field("client_id", &self.client_id)
             .field("channel", &self.channel)
