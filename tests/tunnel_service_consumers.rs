@@ -228,7 +228,7 @@ async fn hand_over_waits_for_close_and_never_gives_a_channel_to_two_owners() {
         let reasons: Vec<(&str, ChannelStatus)> = history
             .iter()
             .filter(|e| e.channel_id == *c)
-            .map(|e| (e.reason, e.status))
+            .map(|e| (e.reason.as_str(), e.status))
             .collect();
         assert_eq!(
             reasons,

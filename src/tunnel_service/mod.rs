@@ -81,4 +81,4 @@ pub use self::error::{ServiceError, StoreError};
 pub use self::server::{
     ApiKeys, ConnectionLimits, Role, RunningServer, ServerError, ServerOptions, TlsFiles, TunnelServer,
 };
-pub use self::store::{AssignmentEvent, TunnelStore};
+pub use self::store::{AssignmentEvent, AssignmentReason, TunnelStore};

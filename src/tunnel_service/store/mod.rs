@@ -37,8 +37,8 @@ pub use self::durable::{DurableEngine, DurableOptions};
 pub use self::engine::{ChannelDef, Engine, Retention, StoredRecord};
 use self::engine::{RecoveredChannel, TunnelDef, WriteOp};
 pub use self::memory::MemoryEngine;
-pub use self::tunnel::AssignmentEvent;
 use self::tunnel::{now_ms, Client, Recovered, SessionToken, Tunnel, TunnelLimits};
+pub use self::tunnel::{AssignmentEvent, AssignmentReason};
 pub use self::types::{
     Appended, ChannelAppend, ChannelDescription, CheckpointState, ClientDescription, LeaseClaim, NewSession,
     NewTunnel, ProducerRef, StoredBatch, TunnelDescription, TunnelRef,
@@ -619,7 +619,7 @@ impl TunnelStore {
         let tunnel = self.find_id(tunnel_id)?;
         let mut state = tunnel.lock();
         state.session(&tunnel.id, client_id, session_token)?;
-        state.remove_client(client_id, "client-shutdown", &tunnel.id);
+        state.remove_client(client_id, AssignmentReason::ClientShutdown, &tunnel.id);
         tracing::info!(tunnel = %tunnel.id, client = client_id, "tunnel client shut down");
         state.rebalance(&tunnel.id);
         Ok(())

@@ -30,8 +30,53 @@ pub struct AssignmentEvent {
     pub version: Version,
     /// Its owner after the change (set for OPEN and CLOSING).
     pub owner: Option<String>,
-    /// Why: `rebalance`, `released`, `terminated`, `client-expired`, `client-shutdown`, `closing-timeout`.
-    pub reason: &'static str,
+    /// Why it changed.
+    pub reason: AssignmentReason,
+}
+
+/// Why a channel's assignment changed (the assignment history's and the log's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AssignmentReason {
+    /// The service balanced the channels over the live clients (OPEN to a new owner, or CLOSING to move it).
+    Rebalance,
+    /// The owner gave the channel up (its CLOSE report).
+    Released,
+    /// The owner checkpointed the end of a finished channel (its TERMINATED report).
+    Terminated,
+    /// The owner was silent past its heartbeat timeout.
+    ClientExpired,
+    /// The owner shut its session down.
+    ClientShutdown,
+    /// A CLOSING channel's owner did not release it within the closing timeout.
+    ClosingTimeout,
+}
+
+impl AssignmentReason {
+    /// The reason as the logs and the history print it: `rebalance`, `released`, `terminated`,
+    /// `client-expired`, `client-shutdown`, `closing-timeout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignmentReason::Rebalance => "rebalance",
+            AssignmentReason::Released => "released",
+            AssignmentReason::Terminated => "terminated",
+            AssignmentReason::ClientExpired => "client-expired",
+            AssignmentReason::ClientShutdown => "client-shutdown",
+            AssignmentReason::ClosingTimeout => "closing-timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for AssignmentReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for AssignmentReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -266,7 +311,7 @@ impl TunnelState {
         Ok(index)
     }
 
-    fn record(&mut self, channel: usize, reason: &'static str, tunnel_id: &str) {
+    fn record(&mut self, channel: usize, reason: AssignmentReason, tunnel_id: &str) {
         let ch = &self.channels[channel];
         let event = AssignmentEvent {
             event: self.next_event,
@@ -283,7 +328,7 @@ impl TunnelState {
             status = %event.status,
             version = event.version.get(),
             owner = event.owner.as_deref().unwrap_or(""),
-            reason,
+            reason = reason.as_str(),
             "tunnel channel assignment changed"
         );
         self.next_event += 1;
@@ -299,7 +344,7 @@ impl TunnelState {
         status: ChannelStatus,
         version: Version,
         owner: Option<String>,
-        reason: &'static str,
+        reason: AssignmentReason,
         tunnel_id: &str,
     ) {
         let ch = &mut self.channels[channel];
@@ -315,7 +360,7 @@ impl TunnelState {
     }
 
     /// Takes every channel of `client` back (→ CLOSE, version + 1) and forgets the client.
-    pub(crate) fn remove_client(&mut self, client: &str, reason: &'static str, tunnel_id: &str) {
+    pub(crate) fn remove_client(&mut self, client: &str, reason: AssignmentReason, tunnel_id: &str) {
         self.clients.remove(client);
         for i in 0..self.channels.len() {
             let ch = &self.channels[i];
@@ -343,7 +388,7 @@ impl TunnelState {
                 timeout = ?timeout,
                 "tunnel client expired: no heartbeat within its timeout"
             );
-            self.remove_client(&client, "client-expired", tunnel_id);
+            self.remove_client(&client, AssignmentReason::ClientExpired, tunnel_id);
         }
         for i in 0..self.channels.len() {
             let ch = &self.channels[i];
@@ -358,7 +403,7 @@ impl TunnelState {
                     ChannelStatus::Close,
                     version,
                     None,
-                    "closing-timeout",
+                    AssignmentReason::ClosingTimeout,
                     tunnel_id,
                 );
                 changed = true;
@@ -388,7 +433,7 @@ impl TunnelState {
                     ChannelStatus::Close,
                     report.version,
                     None,
-                    "released",
+                    AssignmentReason::Released,
                     tunnel_id,
                 );
             }
@@ -409,7 +454,7 @@ impl TunnelState {
                     ChannelStatus::Terminated,
                     report.version,
                     None,
-                    "terminated",
+                    AssignmentReason::Terminated,
                     tunnel_id,
                 );
             }
@@ -448,7 +493,7 @@ impl TunnelState {
                         ChannelStatus::Open,
                         version,
                         owner,
-                        "rebalance",
+                        AssignmentReason::Rebalance,
                         tunnel_id,
                     );
                 }
@@ -460,7 +505,7 @@ impl TunnelState {
                         ChannelStatus::Closing,
                         version,
                         owner,
-                        "rebalance",
+                        AssignmentReason::Rebalance,
                         tunnel_id,
                     );
                 }
