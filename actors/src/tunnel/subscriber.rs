@@ -44,8 +44,41 @@ impl Batch {
     }
 }
 
-/// Why a subscriber refused a batch (its records are delivered again).
-pub type Nack = String;
+/// Why a subscriber refused a batch (its records are delivered again): the subscriber's error, kept whole so its
+/// cause chain can be walked ([`Nack::error`]) and is printed in full (`Display` gives the chain on one line).
+#[derive(Debug, Clone)]
+pub struct Nack(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Nack {
+    /// The subscriber's error.
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Display for Nack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::report::ErrorChain(&*self.0).fmt(f)
+    }
+}
+
+impl From<BoxError> for Nack {
+    fn from(error: BoxError) -> Self {
+        Nack(Arc::from(error))
+    }
+}
+
+impl From<&str> for Nack {
+    fn from(reason: &str) -> Self {
+        Nack(Arc::from(BoxError::from(reason)))
+    }
+}
+
+impl From<String> for Nack {
+    fn from(reason: String) -> Self {
+        Nack(Arc::from(BoxError::from(reason)))
+    }
+}
 
 /// The acknowledgement a subscriber owes for one [`Batch`]. Dropping it unanswered counts as a failed
 /// delivery (the batch is delivered again, to this subscriber or the next one).
@@ -65,8 +98,9 @@ impl Ack {
         self.answer(Ok(()));
     }
 
-    /// The batch could not be processed: the channel is given up and its records delivered again.
-    pub fn nack(mut self, reason: impl Into<String>) {
+    /// The batch could not be processed: the channel is given up and its records delivered again. `reason` is
+    /// the subscriber's error (or a message).
+    pub fn nack(mut self, reason: impl Into<Nack>) {
         self.answer(Err(reason.into()));
     }
 
@@ -345,7 +379,7 @@ impl<S: Subscriber> Actor for SubscriberActor<S> {
                 .await;
             match handled {
                 Ok(Ok(())) => delivery.ack.ack(),
-                Ok(Err(err)) => delivery.ack.nack(err.to_string()),
+                Ok(Err(err)) => delivery.ack.nack(err),
                 // A panic is the runner's crash, as if it had happened in the actor: the worker restarts it and
                 // the batches it held are delivered again.
                 Err(panic) => myself.stop(Some(format!(
@@ -355,5 +389,23 @@ impl<S: Subscriber> Actor for SubscriberActor<S> {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot write the order")]
+    struct WriteFailed(#[source] std::io::Error);
+
+    #[test]
+    fn a_nack_keeps_the_subscribers_error_whole_and_prints_its_chain() {
+        let error: BoxError = Box::new(WriteFailed(std::io::Error::other("disk full")));
+        let nack = Nack::from(error);
+        assert_eq!(nack.to_string(), "cannot write the order: disk full");
+        assert!(nack.error().downcast_ref::<WriteFailed>().is_some());
+        assert_eq!(Nack::from("refused").to_string(), "refused");
     }
 }
