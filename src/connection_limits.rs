@@ -8,6 +8,34 @@
 
 use std::time::Duration;
 
+/// An option that cannot work, naming it by its path (`request_timeout`, `connections.max_connections`) and
+/// saying why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidOption {
+    /// The option's path.
+    pub field: String,
+    /// Why it cannot work.
+    pub reason: String,
+}
+
+impl InvalidOption {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        InvalidOption {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error with its path under `section` (`connections` → `connections.request_timeout`).
+    pub fn within(self, section: &str) -> Self {
+        InvalidOption {
+            field: format!("{section}.{}", self.field),
+            reason: self.reason,
+        }
+    }
+}
+
 /// Bounds on a server's connections and requests, each setter stating its default. As TOML (the
 /// `[introspection.connections]` table; every key optional):
 ///
@@ -119,7 +147,7 @@ impl ConnectionLimits {
 
     /// Checks what the types cannot: every bound is at least 1 (a zero would refuse everything), and the request
     /// timeout exceeds `longest_wait` (the longest long poll the server allows). The error names the field.
-    pub fn validate(&self, longest_wait: Duration) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self, longest_wait: Duration) -> Result<(), InvalidOption> {
         let zero = [
             ("max_connections", self.max_connections == 0),
             ("max_concurrent_streams", self.max_concurrent_streams == 0),
@@ -137,10 +165,10 @@ impl ConnectionLimits {
             ("tcp_keepalive", self.tcp_keepalive.is_zero()),
         ];
         if let Some((field, _)) = zero.iter().find(|(_, zero)| *zero) {
-            return Err((field, "must be above 0".into()));
+            return Err(InvalidOption::new(*field, "must be above 0"));
         }
         if self.request_timeout <= longest_wait {
-            return Err((
+            return Err(InvalidOption::new(
                 "request_timeout",
                 format!(
                     "{} must exceed the longest long poll ({}), or long polls would be cut",
@@ -178,19 +206,19 @@ mod tests {
     #[test]
     fn a_request_timeout_within_the_long_poll_is_refused_by_name() {
         let limits = ConnectionLimits::default().request_timeout(Duration::from_secs(30));
-        let (field, reason) = limits.validate(Duration::from_secs(30)).unwrap_err();
+        let InvalidOption { field, reason } = limits.validate(Duration::from_secs(30)).unwrap_err();
         assert_eq!(field, "request_timeout");
         assert!(reason.contains("30s"), "{reason}");
     }
 
     #[test]
     fn zero_bounds_are_refused_by_name() {
-        let (field, _) = ConnectionLimits::default()
+        let InvalidOption { field, .. } = ConnectionLimits::default()
             .max_connections(0)
             .validate(Duration::ZERO)
             .unwrap_err();
         assert_eq!(field, "max_connections");
-        let (field, _) = ConnectionLimits::default()
+        let InvalidOption { field, .. } = ConnectionLimits::default()
             .handshake_timeout(Duration::ZERO)
             .validate(Duration::ZERO)
             .unwrap_err();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::connection_limits::ConnectionLimits;
+use crate::connection_limits::{ConnectionLimits, InvalidOption};
 use crate::serving::{ApiKeys, SecurityError, TlsFiles};
 
 /// The default gRPC listen address: loopback only.
@@ -153,20 +153,18 @@ impl IntrospectionOptions {
     }
 
     /// Checks what the types cannot; the error names the field (`history_per_node`, `connections.<field>`).
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    ///
+    /// # Errors
+    /// [`InvalidOption`] for the first option at fault.
+    pub fn validate(&self) -> Result<(), InvalidOption> {
         self.connections
             .validate(std::time::Duration::ZERO)
-            .map_err(|(field, reason)| (format!("connections.{field}"), reason))?;
-        self.validate_retention()
-            .map_err(|(field, reason)| (field.to_string(), reason))
-    }
-
-    fn validate_retention(&self) -> Result<(), (&'static str, String)> {
+            .map_err(|e| e.within("connections"))?;
         if self.history_per_node == 0 {
-            return Err(("history_per_node", "must be at least 1".into()));
+            return Err(InvalidOption::new("history_per_node", "must be at least 1"));
         }
         if self.replay_events == 0 {
-            return Err(("replay_events", "must be at least 1".into()));
+            return Err(InvalidOption::new("replay_events", "must be at least 1"));
         }
         Ok(())
     }
@@ -203,7 +201,7 @@ mod tests {
 
         let options: IntrospectionOptions =
             toml::from_str("[connections]\nrequest_timeout = \"0s\"\n").unwrap();
-        let (field, _) = options.validate().unwrap_err();
+        let InvalidOption { field, .. } = options.validate().unwrap_err();
         assert_eq!(field, "connections.request_timeout");
         assert!(toml::from_str::<IntrospectionOptions>("[connections]\nmax_conections = 8\n").is_err());
     }

@@ -126,12 +126,13 @@ impl IntrospectionServer {
         journal: Arc<Journal>,
         options: &IntrospectionOptions,
     ) -> Result<RunningIntrospection, IntrospectionError> {
-        options
-            .validate()
-            .map_err(|(field, reason)| IntrospectionError::InvalidOptions {
-                field: format!("introspection.{field}"),
-                reason,
-            })?;
+        options.validate().map_err(|e| {
+            let e = e.within("introspection");
+            IntrospectionError::InvalidOptions {
+                field: e.field,
+                reason: e.reason,
+            }
+        })?;
         let tokens = options.accepted_tokens()?;
         let bind = |source| IntrospectionError::Bind {
             what: "introspection",

@@ -407,9 +407,10 @@ impl TreeConfig {
         }
         #[cfg(feature = "introspection")]
         if let Some(introspection) = &self.introspection {
-            introspection
-                .validate()
-                .map_err(|(field, reason)| inconsistent(format!("introspection.{field}"), reason))?;
+            introspection.validate().map_err(|e| {
+                let e = e.within("introspection");
+                inconsistent(e.field, e.reason)
+            })?;
         }
         Ok(())
     }

@@ -189,9 +189,12 @@ impl TunnelServer {
         options
             .connection_limits
             .validate(options.limits.max_wait)
-            .map_err(|(field, reason)| ServerError::InvalidOptions {
-                field: format!("connection_limits.{field}"),
-                reason,
+            .map_err(|e| {
+                let e = e.within("connection_limits");
+                ServerError::InvalidOptions {
+                    field: e.field,
+                    reason: e.reason,
+                }
             })?;
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
