@@ -1,17 +1,23 @@
 //! `arbor inspect tree|node|registry|events`: one look at a running tree through its introspection server,
 //! human-readable by default, `--json` for machines (one JSON document; one object a line for `events`), and
 //! `tree --dot` for Graphviz.
+//!
+//! One rule for every JSON output: a time is an RFC 3339 string to the millisecond (`at`, `captured_at`,
+//! `history_since`, a tunnel's `last_heartbeat`), a duration a whole number of milliseconds in a field whose
+//! name ends in `_ms` (`uptime_ms`, `shutdown_timeout_ms`), numbers are numbers, and names are the
+//! lower-case words the text form prints (`running`, `dynamic`, `transient`, `brutal_kill`, `exited`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use arbor_actors::supervisor::{ChildKind, ChildStatus, TreeSnapshot};
+use arbor_actors::supervisor::{ChildKind, ChildStatus, Restart, TreeSnapshot};
 use arbor_proto::inspect::v1 as pb;
 use serde_json::json;
 
 use crate::introspect::{
-    describe_event, event_json, snapshot_from_wire, ClientError, ClientOptions, InspectClient, WatchFrom,
+    describe_event, event_json, rfc3339_ms, snapshot_from_wire, ClientError, ClientOptions, InspectClient,
+    WatchFrom,
 };
 
 /// How to reach the introspection server (shared by `arbor inspect` and `arbor top`).
@@ -106,8 +112,8 @@ pub async fn run(
             } else if json {
                 let document = json!({
                     "name": tree.name,
-                    "captured_at_unix_ms": unix_ms(tree.captured_at),
-                    "root": tree.snapshot,
+                    "captured_at": humantime::format_rfc3339_millis(tree.captured_at).to_string(),
+                    "root": snapshot_json(&tree.snapshot),
                 });
                 writeln!(out, "{document:#}")?;
             } else {
@@ -195,10 +201,29 @@ pub async fn run(
     Ok(())
 }
 
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// A node and its children as JSON: the words `tree` prints, `uptime_ms` in whole milliseconds.
+fn snapshot_json(node: &TreeSnapshot) -> serde_json::Value {
+    json!({
+        "id": node.id,
+        "path": node.path,
+        "name": node.name,
+        "kind": kind_name(node.kind),
+        "actor_id": node.actor_id,
+        "status": status_name(node.status),
+        "restart": node.restart.map(restart_name),
+        "restart_count": node.restart_count,
+        "uptime_ms": node.uptime.map(|u| u.as_millis() as u64),
+        "last_exit": node.last_exit,
+        "children": node.children.iter().map(snapshot_json).collect::<Vec<_>>(),
+    })
+}
+
+fn restart_name(restart: Restart) -> &'static str {
+    match restart {
+        Restart::Permanent => "permanent",
+        Restart::Transient => "transient",
+        Restart::Temporary => "temporary",
+    }
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a time in milliseconds since the epoch.
@@ -275,13 +300,46 @@ pub fn render_dot(root: &TreeSnapshot) -> String {
     out
 }
 
-fn spec_words(spec: &pb::ChildSpec) -> String {
-    let restart = match spec.restart() {
+fn restart_type_name(restart: pb::RestartType) -> &'static str {
+    match restart {
         pb::RestartType::Permanent => "permanent",
         pb::RestartType::Transient => "transient",
         pb::RestartType::Temporary => "temporary",
         pb::RestartType::Unspecified => "-",
-    };
+    }
+}
+
+fn shutdown_kind_name(shutdown: pb::ShutdownKind) -> &'static str {
+    match shutdown {
+        pb::ShutdownKind::BrutalKill => "brutal_kill",
+        pb::ShutdownKind::Timeout => "timeout",
+        pb::ShutdownKind::Infinity => "infinity",
+        pb::ShutdownKind::Unspecified => "-",
+    }
+}
+
+fn node_kind_name(kind: pb::NodeKind) -> &'static str {
+    match kind {
+        pb::NodeKind::Worker => "worker",
+        pb::NodeKind::Supervisor => "supervisor",
+        pb::NodeKind::DynamicSupervisor => "dynamic",
+        pb::NodeKind::Unspecified => "-",
+    }
+}
+
+fn lifecycle_kind_name(kind: pb::LifecycleKind) -> &'static str {
+    match kind {
+        pb::LifecycleKind::Started => "started",
+        pb::LifecycleKind::Exited => "exited",
+        pb::LifecycleKind::Restarted => "restarted",
+        pb::LifecycleKind::RestartFailed => "restart_failed",
+        pb::LifecycleKind::Stopped => "stopped",
+        pb::LifecycleKind::Unspecified => "-",
+    }
+}
+
+fn spec_words(spec: &pb::ChildSpec) -> String {
+    let restart = restart_type_name(spec.restart());
     let shutdown = match spec.shutdown() {
         pb::ShutdownKind::BrutalKill => "brutal_kill".to_string(),
         pb::ShutdownKind::Timeout => format!(
@@ -381,10 +439,10 @@ pub fn render_node(node: &pb::GetNodeResponse) -> String {
 fn node_json(node: &pb::GetNodeResponse) -> serde_json::Value {
     let spec = node.spec.as_ref().map(|s| {
         json!({
-            "restart": s.restart().as_str_name(),
-            "shutdown": s.shutdown().as_str_name(),
+            "restart": restart_type_name(s.restart()),
+            "shutdown": shutdown_kind_name(s.shutdown()),
             "shutdown_timeout_ms": s.shutdown_timeout_ms,
-            "kind": s.kind().as_str_name(),
+            "kind": node_kind_name(s.kind()),
             "significant": s.significant,
             "backoff": s.backoff.as_ref().map(|b| json!({ "min_ms": b.min_ms, "max_ms": b.max_ms,
                 "random_factor": b.random_factor, "reset_after_ms": b.reset_after_ms })),
@@ -394,18 +452,18 @@ fn node_json(node: &pb::GetNodeResponse) -> serde_json::Value {
         .history
         .iter()
         .map(|r| {
-            json!({ "sequence": r.sequence, "at_unix_ms": r.at_unix_ms, "kind": r.kind().as_str_name(),
+            json!({ "sequence": r.sequence, "at": rfc3339_ms(r.at_unix_ms), "kind": lifecycle_kind_name(r.kind()),
                 "actor_id": r.actor_id, "reason": r.reason, "normal": r.normal,
                 "will_restart": r.will_restart, "restart_count": r.restart_count })
         })
         .collect();
     json!({
-        "node": node.node.as_ref().map(snapshot_from_wire),
+        "node": node.node.as_ref().map(|n| snapshot_json(&snapshot_from_wire(n))),
         "supervisor_path": node.supervisor_path,
         "spec": spec,
         "history": history,
         "history_dropped": node.history_dropped,
-        "history_since_unix_ms": node.history_since_unix_ms,
+        "history_since": rfc3339_ms(node.history_since_unix_ms),
         "history_incomplete": node.history_incomplete,
     })
 }
