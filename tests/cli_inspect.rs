@@ -320,3 +320,39 @@ async fn json_has_rfc3339_times_millisecond_durations_and_the_words_of_the_text(
     assert!(event.get("at_unix_ms").is_none(), "{event:#}");
     tree.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_of_the_tree_is_reachable_by_its_path() {
+    let tree = start_tree(options()).await;
+    let addr = addr(&tree);
+    start_job(&tree, 1).await;
+    // A pooled connection: its id is its target, `grpc://127.0.0.1:1`, with `/` in it.
+    let _lease = tree
+        .acquire(arbor::connection::ConnectionConfig::parse("grpc://127.0.0.1:1?disableTls=true").unwrap())
+        .await
+        .unwrap();
+
+    let json: serde_json::Value = serde_json::from_str(&inspect(addr, &["--json", "tree"]).await).unwrap();
+    fn paths(node: &serde_json::Value, out: &mut Vec<String>) {
+        out.push(node["path"].as_str().unwrap().to_string());
+        for child in node["children"].as_array().unwrap() {
+            paths(child, out);
+        }
+    }
+    let mut all = Vec::new();
+    paths(&json["root"], &mut all);
+    assert!(
+        all.iter().any(|p| p.contains("grpc://127.0.0.1:1")),
+        "a connection node: {all:?}"
+    );
+    for path in &all {
+        let node = inspect(addr, &["node", path]).await;
+        assert!(node.starts_with(&format!("node {path}\n")), "{path}: {node}");
+    }
+    let short = inspect(addr, &["node", "cache"]).await;
+    assert!(
+        short.starts_with("node orders/cache\n"),
+        "without the tree's name: {short}"
+    );
+    tree.shutdown(Duration::from_secs(10)).await.unwrap();
+}
