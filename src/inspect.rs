@@ -73,9 +73,19 @@ pub enum InspectCommand {
         /// Start with the events the server still holds.
         #[arg(long)]
         replay: bool,
-        /// Stop after this many events.
+        /// Stop after this many events (of those the filters let through).
         #[arg(long)]
         count: Option<u64>,
+        /// Only these kinds, comma-separated: an event's word (`started`, `exited`, `restarted`,
+        /// `restart_failed`, `stopped`, `checkpointed`, `channel_assigned`...) or its type (`supervisor`,
+        /// `connection`, `tunnel`, `leadership`, `other`).
+        #[arg(long, value_delimiter = ',')]
+        kind: Vec<String>,
+        /// Only events at or below this path (`orders/jobs`; the tree's name may be left out): a supervisor
+        /// event's `supervisor/child`, a tunnel's `tunnel/<id>`, a connection's key, an activator's
+        /// `activator/<name>`.
+        #[arg(long)]
+        path: Option<String>,
     },
 }
 
@@ -144,9 +154,15 @@ pub async fn run(
                 out.write_all(render_registry(&entries).as_bytes())?;
             }
         }
-        InspectCommand::Events { replay, count } => {
+        InspectCommand::Events {
+            replay,
+            count,
+            kind,
+            path,
+        } => {
             let from = if replay { WatchFrom::Held } else { WatchFrom::Now };
             let mut stream = client.watch(from).await?;
+            let mut filter = EventFilter::new(kind, path);
             let mut seen = 0;
             while count.is_none_or(|count| seen < count) {
                 let message = match stream.message().await {
@@ -178,6 +194,9 @@ pub async fn run(
                         }
                     }
                     Some(Kind::Event(event)) => {
+                        if !filter.admits(&event) {
+                            continue;
+                        }
                         seen += 1;
                         if json {
                             writeln!(out, "{}", event_json(&event))?;
@@ -224,6 +243,77 @@ fn restart_name(restart: Restart) -> &'static str {
         Restart::Transient => "transient",
         Restart::Temporary => "temporary",
     }
+}
+
+/// Which events `inspect events` prints: of the kinds and below the path asked for, each sequence number once
+/// (an event the server replayed is not printed again if it comes a second time).
+#[derive(Debug, Default)]
+struct EventFilter {
+    kinds: Vec<String>,
+    path: Option<String>,
+    last_sequence: Option<u64>,
+}
+
+impl EventFilter {
+    fn new(kinds: Vec<String>, path: Option<String>) -> Self {
+        let kinds = kinds
+            .into_iter()
+            .map(|k| k.trim().to_ascii_lowercase())
+            .filter(|k| !k.is_empty())
+            .collect();
+        let path = path
+            .map(|p| p.trim_matches('/').to_string())
+            .filter(|p| !p.is_empty());
+        EventFilter {
+            kinds,
+            path,
+            last_sequence: None,
+        }
+    }
+
+    fn admits(&mut self, event: &pb::Event) -> bool {
+        if self.last_sequence.is_some_and(|last| event.sequence <= last) {
+            return false;
+        }
+        self.last_sequence = Some(event.sequence);
+        let fields = event_json(event);
+        let word = |field: &str| fields[field].as_str().unwrap_or_default().to_string();
+        if !self.kinds.is_empty()
+            && !self
+                .kinds
+                .iter()
+                .any(|k| *k == word("event") || *k == word("type"))
+        {
+            return false;
+        }
+        match &self.path {
+            None => true,
+            Some(prefix) => event_path(event).is_some_and(|path| under(&path, prefix)),
+        }
+    }
+}
+
+/// The path an event is about, for `--path`: see [`InspectCommand::Events`].
+fn event_path(event: &pb::Event) -> Option<String> {
+    use pb::event::Kind;
+    match &event.kind {
+        Some(Kind::Supervisor(e)) if e.child.is_empty() => Some(e.supervisor_path.clone()),
+        Some(Kind::Supervisor(e)) => Some(format!("{}/{}", e.supervisor_path, e.child)),
+        Some(Kind::Connection(e)) => Some(e.key.clone()),
+        Some(Kind::Tunnel(e)) => Some(format!("tunnel/{}", e.tunnel_id)),
+        Some(Kind::Leadership(e)) => Some(format!("activator/{}", e.name)),
+        Some(Kind::Other(_)) | None => None,
+    }
+}
+
+/// Whether `path` is `prefix` or below it, whole segments only; a prefix may leave out the tree's name (the
+/// first segment of a supervisor event's path).
+fn under(path: &str, prefix: &str) -> bool {
+    let at_or_below = |path: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    at_or_below(path) || path.split_once('/').is_some_and(|(_, rest)| at_or_below(rest))
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a time in milliseconds since the epoch.
@@ -534,4 +624,52 @@ fn entry_json(e: &pb::RegistryEntry) -> serde_json::Value {
             "lost_to_retention": c.lost_to_retention })
     });
     json!({ "registry": e.registry, "key": e.key, "actor_id": e.actor_id, "value": value, "channel": channel })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(sequence: u64, supervisor: &str, child: &str) -> pb::Event {
+        pb::Event {
+            sequence,
+            at_unix_ms: 0,
+            kind: Some(pb::event::Kind::Supervisor(pb::SupervisorEvent {
+                supervisor_path: supervisor.into(),
+                child: child.into(),
+                kind: Some(pb::supervisor_event::Kind::Exited(pb::ChildExited::default())),
+            })),
+        }
+    }
+
+    #[test]
+    fn an_event_seen_twice_is_admitted_once() {
+        let mut filter = EventFilter::new(Vec::new(), None);
+        assert!(filter.admits(&exited(1, "orders", "cache")));
+        assert!(filter.admits(&exited(2, "orders", "cache")));
+        assert!(
+            !filter.admits(&exited(2, "orders", "cache")),
+            "replayed, then live"
+        );
+        assert!(!filter.admits(&exited(1, "orders", "cache")));
+        assert!(filter.admits(&exited(3, "orders", "cache")));
+    }
+
+    #[test]
+    fn kinds_and_a_path_prefix_of_whole_segments() {
+        let mut filter = EventFilter::new(
+            vec!["checkpointed".into(), "Exited".into()],
+            Some("orders/jobs".into()),
+        );
+        assert!(filter.admits(&exited(1, "orders/jobs", "job#0")));
+        assert!(!filter.admits(&exited(2, "orders", "jobsx")));
+        assert!(!filter.admits(&exited(3, "orders", "cache")));
+        let mut short = EventFilter::new(vec!["supervisor".into()], Some("jobs/".into()));
+        assert!(
+            short.admits(&exited(1, "orders/jobs", "job#0")),
+            "without the tree's name"
+        );
+        let mut other_kind = EventFilter::new(vec!["started".into()], None);
+        assert!(!other_kind.admits(&exited(1, "orders", "cache")));
+    }
 }

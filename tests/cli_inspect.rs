@@ -356,3 +356,49 @@ async fn every_node_of_the_tree_is_reachable_by_its_path() {
     );
     tree.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_filtered_by_kind_and_path() {
+    let tree = start_tree(options()).await;
+    let addr = addr(&tree);
+    start_job(&tree, 1).await;
+    // Held: cache, jobs, introspection and the job started; only jobs and its job are at or under `jobs`.
+    let words = inspect(
+        addr,
+        &[
+            "events",
+            "--replay",
+            "--kind",
+            "exited,started",
+            "--path",
+            "jobs",
+            "--count",
+            "2",
+        ],
+    )
+    .await;
+    let lines: Vec<&str> = words.lines().collect();
+    assert_eq!(lines.len(), 3, "{words}");
+    assert!(lines[1].contains("orders/jobs started"), "{words}");
+    assert!(lines[2].contains("orders/jobs/job#0 started"), "{words}");
+
+    let json = inspect(
+        addr,
+        &[
+            "--json",
+            "events",
+            "--replay",
+            "--kind",
+            "supervisor",
+            "--path",
+            "orders/cache",
+            "--count",
+            "1",
+        ],
+    )
+    .await;
+    let event: serde_json::Value = serde_json::from_str(json.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(event["child"], "cache", "{json}");
+    assert_eq!(event["event"], "started", "{json}");
+    tree.shutdown(Duration::from_secs(10)).await.unwrap();
+}
