@@ -1,17 +1,23 @@
 //! `arbor inspect tree|node|registry|events`: one look at a running tree through its introspection server,
 //! human-readable by default, `--json` for machines (one JSON document; one object a line for `events`), and
 //! `tree --dot` for Graphviz.
+//!
+//! One rule for every JSON output: a time is an RFC 3339 string to the millisecond (`at`, `captured_at`,
+//! `history_since`, a tunnel's `last_heartbeat`), a duration a whole number of milliseconds in a field whose
+//! name ends in `_ms` (`uptime_ms`, `shutdown_timeout_ms`), numbers are numbers, and names are the
+//! lower-case words the text form prints (`running`, `dynamic`, `transient`, `brutal_kill`, `exited`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use arbor_actors::supervisor::{ChildKind, ChildStatus, TreeSnapshot};
+use arbor_actors::supervisor::{ChildKind, ChildStatus, Restart, TreeSnapshot};
 use arbor_proto::inspect::v1 as pb;
 use serde_json::json;
 
 use crate::introspect::{
-    describe_event, event_json, snapshot_from_wire, ClientError, ClientOptions, InspectClient, WatchFrom,
+    describe_event, event_json, rfc3339_ms, snapshot_from_wire, ClientError, ClientOptions, InspectClient,
+    WatchFrom,
 };
 
 /// How to reach the introspection server (shared by `arbor inspect` and `arbor top`).
@@ -67,9 +73,19 @@ pub enum InspectCommand {
         /// Start with the events the server still holds.
         #[arg(long)]
         replay: bool,
-        /// Stop after this many events.
+        /// Stop after this many events (of those the filters let through).
         #[arg(long)]
         count: Option<u64>,
+        /// Only these kinds, comma-separated: an event's word (`started`, `exited`, `restarted`,
+        /// `restart_failed`, `stopped`, `checkpointed`, `channel_assigned`...) or its type (`supervisor`,
+        /// `connection`, `tunnel`, `leadership`, `other`).
+        #[arg(long, value_delimiter = ',')]
+        kind: Vec<String>,
+        /// Only events at or below this path (`orders/jobs`; the tree's name may be left out): a supervisor
+        /// event's `supervisor/child`, a tunnel's `tunnel/<id>`, a connection's key, an activator's
+        /// `activator/<name>`.
+        #[arg(long)]
+        path: Option<String>,
     },
 }
 
@@ -106,8 +122,8 @@ pub async fn run(
             } else if json {
                 let document = json!({
                     "name": tree.name,
-                    "captured_at_unix_ms": unix_ms(tree.captured_at),
-                    "root": tree.snapshot,
+                    "captured_at": humantime::format_rfc3339_millis(tree.captured_at).to_string(),
+                    "root": snapshot_json(&tree.snapshot),
                 });
                 writeln!(out, "{document:#}")?;
             } else {
@@ -138,9 +154,15 @@ pub async fn run(
                 out.write_all(render_registry(&entries).as_bytes())?;
             }
         }
-        InspectCommand::Events { replay, count } => {
+        InspectCommand::Events {
+            replay,
+            count,
+            kind,
+            path,
+        } => {
             let from = if replay { WatchFrom::Held } else { WatchFrom::Now };
             let mut stream = client.watch(from).await?;
+            let mut filter = EventFilter::new(kind, path);
             let mut seen = 0;
             while count.is_none_or(|count| seen < count) {
                 let message = match stream.message().await {
@@ -172,6 +194,9 @@ pub async fn run(
                         }
                     }
                     Some(Kind::Event(event)) => {
+                        if !filter.admits(&event) {
+                            continue;
+                        }
                         seen += 1;
                         if json {
                             writeln!(out, "{}", event_json(&event))?;
@@ -195,10 +220,100 @@ pub async fn run(
     Ok(())
 }
 
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// A node and its children as JSON: the words `tree` prints, `uptime_ms` in whole milliseconds.
+fn snapshot_json(node: &TreeSnapshot) -> serde_json::Value {
+    json!({
+        "id": node.id,
+        "path": node.path,
+        "name": node.name,
+        "kind": kind_name(node.kind),
+        "actor_id": node.actor_id,
+        "status": status_name(node.status),
+        "restart": node.restart.map(restart_name),
+        "restart_count": node.restart_count,
+        "uptime_ms": node.uptime.map(|u| u.as_millis() as u64),
+        "last_exit": node.last_exit,
+        "children": node.children.iter().map(snapshot_json).collect::<Vec<_>>(),
+    })
+}
+
+fn restart_name(restart: Restart) -> &'static str {
+    match restart {
+        Restart::Permanent => "permanent",
+        Restart::Transient => "transient",
+        Restart::Temporary => "temporary",
+    }
+}
+
+/// Which events `inspect events` prints: of the kinds and below the path asked for, each sequence number once
+/// (an event the server replayed is not printed again if it comes a second time).
+#[derive(Debug, Default)]
+struct EventFilter {
+    kinds: Vec<String>,
+    path: Option<String>,
+    last_sequence: Option<u64>,
+}
+
+impl EventFilter {
+    fn new(kinds: Vec<String>, path: Option<String>) -> Self {
+        let kinds = kinds
+            .into_iter()
+            .map(|k| k.trim().to_ascii_lowercase())
+            .filter(|k| !k.is_empty())
+            .collect();
+        let path = path
+            .map(|p| p.trim_matches('/').to_string())
+            .filter(|p| !p.is_empty());
+        EventFilter {
+            kinds,
+            path,
+            last_sequence: None,
+        }
+    }
+
+    fn admits(&mut self, event: &pb::Event) -> bool {
+        if self.last_sequence.is_some_and(|last| event.sequence <= last) {
+            return false;
+        }
+        self.last_sequence = Some(event.sequence);
+        let fields = event_json(event);
+        let word = |field: &str| fields[field].as_str().unwrap_or_default().to_string();
+        if !self.kinds.is_empty()
+            && !self
+                .kinds
+                .iter()
+                .any(|k| *k == word("event") || *k == word("type"))
+        {
+            return false;
+        }
+        match &self.path {
+            None => true,
+            Some(prefix) => event_path(event).is_some_and(|path| under(&path, prefix)),
+        }
+    }
+}
+
+/// The path an event is about, for `--path`: see [`InspectCommand::Events`].
+fn event_path(event: &pb::Event) -> Option<String> {
+    use pb::event::Kind;
+    match &event.kind {
+        Some(Kind::Supervisor(e)) if e.child.is_empty() => Some(e.supervisor_path.clone()),
+        Some(Kind::Supervisor(e)) => Some(format!("{}/{}", e.supervisor_path, e.child)),
+        Some(Kind::Connection(e)) => Some(e.key.clone()),
+        Some(Kind::Tunnel(e)) => Some(format!("tunnel/{}", e.tunnel_id)),
+        Some(Kind::Leadership(e)) => Some(format!("activator/{}", e.name)),
+        Some(Kind::Other(_)) | None => None,
+    }
+}
+
+/// Whether `path` is `prefix` or below it, whole segments only; a prefix may leave out the tree's name (the
+/// first segment of a supervisor event's path).
+fn under(path: &str, prefix: &str) -> bool {
+    let at_or_below = |path: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    at_or_below(path) || path.split_once('/').is_some_and(|(_, rest)| at_or_below(rest))
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a time in milliseconds since the epoch.
@@ -275,13 +390,46 @@ pub fn render_dot(root: &TreeSnapshot) -> String {
     out
 }
 
-fn spec_words(spec: &pb::ChildSpec) -> String {
-    let restart = match spec.restart() {
+fn restart_type_name(restart: pb::RestartType) -> &'static str {
+    match restart {
         pb::RestartType::Permanent => "permanent",
         pb::RestartType::Transient => "transient",
         pb::RestartType::Temporary => "temporary",
         pb::RestartType::Unspecified => "-",
-    };
+    }
+}
+
+fn shutdown_kind_name(shutdown: pb::ShutdownKind) -> &'static str {
+    match shutdown {
+        pb::ShutdownKind::BrutalKill => "brutal_kill",
+        pb::ShutdownKind::Timeout => "timeout",
+        pb::ShutdownKind::Infinity => "infinity",
+        pb::ShutdownKind::Unspecified => "-",
+    }
+}
+
+fn node_kind_name(kind: pb::NodeKind) -> &'static str {
+    match kind {
+        pb::NodeKind::Worker => "worker",
+        pb::NodeKind::Supervisor => "supervisor",
+        pb::NodeKind::DynamicSupervisor => "dynamic",
+        pb::NodeKind::Unspecified => "-",
+    }
+}
+
+fn lifecycle_kind_name(kind: pb::LifecycleKind) -> &'static str {
+    match kind {
+        pb::LifecycleKind::Started => "started",
+        pb::LifecycleKind::Exited => "exited",
+        pb::LifecycleKind::Restarted => "restarted",
+        pb::LifecycleKind::RestartFailed => "restart_failed",
+        pb::LifecycleKind::Stopped => "stopped",
+        pb::LifecycleKind::Unspecified => "-",
+    }
+}
+
+fn spec_words(spec: &pb::ChildSpec) -> String {
+    let restart = restart_type_name(spec.restart());
     let shutdown = match spec.shutdown() {
         pb::ShutdownKind::BrutalKill => "brutal_kill".to_string(),
         pb::ShutdownKind::Timeout => format!(
@@ -381,10 +529,10 @@ pub fn render_node(node: &pb::GetNodeResponse) -> String {
 fn node_json(node: &pb::GetNodeResponse) -> serde_json::Value {
     let spec = node.spec.as_ref().map(|s| {
         json!({
-            "restart": s.restart().as_str_name(),
-            "shutdown": s.shutdown().as_str_name(),
+            "restart": restart_type_name(s.restart()),
+            "shutdown": shutdown_kind_name(s.shutdown()),
             "shutdown_timeout_ms": s.shutdown_timeout_ms,
-            "kind": s.kind().as_str_name(),
+            "kind": node_kind_name(s.kind()),
             "significant": s.significant,
             "backoff": s.backoff.as_ref().map(|b| json!({ "min_ms": b.min_ms, "max_ms": b.max_ms,
                 "random_factor": b.random_factor, "reset_after_ms": b.reset_after_ms })),
@@ -394,18 +542,18 @@ fn node_json(node: &pb::GetNodeResponse) -> serde_json::Value {
         .history
         .iter()
         .map(|r| {
-            json!({ "sequence": r.sequence, "at_unix_ms": r.at_unix_ms, "kind": r.kind().as_str_name(),
+            json!({ "sequence": r.sequence, "at": rfc3339_ms(r.at_unix_ms), "kind": lifecycle_kind_name(r.kind()),
                 "actor_id": r.actor_id, "reason": r.reason, "normal": r.normal,
                 "will_restart": r.will_restart, "restart_count": r.restart_count })
         })
         .collect();
     json!({
-        "node": node.node.as_ref().map(snapshot_from_wire),
+        "node": node.node.as_ref().map(|n| snapshot_json(&snapshot_from_wire(n))),
         "supervisor_path": node.supervisor_path,
         "spec": spec,
         "history": history,
         "history_dropped": node.history_dropped,
-        "history_since_unix_ms": node.history_since_unix_ms,
+        "history_since": rfc3339_ms(node.history_since_unix_ms),
         "history_incomplete": node.history_incomplete,
     })
 }
@@ -476,4 +624,52 @@ fn entry_json(e: &pb::RegistryEntry) -> serde_json::Value {
             "lost_to_retention": c.lost_to_retention })
     });
     json!({ "registry": e.registry, "key": e.key, "actor_id": e.actor_id, "value": value, "channel": channel })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(sequence: u64, supervisor: &str, child: &str) -> pb::Event {
+        pb::Event {
+            sequence,
+            at_unix_ms: 0,
+            kind: Some(pb::event::Kind::Supervisor(pb::SupervisorEvent {
+                supervisor_path: supervisor.into(),
+                child: child.into(),
+                kind: Some(pb::supervisor_event::Kind::Exited(pb::ChildExited::default())),
+            })),
+        }
+    }
+
+    #[test]
+    fn an_event_seen_twice_is_admitted_once() {
+        let mut filter = EventFilter::new(Vec::new(), None);
+        assert!(filter.admits(&exited(1, "orders", "cache")));
+        assert!(filter.admits(&exited(2, "orders", "cache")));
+        assert!(
+            !filter.admits(&exited(2, "orders", "cache")),
+            "replayed, then live"
+        );
+        assert!(!filter.admits(&exited(1, "orders", "cache")));
+        assert!(filter.admits(&exited(3, "orders", "cache")));
+    }
+
+    #[test]
+    fn kinds_and_a_path_prefix_of_whole_segments() {
+        let mut filter = EventFilter::new(
+            vec!["checkpointed".into(), "Exited".into()],
+            Some("orders/jobs".into()),
+        );
+        assert!(filter.admits(&exited(1, "orders/jobs", "job#0")));
+        assert!(!filter.admits(&exited(2, "orders", "jobsx")));
+        assert!(!filter.admits(&exited(3, "orders", "cache")));
+        let mut short = EventFilter::new(vec!["supervisor".into()], Some("jobs/".into()));
+        assert!(
+            short.admits(&exited(1, "orders/jobs", "job#0")),
+            "without the tree's name"
+        );
+        let mut other_kind = EventFilter::new(vec!["started".into()], None);
+        assert!(!other_kind.admits(&exited(1, "orders", "cache")));
+    }
 }

@@ -68,7 +68,9 @@ enum Command {
 struct InspectArgs {
     #[command(flatten)]
     connection: arbor::inspect::InspectConnection,
-    /// Machine-readable output: one JSON document (one JSON object a line for `events`).
+    /// Machine-readable output: one JSON document (one JSON object a line for `events`). Times are RFC 3339
+    /// strings (`at`, `captured_at`...), durations whole milliseconds in fields ending `_ms`, names the
+    /// lower-case words of the text form (`running`, `transient`, `exited`).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]

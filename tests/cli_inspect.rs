@@ -67,12 +67,23 @@ async fn tree_in_words_as_json_and_as_graphviz() {
     let json: serde_json::Value = serde_json::from_str(&inspect(addr, &["--json", "tree"]).await).unwrap();
     assert_eq!(json["name"], "orders");
     assert_eq!(json["root"]["path"], "orders");
-    let snapshot: arbor::supervisor::TreeSnapshot = serde_json::from_value(json["root"].clone()).unwrap();
+    fn json_nodes(node: &serde_json::Value) -> Vec<&serde_json::Value> {
+        let mut out = vec![node];
+        for child in node["children"].as_array().unwrap() {
+            out.extend(json_nodes(child));
+        }
+        out
+    }
+    let nodes = json_nodes(&json["root"]);
     let local = tree.snapshot().await.unwrap();
-    let paths =
-        |s: &arbor::supervisor::TreeSnapshot| s.nodes().iter().map(|n| n.path.clone()).collect::<Vec<_>>();
-    assert_eq!(paths(&snapshot), paths(&local), "the same tree");
-    assert_eq!(snapshot.find_path("orders/cache").unwrap().restart_count, 1);
+    let paths: Vec<_> = nodes
+        .iter()
+        .map(|n| n["path"].as_str().unwrap().to_string())
+        .collect();
+    let local_paths: Vec<_> = local.nodes().iter().map(|n| n.path.clone()).collect();
+    assert_eq!(paths, local_paths, "the same tree");
+    let cache = nodes.iter().find(|n| n["path"] == "orders/cache").unwrap();
+    assert_eq!(cache["restart_count"], 1);
 
     let dot = inspect(addr, &["tree", "--dot"]).await;
     assert!(dot.starts_with("digraph \"orders\" {"), "{dot}");
@@ -258,5 +269,136 @@ async fn a_refused_token_fails_with_the_reason() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    tree.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// True when `value` is an RFC 3339 timestamp (as `humantime` parses them).
+fn is_rfc3339(value: &serde_json::Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| humantime::parse_rfc3339(s).is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_has_rfc3339_times_millisecond_durations_and_the_words_of_the_text() {
+    let tree = start_tree(options()).await;
+    let addr = addr(&tree);
+
+    let json: serde_json::Value = serde_json::from_str(&inspect(addr, &["--json", "tree"]).await).unwrap();
+    assert!(is_rfc3339(&json["captured_at"]), "{json:#}");
+    assert!(json["root"]["uptime_ms"].is_u64(), "{json:#}");
+    assert_eq!(json["root"]["kind"], "supervisor", "{json:#}");
+    assert_eq!(json["root"]["status"], "running", "{json:#}");
+    let cache = json["root"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "cache")
+        .unwrap_or_else(|| panic!("{json:#}"));
+    assert_eq!(cache["kind"], "worker");
+    assert_eq!(cache["restart"], "transient");
+    let text = serde_json::to_string(&json).unwrap();
+    assert!(
+        !text.contains("secs_since_epoch") && !text.contains("unix_ms"),
+        "{text}"
+    );
+
+    let node: serde_json::Value =
+        serde_json::from_str(&inspect(addr, &["--json", "node", "orders/cache"]).await).unwrap();
+    assert_eq!(node["spec"]["restart"], "transient", "{node:#}");
+    assert_eq!(node["spec"]["shutdown"], "brutal_kill", "{node:#}");
+    assert_eq!(node["spec"]["kind"], "worker", "{node:#}");
+    assert_eq!(node["spec"]["backoff"]["min_ms"], 10, "{node:#}");
+    assert!(is_rfc3339(&node["history_since"]), "{node:#}");
+    assert_eq!(node["history"][0]["kind"], "started", "{node:#}");
+    assert!(is_rfc3339(&node["history"][0]["at"]), "{node:#}");
+    assert!(node["node"]["uptime_ms"].is_u64(), "{node:#}");
+
+    let line = inspect(addr, &["--json", "events", "--replay", "--count", "1"]).await;
+    let event: serde_json::Value = serde_json::from_str(line.lines().nth(1).unwrap()).unwrap();
+    assert!(is_rfc3339(&event["at"]), "{event:#}");
+    assert!(event.get("at_unix_ms").is_none(), "{event:#}");
+    tree.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_of_the_tree_is_reachable_by_its_path() {
+    let tree = start_tree(options()).await;
+    let addr = addr(&tree);
+    start_job(&tree, 1).await;
+    // A pooled connection: its id is its target, `grpc://127.0.0.1:1`, with `/` in it.
+    let _lease = tree
+        .acquire(arbor::connection::ConnectionConfig::parse("grpc://127.0.0.1:1?disableTls=true").unwrap())
+        .await
+        .unwrap();
+
+    let json: serde_json::Value = serde_json::from_str(&inspect(addr, &["--json", "tree"]).await).unwrap();
+    fn paths(node: &serde_json::Value, out: &mut Vec<String>) {
+        out.push(node["path"].as_str().unwrap().to_string());
+        for child in node["children"].as_array().unwrap() {
+            paths(child, out);
+        }
+    }
+    let mut all = Vec::new();
+    paths(&json["root"], &mut all);
+    assert!(
+        all.iter().any(|p| p.contains("grpc://127.0.0.1:1")),
+        "a connection node: {all:?}"
+    );
+    for path in &all {
+        let node = inspect(addr, &["node", path]).await;
+        assert!(node.starts_with(&format!("node {path}\n")), "{path}: {node}");
+    }
+    let short = inspect(addr, &["node", "cache"]).await;
+    assert!(
+        short.starts_with("node orders/cache\n"),
+        "without the tree's name: {short}"
+    );
+    tree.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_filtered_by_kind_and_path() {
+    let tree = start_tree(options()).await;
+    let addr = addr(&tree);
+    start_job(&tree, 1).await;
+    // Held: cache, jobs, introspection and the job started; only jobs and its job are at or under `jobs`.
+    let words = inspect(
+        addr,
+        &[
+            "events",
+            "--replay",
+            "--kind",
+            "exited,started",
+            "--path",
+            "jobs",
+            "--count",
+            "2",
+        ],
+    )
+    .await;
+    let lines: Vec<&str> = words.lines().collect();
+    assert_eq!(lines.len(), 3, "{words}");
+    assert!(lines[1].contains("orders/jobs started"), "{words}");
+    assert!(lines[2].contains("orders/jobs/job#0 started"), "{words}");
+
+    let json = inspect(
+        addr,
+        &[
+            "--json",
+            "events",
+            "--replay",
+            "--kind",
+            "supervisor",
+            "--path",
+            "orders/cache",
+            "--count",
+            "1",
+        ],
+    )
+    .await;
+    let event: serde_json::Value = serde_json::from_str(json.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(event["child"], "cache", "{json}");
+    assert_eq!(event["event"], "started", "{json}");
     tree.shutdown(Duration::from_secs(10)).await.unwrap();
 }

@@ -32,10 +32,14 @@ struct Pty {
 
 impl Pty {
     fn spawn(command: &mut Command) -> Pty {
+        Pty::spawn_sized(command, ROWS, COLS)
+    }
+
+    fn spawn_sized(command: &mut Command, rows: u16, cols: u16) -> Pty {
         let (mut master, mut slave) = (-1, -1);
         let size = libc::winsize {
-            ws_row: ROWS,
-            ws_col: COLS,
+            ws_row: rows,
+            ws_col: cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
@@ -84,7 +88,7 @@ impl Pty {
             child,
             master,
             output,
-            screen: vt100::Parser::new(ROWS.try_into().unwrap(), COLS.try_into().unwrap(), 0),
+            screen: vt100::Parser::new(rows.try_into().unwrap(), cols.try_into().unwrap(), 0),
         }
     }
 
@@ -254,5 +258,104 @@ async fn the_view_renders_the_tree_registries_and_events_into_a_test_backend() {
     .expect("q quits")
     .unwrap();
     assert!(text(&terminal).contains("orders"), "drawn before quitting");
+    tree.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// The rows of the pane whose top border holds `title`, between its side borders, trailing blanks dropped.
+fn pane_rows(screen: &str, title: &str) -> Vec<String> {
+    let lines: Vec<&str> = screen.lines().collect();
+    let top = lines
+        .iter()
+        .position(|l| l.contains(title))
+        .unwrap_or_else(|| panic!("no pane {title:?}:\n{screen}"));
+    let left = lines[top].chars().take_while(|c| *c != '┌').count();
+    lines[top + 1..]
+        .iter()
+        .take_while(|l| l.chars().nth(left) == Some('│'))
+        .map(|l| {
+            let inner: String = l.chars().skip(left + 1).take_while(|c| *c != '│').collect();
+            inner.trim_end().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbor_top_at_80_and_140_columns_lists_its_keys_and_scrolls_the_tree_and_the_events() {
+    let tree = start_tree(options()).await;
+    start_job(&tree, 1).await;
+    let addr = addr(&tree).to_string();
+    for cols in [80, 140] {
+        let mut top = Command::new(env!("CARGO_BIN_EXE_arbor"));
+        top.args(["top", "--addr", &addr, "--interval", "300ms"]);
+        let mut pty = Pty::spawn_sized(&mut top, 30, cols);
+        tokio::task::block_in_place(|| {
+            pty.wait_for("the tree and the job's start", |screen| {
+                screen.contains("introspection") && screen.contains("orders/jobs/job#0 started")
+            })
+        });
+        let screen = pty.contents();
+        let footer = screen.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+        for key in [
+            "q  quit",
+            "tab  pane",
+            "↑↓  scroll",
+            "pgup/pgdn  page",
+            "home/end  ends",
+        ] {
+            assert!(
+                footer.contains(key),
+                "{cols} columns, the footer lists {key:?}: {footer}"
+            );
+        }
+        let tree_rows = pane_rows(&screen, "┌ tree ◂ ");
+        assert!(tree_rows[0].starts_with("orders"), "{cols} columns:\n{screen}");
+        for row in tree_rows.iter().filter(|r| !r.is_empty()) {
+            assert!(
+                row.ends_with("restarts=0") || row.ends_with('…'),
+                "{cols} columns, whole lines: {row:?}\n{screen}"
+            );
+        }
+        assert!(
+            screen.contains("TUNNEL "),
+            "{cols} columns, the channels' header:\n{screen}"
+        );
+        let started = pane_rows(&screen, "┌ events ")
+            .into_iter()
+            .find(|r| r.contains("orders/jobs/job#0"))
+            .unwrap();
+        assert!(
+            started.ends_with(')') || started.ends_with('…'),
+            "{cols} columns: {started:?}"
+        );
+
+        // Down scrolls the tree a line; tab picks the events, PgUp scrolls them back, End follows again.
+        pty.type_keys(b"\x1b[B");
+        tokio::task::block_in_place(|| {
+            pty.wait_for("the tree scrolled", |screen| {
+                pane_rows(screen, "┌ tree ◂ ")
+                    .first()
+                    .is_some_and(|r| !r.starts_with("orders"))
+            })
+        });
+        pty.type_keys(b"\t");
+        tokio::task::block_in_place(|| {
+            pty.wait_for("the events picked", |screen| screen.contains(" events ◂ "))
+        });
+        pty.type_keys(b"\x1b[5~");
+        tokio::task::block_in_place(|| {
+            pty.wait_for("the events scrolled back", |screen| {
+                screen.contains("scrolled back")
+            })
+        });
+        pty.type_keys(b"\x1b[F");
+        tokio::task::block_in_place(|| {
+            pty.wait_for("the events following", |screen| {
+                screen.contains(" events ◂ ") && !screen.contains("scrolled back")
+            })
+        });
+        pty.type_keys(b"q");
+        let status = tokio::task::block_in_place(|| pty.wait_exit());
+        assert!(status.success(), "{status:?}");
+    }
     tree.shutdown(Duration::from_secs(10)).await.unwrap();
 }

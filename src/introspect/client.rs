@@ -360,7 +360,13 @@ fn describe_tunnel(e: &pb::TunnelEvent) -> String {
     format!("tunnel {}: {what}", e.tunnel_id)
 }
 
-/// An event as one JSON object: `sequence`, `at_unix_ms`, `type` (`supervisor`, `connection`, `tunnel`,
+/// A time in milliseconds since the epoch as RFC 3339 (UTC, to the millisecond): how every JSON output of
+/// `arbor inspect` writes a time.
+pub fn rfc3339_ms(at_unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(at_unix_ms)).to_string()
+}
+
+/// An event as one JSON object: `sequence`, `at` (RFC 3339), `type` (`supervisor`, `connection`, `tunnel`,
 /// `leadership`, `other`), `event` (the kind within the type, e.g. `exited`) and the event's fields.
 pub fn event_json(event: &pb::Event) -> serde_json::Value {
     use pb::event::Kind;
@@ -381,7 +387,11 @@ pub fn event_json(event: &pb::Event) -> serde_json::Value {
                 Some(S::RestartFailed(f)) => ("restart_failed", json!({ "error": f.error })),
                 Some(S::Stopped(s)) => (
                     "stopped",
-                    json!({ "exit": s.exit().as_str_name(), "description": s.description, "child": s.child }),
+                    json!({
+                        "exit": s.exit().as_str_name().trim_start_matches("SUPERVISOR_EXIT_KIND_").to_ascii_lowercase(),
+                        "description": s.description,
+                        "child": s.child,
+                    }),
                 ),
                 None => ("unknown", json!({})),
             };
@@ -441,7 +451,7 @@ pub fn event_json(event: &pb::Event) -> serde_json::Value {
     };
     let mut out = fields;
     out["sequence"] = json!(event.sequence);
-    out["at_unix_ms"] = json!(event.at_unix_ms);
+    out["at"] = json!(rfc3339_ms(event.at_unix_ms));
     out["type"] = json!(kind);
     out["event"] = json!(what);
     out

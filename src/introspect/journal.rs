@@ -503,4 +503,28 @@ mod tests {
         let resumed = empty.subscribe(empty.stream_id(), Some(u64::MAX));
         assert!(resumed.gap.is_none() && resumed.replay.is_empty());
     }
+
+    /// A watch that replays what is held while events keep coming sees every event once: the replay ends where
+    /// its live feed begins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_and_the_live_feed_meet_without_a_gap_or_a_repeat() {
+        const EVENTS: u64 = 400;
+        let (journal, _task) = Journal::start(broadcast::channel(1).1, EVENTS as usize, 8);
+        let writer = {
+            let journal = Arc::clone(&journal);
+            std::thread::spawn(move || {
+                for _ in 0..EVENTS {
+                    journal.record(exit_of("a"));
+                }
+            })
+        };
+        // Subscribe while the writer records (it may not have begun, or be done: both ends are covered too).
+        let mut subscription = journal.subscribe("", Some(0));
+        writer.join().unwrap();
+        let mut seen = sequences(&subscription.replay);
+        while let Ok(item) = subscription.live.try_recv() {
+            seen.extend(sequences(&[item]));
+        }
+        assert_eq!(seen, (1..=EVENTS).collect::<Vec<_>>());
+    }
 }

@@ -71,7 +71,7 @@ mod service;
 use std::net::SocketAddr;
 
 pub use client::{
-    describe_event, event_json, ClientError, ClientOptions, InspectClient, TreeView, WatchFrom,
+    describe_event, event_json, rfc3339_ms, ClientError, ClientOptions, InspectClient, TreeView, WatchFrom,
 };
 pub use convert::snapshot as snapshot_from_wire;
 pub use options::{IntrospectionOptions, PrometheusOptions};

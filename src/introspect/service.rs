@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use arbor_actors::supervisor::{ChildInfo, SupervisorHandle};
+use arbor_actors::supervisor::{ChildInfo, SupervisorHandle, TreeSnapshot};
 use arbor_actors::tunnel::TunnelEntry;
 use arbor_proto::inspect::v1 as pb;
 use arbor_proto::inspect::v1::inspect_service_server::InspectService;
@@ -36,10 +36,9 @@ impl InspectGrpc {
     }
 
     /// The child info of the node at `path` from its supervisor, and the supervisor's path; `None` for the root.
-    async fn child_info(&self, path: &str) -> Result<Option<(ChildInfo, String)>, Status> {
-        let mut segments = path.split('/');
-        segments.next(); // the root: the tree's name
-        let ids: Vec<&str> = segments.collect();
+    /// `ids` are the ids below the root down to the node (taken from a snapshot, not by splitting `path` at
+    /// `/`: an id may hold `/` itself, as a connection's `grpc://host:port` does).
+    async fn child_info(&self, path: &str, ids: &[String]) -> Result<Option<(ChildInfo, String)>, Status> {
         let Some((last, parents)) = ids.split_last() else {
             return Ok(None);
         };
@@ -60,6 +59,18 @@ impl InspectGrpc {
             supervisor_path,
         )))
     }
+}
+
+/// The nodes from `root` down to the node whose path is `path`, both included.
+fn chain_to<'a>(root: &'a TreeSnapshot, path: &str) -> Option<Vec<&'a TreeSnapshot>> {
+    if root.path == path {
+        return Some(vec![root]);
+    }
+    root.children.iter().find_map(|child| {
+        let mut chain = chain_to(child, path)?;
+        chain.insert(0, root);
+        Some(chain)
+    })
 }
 
 async fn find_child(supervisor: &SupervisorHandle, id: &str, path: &str) -> Result<ChildInfo, Status> {
@@ -118,11 +129,15 @@ impl InspectService for InspectGrpc {
             ));
         }
         let snapshot = self.tree.snapshot().await.map_err(unavailable)?;
-        let node = snapshot
-            .find_path(&path)
+        // As `tree` shows it, or without the tree's name.
+        let chain = chain_to(&snapshot, &path)
+            .or_else(|| chain_to(&snapshot, &format!("{}/{path}", snapshot.path)))
             .ok_or_else(|| Status::not_found(format!("no node at path {path:?}")))?;
-        let node = convert::node(node);
-        let found = self.child_info(&path).await?;
+        let ids: Vec<String> = chain.iter().skip(1).map(|n| n.id.clone()).collect();
+        let found_node = chain.last().copied().unwrap_or(&snapshot);
+        let path = found_node.path.clone();
+        let node = convert::node(found_node);
+        let found = self.child_info(&path, &ids).await?;
         let (history, incomplete) = self.journal.history(&path);
         Ok(Response::new(pb::GetNodeResponse {
             node: Some(node),

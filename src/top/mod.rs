@@ -1,7 +1,9 @@
 //! `arbor top`: a live terminal view of a running tree through its introspection server, in the manner of
 //! Erlang's observer_cli — the tree with states and restart counts, the registries, the tunnel channels with
 //! their lag, and the event feed. Redrawn on every event (at most [`MIN_REFRESH`] apart) and on a timer; `q`
-//! (or Esc, or Ctrl-C) quits.
+//! (or Esc, or Ctrl-C) quits. Tab (or ← →) picks the tree or the events pane, ↑ ↓ (j k) scroll it a line,
+//! PgUp PgDn a page, Home End to its start or end (End: the events follow the newest again); the footer lists
+//! the keys.
 //!
 //! [`Top`] is the state and its drawing ([`Top::draw`] renders into any ratatui backend, a test's
 //! `TestBackend` included); [`run`] drives it on the terminal with crossterm.
@@ -51,7 +53,25 @@ pub struct Top {
     position: Option<(String, u64)>,
     events_seen: u64,
     status: String,
+    /// The pane the scroll keys move.
+    focus: Pane,
+    /// The tree pane's first line shown.
+    tree_scroll: usize,
+    /// How many lines the events pane is scrolled back from the newest (0: it follows the newest).
+    feed_scroll: usize,
 }
+
+/// A pane that scrolls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    /// The tree.
+    Tree,
+    /// The event feed.
+    Events,
+}
+
+/// How many lines PgUp and PgDn move.
+const PAGE: usize = 10;
 
 /// Why `arbor top` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +103,9 @@ impl Top {
             position: None,
             events_seen: 0,
             status: "connected".into(),
+            focus: Pane::Tree,
+            tree_scroll: 0,
+            feed_scroll: 0,
         };
         top.refresh().await;
         Ok(top)
@@ -186,6 +209,45 @@ impl Top {
         self.feed.iter()
     }
 
+    /// The pane the scroll keys move.
+    pub fn focus(&self) -> Pane {
+        self.focus
+    }
+
+    /// Takes a key (other than the ones that quit): picks a pane or scrolls the one picked.
+    pub fn on_key(&mut self, event: &TermEvent) {
+        let TermEvent::Key(key) = event else { return };
+        if key.kind == KeyEventKind::Release {
+            return;
+        }
+        let tree_lines = self.tree.as_ref().map_or(0, |t| t.snapshot.nodes().len());
+        let (scroll, max, back) = match self.focus {
+            Pane::Tree => (&mut self.tree_scroll, tree_lines.saturating_sub(1), false),
+            // The feed scrolls back from the newest: up is more.
+            Pane::Events => (&mut self.feed_scroll, self.feed.len().saturating_sub(1), true),
+        };
+        let mut move_by = |lines: isize| {
+            let lines = if back { -lines } else { lines };
+            let next = (*scroll as isize + lines).clamp(0, max as isize);
+            *scroll = next as usize;
+        };
+        match key.code {
+            KeyCode::Tab | KeyCode::BackTab | KeyCode::Left | KeyCode::Right => {
+                self.focus = match self.focus {
+                    Pane::Tree => Pane::Events,
+                    Pane::Events => Pane::Tree,
+                }
+            }
+            KeyCode::Up | KeyCode::Char('k') => move_by(-1),
+            KeyCode::Down | KeyCode::Char('j') => move_by(1),
+            KeyCode::PageUp => move_by(-(PAGE as isize)),
+            KeyCode::PageDown => move_by(PAGE as isize),
+            KeyCode::Home | KeyCode::Char('g') => move_by(-(max as isize) - 1),
+            KeyCode::End | KeyCode::Char('G') => move_by(max as isize + 1),
+            _ => {}
+        }
+    }
+
     /// Draws the whole view into `frame`.
     pub fn draw(&self, frame: &mut Frame<'_>) {
         view::draw(self, frame);
@@ -273,7 +335,7 @@ where
         tokio::select! {
             key = keys.next() => match key {
                 Some(Ok(event)) if quits(&event) => return Ok(()),
-                Some(Ok(_)) => {}
+                Some(Ok(event)) => top.on_key(&event),
                 Some(Err(err)) => return Err(TopError::Terminal(err)),
                 None => return Ok(()),
             },

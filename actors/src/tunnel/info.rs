@@ -43,7 +43,8 @@ pub struct WorkerInfo {
     pub status: WorkerStatus,
     /// How many channels it runs.
     pub channels: usize,
-    /// When its last heartbeat succeeded.
+    /// When its last heartbeat succeeded (serialized as RFC 3339, to the millisecond).
+    #[serde(serialize_with = "rfc3339_millis")]
     pub last_heartbeat: Option<SystemTime>,
     /// Sessions opened so far (each has a new client id).
     pub sessions: u64,
@@ -71,6 +72,13 @@ pub struct ChannelInfo {
     pub lag: Option<u64>,
     /// Records trimmed by retention before they could be delivered (skipped per the out-of-range policy).
     pub lost_to_retention: u64,
+}
+
+fn rfc3339_millis<S: serde::Serializer>(at: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => serializer.collect_str(&humantime::format_rfc3339_millis(*at)),
+        None => serializer.serialize_none(),
+    }
 }
 
 fn status_name<S: serde::Serializer>(status: &ChannelStatus, serializer: S) -> Result<S::Ok, S::Error> {
@@ -141,4 +149,26 @@ pub enum TunnelEvent {
         /// The error, rendered with its causes.
         error: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_time_serializes_as_rfc3339() {
+        let info = WorkerInfo {
+            tunnel_id: "t".into(),
+            client_id: None,
+            status: WorkerStatus::Active,
+            channels: 0,
+            last_heartbeat: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)),
+            sessions: 1,
+        };
+        let json = serde_json::to_value(TunnelEntry::Worker(info)).unwrap();
+        assert_eq!(json["last_heartbeat"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(json["status"], "active");
+    }
 }
