@@ -93,6 +93,13 @@ pub(crate) struct SupervisorArgs {
     pub(crate) events: Option<EventSink>,
 }
 
+/// See [`Incarnation::arguments_dropped`](super::exit::Incarnation::arguments_dropped).
+impl Drop for SupervisorArgs {
+    fn drop(&mut self) {
+        self.exit.arguments_dropped();
+    }
+}
+
 impl SupervisorArgs {
     /// Every check OTP makes at `init`, before anything is started: the flags, then each spec in order, then
     /// duplicate ids. The first fault is the error.
@@ -140,6 +147,7 @@ pub(crate) struct SupervisorState {
 
 impl SupervisorState {
     fn new(args: &SupervisorArgs) -> Self {
+        args.exit.set_built();
         SupervisorState {
             mode: args.mode.clone(),
             strategy: args.strategy,
@@ -307,14 +315,15 @@ impl Drop for SupervisorState {
                     ChildState::Running(cell) => Some(cell.clone()),
                     _ => None,
                 };
-                let incarnation = child.slot.exit_cell();
+                // The latest incarnation spawned, even one whose start this supervisor's death cut short.
+                let incarnation = child.slot.latest_incarnation();
                 (cell.is_some() || incarnation.is_some()).then_some(Orphan { cell, incarnation })
             })
             .collect();
         if let Mode::Dynamic(shared) = &self.mode {
             orphans.extend(shared.take_pending().into_iter().map(|p| Orphan {
                 cell: Some(p.cell),
-                incarnation: p.slot.exit_cell(),
+                incarnation: p.slot.latest_incarnation(),
             }));
         }
         orphans.append(&mut self.stopping);

@@ -66,6 +66,9 @@ fn supervisor_child_spec(
         let (name, args) = make();
         Box::pin(async move {
             let exit = Arc::clone(&args.exit);
+            // Before the spawn: its `pre_start` starts children, and if it never completes (killed, failed, or
+            // this future dropped with a parent killed meanwhile) they are orphans all the same.
+            ctx.slot.set_spawning(Arc::clone(&exit));
             let Target::Fixed { actor, .. } = spawn(name, args, Some(ctx.supervisor)).await? else {
                 unreachable!("spawn gives a fixed target")
             };

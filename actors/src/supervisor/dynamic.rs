@@ -202,7 +202,8 @@ pub(crate) async fn start_child(
     };
     let order = shared.next_order.fetch_add(1, Ordering::Relaxed);
     let slot = ChildSlot::new(Arc::clone(&spec.id), Some(order));
-    let cell = match start_one(&spec, &supervisor.get_cell(), &slot).await {
+    // No supervisor state here: a child found unlinked is stopped on this task before the error returns.
+    let cell = match start_one(&spec, &supervisor.get_cell(), &slot, None).await {
         Ok(cell) => cell,
         Err(err) => {
             // The link is refused once the supervisor is stopping (even before its post_stop closed the

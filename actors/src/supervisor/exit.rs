@@ -1,6 +1,7 @@
 //! How a supervisor ended, and how an exit reason is read.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -89,6 +90,8 @@ pub(crate) struct Incarnation {
     exit: OnceLock<SupervisorExit>,
     orphans: OnceLock<Vec<Orphan>>,
     orphaned: Notify,
+    /// Set when `pre_start` built the state, whose drop records the orphans from then on.
+    built: AtomicBool,
 }
 
 pub(crate) type ExitCell = Arc<Incarnation>;
@@ -115,21 +118,44 @@ impl Incarnation {
         self.orphaned.notify_waiters();
     }
 
+    /// The children this incarnation left running, once it has recorded them (as its state or its arguments
+    /// are dropped); `None` if `deadline` comes first.
+    pub(crate) async fn recorded(&self, deadline: Option<Instant>) -> Option<&[Orphan]> {
+        loop {
+            let notified = self.orphaned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(orphans) = self.orphans.get() {
+                return Some(orphans);
+            }
+            match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, notified).await.ok()?,
+                None => notified.await,
+            }
+        }
+    }
+
+    /// The state is built: its drop will record the orphans.
+    pub(crate) fn set_built(&self) {
+        self.built.store(true, Ordering::Release);
+    }
+
+    /// The arguments are dropped: an incarnation that never built its state (refused, or killed or dropped
+    /// before its `pre_start` got that far) started nothing, and its record says so at once, so that a start
+    /// waiting for its orphans does not wait in vain.
+    pub(crate) fn arguments_dropped(&self) {
+        if !self.built.load(Ordering::Acquire) {
+            self.set_orphans(Vec::new());
+        }
+    }
+
     /// After this incarnation died without stopping its children: waits until each of them (and theirs, for
     /// child supervisors) has exited, at most until `deadline`. A restart of the incarnation must not race
     /// its old children for names, registry keys or resources.
     pub(crate) fn wait_orphans(&self, deadline: Instant) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let orphans = loop {
-                let notified = self.orphaned.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if let Some(orphans) = self.orphans.get() {
-                    break orphans;
-                }
-                if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                    return;
-                }
+            let Some(orphans) = self.recorded(Some(deadline)).await else {
+                return;
             };
             for orphan in orphans {
                 let left = deadline.saturating_duration_since(Instant::now());

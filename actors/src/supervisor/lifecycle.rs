@@ -10,6 +10,7 @@ use ractor::{ActorCell, ActorProcessingErr, ActorStatus, SpawnErr};
 use tracing::{error, warn};
 
 use super::error::{BoxError, StartPanic, SupervisorError};
+use super::exit::Orphan;
 use super::slot::ChildSlot;
 use super::spec::{ChildSpec, Shutdown, StartContext};
 
@@ -37,14 +38,22 @@ pub(super) fn linked_to(cell: &ActorCell, supervisor: &ActorCell) -> bool {
 ///
 /// Before a child supervisor starts again, the children its previous incarnation may have left running are
 /// waited for (bounded): a supervisor killed outright, or one of its own child supervisors killed while it
-/// stopped them, leaves children to ractor, which kills them without waiting. So the new incarnation's
-/// children never race the old ones for names, registry keys or resources. (Workers have no such record.)
+/// stopped them, leaves children to ractor, which kills them without waiting; so does an incarnation whose own
+/// start was left half-done (killed in its `pre_start`, or dropped there with a parent killed meanwhile). So the
+/// new incarnation's children never race the old ones for names, registry keys or resources. (Workers have no
+/// such record.)
+///
+/// A child found unlinked is stopped before the error returns. It may be one this supervisor did link, taken
+/// away since by ractor because the supervisor is being killed (an ancestor's kill takes the whole sub-tree's
+/// links at once): then it is an orphan of this incarnation, so it is in `stopping` (the supervisor's list of
+/// children being stopped) while it is stopped, and the incarnation's record has it if that stop is cut short.
 pub(crate) async fn start_one(
     spec: &ChildSpec,
     supervisor: &ActorCell,
     slot: &Arc<ChildSlot>,
+    mut stopping: Option<&mut Vec<Orphan>>,
 ) -> Result<ActorCell, SupervisorError> {
-    if let Some(previous) = slot.exit_cell() {
+    if let Some(previous) = slot.latest_incarnation() {
         previous
             .wait_orphans(tokio::time::Instant::now() + KILL_WAIT)
             .await;
@@ -62,7 +71,16 @@ pub(crate) async fn start_one(
         Ok(Ok(cell)) if linked_to(&cell, supervisor) => Ok(cell),
         Ok(Ok(cell)) => {
             warn!(child = %spec.id, actor = %cell.get_id(), "start closure returned an actor not linked to the supervisor; stopping it");
+            if let Some(stopping) = stopping.as_deref_mut() {
+                stopping.push(Orphan {
+                    cell: Some(cell.clone()),
+                    incarnation: slot.latest_incarnation(),
+                });
+            }
             terminate_cell(&cell, spec.shutdown).await;
+            if let Some(stopping) = stopping {
+                stopping.retain(|o| o.cell.as_ref().is_none_or(|c| c.get_id() != cell.get_id()));
+            }
             Err(SupervisorError::NotLinked {
                 id: spec.id.to_string(),
                 actor: cell.get_id(),

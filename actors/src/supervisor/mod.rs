@@ -61,6 +61,8 @@ mod dynamic;
 mod error;
 mod events;
 mod exit;
+#[cfg(test)]
+mod half_start_tests;
 mod handle;
 mod intensity;
 mod lifecycle;

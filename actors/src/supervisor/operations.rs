@@ -43,7 +43,7 @@ impl SupervisorState {
             );
         }
         let slot = ChildSlot::new(Arc::clone(&spec.id), None);
-        let cell = start_one(&spec, myself, &slot).await?;
+        let cell = start_one(&spec, myself, &slot, Some(&mut self.stopping)).await?;
         let order = self
             .children
             .push(Child::new(spec, cell.clone(), Arc::clone(&slot)));
@@ -64,7 +64,7 @@ impl SupervisorState {
             None => return,
         };
         let restart = matches!(next, ChildState::Restarting { .. });
-        let incarnation = self.children.get(order).and_then(|c| c.slot.exit_cell());
+        let incarnation = self.children.get(order).and_then(|c| c.slot.latest_incarnation());
         if let Some(cell) = self.children.set_state(order, next) {
             self.stopping.push(Orphan {
                 cell: Some(cell.clone()),
@@ -244,7 +244,7 @@ impl SupervisorState {
             ChildState::Terminated => {}
         }
         let (spec, slot) = (child.spec.clone(), Arc::clone(&child.slot));
-        let cell = start_one(&spec, myself, &slot).await?;
+        let cell = start_one(&spec, myself, &slot, Some(&mut self.stopping)).await?;
         info!(child = %id, actor = %cell.get_id(), "child restarted by request");
         self.publish(|supervisor| SupervisorEvent::Started {
             supervisor,

@@ -234,7 +234,14 @@ impl SupervisorState {
                 continue;
             }
             let child = self.children.get(order).expect("listed child exists");
-            match start_one(&child.spec, &myself.get_cell(), &child.slot).await {
+            match start_one(
+                &child.spec,
+                &myself.get_cell(),
+                &child.slot,
+                Some(&mut self.stopping),
+            )
+            .await
+            {
                 Ok(cell) => {
                     info!(
                         child = %self.children.id_of(order),

@@ -34,8 +34,12 @@ pub(crate) struct ChildSlot {
     /// Set for dynamic children, whose shown id is `id#order`.
     order: Option<u64>,
     state: Mutex<SlotState>,
-    /// For a child that is a supervisor: where its latest incarnation leaves its exit.
+    /// For a child that is a supervisor: where its latest incarnation that started leaves its exit.
     exit: Mutex<Option<ExitCell>>,
+    /// For a child that is a supervisor: the record of its latest incarnation spawned, started or not. A start
+    /// left half-done (its `pre_start` failed, was killed, or its parent died meanwhile) may have started
+    /// children of its own, which ractor kills without waiting: the next start waits for them through this.
+    latest: Mutex<Option<ExitCell>>,
 }
 
 impl ChildSlot {
@@ -45,6 +49,7 @@ impl ChildSlot {
             order,
             state: Mutex::new(SlotState::Down),
             exit: Mutex::new(None),
+            latest: Mutex::new(None),
         })
     }
 
@@ -56,6 +61,17 @@ impl ChildSlot {
     /// Where the latest incarnation leaves its exit, if the child is a supervisor.
     pub(crate) fn exit_cell(&self) -> Option<ExitCell> {
         self.exit.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the incarnation about to be spawned (a supervisor), before its `pre_start` starts anything.
+    pub(crate) fn set_spawning(&self, exit: ExitCell) {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit);
+    }
+
+    /// The record of the latest incarnation spawned, whether its start completed or not: whose orphans a new
+    /// start, or the parent's own orphan record, must cover.
+    pub(crate) fn latest_incarnation(&self) -> Option<ExitCell> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {
