@@ -86,8 +86,9 @@ struct TopArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on (loopback by default; serve other interfaces with TLS).
-    #[arg(long, default_value = arbor::tunnel_service::server::DEFAULT_LISTEN)]
+    /// Address to listen on, `host:port` (`localhost:50051`, `0.0.0.0:50051`); loopback by default. Beyond
+    /// loopback, serve with TLS and api keys (a warning on stderr says what is missing).
+    #[arg(long, default_value = arbor::tunnel_service::server::DEFAULT_LISTEN, value_parser = parse_listen)]
     listen: std::net::SocketAddr,
     /// Data directory: durable storage (survives SIGKILL). Without it, tunnels live in memory.
     #[arg(long)]
@@ -209,6 +210,13 @@ fn top(runtime: &tokio::runtime::Runtime, args: TopArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_listen(value: &str) -> Result<std::net::SocketAddr, String> {
+    arbor::serve::resolve_listen(value).map_err(|err| match err {
+        arbor::serve::ServeError::Listen { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 fn serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {

@@ -102,3 +102,76 @@ fn serve_refuses_bad_settings_naming_them() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("/nonexistent/keys"), "{:?}", text(&out));
 }
+
+#[test]
+fn serve_beyond_loopback_says_on_stderr_what_is_missing_without_rust_log() {
+    // 192.0.2.1 (TEST-NET-1) is no address of this machine: the warning comes before the bind, which fails,
+    // so no server listens beyond loopback.
+    let out = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["serve", "--listen", "192.0.2.1:0"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "arbor serve: warning: 192.0.2.1:0 is beyond loopback and served without TLS (calls and api keys \
+             travel in clear text; add --tls-cert and --tls-key) and without api keys (anyone who reaches it \
+             may create, append to and delete tunnels; add --api-key-file)\n"
+        ),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "k\n").unwrap();
+    let out = arbor(&[
+        "serve",
+        "--listen",
+        "192.0.2.1:0",
+        "--api-key-file",
+        keys.to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains(
+            "arbor serve: warning: 192.0.2.1:0 is beyond loopback and served without TLS (calls and api keys \
+             travel in clear text; add --tls-cert and --tls-key)\n"
+        ),
+        "{stderr}"
+    );
+
+    // On loopback: no warning.
+    let out = arbor(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key-file",
+        "/nonexistent/keys",
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn serve_listens_on_a_host_name_and_localhost_stays_on_loopback() {
+    let serve = ServeProcess::start_at("localhost:0", &[]);
+    assert!(
+        serve.url.starts_with("http://127.0.0.1:") || serve.url.starts_with("http://[::1]:"),
+        "{}",
+        serve.url
+    );
+    let out = arbor(&["tunnel", "--server", serve.url.as_str(), "list"]);
+    assert!(text(&out).0.starts_with("no tunnels"), "{:?}", text(&out));
+
+    let out = arbor(&["serve", "--listen", "localhost"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .1
+            .contains("invalid value 'localhost' for '--listen <LISTEN>': expected host:port"),
+        "{:?}",
+        text(&out)
+    );
+}
