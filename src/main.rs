@@ -132,6 +132,9 @@ struct ServeArgs {
 struct TunnelArgs {
     #[command(flatten)]
     connection: arbor::tunnel_admin::AdminConnection,
+    /// Print one JSON document instead of words (numbers as numbers, statuses in lower case).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: arbor::tunnel_admin::AdminCommand,
 }
@@ -251,7 +254,11 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
 }
 
 fn tunnel(runtime: &tokio::runtime::Runtime, args: TunnelArgs) -> ExitCode {
-    match runtime.block_on(arbor::tunnel_admin::run(&args.connection, args.command)) {
+    match runtime.block_on(arbor::tunnel_admin::run(
+        &args.connection,
+        args.command,
+        args.json,
+    )) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS

@@ -1,4 +1,7 @@
 //! `arbor tunnel create|describe|list|delete|append|seal`: a small admin and producer client of a tunnel service.
+//!
+//! Each command prints words, or with `--json` one JSON document: numbers as numbers, channel types and
+//! statuses in lower case, an absent owner or parent as `null`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -172,11 +175,12 @@ async fn connect(conn: &AdminConnection) -> Result<Client, AdminError> {
     Ok(TunnelServiceClient::with_interceptor(channel, interceptor))
 }
 
-/// Runs one command and returns what to print.
+/// Runs one command and returns what to print: words, or one JSON document (and a newline) when `json`.
 ///
 /// # Errors
 /// [`AdminError`] when the service cannot be reached or refuses the call.
-pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String, AdminError> {
+pub async fn run(conn: &AdminConnection, command: AdminCommand, json: bool) -> Result<String, AdminError> {
+    let doc = |value: serde_json::Value| format!("{value}\n");
     let mut client = connect(conn).await?;
     match command {
         AdminCommand::Create {
@@ -209,7 +213,12 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
                 })
                 .await?
                 .into_inner();
-            Ok(render(&response.tunnel.unwrap_or_default()))
+            let tunnel = response.tunnel.unwrap_or_default();
+            Ok(if json {
+                doc(tunnel_json(&tunnel))
+            } else {
+                render(&tunnel)
+            })
         }
         AdminCommand::Describe { name } => {
             let response = client
@@ -219,10 +228,19 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
                 })
                 .await?
                 .into_inner();
-            Ok(render(&response.tunnel.unwrap_or_default()))
+            let tunnel = response.tunnel.unwrap_or_default();
+            Ok(if json {
+                doc(tunnel_json(&tunnel))
+            } else {
+                render(&tunnel)
+            })
         }
         AdminCommand::List => {
             let response = client.list_tunnels(v1::ListTunnelsRequest {}).await?.into_inner();
+            if json {
+                let tunnels: Vec<_> = response.tunnels.iter().map(tunnel_json).collect();
+                return Ok(doc(serde_json::json!({ "tunnels": tunnels })));
+            }
             if response.tunnels.is_empty() {
                 return Ok("no tunnels (create one with `arbor tunnel create NAME --stream N`)\n".into());
             }
@@ -248,6 +266,9 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
                 })
                 .await?
                 .into_inner();
+            if json {
+                return Ok(doc(serde_json::json!({ "deleted": response.tunnel_id })));
+            }
             Ok(format!("deleted {}\n", response.tunnel_id))
         }
         AdminCommand::Append {
@@ -276,6 +297,31 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
                 })
                 .await?
                 .into_inner();
+            if json {
+                let channels: Vec<_> = response
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "channel_id": c.channel_id,
+                            "record_count": c.record_count,
+                            "first_sequence_number": c.first_sequence_number,
+                            "last_sequence_number": c.first_sequence_number + u64::from(c.record_count) - 1,
+                        })
+                    })
+                    .collect();
+                let records: Vec<_> = response
+                    .records
+                    .iter()
+                    .map(|r| serde_json::json!({ "channel_id": r.channel_id, "sequence_number": r.sequence_number }))
+                    .collect();
+                return Ok(doc(serde_json::json!({
+                    "tunnel_id": response.tunnel_id,
+                    "channels": channels,
+                    "records": records,
+                    "duplicate": response.duplicate,
+                })));
+            }
             let mut out = String::new();
             for c in response.channels {
                 let last = c.first_sequence_number + u64::from(c.record_count) - 1;
@@ -295,12 +341,72 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
                 })
                 .await?
                 .into_inner();
+            if json {
+                return Ok(doc(serde_json::json!({
+                    "channel_id": channel,
+                    "end_sequence_number": response.end_sequence_number,
+                })));
+            }
             Ok(format!(
                 "channel {channel} sealed at {}\n",
                 response.end_sequence_number
             ))
         }
     }
+}
+
+/// A channel type's or status's name in lower case (`"?"` for a value this client does not know).
+fn lower(name: Result<impl std::fmt::Display, impl std::error::Error>) -> String {
+    name.map(|n| n.to_string().to_lowercase())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A tunnel as JSON: its fields, its channels and clients, and `lag` summed over its channels.
+fn tunnel_json(t: &v1::TunnelInfo) -> serde_json::Value {
+    let retention = t.retention.unwrap_or_default();
+    let channels: Vec<_> = t
+        .channels
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "channel_id": c.channel_id,
+                "channel_type": lower(ChannelType::from_wire(c.channel_type, "channel_type")),
+                "parent_channel_id": c.parent_channel_id,
+                "status": lower(ChannelStatus::from_wire(c.status, "status")),
+                "sealed": c.sealed,
+                "version": c.version,
+                "owner_client_id": (!c.owner_client_id.is_empty()).then_some(&c.owner_client_id),
+                "end_sequence_number": c.end_sequence_number,
+                "first_retained_sequence_number": c.first_retained_sequence_number,
+                "checkpoint_sequence_number": c.checkpoint_sequence_number,
+                "lag": c.lag,
+            })
+        })
+        .collect();
+    let clients: Vec<_> = t
+        .clients
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "client_id": c.client_id,
+                "client_tag": c.client_tag,
+                "channel_ids": c.channel_ids,
+                "since_last_heartbeat_ms": c.since_last_heartbeat_ms,
+                "heartbeat_timeout_ms": c.heartbeat_timeout_ms,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "tunnel_id": t.tunnel_id,
+        "tunnel_name": t.tunnel_name,
+        "retention": {
+            "max_age_ms": retention.max_age_ms,
+            "max_bytes_per_channel": retention.max_bytes_per_channel,
+        },
+        "lag": t.channels.iter().map(|c| c.lag).sum::<u64>(),
+        "channels": channels,
+        "clients": clients,
+    })
 }
 
 fn render(t: &v1::TunnelInfo) -> String {
@@ -341,8 +447,16 @@ fn render(t: &v1::TunnelInfo) -> String {
     }
     for c in &t.clients {
         out.push_str(&format!(
-            "  client {} tag {:?} channels {:?} last heartbeat {} ms ago (timeout {} ms)\n",
-            c.client_id, c.client_tag, c.channel_ids, c.since_last_heartbeat_ms, c.heartbeat_timeout_ms
+            "  client {} tag \"{}\" channels [{}] last heartbeat {} ms ago (timeout {} ms)\n",
+            c.client_id,
+            c.client_tag,
+            c.channel_ids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.since_last_heartbeat_ms,
+            c.heartbeat_timeout_ms
         ));
     }
     out

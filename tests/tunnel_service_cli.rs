@@ -175,3 +175,75 @@ fn serve_listens_on_a_host_name_and_localhost_stays_on_loopback() {
         text(&out)
     );
 }
+
+#[test]
+fn tunnel_commands_print_one_json_document_with_json() {
+    let serve = ServeProcess::start(&[]);
+    let tunnel = |args: &[&str]| {
+        let mut all = vec!["tunnel", "--server", serve.url.as_str(), "--json"];
+        all.extend_from_slice(args);
+        let out = arbor(&all);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        serde_json::from_str::<serde_json::Value>(&stdout).expect("one JSON document")
+    };
+
+    let created = tunnel(&[
+        "create",
+        "orders",
+        "--base",
+        "1",
+        "--stream",
+        "1",
+        "--parents",
+        "--max-age",
+        "1h",
+    ]);
+    assert_eq!(created["tunnel_name"], "orders");
+    assert_eq!(created["retention"]["max_age_ms"], 3_600_000);
+    assert_eq!(created["channels"][0]["channel_type"], "base");
+    assert_eq!(
+        created["channels"][0]["parent_channel_id"],
+        serde_json::Value::Null
+    );
+    assert_eq!(created["channels"][1]["channel_type"], "stream");
+    assert_eq!(created["channels"][1]["parent_channel_id"], 0);
+    assert_eq!(created["channels"][1]["status"], "wait");
+    assert_eq!(created["channels"][1]["owner_client_id"], serde_json::Value::Null);
+    let id = created["tunnel_id"].as_str().unwrap().to_string();
+
+    let appended = tunnel(&["append", "orders", "--key", "user-42", "a", "b"]);
+    assert_eq!(appended["tunnel_id"], id.as_str());
+    assert_eq!(
+        appended["channels"],
+        serde_json::json!([{"channel_id": 1, "record_count": 2, "first_sequence_number": 0, "last_sequence_number": 1}])
+    );
+    assert_eq!(
+        appended["records"],
+        serde_json::json!([{"channel_id": 1, "sequence_number": 0}, {"channel_id": 1, "sequence_number": 1}])
+    );
+    assert_eq!(appended["duplicate"], false);
+    tunnel(&["append", "orders", "--channel", "0", "base"]);
+
+    let sealed = tunnel(&["seal", "orders", "0"]);
+    assert_eq!(
+        sealed,
+        serde_json::json!({"channel_id": 0, "end_sequence_number": 1})
+    );
+
+    let described = tunnel(&["describe", "orders"]);
+    assert_eq!(described["tunnel_id"], id.as_str());
+    assert_eq!(described["lag"], 3);
+    assert_eq!(described["channels"][0]["sealed"], true);
+    assert_eq!(described["channels"][0]["end_sequence_number"], 1);
+    assert_eq!(described["channels"][1]["lag"], 2);
+
+    let listed = tunnel(&["list"]);
+    assert_eq!(listed["tunnels"][0]["tunnel_id"], id.as_str());
+    assert_eq!(listed["tunnels"][0]["lag"], 3);
+    assert_eq!(listed["tunnels"][0]["channels"].as_array().unwrap().len(), 2);
+
+    assert_eq!(tunnel(&["delete", "orders"]), serde_json::json!({"deleted": id}));
+    assert_eq!(tunnel(&["list"]), serde_json::json!({"tunnels": []}));
+}
