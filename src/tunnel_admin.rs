@@ -99,6 +99,12 @@ pub enum AdminError {
         /// Why.
         source: std::io::Error,
     },
+    /// The CA file holds no certificate.
+    #[error("{} holds no certificate ({})", path.display(), crate::dial::NO_CERTIFICATE_HINT)]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
     /// The key file holds no key.
     #[error("no key in {path}")]
     NoKey {
@@ -124,6 +130,11 @@ async fn connect(conn: &AdminConnection) -> Result<TunnelClient, AdminError> {
         })
     };
     let ca_pem = conn.ca_cert.as_ref().map(read).transpose()?;
+    if let (Some(pem), Some(path)) = (&ca_pem, &conn.ca_cert) {
+        if !crate::dial::has_certificate(pem) {
+            return Err(AdminError::NoCertificate { path: path.clone() });
+        }
+    }
     let key = match &conn.api_key_file {
         Some(path) => {
             let text = String::from_utf8_lossy(&read(path)?).into_owned();

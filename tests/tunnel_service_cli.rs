@@ -247,3 +247,111 @@ fn tunnel_commands_print_one_json_document_with_json() {
     assert_eq!(tunnel(&["delete", "orders"]), serde_json::json!({"deleted": id}));
     assert_eq!(tunnel(&["list"]), serde_json::json!({"tunnels": []}));
 }
+
+/// A CA and a leaf it signed for localhost and 127.0.0.1, written as the README's recipe writes them:
+/// (ca.pem, ca.key, leaf.pem, leaf.key) in `dir`.
+fn ca_and_leaf(dir: &std::path::Path) -> [String; 4] {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "arbor test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("ca.key", ca_key.serialize_pem()),
+        ("leaf.pem", leaf.pem()),
+        ("leaf.key", leaf_key.serialize_pem()),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_string()
+    })
+}
+
+#[test]
+fn the_readme_tls_recipe_a_ca_and_a_leaf_it_signed_serves_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, _, leaf, leaf_key] = ca_and_leaf(dir.path());
+    let serve = ServeProcess::start(&["--tls-cert", &leaf, "--tls-key", &leaf_key]);
+    let addr = serve.url.trim_start_matches("http://").to_string();
+    for server in [addr.clone(), addr.replace("127.0.0.1", "localhost")] {
+        let out = arbor(&[
+            "tunnel",
+            "--ca-file",
+            &ca,
+            "--server",
+            &server,
+            "create",
+            "orders",
+            "--stream",
+            "1",
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{server}: {stdout}{stderr}");
+        let out = arbor(&["tunnel", "--ca-file", &ca, "--server", &server, "list"]);
+        assert!(text(&out).0.contains("orders  1 channels"), "{:?}", text(&out));
+        let out = arbor(&[
+            "tunnel",
+            "--ca-file",
+            &ca,
+            "--server",
+            &server,
+            "delete",
+            "orders",
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+    }
+}
+
+#[test]
+fn serve_refuses_a_ca_certificate_as_its_own_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, ca_key, _, _] = ca_and_leaf(dir.path());
+    let out = arbor(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &ca,
+        "--tls-key",
+        &ca_key,
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{ca}: this certificate is a CA; serve a leaf signed by it (clients refuse a CA as the server's \
+             certificate)"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_ca_file_without_a_certificate_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let [_, ca_key, _, _] = ca_and_leaf(dir.path());
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let serve = ServeProcess::start(&[]);
+    let addr = serve.url.trim_start_matches("http://");
+    for file in [empty.to_str().unwrap(), ca_key.as_str()] {
+        let out = arbor(&["tunnel", "--ca-file", file, "--server", addr, "list"]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success());
+        assert_eq!(
+            stderr,
+            format!(
+                "arbor tunnel: {file} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\")\n"
+            )
+        );
+    }
+}
