@@ -315,16 +315,32 @@ fn the_readme_tls_recipe_a_ca_and_a_leaf_it_signed_serves_the_cli() {
 fn serve_refuses_a_ca_certificate_as_its_own_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let [ca, ca_key, _, _] = ca_and_leaf(dir.path());
-    let out = arbor(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &ca,
-        "--tls-key",
-        &ca_key,
-    ]);
-    let (_, stderr) = text(&out);
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &ca,
+            "--tls-key",
+            &ca_key,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must end at start: if it says it listens instead, stop it and fail (rather than wait forever).
+    let stdout = std::io::BufReader::new(serve.stdout.take().unwrap());
+    if let Some(line) = std::io::BufRead::lines(stdout)
+        .map_while(Result::ok)
+        .find(|line| line.contains("listening on"))
+    {
+        let _ = serve.kill();
+        let _ = serve.wait();
+        panic!("arbor serve started with a CA certificate as its own: {line}");
+    }
+    let out = serve.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
         stderr.contains(&format!(
