@@ -1,6 +1,6 @@
 //! Consume a tunnel through the tree's tunnel worker: a subscriber prints every record. By default the example
 //! starts arbor's tunnel service in-process (in memory, 127.0.0.1, a free port), creates a tunnel of 4 stream
-//! channels, appends 50 keyed records with the generated gRPC client, consumes them, then stops the worker
+//! channels, appends 50 keyed records with `TunnelClient` (idempotent appends), consumes them, then stops the worker
 //! (checkpoints flushed, session shut down) and shows the service's checkpoints.
 //!
 //! `cargo run --example tunnel_consumer`
@@ -15,15 +15,15 @@ use std::time::Duration;
 use arbor::connection::{ConnectionChannel, ConnectionConfig};
 use arbor::supervisor::BoxError;
 use arbor::tree::Tree;
-use arbor::tunnel::{Batch, ChannelType, Subscriber, TunnelExit, TunnelOptions, WorkerStatus};
+use arbor::tunnel::{Batch, Subscriber, TunnelExit, TunnelOptions, WorkerStatus};
+use arbor::tunnel_service::client::{ChannelSpec, TunnelAddress, TunnelClient};
 use arbor::tunnel_service::{ServerOptions, StoreOptions, TunnelServer, TunnelStore};
-use arbor_proto::tunnel::v1::{self, tunnel_service_client::TunnelServiceClient};
 use tokio::sync::watch;
 
 const RECORDS: usize = 50;
 
-/// The generated client, on a connection of the tree's pool.
-type Client = TunnelServiceClient<ConnectionChannel>;
+/// The typed tunnel client, on a connection of the tree's pool.
+type Client = TunnelClient<ConnectionChannel>;
 
 /// Prints each record and counts them; returning `Ok` acknowledges the batch (it may be checkpointed).
 struct Print(Arc<watch::Sender<usize>>);
@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = TunnelServer::start(store.clone(), options).await?;
     let target = ConnectionConfig::parse(&format!("http://{}", server.local_addr()))?;
     let lease = tree.acquire(target.clone()).await?; // pooled: the worker will share this connection
-    let mut client = TunnelServiceClient::new(lease.channel());
+    let mut client = TunnelClient::new(lease.channel(), None)?;
     let tunnel_id = produce(&mut client).await?;
 
     let (delivered, mut count) = watch::channel(0);
@@ -99,12 +99,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{how}: {} records", *count.borrow());
 
     tree.stop_tunnel(&tunnel_id, Duration::from_secs(10)).await?; // checkpoints flushed, session shut down
-    let request = v1::DescribeTunnelRequest {
-        tunnel_id,
-        ..Default::default()
-    };
-    let described = client.describe_tunnel(request).await?.into_inner();
-    for c in described.tunnel.ok_or("no tunnel")?.channels {
+    let described = client.describe(&TunnelAddress::Id(tunnel_id)).await?;
+    for c in described.channels {
         let (checkpoint, end) = (c.checkpoint_sequence_number, c.end_sequence_number);
         println!("channel {}: checkpoint {checkpoint} of {end}", c.channel_id);
     }
@@ -169,29 +165,14 @@ async fn consume_until_interrupted(
 
 /// Creates a tunnel of 4 stream channels and appends the records, routed by key (`user-0`..`user-6`).
 async fn produce(client: &mut Client) -> Result<String, Box<dyn std::error::Error>> {
-    let stream = v1::ChannelSpec {
-        channel_type: ChannelType::Stream.into(),
-        parent_channel_id: None,
-    };
-    let request = v1::CreateTunnelRequest {
-        tunnel_name: "orders".into(),
-        channels: vec![stream; 4],
-        ..Default::default()
-    };
-    let created = client.create_tunnel(request).await?.into_inner();
-    let tunnel_id = created.tunnel.ok_or("no tunnel")?.tunnel_id;
-    let records = (0..RECORDS)
-        .map(|i| v1::AppendRecord {
-            key: format!("user-{}", i % 7).into(),
-            value: format!("order {i}").into(),
-        })
-        .collect();
-    let request = v1::AppendRequest {
-        tunnel_id: tunnel_id.clone(),
-        records,
-        ..Default::default()
-    };
-    client.append(request).await?;
-    println!("created tunnel {tunnel_id}, appended {RECORDS} records");
-    Ok(tunnel_id)
+    let created = client.create("orders", &[ChannelSpec::stream(); 4], None).await?;
+    let tunnel = TunnelAddress::Id(created.tunnel_id.clone());
+    let records = (0..RECORDS).map(|i| (format!("user-{}", i % 7), format!("order {i}")));
+    let appended = client.append(&tunnel, records).await?;
+    let last = appended.records.last().ok_or("no record appended")?;
+    println!(
+        "created tunnel {}, appended {RECORDS} records (the last to channel {} at {})",
+        created.tunnel_id, last.channel_id, last.sequence_number
+    );
+    Ok(created.tunnel_id)
 }

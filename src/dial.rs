@@ -14,6 +14,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dials `url` (within 5 s), trusting the CA certificate `ca_pem` (PEM bytes) when given. The error is in
 /// words ([`connect_failure`]).
 pub async fn connect(url: &str, ca_pem: Option<Vec<u8>>) -> Result<Channel, String> {
+    if ca_pem.as_deref().is_some_and(|pem| !has_certificate(pem)) {
+        return Err(format!(
+            "the CA file holds no certificate ({NO_CERTIFICATE_HINT})"
+        ));
+    }
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| connect_failure(url, &e))?
         .connect_timeout(CONNECT_TIMEOUT);
@@ -22,6 +27,14 @@ pub async fn connect(url: &str, ca_pem: Option<Vec<u8>>) -> Result<Channel, Stri
         endpoint = endpoint.tls_config(tls).map_err(|e| connect_failure(url, &e))?;
     }
     endpoint.connect().await.map_err(|e| connect_failure(url, &e))
+}
+
+/// What a CA file without a certificate lacks, for messages that name the file.
+pub const NO_CERTIFICATE_HINT: &str = "expected PEM \"-----BEGIN CERTIFICATE-----\"";
+
+/// Whether PEM text holds a certificate at all (a CA file must; tonic would only fail at the handshake).
+pub fn has_certificate(pem: &[u8]) -> bool {
+    pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----")
 }
 
 /// The secret a key or token file holds: its first line that is neither blank nor a `#` comment, trimmed.

@@ -80,7 +80,7 @@ pub mod top;
 mod closable;
 #[cfg(any(feature = "tunnel-service", feature = "introspection"))]
 pub mod connection_limits;
-#[cfg(feature = "introspection")]
+#[cfg(any(feature = "introspection", feature = "tunnel-service"))]
 pub(crate) mod dial;
 #[cfg(feature = "tunnel-service")]
 #[doc(hidden)] // the `arbor` command line's, not a library API

@@ -88,8 +88,9 @@ struct TopArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on (loopback by default; serve other interfaces with TLS).
-    #[arg(long, default_value = arbor::tunnel_service::server::DEFAULT_LISTEN)]
+    /// Address to listen on, `host:port` (`localhost:50051`, `0.0.0.0:50051`); loopback by default. Beyond
+    /// loopback, serve with TLS and api keys (a warning on stderr says what is missing).
+    #[arg(long, default_value = arbor::tunnel_service::server::DEFAULT_LISTEN, value_parser = parse_listen)]
     listen: std::net::SocketAddr,
     /// Data directory: durable storage (survives SIGKILL). Without it, tunnels live in memory.
     #[arg(long)]
@@ -133,6 +134,9 @@ struct ServeArgs {
 struct TunnelArgs {
     #[command(flatten)]
     connection: arbor::tunnel_admin::AdminConnection,
+    /// Print one JSON document instead of words (numbers as numbers, statuses in lower case).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: arbor::tunnel_admin::AdminCommand,
 }
@@ -213,6 +217,13 @@ fn top(runtime: &tokio::runtime::Runtime, args: TopArgs) -> ExitCode {
     }
 }
 
+fn parse_listen(value: &str) -> Result<std::net::SocketAddr, String> {
+    arbor::serve::resolve_listen(value).map_err(|err| match err {
+        arbor::serve::ServeError::Listen { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
 fn serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(arbor::tunnel_service::TlsFiles { cert, key }),
@@ -245,7 +256,11 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
 }
 
 fn tunnel(runtime: &tokio::runtime::Runtime, args: TunnelArgs) -> ExitCode {
-    match runtime.block_on(arbor::tunnel_admin::run(&args.connection, args.command)) {
+    match runtime.block_on(arbor::tunnel_admin::run(
+        &args.connection,
+        args.command,
+        args.json,
+    )) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS

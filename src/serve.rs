@@ -3,8 +3,11 @@
 //! Prints `arbor serve: listening on <addr> (...)` once it accepts calls (scripts and tests wait for that
 //! line) and `arbor serve: stopped` after a clean shutdown: calls in flight finished (up to 5 s), the store's
 //! writer drained and the data directory flushed.
+//!
+//! A listening address beyond loopback served without TLS or without api keys is said on stderr before the
+//! server starts (`arbor serve: warning: ...`), whatever `RUST_LOG` says: a log filter must not hide it.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,9 +46,72 @@ pub enum ServeError {
     /// The server could not start or failed.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// `--listen` is not a `host:port` that resolves.
+    #[error("invalid --listen {value:?}: {reason}")]
+    Listen {
+        /// What was given.
+        value: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+}
+
+/// Resolves `--listen`: an address (`0.0.0.0:50051`, `[::1]:50051`) or a `host:port` (`localhost:50051`).
+///
+/// A name that resolves to several addresses is served on the first IPv4 one (else the first), so
+/// `localhost` stays on loopback whichever order the resolver answers in.
+///
+/// # Errors
+/// [`ServeError::Listen`] naming the value when it has no port or the host does not resolve.
+pub fn resolve_listen(value: &str) -> Result<SocketAddr, ServeError> {
+    let error = |reason: String| ServeError::Listen {
+        value: value.to_string(),
+        reason,
+    };
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if value.rsplit_once(':').is_none_or(|(host, _)| host.is_empty()) {
+        return Err(error(
+            "expected host:port, e.g. localhost:50051 or 0.0.0.0:50051".into(),
+        ));
+    }
+    let addrs: Vec<SocketAddr> = value
+        .to_socket_addrs()
+        .map_err(|err| error(err.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| error("the host resolves to no address".into()))
+}
+
+/// What `arbor serve` says on stderr before it starts when `listen` is beyond loopback without TLS or without
+/// api keys; `None` on loopback or when both are set.
+#[must_use]
+pub fn exposure_warning(listen: SocketAddr, tls: bool, api_keys: bool) -> Option<String> {
+    if listen.ip().is_loopback() || (tls && api_keys) {
+        return None;
+    }
+    let mut missing = Vec::new();
+    if !tls {
+        missing.push("without TLS (calls and api keys travel in clear text; add --tls-cert and --tls-key)");
+    }
+    if !api_keys {
+        missing.push(
+            "without api keys (anyone who reaches it may create, append to and delete tunnels; add \
+             --api-key-file)",
+        );
+    }
+    Some(format!(
+        "arbor serve: warning: {listen} is beyond loopback and served {}",
+        missing.join(" and ")
+    ))
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts down cleanly.
@@ -54,6 +120,13 @@ pub enum ServeError {
 /// [`ServeError`] when the store or server cannot start, or the final flush fails.
 pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     use tokio::signal::unix::{signal, SignalKind};
+    if let Some(warning) = exposure_warning(
+        options.listen,
+        options.tls.is_some(),
+        options.api_key_file.is_some(),
+    ) {
+        eprintln!("{warning}");
+    }
     let api_keys = options
         .api_key_file
         .as_deref()

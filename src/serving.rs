@@ -35,6 +35,12 @@ pub enum SecurityError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The certificate to serve is a CA's (basic constraints `cA`): clients (webpki) refuse it as a server's.
+    #[error("{path}: this certificate is a CA; serve a leaf signed by it (clients refuse a CA as the server's certificate)")]
+    CaAsLeaf {
+        /// The certificate file.
+        path: String,
+    },
     /// The api key (token) setting is invalid.
     #[error("invalid api keys{}: {reason}", path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
     ApiKeys {
@@ -289,12 +295,41 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, SecurityError> {
     })
 }
 
+/// Reads the certificate chain to serve, refusing one whose first (leaf) certificate is a CA's.
+fn read_leaf_pem(path: &Path) -> Result<Vec<u8>, SecurityError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem = read_pem(path)?;
+    if let Some(Ok(leaf)) = CertificateDer::pem_slice_iter(&pem).next() {
+        if is_ca(&leaf) {
+            return Err(SecurityError::CaAsLeaf {
+                path: path.display().to_string(),
+            });
+        }
+    }
+    Ok(pem)
+}
+
+/// Whether a DER certificate's basic constraints extension (OID 2.5.29.19) says `cA: TRUE`.
+fn is_ca(der: &[u8]) -> bool {
+    const BASIC_CONSTRAINTS: [u8; 5] = [0x06, 0x03, 0x55, 0x1d, 0x13];
+    let Some(at) = der.windows(5).position(|w| w == BASIC_CONSTRAINTS) else {
+        return false;
+    };
+    let mut rest = &der[at + 5..];
+    if rest.starts_with(&[0x01, 0x01]) {
+        rest = rest.get(3..).unwrap_or_default(); // critical: BOOLEAN
+    }
+    // OCTET STRING { SEQUENCE { cA BOOLEAN DEFAULT FALSE, pathLenConstraint INTEGER OPTIONAL } }: short lengths.
+    matches!(rest, [0x04, _, 0x30, _, 0x01, 0x01, ca, ..] if *ca != 0)
+}
+
 /// tonic's TLS settings for a gRPC server, from the PEM files.
 ///
 /// # Errors
-/// [`SecurityError::Tls`] naming the file that cannot be read.
+/// [`SecurityError::Tls`] naming the file that cannot be read; [`SecurityError::CaAsLeaf`].
 pub(crate) fn grpc_tls(tls: &TlsFiles) -> Result<ServerTlsConfig, SecurityError> {
-    let identity = Identity::from_pem(read_pem(&tls.cert)?, read_pem(&tls.key)?);
+    let identity = Identity::from_pem(read_leaf_pem(&tls.cert)?, read_pem(&tls.key)?);
     Ok(ServerTlsConfig::new().identity(identity))
 }
 
@@ -331,7 +366,7 @@ pub(crate) fn http1_tls(tls: &TlsFiles) -> Result<rustls::ServerConfig, Security
         path: path.display().to_string(),
         source,
     };
-    let certs = CertificateDer::pem_slice_iter(&read_pem(&tls.cert)?)
+    let certs = CertificateDer::pem_slice_iter(&read_leaf_pem(&tls.cert)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| refused(&tls.cert, Box::new(e)))?;
     if certs.is_empty() {

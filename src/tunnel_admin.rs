@@ -1,15 +1,15 @@
 //! `arbor tunnel create|describe|list|delete|append|seal`: a small admin and producer client of a tunnel service.
+//!
+//! Each command prints words, or with `--json` one JSON document: numbers as numbers, channel types and
+//! statuses in lower case, an absent owner or parent as `null`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType};
-use arbor_proto::tunnel::error::{error_field, ErrorKind};
 use arbor_proto::tunnel::v1;
-use arbor_proto::tunnel::v1::tunnel_service_client::TunnelServiceClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Request, Status};
+
+use crate::tunnel_service::client::{ChannelSpec, TunnelAddress, TunnelClient, TunnelClientError};
 
 /// How to reach the service.
 #[derive(Debug, Clone, clap::Args)]
@@ -91,14 +91,6 @@ pub enum AdminCommand {
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// The server cannot be reached, or the address or TLS setting is unusable.
-    #[error("{reason}")]
-    Connect {
-        /// The address.
-        server: String,
-        /// Why.
-        reason: String,
-    },
     /// A local file could not be read.
     #[error("cannot read {path}: {source}")]
     File {
@@ -107,40 +99,30 @@ pub enum AdminError {
         /// Why.
         source: std::io::Error,
     },
-    /// The service refused the call.
-    #[error("{}{}: {message}", crate::dial::code_words(*code), field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
-    Rpc {
-        /// The gRPC code.
-        code: tonic::Code,
-        /// What the client should do.
-        kind: ErrorKind,
-        /// The field at fault, if named.
-        field: Option<String>,
-        /// The server's message.
-        message: String,
+    /// The CA file holds no certificate.
+    #[error("{} holds no certificate ({})", path.display(), crate::dial::NO_CERTIFICATE_HINT)]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
     },
+    /// The key file holds no key.
+    #[error("no key in {path}")]
+    NoKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key in the key file is not a valid header value.
+    #[error("the key in {path} is not a valid header value")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The service cannot be reached or refused the call.
+    #[error(transparent)]
+    Client(#[from] TunnelClientError),
 }
 
-impl From<Status> for AdminError {
-    fn from(s: Status) -> Self {
-        AdminError::Rpc {
-            code: s.code(),
-            kind: ErrorKind::of(&s),
-            field: error_field(&s).map(str::to_string),
-            message: s.message().to_string(),
-        }
-    }
-}
-
-type ApiKeyInterceptor = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-type Client = TunnelServiceClient<InterceptedService<Channel, ApiKeyInterceptor>>;
-
-async fn connect(conn: &AdminConnection) -> Result<Client, AdminError> {
-    let url = crate::dial::server_url(&conn.server, conn.ca_cert.is_some());
-    let connect_err = |reason: String| AdminError::Connect {
-        server: url.clone(),
-        reason,
-    };
+async fn connect(conn: &AdminConnection) -> Result<TunnelClient, AdminError> {
     let read = |path: &PathBuf| {
         std::fs::read(path).map_err(|source| AdminError::File {
             path: path.clone(),
@@ -148,35 +130,33 @@ async fn connect(conn: &AdminConnection) -> Result<Client, AdminError> {
         })
     };
     let ca_pem = conn.ca_cert.as_ref().map(read).transpose()?;
-    let channel = crate::dial::connect(&url, ca_pem).await.map_err(connect_err)?;
+    if let (Some(pem), Some(path)) = (&ca_pem, &conn.ca_cert) {
+        if !crate::dial::has_certificate(pem) {
+            return Err(AdminError::NoCertificate { path: path.clone() });
+        }
+    }
     let key = match &conn.api_key_file {
         Some(path) => {
             let text = String::from_utf8_lossy(&read(path)?).into_owned();
             let key = crate::dial::first_secret_line(&text).map(str::to_string);
-            let key = key.ok_or_else(|| connect_err(format!("no key in {}", path.display())))?;
-            Some(key.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| {
-                connect_err(format!(
-                    "the key in {} is not a valid header value",
-                    path.display()
-                ))
-            })?)
+            Some(key.ok_or_else(|| AdminError::NoKey { path: path.clone() })?)
         }
         None => None,
     };
-    let interceptor: ApiKeyInterceptor = Box::new(move |mut request: Request<()>| {
-        if let Some(key) = &key {
-            request.metadata_mut().insert("api-key", key.clone());
-        }
-        Ok(request)
-    });
-    Ok(TunnelServiceClient::with_interceptor(channel, interceptor))
+    TunnelClient::connect(&conn.server, ca_pem, key.as_deref())
+        .await
+        .map_err(|err| match (err, &conn.api_key_file) {
+            (TunnelClientError::ApiKey, Some(path)) => AdminError::BadKey { path: path.clone() },
+            (err, _) => err.into(),
+        })
 }
 
-/// Runs one command and returns what to print.
+/// Runs one command and returns what to print: words, or one JSON document (and a newline) when `json`.
 ///
 /// # Errors
 /// [`AdminError`] when the service cannot be reached or refuses the call.
-pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String, AdminError> {
+pub async fn run(conn: &AdminConnection, command: AdminCommand, json: bool) -> Result<String, AdminError> {
+    let doc = |value: serde_json::Value| format!("{value}\n");
     let mut client = connect(conn).await?;
     match command {
         AdminCommand::Create {
@@ -187,47 +167,41 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
             max_age,
             max_bytes,
         } => {
-            let channels = (0..base)
-                .map(|_| v1::ChannelSpec {
-                    channel_type: ChannelType::Base.into(),
-                    parent_channel_id: None,
-                })
-                .chain((0..stream).map(|i| v1::ChannelSpec {
-                    channel_type: ChannelType::Stream.into(),
-                    parent_channel_id: (parents && i < base).then_some(i),
+            let channels: Vec<ChannelSpec> = (0..base)
+                .map(|_| ChannelSpec::base())
+                .chain((0..stream).map(|i| ChannelSpec {
+                    parent: (parents && i < base).then_some(i),
+                    ..ChannelSpec::stream()
                 }))
                 .collect();
-            let retention = v1::RetentionPolicy {
-                max_age_ms: max_age.map(|d| d.as_millis() as u64).unwrap_or(0),
-                max_bytes_per_channel: max_bytes.unwrap_or(0),
-            };
-            let response = client
-                .create_tunnel(v1::CreateTunnelRequest {
-                    tunnel_name: name,
-                    channels,
-                    retention: Some(retention),
-                })
-                .await?
-                .into_inner();
-            Ok(render(&response.tunnel.unwrap_or_default()))
+            let tunnel = client
+                .create(&name, &channels, Some((max_age, max_bytes)))
+                .await?;
+            Ok(if json {
+                doc(tunnel_json(&tunnel))
+            } else {
+                render(&tunnel)
+            })
         }
         AdminCommand::Describe { name } => {
-            let response = client
-                .describe_tunnel(v1::DescribeTunnelRequest {
-                    tunnel_id: String::new(),
-                    tunnel_name: name,
-                })
-                .await?
-                .into_inner();
-            Ok(render(&response.tunnel.unwrap_or_default()))
+            let tunnel = client.describe(&TunnelAddress::Name(name)).await?;
+            Ok(if json {
+                doc(tunnel_json(&tunnel))
+            } else {
+                render(&tunnel)
+            })
         }
         AdminCommand::List => {
-            let response = client.list_tunnels(v1::ListTunnelsRequest {}).await?.into_inner();
-            if response.tunnels.is_empty() {
+            let tunnels = client.list().await?;
+            if json {
+                let tunnels: Vec<_> = tunnels.iter().map(tunnel_json).collect();
+                return Ok(doc(serde_json::json!({ "tunnels": tunnels })));
+            }
+            if tunnels.is_empty() {
                 return Ok("no tunnels (create one with `arbor tunnel create NAME --stream N`)\n".into());
             }
             let mut out = String::new();
-            for t in response.tunnels {
+            for t in tunnels {
                 let lag: u64 = t.channels.iter().map(|c| c.lag).sum();
                 out.push_str(&format!(
                     "{}  {}  {} channels  {} clients  lag {}\n",
@@ -241,14 +215,11 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
             Ok(out)
         }
         AdminCommand::Delete { name } => {
-            let response = client
-                .delete_tunnel(v1::DeleteTunnelRequest {
-                    tunnel_id: String::new(),
-                    tunnel_name: name,
-                })
-                .await?
-                .into_inner();
-            Ok(format!("deleted {}\n", response.tunnel_id))
+            let tunnel_id = client.delete(&TunnelAddress::Name(name)).await?;
+            if json {
+                return Ok(doc(serde_json::json!({ "deleted": tunnel_id })));
+            }
+            Ok(format!("deleted {tunnel_id}\n"))
         }
         AdminCommand::Append {
             name,
@@ -256,28 +227,43 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
             key,
             values,
         } => {
-            let records = values
-                .into_iter()
-                .map(|v| v1::AppendRecord {
-                    key: key.clone().into(),
-                    value: v.into(),
-                })
-                .collect();
-            let response = client
-                .append(v1::AppendRequest {
-                    tunnel_id: String::new(),
-                    tunnel_name: name,
-                    channel_id: channel,
-                    records,
-                    // One batch per command: a fresh producer id makes any retry of this request (by the
-                    // transport or a proxy) a duplicate, not a second copy.
-                    producer_id: format!("arbor-cli-{:016x}", rand::random::<u64>()),
-                    producer_sequence: 0,
-                })
-                .await?
-                .into_inner();
+            // One batch per command, from a producer id of its own: a retry of it is answered as a duplicate,
+            // never stored twice.
+            let tunnel = TunnelAddress::Name(name);
+            let appended = match channel {
+                Some(channel) => client.append_to_channel(&tunnel, channel, values).await?,
+                None => {
+                    let records = values.into_iter().map(|value| (key.clone(), value));
+                    client.append(&tunnel, records).await?
+                }
+            };
+            if json {
+                let channels: Vec<_> = appended
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "channel_id": c.channel_id,
+                            "record_count": c.record_count,
+                            "first_sequence_number": c.first_sequence_number,
+                            "last_sequence_number": c.first_sequence_number + u64::from(c.record_count) - 1,
+                        })
+                    })
+                    .collect();
+                let records: Vec<_> = appended
+                    .records
+                    .iter()
+                    .map(|r| serde_json::json!({ "channel_id": r.channel_id, "sequence_number": r.sequence_number }))
+                    .collect();
+                return Ok(doc(serde_json::json!({
+                    "tunnel_id": appended.tunnel_id,
+                    "channels": channels,
+                    "records": records,
+                    "duplicate": appended.duplicate,
+                })));
+            }
             let mut out = String::new();
-            for c in response.channels {
+            for c in appended.channels {
                 let last = c.first_sequence_number + u64::from(c.record_count) - 1;
                 out.push_str(&format!(
                     "channel {}: {} records, sequence numbers {}..={}\n",
@@ -287,20 +273,70 @@ pub async fn run(conn: &AdminConnection, command: AdminCommand) -> Result<String
             Ok(out)
         }
         AdminCommand::Seal { name, channel } => {
-            let response = client
-                .seal_channel(v1::SealChannelRequest {
-                    tunnel_id: String::new(),
-                    tunnel_name: name,
-                    channel_id: channel,
-                })
-                .await?
-                .into_inner();
-            Ok(format!(
-                "channel {channel} sealed at {}\n",
-                response.end_sequence_number
-            ))
+            let end = client.seal(&TunnelAddress::Name(name), channel).await?;
+            if json {
+                return Ok(doc(serde_json::json!({
+                    "channel_id": channel,
+                    "end_sequence_number": end,
+                })));
+            }
+            Ok(format!("channel {channel} sealed at {end}\n"))
         }
     }
+}
+
+/// A channel type's or status's name in lower case (`"?"` for a value this client does not know).
+fn lower(name: Result<impl std::fmt::Display, impl std::error::Error>) -> String {
+    name.map(|n| n.to_string().to_lowercase())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A tunnel as JSON: its fields, its channels and clients, and `lag` summed over its channels.
+fn tunnel_json(t: &v1::TunnelInfo) -> serde_json::Value {
+    let retention = t.retention.unwrap_or_default();
+    let channels: Vec<_> = t
+        .channels
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "channel_id": c.channel_id,
+                "channel_type": lower(ChannelType::from_wire(c.channel_type, "channel_type")),
+                "parent_channel_id": c.parent_channel_id,
+                "status": lower(ChannelStatus::from_wire(c.status, "status")),
+                "sealed": c.sealed,
+                "version": c.version,
+                "owner_client_id": (!c.owner_client_id.is_empty()).then_some(&c.owner_client_id),
+                "end_sequence_number": c.end_sequence_number,
+                "first_retained_sequence_number": c.first_retained_sequence_number,
+                "checkpoint_sequence_number": c.checkpoint_sequence_number,
+                "lag": c.lag,
+            })
+        })
+        .collect();
+    let clients: Vec<_> = t
+        .clients
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "client_id": c.client_id,
+                "client_tag": c.client_tag,
+                "channel_ids": c.channel_ids,
+                "since_last_heartbeat_ms": c.since_last_heartbeat_ms,
+                "heartbeat_timeout_ms": c.heartbeat_timeout_ms,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "tunnel_id": t.tunnel_id,
+        "tunnel_name": t.tunnel_name,
+        "retention": {
+            "max_age_ms": retention.max_age_ms,
+            "max_bytes_per_channel": retention.max_bytes_per_channel,
+        },
+        "lag": t.channels.iter().map(|c| c.lag).sum::<u64>(),
+        "channels": channels,
+        "clients": clients,
+    })
 }
 
 fn render(t: &v1::TunnelInfo) -> String {
@@ -341,8 +377,16 @@ fn render(t: &v1::TunnelInfo) -> String {
     }
     for c in &t.clients {
         out.push_str(&format!(
-            "  client {} tag {:?} channels {:?} last heartbeat {} ms ago (timeout {} ms)\n",
-            c.client_id, c.client_tag, c.channel_ids, c.since_last_heartbeat_ms, c.heartbeat_timeout_ms
+            "  client {} tag \"{}\" channels [{}] last heartbeat {} ms ago (timeout {} ms)\n",
+            c.client_id,
+            c.client_tag,
+            c.channel_ids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.since_last_heartbeat_ms,
+            c.heartbeat_timeout_ms
         ));
     }
     out

@@ -59,7 +59,7 @@
 //! DescribeTunnel shows owners, versions, positions and lag.
 //!
 //! # Layout
-//! [`grpc`] (thin: validate, call the store, map errors), [`validate`] (each check names its field), [`store`]
+//! [`client`] (a typed admin and producer client), [`grpc`] (thin: validate, call the store, map errors), [`validate`] (each check names its field), [`store`]
 //! (tunnels, channels, consumers and the [`Engine`](store::Engine) trait with memory and fjall engines),
 //! [`assign`] (balanced sticky assignment as a pure function), [`error`] (one error enum, one
 //! `From<ServiceError> for Status`), [`status_kind`] (the error kind on the framework's own statuses too),
@@ -67,6 +67,7 @@
 //! [`server`] (tonic server with health, reflection, TLS, api keys, connection and request bounds).
 
 pub mod assign;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -76,6 +77,7 @@ pub mod status_kind;
 pub mod store;
 pub mod validate;
 
+pub use self::client::{TunnelClient, TunnelClientError};
 pub use self::config::{Limits, StoreOptions};
 pub use self::error::{ServiceError, StoreError};
 pub use self::server::{
