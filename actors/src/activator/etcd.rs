@@ -174,7 +174,7 @@ impl StaleLeases {
             for lease in leases {
                 let gone = match timeout(request_timeout, client.revoke(lease)).await {
                     Ok(Ok(_)) => {
-                        tracing::info!(lease = %format_args!("{lease:x}"), "revoked the lease of a failed session");
+                        tracing::info!(lease = %format_args!("{lease:x}"), "revoked a lease this node held");
                         true
                     }
                     // Already gone (expired, or revoked before the failure was seen): nothing left to free.
@@ -252,7 +252,45 @@ impl Session {
             }
             tokio::select! {
                 _ = sleep(delay) => {}
-                _ = &mut resign_rx => return,
+                _ = &mut resign_rx => {
+                    // Stopping between sessions: a failed session's lease may still hold the election (a
+                    // restarted etcd renews every lease it restores), and no later session will revoke it.
+                    self.release_stale(&stale).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Revokes the leases failed sessions left, for a graceful stop that happens between sessions. Retries
+    /// until each is gone; the caller bounds it (the candidacy's resign budget).
+    async fn release_stale(&self, stale: &StaleLeases) {
+        if stale.lock().is_empty() {
+            return;
+        }
+        let o = &self.opts;
+        let mut copts = ConnectOptions::new().with_connect_timeout(o.connect_timeout);
+        if let Some((user, password)) = &o.credentials {
+            copts = copts.with_user(user.clone(), password.clone());
+        }
+        loop {
+            match self
+                .unary(
+                    BackendOperation::Connect,
+                    Client::connect(o.endpoints.clone(), Some(copts.clone())),
+                )
+                .await
+            {
+                Ok(client) => {
+                    return stale
+                        .clone()
+                        .revoke(client.lease_client(), o.request_timeout)
+                        .await
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "stopping: etcd not reached yet to revoke stale leases");
+                    sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }
@@ -406,9 +444,14 @@ impl Session {
                 biased;
                 _ = &mut *resign_rx => {
                     self.valid_until.set(None);
-                    self.resign(&client, leader_key.take(), lease).await;
+                    self.resign(&client, leader_key.take()).await;
                     held.leading = false;
                     held.lease = None;
+                    // This session's lease and any a failed session left: each one's keys (leader key,
+                    // membership) hold on for its TTL unless revoked. Retried until gone: one request that
+                    // times out on a loaded etcd must not make the followers wait the whole TTL.
+                    stale.add(lease);
+                    stale.clone().revoke(client.lease_client(), o.request_timeout).await;
                     return Ok(());
                 }
                 _ = sleep_until(last_ok + renew_deadline) => {
@@ -507,9 +550,9 @@ impl Session {
         }
     }
 
-    /// Graceful end: resign (if leading) so a follower is elected at once, then revoke the lease, which
-    /// also removes the membership key (a `NodeDown` for the others).
-    async fn resign(&self, client: &Client, leader_key: Option<LeaderKey>, lease: i64) {
+    /// Graceful end: resign (if leading) so a follower is elected at once. The caller then revokes the
+    /// lease, which also removes the membership key (a `NodeDown` for the others).
+    async fn resign(&self, client: &Client, leader_key: Option<LeaderKey>) {
         if let Some(key) = leader_key {
             let mut election = client.election_client();
             match self
@@ -522,10 +565,6 @@ impl Session {
                 Ok(_) => tracing::info!("resigned etcd leadership"),
                 Err(e) => tracing::warn!(error = %e, "resign failed; revoking the lease instead"),
             }
-        }
-        let mut lc = client.lease_client();
-        if let Err(e) = self.unary(BackendOperation::Revoke, lc.revoke(lease)).await {
-            tracing::warn!(error = %e, "lease revoke failed; it expires after its TTL");
         }
     }
 }
