@@ -72,7 +72,7 @@ async fn a_worker_consumes_every_record_in_order_per_key_and_checkpoints_to_the_
     match second {
         Err(TunnelError::AlreadyRunning { tunnel_id, actor }) => {
             assert_eq!(tunnel_id, tunnel);
-            assert_eq!(actor, worker.cell().unwrap().get_id());
+            assert_eq!(actor, worker.current().unwrap().id());
         }
         other => panic!("expected AlreadyRunning, got {other:?}"),
     }
@@ -155,7 +155,7 @@ async fn three_workers_share_eight_channels_and_a_killed_ones_move_to_the_others
     // kill one worker outright (its channel actors and its runner die with it): its state's Drop shuts the
     // session down
     let victim = workers.remove(0);
-    assert_failover(&workers, || victim.cell().unwrap().kill()).await;
+    assert_failover(&workers, || victim.current().unwrap().kill()).await;
     assert!(matches!(victim.wait().await, TunnelExit::Killed));
     flow(&mut client, &tunnel, &recorders[1..], 400).await;
     for w in &workers {
@@ -195,15 +195,15 @@ async fn workers_under_dynamic_supervisors_restart_after_a_crash_and_move_away_w
     // channels come back after its timeout, and the three balance again
     let mut events = workers[0].events();
     let old_client = workers[0].info().await.unwrap().client_id.unwrap();
-    let old_actor = workers[0].cell().unwrap().get_id();
-    workers[0].cell().unwrap().kill();
+    let old_actor = workers[0].current().unwrap().id();
+    workers[0].current().unwrap().kill();
     let new_client = next_event(&mut events, |e| match e {
         TunnelEvent::Connected { client_id } => Some(client_id.clone()),
         _ => None,
     })
     .await;
     assert_ne!(new_client, old_client);
-    assert_ne!(workers[0].cell().unwrap().get_id(), old_actor);
+    assert_ne!(workers[0].current().unwrap().id(), old_actor);
     wait_for_spread(&workers, &[2, 3, 3]).await;
     flow(&mut client, &tunnel, &recorders, 400).await;
 
@@ -235,7 +235,7 @@ async fn a_killed_worker_shuts_its_session_down_so_that_its_channels_move_withou
     let (victim, _) = start_worker(&server.url, options("victim"), Registry::new("victim")).await;
     wait_until("the victim holds both channels", || victim.channels().len() == 2).await;
     let victim_client = victim.info().await.unwrap().client_id.unwrap();
-    victim.cell().unwrap().kill();
+    victim.current().unwrap().kill();
     assert!(matches!(victim.wait().await, TunnelExit::Killed));
     wait_for_tunnel(&mut client, &tunnel, "the killed worker's session is gone", |t| {
         !t.clients.iter().any(|c| c.client_id == victim_client)

@@ -116,7 +116,7 @@ impl TreeHandle {
             out.extend(registry.select_prefix(prefix).into_iter().map(|e| RegistryRow {
                 registry: registry.name().to_string(),
                 key: e.key,
-                actor: e.actor.get_id().to_string(),
+                actor: e.actor.id().to_string(),
                 value: serde_json::to_value(&e.value).unwrap_or(serde_json::Value::Null),
             }));
         }
@@ -276,7 +276,7 @@ impl TreeHandle {
             .select_prefix(&format!("activator/{name}/"))
             .into_iter()
             .filter(|e| e.value.name == name && e.value.node_id == self.inner.backend.node_id())
-            .find_map(|e| ActivatorHandle::from_cell(name, e.actor))
+            .find_map(|e| ActivatorHandle::from_cell(name, e.actor.ractor_cell().clone()))
     }
 
     // --- the application's children ---

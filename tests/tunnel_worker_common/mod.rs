@@ -340,7 +340,7 @@ pub async fn actor_subscriber(inbox: Arc<Inbox>) -> (arbor::ractor::ActorRef<Del
     let (actor, _) = arbor::ractor::Actor::spawn(None, ActorSubscriber, inbox)
         .await
         .expect("subscriber starts");
-    let subscriber = SubscriberRef::actor(actor.clone(), |d| d);
+    let subscriber = SubscriberRef::actor(&actor, |d| d);
     (actor, subscriber)
 }
 
@@ -466,7 +466,7 @@ impl arbor::tunnel::TunnelSource for ServiceTimeout {
 /// that supervisor and the channel actors).
 pub fn runner_of(worker: &TunnelHandle) -> Option<arbor::ractor::ActorCell> {
     worker
-        .cell()
+        .ractor_cell()
         .ok()?
         .get_children()
         .into_iter()

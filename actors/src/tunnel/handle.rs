@@ -14,6 +14,7 @@ use super::options::TunnelOptions;
 use super::source::{GrpcSource, TunnelSource};
 use super::subscriber::{Subscriber, SubscriberActor, SubscriberConcurrency, SubscriberRef};
 use super::worker::{RunnerFactory, SourceFactory, SubscriberSpec, WorkerActor, WorkerArgs, WorkerMsg};
+use crate::actor::ActorHandle;
 use crate::connection::{ConnectionConfig, ConnectionHandle, ConnectionPool};
 use crate::registry::Registry;
 use crate::supervisor::{ChildSpec, DynamicSupervisorHandle, Restart, Shutdown};
@@ -373,8 +374,14 @@ impl TunnelHandle {
             })
     }
 
-    /// The worker's actor (current incarnation).
-    pub fn cell(&self) -> Result<ActorCell, TunnelError> {
+    /// The worker's running incarnation (to register it, watch its id, or kill it in a test); this handle
+    /// follows restarts, the [`ActorHandle`] does not. [`TunnelError::NotRunning`] while no incarnation runs.
+    pub fn current(&self) -> Result<ActorHandle, TunnelError> {
+        Ok(self.actor()?.into())
+    }
+
+    /// The worker's running incarnation in ractor's form; see [`current`](Self::current).
+    pub fn ractor_cell(&self) -> Result<ActorCell, TunnelError> {
         Ok(self.actor()?.get_cell())
     }
 

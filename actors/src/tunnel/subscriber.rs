@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use super::source::Record;
+use crate::actor::{ActorHandle, TypedActor};
 use crate::supervisor::BoxError;
 
 /// A batch of consecutive records of one channel.
@@ -201,13 +202,15 @@ impl fmt::Debug for SubscriberRef {
 }
 
 impl SubscriberRef {
-    /// A ractor actor of yours that takes deliveries as messages built by `wrap` (often an enum variant:
-    /// `SubscriberRef::actor(my_actor, MyMsg::Records)`). Its reply through [`Delivery::ack`] is the
-    /// acknowledgement. The worker monitors it.
-    pub fn actor<M: Message>(actor: ActorRef<M>, wrap: fn(Delivery) -> M) -> Self {
-        let target = actor.clone();
+    /// An actor of yours that takes deliveries as messages built by `wrap` (often an enum variant:
+    /// `SubscriberRef::actor(&myself, MyMsg::Records)`). `actor` is a [`TypedActor`] (from a registry lookup, a
+    /// supervised child's [`current`](crate::supervisor::ChildRef::current) incarnation) or a ractor
+    /// `ActorRef`. Its reply through [`Delivery::ack`] is the acknowledgement. The worker monitors this
+    /// incarnation: when it exits, delivery pauses until a subscriber is attached again.
+    pub fn actor<M: Message>(actor: impl Into<TypedActor<M>>, wrap: fn(Delivery) -> M) -> Self {
+        let target = actor.into().ractor_ref();
         SubscriberRef {
-            cell: actor.get_cell(),
+            cell: target.get_cell(),
             deliver: Arc::new(move |delivery: Delivery| target.cast(wrap(delivery)).map_err(|_| ())),
             taking: Taking::InOrder(Arc::default()),
         }
@@ -223,7 +226,12 @@ impl SubscriberRef {
     }
 
     /// The subscriber's actor.
-    pub fn cell(&self) -> &ActorCell {
+    pub fn actor_handle(&self) -> ActorHandle {
+        ActorHandle::from(&self.cell)
+    }
+
+    /// The subscriber's actor in ractor's form.
+    pub(crate) fn cell(&self) -> &ActorCell {
         &self.cell
     }
 
