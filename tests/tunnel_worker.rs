@@ -307,3 +307,71 @@ async fn a_worker_steps_down_at_half_the_services_heartbeat_timeout_not_at_its_o
     worker.shutdown(Duration::from_secs(10)).await.unwrap();
     server.stop().await;
 }
+
+/// A hand-over replays what was not checkpointed, and the batch says so: the replay carries the newer lease's
+/// version, so a subscriber tells it from disorder; the batches of one lease share its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_replayed_after_a_hand_over_carries_the_newer_lease_version() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "versions", 1).await;
+    append_to(&mut client, &tunnel, Some(0), records("a", 300))
+        .await
+        .unwrap();
+
+    // the first consumer acknowledges 0..200 and still holds 200..300 when it is killed
+    let first = Inbox::holding_from(200);
+    let (_first_actor, subscriber) = actor_subscriber(Arc::clone(&first)).await;
+    let options = |tag: &str| fast_options(&tunnel).client_tag(tag);
+    let victim = start_worker_with(
+        &server.url,
+        options("first"),
+        Registry::new("v-first"),
+        subscriber,
+    )
+    .await;
+    first
+        .wait_received("the batch 200..300", |&(c, from, to)| {
+            (c, from, to) == (0, 200, 300)
+        })
+        .await;
+    wait_for_tunnel(&mut client, &tunnel, "checkpoint at 200", |t| {
+        t.channels[0].checkpoint_sequence_number == 200
+    })
+    .await;
+    victim.current().unwrap().kill();
+    assert!(matches!(victim.wait().await, TunnelExit::Killed));
+
+    let second = Arc::new(Inbox::default());
+    let (_second_actor, subscriber) = actor_subscriber(Arc::clone(&second)).await;
+    let other = start_worker_with(
+        &server.url,
+        options("second"),
+        Registry::new("v-second"),
+        subscriber,
+    )
+    .await;
+    second
+        .wait_received("the replay of 200..300", |&(c, from, _)| c == 0 && from == 200)
+        .await;
+
+    let first_versions = first.versions.lock().unwrap().clone();
+    assert_eq!(first.received().len(), first_versions.len());
+    assert!(
+        first_versions.iter().all(|v| *v == first_versions[0]),
+        "one lease, one version: {first_versions:?}"
+    );
+    let replay = second.versions.lock().unwrap()[0];
+    assert_eq!(
+        second.received()[0],
+        (0, 200, 300),
+        "the replay starts at the checkpoint"
+    );
+    assert!(
+        replay > first_versions[0],
+        "the replayed batch carries the newer lease: {replay} after {}",
+        first_versions[0]
+    );
+    other.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}

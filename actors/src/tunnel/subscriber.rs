@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use super::source::Record;
+use super::Version;
 use crate::actor::{ActorHandle, TypedActor};
 use crate::supervisor::BoxError;
 
@@ -29,6 +30,13 @@ pub struct Batch {
     pub tunnel_id: Arc<str>,
     /// The channel.
     pub channel_id: u32,
+    /// The version of the channel's lease this batch was delivered under. Versions only grow, and every
+    /// hand-over of the channel (to another consumer, or back to this one) gives a newer one. So within a
+    /// channel, a batch that starts at or before records already seen is, with a newer version, the replay
+    /// of what was not checkpointed when the channel changed hands (at-least-once), not disorder. Under one
+    /// version the records go forward, except after a resync from the checkpoint (the worker and the service
+    /// disagreed on positions; logged as a warning).
+    pub version: Version,
     /// The records, in order (never empty).
     pub records: Vec<Record>,
 }
