@@ -375,3 +375,39 @@ async fn a_batch_replayed_after_a_hand_over_carries_the_newer_lease_version() {
     other.shutdown(Duration::from_secs(10)).await.unwrap();
     server.stop().await;
 }
+
+/// The events of the first session and the first assignment can be seen: subscribed on the builder, before
+/// `start` (which returns after the first `Connected` was sent, and often after the first assignment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_subscribed_before_start_show_the_first_session_and_assignment() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "first-events", 2).await;
+    let builder = TunnelWorker::builder(fast_options(&tunnel))
+        .connection(connection(&server.url).await)
+        .run_subscriber(Recorder::default())
+        .registry(Registry::new("first-events"));
+    let mut events = builder.events();
+    let worker = builder.start().await.unwrap();
+
+    let client_id = worker.info().await.unwrap().client_id.unwrap();
+    let first = tokio::time::timeout(LONG, events.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(&first, TunnelEvent::Connected { client_id: id } if *id == client_id),
+        "the first event is the first session: {first:?}"
+    );
+    let mut assigned = Vec::new();
+    while assigned.len() < 2 {
+        assigned.push(
+            next_event(&mut events, |e| match e {
+                TunnelEvent::ChannelAssigned { channel_id, .. } => Some(*channel_id),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assigned.sort();
+    assert_eq!(assigned, [0, 1], "both channels of the first assignment");
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}

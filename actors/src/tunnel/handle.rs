@@ -91,6 +91,7 @@ impl TunnelWorker {
             source: None,
             subscriber: None,
             registry: None,
+            events: broadcast::channel(EVENT_BUFFER).0,
         }
     }
 }
@@ -102,6 +103,8 @@ pub struct TunnelWorkerBuilder {
     source: Option<SourceSpec>,
     subscriber: Option<SubscriberSpec>,
     registry: Option<Registry<TunnelEntry>>,
+    /// Created with the builder, so that events can be subscribed to before the worker starts.
+    events: broadcast::Sender<TunnelEvent>,
 }
 
 impl fmt::Debug for TunnelWorkerBuilder {
@@ -171,6 +174,14 @@ impl TunnelWorkerBuilder {
         self
     }
 
+    /// Every event of the worker and its channels, from its first start on: subscribe here, before `start`,
+    /// to see the first session and the first assignment ([`TunnelHandle::events`] sees only what comes
+    /// after it is called, and a start returns once the first session's [`TunnelEvent::Connected`] was
+    /// sent). The same stream as the handle's.
+    pub fn events(&self) -> broadcast::Receiver<TunnelEvent> {
+        self.events.subscribe()
+    }
+
     /// Everything a start needs, checked: options, source, subscriber.
     fn prepare(self) -> Result<Prepared, TunnelError> {
         self.options.validate()?;
@@ -209,7 +220,7 @@ impl TunnelWorkerBuilder {
             }),
         };
         let registry = self.registry.unwrap_or_else(default_registry);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let events = self.events;
         let (subscriber_tx, _) = watch::channel(None);
         let shared = Arc::new(WorkerShared {
             tunnel_id: options.tunnel_id.clone(),
@@ -415,7 +426,8 @@ impl TunnelHandle {
         self.shared.status.subscribe()
     }
 
-    /// Every event of the worker and its channels from now on.
+    /// Every event of the worker and its channels from now on; for the events of the first session and
+    /// assignment, subscribe on the builder ([`TunnelWorkerBuilder::events`]).
     pub fn events(&self) -> broadcast::Receiver<TunnelEvent> {
         self.shared.events.subscribe()
     }
