@@ -411,3 +411,88 @@ async fn events_subscribed_before_start_show_the_first_session_and_assignment() 
     worker.shutdown(Duration::from_secs(10)).await.unwrap();
     server.stop().await;
 }
+
+/// Starts a worker on its own one-channel tunnel under `supervisor`.
+async fn supervised_worker(
+    server: &TestServer,
+    client: &mut Client,
+    name: &str,
+    supervisor: &arbor::supervisor::DynamicSupervisorHandle,
+) -> TunnelHandle {
+    let tunnel = create_streams(client, name, 1).await;
+    TunnelWorker::builder(fast_options(&tunnel))
+        .connection(connection(&server.url).await)
+        .run_subscriber(Recorder::default())
+        .registry(Registry::new(name))
+        .start_under(supervisor)
+        .await
+        .unwrap()
+}
+
+/// Kills the worker's running incarnation; returns once the supervisor's next one runs.
+async fn kill_and_wait_for_the_next(worker: &TunnelHandle) {
+    let killed = worker.current().unwrap();
+    let one = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.wait_incarnation().await }
+    });
+    killed.kill();
+    assert!(
+        matches!(one.await.unwrap(), TunnelExit::Killed),
+        "an incarnation ends with it"
+    );
+    wait_until("the next incarnation runs", || {
+        worker.current().is_ok_and(|now| now.id() != killed.id())
+    })
+    .await;
+}
+
+/// `wait()` follows a supervised worker across restarts, as the handle does: a killed incarnation is followed
+/// by the next, and the wait ends with how the worker ended for good — a graceful shutdown, or a kill after
+/// which its supervisor gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_follows_a_supervised_worker_across_restarts_until_it_is_down_for_good() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+
+    let patient = DynamicSupervisor::start(DynamicSupervisorOptions::default())
+        .await
+        .unwrap();
+    let worker = supervised_worker(&server, &mut client, "wait-restarted", &patient).await;
+    let waiting = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.wait().await }
+    });
+    kill_and_wait_for_the_next(&worker).await;
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    let exit = waiting.await.unwrap();
+    assert!(
+        matches!(exit, TunnelExit::Shutdown),
+        "ends with the shutdown, not the kill: {exit:?}"
+    );
+
+    // one restart allowed: the second kill makes the supervisor give up, and the wait ends with that kill
+    let strict =
+        DynamicSupervisor::start(DynamicSupervisorOptions::default().intensity(1, Duration::from_secs(3600)))
+            .await
+            .unwrap();
+    let worker = supervised_worker(&server, &mut client, "wait-given-up", &strict).await;
+    let waiting = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.wait().await }
+    });
+    kill_and_wait_for_the_next(&worker).await;
+    worker.current().unwrap().kill();
+    let exit = waiting.await.unwrap();
+    assert!(matches!(exit, TunnelExit::Killed), "{exit:?}");
+    let gave_up = strict.wait().await.unwrap();
+    assert!(
+        matches!(
+            gave_up,
+            arbor::supervisor::SupervisorExit::IntensityReached { .. }
+        ),
+        "{gave_up:?}"
+    );
+    patient.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}

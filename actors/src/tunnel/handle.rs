@@ -51,12 +51,28 @@ pub(crate) struct WorkerShared {
     pub(crate) status: watch::Sender<WorkerStatus>,
     actor: Mutex<Option<ActorRef<WorkerMsg>>>,
     exit: Mutex<Option<TunnelExit>>,
+    /// Counts the incarnations that started: [`TunnelHandle::wait`] waits on it for the next one.
+    incarnations: watch::Sender<u64>,
+    /// The supervisor that starts the worker from its child spec, and so restarts it after a crash.
+    restarter: Mutex<Option<ActorCell>>,
 }
 
 impl WorkerShared {
     pub(crate) fn set_actor(&self, actor: Option<ActorRef<WorkerMsg>>) {
+        let started = actor.is_some();
         *self.actor.lock().unwrap_or_else(|p| p.into_inner()) = actor;
         *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if started {
+            self.incarnations.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn set_restarter(&self, supervisor: ActorCell) {
+        *self.restarter.lock().unwrap_or_else(|p| p.into_inner()) = Some(supervisor);
+    }
+
+    fn restarter(&self) -> Option<ActorCell> {
+        self.restarter.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The current (or last) incarnation; `None` before the first start.
@@ -231,6 +247,8 @@ impl TunnelWorkerBuilder {
             status: watch::channel(WorkerStatus::Connecting).0,
             actor: Mutex::new(None),
             exit: Mutex::new(None),
+            incarnations: watch::channel(0).0,
+            restarter: Mutex::new(None),
         });
         Ok(Prepared {
             options,
@@ -300,7 +318,10 @@ impl TunnelWorkerBuilder {
         let shutdown = prepared.options.shutdown_timeout();
         let spec = ChildSpec::new(id, move |supervisor| {
             let prepared = Arc::clone(&prepared);
-            async move { Ok(prepared.spawn(Some(supervisor)).await?.get_cell()) }
+            async move {
+                prepared.shared.set_restarter(supervisor.clone());
+                Ok(prepared.spawn(Some(supervisor)).await?.get_cell())
+            }
         })
         .restart(Restart::Transient)
         .shutdown(Shutdown::Timeout(shutdown));
@@ -457,8 +478,42 @@ impl TunnelHandle {
         }
     }
 
-    /// Waits until the worker's current incarnation has exited, and says how it ended.
+    /// Waits until the worker is down for good, and says how it ended. A shutdown or a fatal error ends it
+    /// (its supervisor keeps a transient worker down after them). A kill or a crash ends it only when nothing
+    /// restarts it: a worker started without a child spec ([`TunnelWorkerBuilder::start`],
+    /// [`start_linked`](TunnelWorkerBuilder::start_linked)), or one whose supervisor has exited (it gave up
+    /// after too many restarts, or was stopped); otherwise `wait` follows the worker to its next incarnation,
+    /// as the handle does. [`wait_incarnation`](Self::wait_incarnation) ends with the current incarnation.
     pub async fn wait(&self) -> TunnelExit {
+        let mut incarnations = self.shared.incarnations.subscribe();
+        loop {
+            incarnations.borrow_and_update();
+            let exit = self.wait_incarnation().await;
+            if !matches!(exit, TunnelExit::Killed) {
+                return exit;
+            }
+            let Some(supervisor) = self.shared.restarter() else {
+                return exit;
+            };
+            tokio::select! {
+                started = incarnations.changed() => {
+                    if started.is_err() {
+                        return exit;
+                    }
+                }
+                _ = supervisor.wait(None) => {
+                    // It may have started the next incarnation before it exited.
+                    if !incarnations.has_changed().unwrap_or(false) {
+                        return exit;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the worker's current incarnation has exited, and says how it ended (under a supervisor, a
+    /// killed incarnation may be followed by another: [`wait`](Self::wait) waits for the end of them all).
+    pub async fn wait_incarnation(&self) -> TunnelExit {
         if let Some(actor) = self.shared.actor() {
             let _ = actor.get_cell().wait(None).await;
         }
