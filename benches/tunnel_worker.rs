@@ -502,7 +502,7 @@ async fn trial(url: &str, client: &Client, tunnel: &str, n: usize, flowing: bool
     tokio::time::sleep(HEARTBEAT * ((3 * n + 1) % TRIALS) as u32 / TRIALS as u32).await;
     let survivor_events = survivor.events();
     let killed = Instant::now();
-    victim.cell().unwrap().kill();
+    victim.current().unwrap().kill();
     count_events(survivor_events, half, assigned).await;
     let failover = killed.elapsed();
     assert_eq!(survivor.info().await.unwrap().channels, SHARED_CHANNELS as usize);

@@ -35,7 +35,7 @@ impl Actor for Worker {
         me: ActorRef<()>,
         (shard, workers): Self::Arguments,
     ) -> Result<(), ActorProcessingErr> {
-        workers.register(format!("worker/{shard}"), me.get_cell(), Shard { shard })?;
+        workers.register(format!("worker/{shard}"), &me, Shard { shard })?;
         Ok(())
     }
 }
@@ -109,7 +109,7 @@ fn print_registry(workers: &Registry<Shard>) {
         println!(
             "  {} -> actor {}, shard {}",
             entry.key,
-            entry.actor.get_id(),
+            entry.actor.id(),
             entry.value.shard
         );
     }

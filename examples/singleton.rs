@@ -73,7 +73,7 @@ async fn main() -> Result<(), Error> {
     nodes[first]
         .activator("janitor")
         .ok_or("no activator")?
-        .cell()
+        .actor()
         .kill();
     let (second, token) = leader(&nodes, &election, token).await?;
 

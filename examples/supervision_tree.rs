@@ -24,7 +24,7 @@ impl Actor for Worker {
         myself: ActorRef<()>,
         (name, registry): Self::Arguments,
     ) -> Result<(), ActorProcessingErr> {
-        registry.register(name, myself.get_cell(), "worker")?;
+        registry.register(name, &myself, "worker")?;
         Ok(())
     }
 
@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("{}", root.snapshot().await?.render());
 
     let mut changes = registry.watch();
-    let source = registry.lookup_ref::<()>("source")?;
+    let source = registry.lookup_typed::<()>("source")?; // an arbor TypedActor<()>
     source.cast(())?;
     // rest_for_one: source crashed, so sink is stopped and both come back, in order
     let mut back = Vec::new();

@@ -54,7 +54,7 @@
 
 #![warn(missing_docs, missing_debug_implementations)]
 
-pub use arbor_actors::{ractor, registry, supervisor};
+pub use arbor_actors::{actor, ractor, registry, supervisor};
 
 #[cfg(feature = "cli")]
 #[doc(hidden)] // the `arbor` command line's, not a library API

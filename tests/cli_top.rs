@@ -268,7 +268,7 @@ fn pane_rows(screen: &str, title: &str) -> Vec<String> {
         .iter()
         .position(|l| l.contains(title))
         .unwrap_or_else(|| panic!("no pane {title:?}:\n{screen}"));
-    let left = lines[top].chars().take_while(|c| *c != '┌').count();
+    let left = lines[top][..lines[top].find(title).unwrap()].chars().count();
     lines[top + 1..]
         .iter()
         .take_while(|l| l.chars().nth(left) == Some('│'))
@@ -356,6 +356,69 @@ async fn arbor_top_at_80_and_140_columns_lists_its_keys_and_scrolls_the_tree_and
         pty.type_keys(b"q");
         let status = tokio::task::block_in_place(|| pty.wait_exit());
         assert!(status.success(), "{status:?}");
+    }
+    tree.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// The rows of the registry pane from the one holding `key` to the next entry (an entry's value may take
+/// several rows; the next entry's row starts with its registry's name).
+fn entry_rows(pane: &[String], key: &str) -> Vec<String> {
+    let start = pane
+        .iter()
+        .position(|r| r.contains(key))
+        .unwrap_or_else(|| panic!("no row for {key}: {pane:#?}"));
+    let mut rows = vec![pane[start].clone()];
+    rows.extend(
+        pane[start + 1..]
+            .iter()
+            .take_while(|r| r.starts_with(' ') && !r.trim().is_empty())
+            .cloned(),
+    );
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_pane_shows_a_long_value_whole_at_80_and_140_columns() {
+    let tree = start_tree(options()).await;
+    start_job(&tree, 1).await;
+    // a value as long as the ones arbor's own registries hold (connections, activators)
+    let (holder, _) = arbor::ractor::Actor::spawn(None, Idle, ()).await.unwrap();
+    let value = serde_json::json!({
+        "endpoint": "grpc://orders-db.internal.example:5432",
+        "role": "primary",
+        "zone": "eu-west-1a",
+        "since": "2026-12-06T04:20:00Z",
+    });
+    tree.registry().register("db/primary", &holder, value).unwrap();
+    let mut top = Top::connect(&ClientOptions::new(addr(&tree).to_string()))
+        .await
+        .unwrap();
+    top.refresh().await;
+
+    for cols in [80, 140] {
+        let mut terminal = Terminal::new(TestBackend::new(cols, ROWS)).unwrap();
+        terminal.draw(|frame| top.draw(frame)).unwrap();
+        let screen = text(&terminal);
+        let pane = pane_rows(&screen, "┌ registry ");
+        let rows = entry_rows(&pane, "db/primary");
+        let shown = rows.join(" ");
+        for part in [
+            "endpoint=grpc://orders-db.internal.example:5432",
+            "role=primary",
+            "zone=eu-west-1a",
+            "since=2026-12-06T04:20:00Z",
+        ] {
+            assert!(
+                shown.split_whitespace().any(|word| word == part),
+                "{cols} columns: {part} whole in the registry pane:\n{}",
+                pane.join("\n")
+            );
+        }
+        assert!(
+            entry_rows(&pane, "job/1").join(" ").contains("job=job/1"),
+            "{cols} columns:\n{}",
+            pane.join("\n")
+        );
     }
     tree.shutdown(Duration::from_secs(10)).await.unwrap();
 }

@@ -79,7 +79,7 @@ async fn list_registry_filters_by_prefix_and_by_registry() {
     let expected = tree.registry().select_prefix("job/1");
     assert!(expected
         .iter()
-        .any(|e| e.actor.get_id().to_string() == jobs[0].actor_id));
+        .any(|e| e.actor.id().to_string() == jobs[0].actor_id));
 
     assert!(
         client.registry("job/", "tunnels").await.unwrap().is_empty(),

@@ -174,11 +174,23 @@ async fn events_cover_starts_restarts_reconnects_rebalances_checkpoints_and_lead
     event(&mut events, |e| matches!(e, TreeEvent::Supervisor(SupervisorEvent::Restarted { child, restarts: 1, .. }) if child.starts_with("job#"))).await;
 
     let recorder = Recorder::default();
+    let mut first_session = tree.subscribe_events();
     tree.tunnel(fast_options(&tunnel), target(&server.url))
         .run_subscriber(recorder.clone())
         .start()
         .await
         .unwrap();
+    // the worker's first session is told too (it is sent before the start returns)
+    event(&mut first_session, |e| {
+        matches!(
+            e,
+            TreeEvent::Tunnel {
+                event: TunnelEvent::Connected { .. },
+                ..
+            }
+        )
+    })
+    .await;
     event(&mut events, |e| {
         matches!(
             e,

@@ -135,7 +135,7 @@ async fn a_crashed_channel_actor_is_reported_close_and_reassigned_to_a_new_actor
         loop {
             match watch.recv().await.unwrap() {
                 RegistryEvent::Removed(entry, RemovalReason::ActorExited) if entry.key == key => {
-                    assert_eq!(entry.actor.get_id(), victim.actor.get_id());
+                    assert_eq!(entry.actor.id(), victim.actor.id());
                     removed = true;
                 }
                 RegistryEvent::Registered(entry) if entry.key == key => return entry,
@@ -146,7 +146,7 @@ async fn a_crashed_channel_actor_is_reported_close_and_reassigned_to_a_new_actor
     .await
     .expect("the channel is registered again");
     assert!(removed, "the crashed actor's entry was removed first");
-    assert_ne!(replacement.actor.get_id(), victim.actor.get_id());
+    assert_ne!(replacement.actor.id(), victim.actor.id());
     assert!(matches!(replacement.value, TunnelEntry::Channel(ref c) if c.channel_id == 1));
 
     // the service saw CLOSE at version + 1 (reported by the worker), then gave it back

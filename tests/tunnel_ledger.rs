@@ -284,7 +284,7 @@ async fn every_acknowledged_record_is_delivered_in_order_per_key_through_kills_a
                 pick(&channels).map(|entry| entry.actor.kill()).is_some()
             }
             Fault::KillSubscriber => runner_of(&consumer.worker).map(|runner| runner.kill()).is_some(),
-            Fault::KillWorker => consumer.worker.cell().map(|w| w.kill()).is_ok(),
+            Fault::KillWorker => consumer.worker.current().map(|w| w.kill()).is_ok(),
             Fault::RestartService => {
                 service.sigkill();
                 service = ServeProcess::start_at(&listen, &service_args);

@@ -72,7 +72,7 @@ async fn a_worker_consumes_every_record_in_order_per_key_and_checkpoints_to_the_
     match second {
         Err(TunnelError::AlreadyRunning { tunnel_id, actor }) => {
             assert_eq!(tunnel_id, tunnel);
-            assert_eq!(actor, worker.cell().unwrap().get_id());
+            assert_eq!(actor, worker.current().unwrap().id());
         }
         other => panic!("expected AlreadyRunning, got {other:?}"),
     }
@@ -155,7 +155,7 @@ async fn three_workers_share_eight_channels_and_a_killed_ones_move_to_the_others
     // kill one worker outright (its channel actors and its runner die with it): its state's Drop shuts the
     // session down
     let victim = workers.remove(0);
-    assert_failover(&workers, || victim.cell().unwrap().kill()).await;
+    assert_failover(&workers, || victim.current().unwrap().kill()).await;
     assert!(matches!(victim.wait().await, TunnelExit::Killed));
     flow(&mut client, &tunnel, &recorders[1..], 400).await;
     for w in &workers {
@@ -195,15 +195,15 @@ async fn workers_under_dynamic_supervisors_restart_after_a_crash_and_move_away_w
     // channels come back after its timeout, and the three balance again
     let mut events = workers[0].events();
     let old_client = workers[0].info().await.unwrap().client_id.unwrap();
-    let old_actor = workers[0].cell().unwrap().get_id();
-    workers[0].cell().unwrap().kill();
+    let old_actor = workers[0].current().unwrap().id();
+    workers[0].current().unwrap().kill();
     let new_client = next_event(&mut events, |e| match e {
         TunnelEvent::Connected { client_id } => Some(client_id.clone()),
         _ => None,
     })
     .await;
     assert_ne!(new_client, old_client);
-    assert_ne!(workers[0].cell().unwrap().get_id(), old_actor);
+    assert_ne!(workers[0].current().unwrap().id(), old_actor);
     wait_for_spread(&workers, &[2, 3, 3]).await;
     flow(&mut client, &tunnel, &recorders, 400).await;
 
@@ -235,7 +235,7 @@ async fn a_killed_worker_shuts_its_session_down_so_that_its_channels_move_withou
     let (victim, _) = start_worker(&server.url, options("victim"), Registry::new("victim")).await;
     wait_until("the victim holds both channels", || victim.channels().len() == 2).await;
     let victim_client = victim.info().await.unwrap().client_id.unwrap();
-    victim.cell().unwrap().kill();
+    victim.current().unwrap().kill();
     assert!(matches!(victim.wait().await, TunnelExit::Killed));
     wait_for_tunnel(&mut client, &tunnel, "the killed worker's session is gone", |t| {
         !t.clients.iter().any(|c| c.client_id == victim_client)
@@ -305,5 +305,194 @@ async fn a_worker_steps_down_at_half_the_services_heartbeat_timeout_not_at_its_o
         .unwrap();
     recorder.wait_for(50).await;
     worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}
+
+/// A hand-over replays what was not checkpointed, and the batch says so: the replay carries the newer lease's
+/// version, so a subscriber tells it from disorder; the batches of one lease share its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_replayed_after_a_hand_over_carries_the_newer_lease_version() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "versions", 1).await;
+    append_to(&mut client, &tunnel, Some(0), records("a", 300))
+        .await
+        .unwrap();
+
+    // the first consumer acknowledges 0..200 and still holds 200..300 when it is killed
+    let first = Inbox::holding_from(200);
+    let (_first_actor, subscriber) = actor_subscriber(Arc::clone(&first)).await;
+    let options = |tag: &str| fast_options(&tunnel).client_tag(tag);
+    let victim = start_worker_with(
+        &server.url,
+        options("first"),
+        Registry::new("v-first"),
+        subscriber,
+    )
+    .await;
+    first
+        .wait_received("the batch 200..300", |&(c, from, to)| {
+            (c, from, to) == (0, 200, 300)
+        })
+        .await;
+    wait_for_tunnel(&mut client, &tunnel, "checkpoint at 200", |t| {
+        t.channels[0].checkpoint_sequence_number == 200
+    })
+    .await;
+    victim.current().unwrap().kill();
+    assert!(matches!(victim.wait().await, TunnelExit::Killed));
+
+    let second = Arc::new(Inbox::default());
+    let (_second_actor, subscriber) = actor_subscriber(Arc::clone(&second)).await;
+    let other = start_worker_with(
+        &server.url,
+        options("second"),
+        Registry::new("v-second"),
+        subscriber,
+    )
+    .await;
+    second
+        .wait_received("the replay of 200..300", |&(c, from, _)| c == 0 && from == 200)
+        .await;
+
+    let first_versions = first.versions.lock().unwrap().clone();
+    assert_eq!(first.received().len(), first_versions.len());
+    assert!(
+        first_versions.iter().all(|v| *v == first_versions[0]),
+        "one lease, one version: {first_versions:?}"
+    );
+    let replay = second.versions.lock().unwrap()[0];
+    assert_eq!(
+        second.received()[0],
+        (0, 200, 300),
+        "the replay starts at the checkpoint"
+    );
+    assert!(
+        replay > first_versions[0],
+        "the replayed batch carries the newer lease: {replay} after {}",
+        first_versions[0]
+    );
+    other.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}
+
+/// The events of the first session and the first assignment can be seen: subscribed on the builder, before
+/// `start` (which returns after the first `Connected` was sent, and often after the first assignment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_subscribed_before_start_show_the_first_session_and_assignment() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "first-events", 2).await;
+    let builder = TunnelWorker::builder(fast_options(&tunnel))
+        .connection(connection(&server.url).await)
+        .run_subscriber(Recorder::default())
+        .registry(Registry::new("first-events"));
+    let mut events = builder.events();
+    let worker = builder.start().await.unwrap();
+
+    let client_id = worker.info().await.unwrap().client_id.unwrap();
+    let first = tokio::time::timeout(LONG, events.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(&first, TunnelEvent::Connected { client_id: id } if *id == client_id),
+        "the first event is the first session: {first:?}"
+    );
+    let mut assigned = Vec::new();
+    while assigned.len() < 2 {
+        assigned.push(
+            next_event(&mut events, |e| match e {
+                TunnelEvent::ChannelAssigned { channel_id, .. } => Some(*channel_id),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assigned.sort();
+    assert_eq!(assigned, [0, 1], "both channels of the first assignment");
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    server.stop().await;
+}
+
+/// Starts a worker on its own one-channel tunnel under `supervisor`.
+async fn supervised_worker(
+    server: &TestServer,
+    client: &mut Client,
+    name: &str,
+    supervisor: &arbor::supervisor::DynamicSupervisorHandle,
+) -> TunnelHandle {
+    let tunnel = create_streams(client, name, 1).await;
+    TunnelWorker::builder(fast_options(&tunnel))
+        .connection(connection(&server.url).await)
+        .run_subscriber(Recorder::default())
+        .registry(Registry::new(name))
+        .start_under(supervisor)
+        .await
+        .unwrap()
+}
+
+/// Kills the worker's running incarnation; returns once the supervisor's next one runs.
+async fn kill_and_wait_for_the_next(worker: &TunnelHandle) {
+    let killed = worker.current().unwrap();
+    let one = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.wait_incarnation().await }
+    });
+    killed.kill();
+    assert!(
+        matches!(one.await.unwrap(), TunnelExit::Killed),
+        "an incarnation ends with it"
+    );
+    wait_until("the next incarnation runs", || {
+        worker.current().is_ok_and(|now| now.id() != killed.id())
+    })
+    .await;
+}
+
+/// `wait()` follows a supervised worker across restarts, as the handle does: a killed incarnation is followed
+/// by the next, and the wait ends with how the worker ended for good — a graceful shutdown, or a kill after
+/// which its supervisor gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_follows_a_supervised_worker_across_restarts_until_it_is_down_for_good() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+
+    let patient = DynamicSupervisor::start(DynamicSupervisorOptions::default())
+        .await
+        .unwrap();
+    let worker = supervised_worker(&server, &mut client, "wait-restarted", &patient).await;
+    let waiting = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.wait().await }
+    });
+    kill_and_wait_for_the_next(&worker).await;
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    let exit = waiting.await.unwrap();
+    assert!(
+        matches!(exit, TunnelExit::Shutdown),
+        "ends with the shutdown, not the kill: {exit:?}"
+    );
+
+    // one restart allowed: the second kill makes the supervisor give up, and the wait ends with that kill
+    let strict =
+        DynamicSupervisor::start(DynamicSupervisorOptions::default().intensity(1, Duration::from_secs(3600)))
+            .await
+            .unwrap();
+    let worker = supervised_worker(&server, &mut client, "wait-given-up", &strict).await;
+    let waiting = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.wait().await }
+    });
+    kill_and_wait_for_the_next(&worker).await;
+    worker.current().unwrap().kill();
+    let exit = waiting.await.unwrap();
+    assert!(matches!(exit, TunnelExit::Killed), "{exit:?}");
+    let gave_up = strict.wait().await.unwrap();
+    assert!(
+        matches!(
+            gave_up,
+            arbor::supervisor::SupervisorExit::IntensityReached { .. }
+        ),
+        "{gave_up:?}"
+    );
+    patient.shutdown(Duration::from_secs(10)).await.unwrap();
     server.stop().await;
 }

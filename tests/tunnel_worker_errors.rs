@@ -682,7 +682,7 @@ async fn a_restart_onto_a_fatal_connect_stops_the_worker_without_failing_its_sup
     // a crash, and the restart's first ConnectTunnel is fatal (as for a tunnel deleted meanwhile)
     fail_connects.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut events = worker.events();
-    worker.cell().unwrap().kill();
+    worker.current().unwrap().kill();
     let fatal = next_event(&mut events, |e| match e {
         arbor::tunnel::TunnelEvent::Fatal { error } => Some(error.clone()),
         _ => None,

@@ -346,7 +346,7 @@ async fn a_runner_is_restarted_three_times_per_grace_period_then_the_channels_ar
         // restarted by the crate's own supervisor, which shows in the tree
         let new_runner = runner_of(&worker).unwrap().get_id();
         let supervisor_cell = worker
-            .cell()
+            .ractor_cell()
             .unwrap()
             .get_children()
             .into_iter()

@@ -197,7 +197,7 @@ fn zombie_worker_entry() {
             service_timeout,
         };
         let (actor, _) = Actor::spawn(None, ZombieSubscriber, ()).await.unwrap();
-        let subscriber = SubscriberRef::actor(actor.clone(), ZombieMsg::Deliver);
+        let subscriber = SubscriberRef::actor(&actor, ZombieMsg::Deliver);
         std::thread::spawn(move || {
             for _ in std::io::stdin().lock().lines().map_while(Result::ok) {
                 let _ = actor.cast(ZombieMsg::Release);

@@ -5,7 +5,7 @@
 //!
 //! | feature | default | what it adds | pulls in |
 //! |---|---|---|---|
-//! | *(none)* | | [`supervisor`], [`registry`], the tree snapshot | ractor, tokio, tracing, thiserror, serde, futures, rand, humantime |
+//! | *(none)* | | [`supervisor`], [`registry`], [`actor`] handles, the tree snapshot | ractor, tokio, tracing, thiserror, serde, futures, rand, humantime |
 //! | `connection` | yes | `connection`: the connection actor, its channel, the pool, auth | tonic (client), tonic-health, hyper, h2, rustls, tokio-rustls |
 //! | `activator` | yes | `activator`: cluster singletons, in-process backend | nothing more |
 //! | `etcd` | no | the activator's etcd backend (implies `activator`) | etcd-client (needs `protoc` to build) |
@@ -24,6 +24,7 @@ pub use ractor;
 
 #[cfg(feature = "activator")]
 pub mod activator;
+pub mod actor;
 pub mod backoff;
 #[cfg(feature = "connection")]
 pub mod connection;

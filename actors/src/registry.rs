@@ -22,19 +22,34 @@
 //! ```
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use arbor_actors::registry::Registry;
-//! # use ractor::{Actor, ActorProcessingErr, ActorRef};
-//! # struct Worker;
-//! # impl Actor for Worker {
-//! #     type Msg = (); type State = (); type Arguments = ();
-//! #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> { Ok(()) }
+//! use arbor_actors::supervisor::{ChildSpec, DynamicSupervisor};
+//! # use std::time::Duration;
+//! # use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+//! # struct Db;
+//! # enum DbMsg { Ping(RpcReplyPort<&'static str>) }
+//! # impl Actor for Db {
+//! #     type Msg = DbMsg; type State = (); type Arguments = ();
+//! #     async fn pre_start(&self, _: ActorRef<DbMsg>, _: ()) -> Result<(), ActorProcessingErr> { Ok(()) }
+//! #     async fn handle(&self, _: ActorRef<DbMsg>, m: DbMsg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+//! #         let DbMsg::Ping(reply) = m; let _ = reply.send("pong"); Ok(())
+//! #     }
 //! # }
 //! let registry: Registry<String> = Registry::new("services");
 //! registry.start().await?;
-//! let (worker, _) = Actor::spawn(None, Worker, ()).await?;
-//! registry.register("db/primary", worker.get_cell(), "10.0.0.1:5432".to_string())?;
-//! assert_eq!(registry.lookup("db/primary").unwrap().value, "10.0.0.1:5432");
+//! let pool = DynamicSupervisor::builder().start().await?;
+//! let db = pool.start_child(ChildSpec::actor("db", || (Db, ()))).await?;
+//! // the running incarnation; inside an actor, `register(key, &myself, value)` does the same
+//! registry.register("db/primary", db.current()?, "10.0.0.1:5432".to_string())?;
+//!
+//! let entry = registry.lookup("db/primary").unwrap();
+//! assert_eq!(entry.value, "10.0.0.1:5432");
+//! let primary = registry.lookup_typed::<DbMsg>("db/primary")?; // or entry.typed::<DbMsg>()
+//! assert_eq!(primary.call(DbMsg::Ping, Duration::from_secs(1)).await?, "pong");
 //! # Ok(()) }
 //! ```
+//!
+//! An entry names one incarnation ([`ActorHandle`]): a restarted actor registers again (typically in its
+//! `pre_start`), and the entry of the one before is gone by then.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -47,6 +62,7 @@ use ractor::{
 use tokio::sync::broadcast;
 use tracing::debug;
 
+use crate::actor::{ActorError, ActorHandle, TypedActor};
 use crate::supervisor::{ChildSpec, Shutdown};
 
 /// How many events a slow [`Registry::watch`] subscriber may fall behind before it sees `Lagged`.
@@ -57,8 +73,8 @@ const EVENT_BUFFER: usize = 1024;
 pub struct RegistryEntry<V> {
     /// Its key.
     pub key: String,
-    /// The actor.
-    pub actor: ActorCell,
+    /// The actor (this incarnation).
+    pub actor: ActorHandle,
     /// Its value (metadata).
     pub value: V,
     /// When it was registered.
@@ -66,15 +82,18 @@ pub struct RegistryEntry<V> {
 }
 
 impl<V> RegistryEntry<V> {
-    /// The actor as a typed reference; [`RegistryError::WrongType`] if it does not handle messages of type `M`.
-    pub fn actor_ref<M: Message>(&self) -> Result<ActorRef<M>, RegistryError> {
-        match self.actor.is_message_type_of::<M>() {
-            Some(false) => Err(RegistryError::WrongType {
+    /// The actor as a typed handle, to send it messages; [`RegistryError::WrongType`] if it does not handle
+    /// messages of type `M`.
+    pub fn typed<M: Message>(&self) -> Result<TypedActor<M>, RegistryError> {
+        self.actor.typed().map_err(|err| match err {
+            ActorError::WrongType { expected, .. } => RegistryError::WrongType {
                 key: self.key.clone(),
-                expected: std::any::type_name::<M>(),
-            }),
-            _ => Ok(self.actor.clone().into()),
-        }
+                expected,
+            },
+            _ => RegistryError::NotFound {
+                key: self.key.clone(),
+            },
+        })
     }
 }
 
@@ -82,7 +101,7 @@ impl<V: fmt::Debug> fmt::Debug for RegistryEntry<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistryEntry")
             .field("key", &self.key)
-            .field("actor", &self.actor.get_id())
+            .field("actor", &format_args!("{}", self.actor.id()))
             .field("value", &self.value)
             .finish()
     }
@@ -121,10 +140,10 @@ impl fmt::Display for RemovalReason {
 impl<V> fmt::Display for RegistryEvent<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RegistryEvent::Registered(e) => write!(f, "registered {} (actor {})", e.key, e.actor.get_id()),
-            RegistryEvent::Updated(e) => write!(f, "updated {} (actor {})", e.key, e.actor.get_id()),
+            RegistryEvent::Registered(e) => write!(f, "registered {} (actor {})", e.key, e.actor.id()),
+            RegistryEvent::Updated(e) => write!(f, "updated {} (actor {})", e.key, e.actor.id()),
             RegistryEvent::Removed(e, why) => {
-                write!(f, "removed {} (actor {}): {why}", e.key, e.actor.get_id())
+                write!(f, "removed {} (actor {}): {why}", e.key, e.actor.id())
             }
         }
     }
@@ -212,8 +231,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn is_gone(cell: &ActorCell) -> bool {
-    matches!(cell.get_status(), ActorStatus::Stopping | ActorStatus::Stopped)
+fn is_gone(actor: &ActorHandle) -> bool {
+    !actor.is_running()
 }
 
 fn has_exited(cell: &ActorCell) -> bool {
@@ -284,13 +303,21 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
     }
 
     /// Registers `actor` under `key` with `value`. Fails if the key is taken (naming the holder) or the actor
-    /// has already exited.
-    pub fn register(&self, key: impl Into<String>, actor: ActorCell, value: V) -> Result<(), RegistryError> {
+    /// has already exited. `actor` is any form of one running actor: `&myself` inside a ractor actor, a
+    /// supervised child's [`current`](crate::supervisor::ChildRef::current) incarnation, an [`ActorHandle`] or
+    /// a [`TypedActor`]. The entry goes when that incarnation exits.
+    pub fn register(
+        &self,
+        key: impl Into<String>,
+        actor: impl Into<ActorHandle>,
+        value: V,
+    ) -> Result<(), RegistryError> {
         let key = key.into();
+        let actor: ActorHandle = actor.into();
         if is_gone(&actor) {
             return Err(RegistryError::NotAlive {
                 key,
-                actor: actor.get_id(),
+                actor: actor.id(),
             });
         }
         let entry = RegistryEntry {
@@ -307,7 +334,7 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
                 if !is_gone(&holder.actor) {
                     return Err(RegistryError::Duplicate {
                         key,
-                        holder: holder.actor.get_id(),
+                        holder: holder.actor.id(),
                     });
                 }
                 let stale = remove_key(&mut table, &key).expect("entry just seen");
@@ -315,12 +342,12 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
                     .publish(RegistryEvent::Removed(stale, RemovalReason::ActorExited));
             }
             table.entries.insert(key.clone(), entry.clone());
-            table.by_actor.entry(actor.get_id()).or_default().insert(key);
+            table.by_actor.entry(actor.id()).or_default().insert(key);
             self.shared.publish(RegistryEvent::Registered(entry));
         }
         // After the insert, so that either this watcher, or a new one scanning the table, monitors the actor.
         if let Some(watcher) = lock(&self.shared.watcher).as_ref() {
-            let _ = watcher.cast(WatcherMsg::Watch(actor));
+            let _ = watcher.cast(WatcherMsg::Watch(actor.cell));
         }
         Ok(())
     }
@@ -329,9 +356,9 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
     pub fn unregister(&self, key: &str) -> Option<RegistryEntry<V>> {
         let mut table = lock(&self.shared.table);
         let entry = remove_key(&mut table, key)?;
-        if !table.by_actor.contains_key(&entry.actor.get_id()) {
+        if !table.by_actor.contains_key(&entry.actor.id()) {
             if let Some(watcher) = lock(&self.shared.watcher).as_ref() {
-                let _ = watcher.cast(WatcherMsg::Unwatch(entry.actor.clone()));
+                let _ = watcher.cast(WatcherMsg::Unwatch(entry.actor.cell.clone()));
             }
         }
         self.shared
@@ -344,8 +371,8 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
         let mut table = lock(&self.shared.table);
         let not_found = || RegistryError::NotFound { key: key.into() };
         let entry = table.entries.get_mut(key).ok_or_else(not_found)?;
-        if has_exited(&entry.actor) {
-            let actor = entry.actor.get_id();
+        if entry.actor.has_exited() {
+            let actor = entry.actor.id();
             self.shared.remove_actor_locked(&mut table, actor);
             return Err(not_found());
         }
@@ -365,7 +392,7 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
                 let keys = &table.by_actor[*actor];
                 keys.first()
                     .and_then(|k| table.entries.get(k))
-                    .is_some_and(|e| has_exited(&e.actor))
+                    .is_some_and(|e| e.actor.has_exited())
             })
             .cloned()
             .collect();
@@ -379,20 +406,21 @@ impl<V: Clone + Send + Sync + 'static> Registry<V> {
     pub fn lookup(&self, key: &str) -> Option<RegistryEntry<V>> {
         let mut table = lock(&self.shared.table);
         let entry = table.entries.get(key)?;
-        if has_exited(&entry.actor) {
-            let actor = entry.actor.get_id();
+        if entry.actor.has_exited() {
+            let actor = entry.actor.id();
             self.shared.remove_actor_locked(&mut table, actor);
             return None;
         }
         Some(entry.clone())
     }
 
-    /// The actor under `key` as a typed reference: [`RegistryError::NotFound`] without an entry,
-    /// [`RegistryError::WrongType`] if its actor does not handle messages of type `M`.
-    pub fn lookup_ref<M: Message>(&self, key: &str) -> Result<ActorRef<M>, RegistryError> {
+    /// The actor under `key` as a typed handle, to send it messages: [`RegistryError::NotFound`] without an
+    /// entry, [`RegistryError::WrongType`] if its actor does not handle messages of type `M`. Its
+    /// [`ractor_ref`](TypedActor::ractor_ref) is the ractor form.
+    pub fn lookup_typed<M: Message>(&self, key: &str) -> Result<TypedActor<M>, RegistryError> {
         self.lookup(key)
             .ok_or_else(|| RegistryError::NotFound { key: key.into() })?
-            .actor_ref()
+            .typed()
     }
 
     /// Every entry whose key starts with `prefix`, in key order.
@@ -471,7 +499,7 @@ impl<V: Clone> Shared<V> {
 
 fn remove_key<V>(table: &mut Table<V>, key: &str) -> Option<RegistryEntry<V>> {
     let entry = table.entries.remove(key)?;
-    let actor = entry.actor.get_id();
+    let actor = entry.actor.id();
     if let Some(keys) = table.by_actor.get_mut(&actor) {
         keys.remove(key);
         if keys.is_empty() {
@@ -512,8 +540,8 @@ impl<V: Clone + Send + Sync + 'static> Erased for Shared<V> {
         table
             .entries
             .values()
-            .filter(|e| seen.insert(e.actor.get_id()))
-            .map(|e| e.actor.clone())
+            .filter(|e| seen.insert(e.actor.id()))
+            .map(|e| e.actor.cell.clone())
             .collect()
     }
 

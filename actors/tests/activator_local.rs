@@ -352,7 +352,7 @@ async fn dump_reports_every_field_and_the_registry_holds_it() {
     for (i, d) in [(leader, l), (follower, f)] {
         let e = entries
             .iter()
-            .find(|e| e.actor.get_id() == c.handles[i].cell().get_id())
+            .find(|e| e.actor.id() == c.handles[i].cell().get_id())
             .expect("activator registered");
         assert_eq!(&e.value, d);
     }
@@ -362,7 +362,7 @@ async fn dump_reports_every_field_and_the_registry_holds_it() {
         .lookup("activator/dumped")
         .expect("leader key registered");
     assert_eq!(
-        lock.actor.try_get_supervisor().map(|a| a.get_id()),
+        lock.actor.ractor_cell().try_get_supervisor().map(|a| a.get_id()),
         Some(c.handles[leader].cell().get_id())
     );
     assert_eq!(

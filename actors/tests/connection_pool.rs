@@ -127,7 +127,7 @@ async fn concurrent_acquires_share_one_actor_and_release_to_zero_closes_tcp() {
         entry.value.target,
         format!("grpc://127.0.0.1:{proxy}?disableTls=true")
     );
-    assert_eq!(entry.actor.get_id(), first);
+    assert_eq!(entry.actor.id(), first);
     assert_eq!(*open.borrow(), 1, "one TCP connection for 20 leases");
 
     leases.truncate(1);
@@ -287,7 +287,7 @@ async fn linger_keeps_a_released_connection_then_closes_it() {
     timeout(LONG, async {
         loop {
             if let RegistryEvent::Removed(e, _) = events.recv().await.unwrap() {
-                assert_eq!(e.actor.get_id(), id);
+                assert_eq!(e.actor.id(), id);
                 return;
             }
         }

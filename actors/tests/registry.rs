@@ -28,8 +28,8 @@ async fn a_taken_key_is_refused_naming_its_holder() {
     registry.start().await.unwrap();
     let a = spawn_worker(&w, "a").await;
     let b = spawn_worker(&w, "b").await;
-    registry.register("key", a.get_cell(), 1).unwrap();
-    let err = registry.register("key", b.get_cell(), 2).unwrap_err();
+    registry.register("key", &a, 1).unwrap();
+    let err = registry.register("key", &b, 2).unwrap_err();
     assert_eq!(
         err,
         RegistryError::Duplicate {
@@ -53,9 +53,9 @@ async fn entries_vanish_when_their_actor_panics_or_is_killed() {
     let mut events = registry.watch();
     let panicker = spawn_worker(&w, "p").await;
     let killed = spawn_worker(&w, "k").await;
-    registry.register("p/1", panicker.get_cell(), "x").unwrap();
-    registry.register("p/2", panicker.get_cell(), "y").unwrap();
-    registry.register("k", killed.get_cell(), "z").unwrap();
+    registry.register("p/1", &panicker, "x").unwrap();
+    registry.register("p/2", &panicker, "y").unwrap();
+    registry.register("k", &killed, "z").unwrap();
     for _ in 0..3 {
         assert!(matches!(event(&mut events).await, RegistryEvent::Registered(_)));
     }
@@ -85,14 +85,14 @@ async fn an_actor_that_has_exited_cannot_register_and_a_dead_holder_holds_nothin
     let registry: Registry<()> = Registry::new("dead");
     // no watcher yet: removal on exit cannot happen, so the dead holder's entry is still there below
     let a = spawn_worker(&w, "a").await;
-    registry.register("key", a.get_cell(), ()).unwrap();
+    registry.register("key", &a, ()).unwrap();
     a.stop(None);
     a.get_cell().wait(Some(Duration::from_secs(5))).await.unwrap();
-    let err = registry.register("other", a.get_cell(), ()).unwrap_err();
+    let err = registry.register("other", &a, ()).unwrap_err();
     assert!(matches!(err, RegistryError::NotAlive { .. }));
     let b = spawn_worker(&w, "b").await;
-    registry.register("key", b.get_cell(), ()).unwrap();
-    assert_eq!(registry.lookup("key").unwrap().actor.get_id(), b.get_id());
+    registry.register("key", &b, ()).unwrap();
+    assert_eq!(registry.lookup("key").unwrap().actor.id(), b.get_id());
 }
 
 #[tokio::test]
@@ -102,9 +102,7 @@ async fn watch_reports_register_update_and_unregister_and_metadata_updates_stick
     registry.start().await.unwrap();
     let mut events = registry.watch();
     let a = spawn_worker(&w, "a").await;
-    registry
-        .register("conn/a", a.get_cell(), vec!["idle".into()])
-        .unwrap();
+    registry.register("conn/a", &a, vec!["idle".into()]).unwrap();
     registry.update("conn/a", |v| v.push("ready".into())).unwrap();
     assert_eq!(registry.lookup("conn/a").unwrap().value, ["idle", "ready"]);
     assert_eq!(
@@ -136,7 +134,7 @@ async fn select_by_prefix_and_predicate_and_typed_lookup() {
     let registry: Registry<u32> = Registry::new("select");
     for (key, value) in [("conn/b", 2), ("conn/a", 1), ("tunnel/x", 3), ("conn", 0)] {
         let actor = spawn_worker(&w, key).await;
-        registry.register(key, actor.get_cell(), value).unwrap();
+        registry.register(key, &actor, value).unwrap();
     }
     let keys = |entries: Vec<arbor_actors::registry::RegistryEntry<u32>>| {
         entries.into_iter().map(|e| e.key).collect::<Vec<_>>()
@@ -144,17 +142,20 @@ async fn select_by_prefix_and_predicate_and_typed_lookup() {
     assert_eq!(keys(registry.select_prefix("conn/")), ["conn/a", "conn/b"]);
     assert_eq!(keys(registry.select(|e| e.value >= 2)), ["conn/b", "tunnel/x"]);
     assert_eq!(registry.len(), 4);
-    let typed = registry.lookup_ref::<WorkerMsg>("conn/a").expect("a worker");
-    let id = ractor::call!(typed, WorkerMsg::Ping).unwrap();
-    assert_eq!(id, typed.get_id());
+    let typed = registry.lookup_typed::<WorkerMsg>("conn/a").expect("a worker");
+    let id = typed.call(WorkerMsg::Ping, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(id, typed.id());
     assert!(
         matches!(
-            registry.lookup_ref::<String>("conn/a"),
+            registry.lookup_typed::<String>("conn/a"),
             Err(RegistryError::WrongType { .. })
         ),
         "wrong message type"
     );
-    assert_eq!(registry.keys_of(&typed.get_id()), ["conn/a"]);
+    assert_eq!(registry.keys_of(&typed.id()), ["conn/a"]);
+    // the ractor form stays reachable under its own name
+    let id = ractor::call!(typed.ractor_ref(), WorkerMsg::Ping).unwrap();
+    assert_eq!(id, typed.id());
 }
 
 #[tokio::test]
@@ -165,7 +166,7 @@ async fn a_supervised_watcher_that_restarts_still_removes_entries() {
         .await
         .unwrap();
     let a = spawn_worker(&w, "a").await;
-    registry.register("a", a.get_cell(), ()).unwrap();
+    registry.register("a", &a, ()).unwrap();
 
     let watcher = only_child(&sup).await;
     watcher.kill();
@@ -194,8 +195,8 @@ async fn registries_are_independent() {
     let one: Registry<u8> = Registry::new("one");
     let two: Registry<u8> = Registry::new("two");
     let a = spawn_worker(&w, "a").await;
-    one.register("same-key", a.get_cell(), 1).unwrap();
-    two.register("same-key", a.get_cell(), 2).unwrap();
+    one.register("same-key", &a, 1).unwrap();
+    two.register("same-key", &a, 2).unwrap();
     assert_eq!(one.lookup("same-key").unwrap().value, 1);
     assert_eq!(two.lookup("same-key").unwrap().value, 2);
 }
@@ -204,20 +205,20 @@ async fn registries_are_independent() {
 fn apply(view: &mut std::collections::BTreeMap<String, (ractor::ActorId, u32)>, event: RegistryEvent<u32>) {
     match event {
         RegistryEvent::Registered(e) => {
-            let old = view.insert(e.key.clone(), (e.actor.get_id(), e.value));
+            let old = view.insert(e.key.clone(), (e.actor.id(), e.value));
             assert!(old.is_none(), "Registered {} while the view holds it", e.key);
         }
         RegistryEvent::Updated(e) => {
             let held = view.get_mut(&e.key);
             let held = held.unwrap_or_else(|| panic!("Updated {} which the view does not hold", e.key));
-            assert_eq!(held.0, e.actor.get_id(), "Updated {} of another holder", e.key);
+            assert_eq!(held.0, e.actor.id(), "Updated {} of another holder", e.key);
             held.1 = e.value;
         }
         RegistryEvent::Removed(e, _) => {
             let old = view.remove(&e.key);
             assert_eq!(
                 old.map(|h| h.0),
-                Some(e.actor.get_id()),
+                Some(e.actor.id()),
                 "Removed {} which the view does not hold (or of another holder)",
                 e.key
             );
@@ -248,7 +249,7 @@ async fn a_view_rebuilt_from_events_always_equals_the_table_under_a_storm() {
                     match rng.random_range(0..5) {
                         0 | 1 => {
                             let (actor, _) = Actor::spawn(None, Worker, args.clone()).await.unwrap();
-                            if registry.register(key, actor.get_cell(), i).is_ok() {
+                            if registry.register(key, &actor, i).is_ok() {
                                 mine.push(actor);
                             } else {
                                 actor.stop(None);
@@ -328,7 +329,7 @@ async fn an_entry_of_an_exited_actor_is_gone_even_without_a_watcher() {
     let registry: Registry<u32> = Registry::new("unwatched"); // no watcher started
     let mut events = registry.watch();
     let actor = spawn_worker(&w, "x").await;
-    registry.register("x", actor.get_cell(), 1).unwrap();
+    registry.register("x", &actor, 1).unwrap();
     assert!(matches!(event(&mut events).await, RegistryEvent::Registered(_)));
     actor.kill();
     actor.get_cell().wait(Some(Duration::from_secs(5))).await.unwrap();
@@ -339,7 +340,7 @@ async fn an_entry_of_an_exited_actor_is_gone_even_without_a_watcher() {
     ));
     assert_eq!(registry.len(), 0);
     assert!(matches!(
-        registry.lookup_ref::<WorkerMsg>("x"),
+        registry.lookup_typed::<WorkerMsg>("x"),
         Err(RegistryError::NotFound { .. })
     ));
 }
@@ -351,7 +352,7 @@ async fn events_read_as_one_line_for_people() {
     registry.start().await.unwrap();
     let mut events = registry.watch();
     let a = spawn_worker(&w, "a").await;
-    registry.register("worker-3", a.get_cell(), vec![1]).unwrap();
+    registry.register("worker-3", &a, vec![1]).unwrap();
     let id = a.get_id();
     assert_eq!(
         event(&mut events).await.to_string(),
@@ -362,4 +363,53 @@ async fn events_read_as_one_line_for_people() {
         event(&mut events).await.to_string(),
         format!("removed worker-3 (actor {id}): its actor exited")
     );
+}
+
+/// What arbor's own handles give is what `register` takes: a supervised child's running incarnation; the
+/// lookup answers with arbor handles, and the entry goes with that incarnation (the ChildRef follows on).
+#[tokio::test]
+async fn a_supervised_childs_incarnation_registers_and_is_looked_up_as_an_arbor_handle() {
+    let mut w = Workers::new();
+    let registry: Registry<&'static str> = Registry::new("handles");
+    registry.start().await.unwrap();
+    let pool = arbor_actors::supervisor::DynamicSupervisor::builder()
+        .start()
+        .await
+        .unwrap();
+    let child = pool.start_child(typed_spec(w.args("db"))).await.unwrap();
+    let first = w.started("db").await;
+    registry
+        .register("db", child.current().unwrap(), "primary")
+        .unwrap();
+
+    let entry = registry.lookup("db").expect("registered");
+    assert_eq!(entry.actor.id(), first);
+    assert_eq!(entry.actor, child.handle().current().unwrap());
+    let typed = entry.typed::<WorkerMsg>().unwrap();
+    assert_eq!(
+        typed.call(WorkerMsg::Ping, Duration::from_secs(5)).await.unwrap(),
+        first
+    );
+
+    let mut changes = registry.watch();
+    entry.actor.kill();
+    assert!(matches!(
+        event(&mut changes).await,
+        RegistryEvent::Removed(_, RemovalReason::ActorExited)
+    ));
+    let second = w.started("db").await;
+    assert_ne!(second, first);
+    assert!(
+        registry.lookup("db").is_none(),
+        "the entry named the killed incarnation"
+    );
+    assert!(matches!(
+        typed.cast(WorkerMsg::Panic),
+        Err(arbor_actors::actor::ActorError::NotRunning { .. })
+    ));
+    registry
+        .register("db", child.current().unwrap(), "primary")
+        .unwrap();
+    assert_eq!(registry.lookup("db").unwrap().actor.id(), second);
+    pool.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -252,8 +252,8 @@ async fn ten_thousand_random_kills_leave_every_permanent_child_alive_once_and_a_
             .into_iter()
             .find(|n| n.kind == ChildKind::Worker && n.id.split('#').next() == Some(entry.key.as_str()))
             .unwrap_or_else(|| panic!("{} not in the tree", entry.key));
-        assert_eq!(node.actor_id, Some(entry.actor.get_id().to_string()));
-        assert_eq!(entry.actor.get_status(), ActorStatus::Running);
+        assert_eq!(node.actor_id, Some(entry.actor.id().to_string()));
+        assert_eq!(entry.actor.ractor_cell().get_status(), ActorStatus::Running);
     }
     // No two incarnations of one child were ever alive at once.
     assert_eq!(tree.overlaps.load(Ordering::SeqCst), 0);

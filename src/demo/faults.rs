@@ -150,8 +150,8 @@ async fn hit(kind: FaultKind, node: &Node, rng: &mut StdRng) -> Option<(String, 
             ))
         }
         FaultKind::Worker => {
-            let cell = node.tunnel.cell().ok()?;
-            cell.kill();
+            let worker = node.tunnel.current().ok()?;
+            worker.kill();
             Some((format!("killed the tunnel worker of {}", node.name), None))
         }
         FaultKind::Subscriber => {
@@ -163,7 +163,7 @@ async fn hit(kind: FaultKind, node: &Node, rng: &mut StdRng) -> Option<(String, 
             if activator.role().await.ok()? != Role::Leader {
                 return None;
             }
-            activator.cell().kill();
+            activator.actor().kill();
             Some((format!("killed the leading activator on {}", node.name), None))
         }
         FaultKind::Service => None,

@@ -67,7 +67,7 @@ impl Node {
                 ChildSpec::actor("ledger-subscriber", move || (LedgerSubscriber, args.clone())),
             )
             .await?;
-        let first = SubscriberRef::actor(subscriber.actor()?, |delivery| delivery);
+        let first = SubscriberRef::actor(subscriber.current()?, |delivery| delivery);
         let tunnel = tree
             .tunnel(tunnel_options(tunnel_id), target.clone())
             .subscriber(first)
@@ -135,7 +135,7 @@ impl Actor for LedgerSubscriber {
     ) -> Result<SubscriberArgs, ActorProcessingErr> {
         if let Some(tunnel) = args.tunnel.get() {
             tunnel
-                .attach_subscriber(SubscriberRef::actor(myself, |delivery| delivery))
+                .attach_subscriber(SubscriberRef::actor(&myself, |delivery| delivery))
                 .await?;
         }
         Ok(args)

@@ -1,6 +1,7 @@
 //! The layout of `arbor top`: a header, the tree (left), registries and channels (right), the event feed
 //! (bottom), a footer with the keys and the status. Below 100 columns the registries and channels go under the
-//! tree instead of beside it; a line too long for its pane ends in `…` at a word's end rather than mid-word.
+//! tree instead of beside it; a line too long for its pane ends in `…` at a word's end rather than mid-word. A
+//! registry entry's value is shown as `name=value` words wrapped over up to four lines of its column.
 
 use arbor_actors::supervisor::{ChildKind, ChildStatus, TreeSnapshot};
 use ratatui::layout::{Constraint, Layout};
@@ -11,6 +12,7 @@ use ratatui::Frame;
 
 use super::Top;
 use crate::inspect::channel_words;
+use arbor_proto::inspect::v1 as pb;
 
 pub(super) fn draw(top: &Top, frame: &mut Frame<'_>) {
     let [header, middle, feed, status] = Layout::vertical([
@@ -30,7 +32,7 @@ pub(super) fn draw(top: &Top, frame: &mut Frame<'_>) {
 
     frame.render_widget(Paragraph::new(header_line(top)), header);
     frame.render_widget(tree_widget(top, tree_area), tree_area);
-    frame.render_widget(registry_widget(top), registry_area);
+    frame.render_widget(registry_widget(top, registry_area), registry_area);
     frame.render_widget(channels_widget(top), channels_area);
     frame.render_widget(feed_widget(top, feed), feed);
     frame.render_widget(Paragraph::new(footer(top, status.width as usize)), status);
@@ -194,29 +196,128 @@ fn tree_widget(top: &Top, area: ratatui::layout::Rect) -> Paragraph<'static> {
     Paragraph::new(lines).block(pane_block("tree", top.focus == super::Pane::Tree))
 }
 
-fn registry_widget(top: &Top) -> Table<'static> {
-    let rows = top.registry.iter().filter(|e| e.channel.is_none()).map(|e| {
-        Row::new(vec![
-            e.registry.clone(),
-            e.key.clone(),
-            e.actor_id.clone(),
-            e.value_json.clone(),
-        ])
-    });
-    Table::new(
-        rows,
-        [
-            Constraint::Length(11),
-            Constraint::Percentage(40),
-            Constraint::Length(8),
-            Constraint::Percentage(60),
-        ],
-    )
-    .header(
-        Row::new(vec!["REGISTRY", "KEY", "ACTOR", "VALUE"])
-            .style(Style::default().add_modifier(Modifier::BOLD)),
-    )
-    .block(block("registry"))
+/// How many lines one registry entry's value may take before it ends in `…`.
+const VALUE_LINES: usize = 4;
+
+/// An entry's value for people: an object's fields as `name=value` words (nested ones as `outer.inner=`,
+/// strings unquoted, null as `-`), anything else as its JSON.
+fn value_words(json: &str) -> String {
+    fn words(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(fields) if !fields.is_empty() => {
+                for (name, field) in fields {
+                    let name = if prefix.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{prefix}.{name}")
+                    };
+                    words(&name, field, out);
+                }
+            }
+            scalar => {
+                let text = match scalar {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "-".to_string(),
+                    other => other.to_string(),
+                };
+                out.push(if prefix.is_empty() {
+                    text
+                } else {
+                    format!("{prefix}={text}")
+                });
+            }
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(value) => {
+            let mut out = Vec::new();
+            words("", &value, &mut out);
+            out.join(" ")
+        }
+        Err(_) => json.to_string(),
+    }
+}
+
+/// `text` wrapped at spaces into lines of at most `width` columns (a word wider than that is split), at most
+/// `max_lines` of them: the last one ends in `…` when the rest does not fit.
+fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        let used = line.chars().count();
+        if used > 0 && used + 1 + word.len() <= width {
+            line.push(' ');
+            line.extend(&word);
+            continue;
+        }
+        if used > 0 {
+            lines.push(std::mem::take(&mut line));
+        }
+        while word.len() > width {
+            lines.push(word.drain(..width).collect());
+        }
+        line = word.into_iter().collect();
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    if lines.len() > max_lines {
+        let rest = lines.split_off(max_lines - 1).join(" ");
+        lines.push(fit(&rest, width));
+    }
+    lines
+}
+
+/// Narrower than this, a registry entry's value goes under its key instead of beside it.
+const VALUE_BESIDE: usize = 48;
+
+/// The registry pane: `REGISTRY KEY ACTOR VALUE` with the value wrapped in its column, or, when that column
+/// would be narrower than [`VALUE_BESIDE`], each value under its entry's row across the pane.
+fn registry_widget(top: &Top, area: ratatui::layout::Rect) -> Paragraph<'static> {
+    let entries: Vec<_> = top.registry.iter().filter(|e| e.channel.is_none()).collect();
+    let inner = area.width.saturating_sub(2) as usize;
+    let widest = |header: &str, column: fn(&pb::RegistryEntry) -> &str| {
+        entries
+            .iter()
+            .map(|e| column(e).chars().count())
+            .chain([header.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let registry_width = widest("REGISTRY", |e| &e.registry);
+    let actor_width = widest("ACTOR", |e| &e.actor_id);
+    // Keys as wide as the widest, but never more than a third of the pane.
+    let key_width = widest("KEY", |e| &e.key).min((inner / 3).max(3));
+    let value_column = registry_width + key_width + actor_width + 6;
+    let beside = inner.saturating_sub(value_column) >= VALUE_BESIDE;
+    let row = |registry: &str, key: &str, actor: &str| {
+        format!("{registry:registry_width$}  {key:key_width$}  {actor:actor_width$}  ")
+    };
+    let bold = Style::default().add_modifier(Modifier::BOLD);
+    let mut lines = vec![Line::styled(
+        fit(row("REGISTRY", "KEY", "ACTOR").trim_end(), inner) + if beside { "  VALUE" } else { "" },
+        bold,
+    )];
+    for e in entries {
+        let head = row(&e.registry, &fit(&e.key, key_width), &e.actor_id);
+        let words = value_words(&e.value_json);
+        if beside {
+            let value = wrap(&words, inner - value_column, VALUE_LINES);
+            let indent = " ".repeat(value_column);
+            for (i, part) in value.into_iter().enumerate() {
+                let lead = if i == 0 { head.clone() } else { indent.clone() };
+                lines.push(Line::raw(format!("{lead}{part}")));
+            }
+        } else {
+            lines.push(Line::raw(fit(head.trim_end(), inner)));
+            for part in wrap(&words, inner.saturating_sub(2), VALUE_LINES) {
+                lines.push(Line::raw(format!("  {part}")));
+            }
+        }
+    }
+    Paragraph::new(lines).block(block("registry"))
 }
 
 fn channels_widget(top: &Top) -> Table<'static> {
@@ -311,5 +412,21 @@ mod tests {
         let text: String = fitted.spans.iter().map(|s| s.content.as_ref()).collect();
         assert_eq!(text, "02:43:12.734 #4     orders/registry…");
         assert!(text.chars().count() <= 40);
+    }
+
+    #[test]
+    fn a_registry_value_reads_as_words_wrapped_whole() {
+        assert_eq!(
+            value_words(r#"{"target":"grpc://db:5432","state":{"name":"READY","since":null},"n":3}"#),
+            "n=3 state.name=READY state.since=- target=grpc://db:5432"
+        );
+        assert_eq!(value_words(r#""primary""#), "primary");
+        assert_eq!(value_words("[1,2]"), "[1,2]");
+        assert_eq!(value_words("not json"), "not json");
+        assert_eq!(wrap("a=1 b=22 c=333", 8, 4), ["a=1 b=22", "c=333"]);
+        assert_eq!(wrap("abcdefghij", 4, 4), ["abcd", "efgh", "ij"]);
+        assert_eq!(wrap("", 4, 4), [""]);
+        let cut = wrap("one two three four five six", 9, 2);
+        assert_eq!(cut, ["one two", "three…"]);
     }
 }

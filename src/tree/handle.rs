@@ -15,7 +15,8 @@ use arbor_actors::supervisor::{
     DynamicSupervisorHandle, StartSpec, SupervisorExit, SupervisorHandle, TreeSnapshot,
 };
 use arbor_actors::tunnel::{
-    Subscriber, SubscriberRef, TunnelEntry, TunnelHandle, TunnelOptions, TunnelWorker, TunnelWorkerBuilder,
+    Subscriber, SubscriberRef, TunnelEntry, TunnelEvent, TunnelHandle, TunnelOptions, TunnelWorker,
+    TunnelWorkerBuilder,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -116,7 +117,7 @@ impl TreeHandle {
             out.extend(registry.select_prefix(prefix).into_iter().map(|e| RegistryRow {
                 registry: registry.name().to_string(),
                 key: e.key,
-                actor: e.actor.get_id().to_string(),
+                actor: e.actor.id().to_string(),
                 value: serde_json::to_value(&e.value).unwrap_or(serde_json::Value::Null),
             }));
         }
@@ -276,7 +277,7 @@ impl TreeHandle {
             .select_prefix(&format!("activator/{name}/"))
             .into_iter()
             .filter(|e| e.value.name == name && e.value.node_id == self.inner.backend.node_id())
-            .find_map(|e| ActivatorHandle::from_cell(name, e.actor))
+            .find_map(|e| ActivatorHandle::from_cell(name, e.actor.ractor_cell().clone()))
     }
 
     // --- the application's children ---
@@ -371,11 +372,19 @@ impl TreeTunnel {
         self
     }
 
+    /// Every event of the worker from its start on (see [`TunnelWorkerBuilder::events`]); the tree's events
+    /// carry them too.
+    pub fn events(&self) -> broadcast::Receiver<TunnelEvent> {
+        self.builder.events()
+    }
+
     /// Starts the worker under the tree's tunnel supervisor.
     pub async fn start(self) -> Result<TunnelHandle, TreeError> {
+        // Subscribed before the start, so that the tree's events show the first session and assignment.
+        let events = self.builder.events();
         let handle = self.builder.start_under(&self.tree.inner.tunnels).await?;
         let tunnel_id = handle.tunnel_id().to_string();
-        let pump = pump_tunnel(tunnel_id.clone(), handle.events(), self.tree.inner.events.clone());
+        let pump = pump_tunnel(tunnel_id.clone(), events, self.tree.inner.events.clone());
         self.tree
             .inner
             .pumps

@@ -26,7 +26,7 @@ impl Actor for Job {
         myself: ActorRef<()>,
         (registry, key): Self::Arguments,
     ) -> Result<(), ActorProcessingErr> {
-        registry.register(key.clone(), myself.get_cell(), serde_json::json!({ "job": key }))?;
+        registry.register(key.clone(), &myself, serde_json::json!({ "job": key }))?;
         Ok(())
     }
 }

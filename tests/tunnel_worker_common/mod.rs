@@ -201,6 +201,8 @@ pub fn records(prefix: &str, n: usize) -> Vec<arbor_proto::tunnel::v1::AppendRec
 pub struct Inbox {
     /// Every delivery received, acknowledged or not: (channel, first sequence, next sequence).
     pub received: Mutex<Vec<(u32, u64, u64)>>,
+    /// The lease version of each delivery in `received`, in the same order.
+    pub versions: Mutex<Vec<arbor::tunnel::Version>>,
     /// The records acknowledged, in order.
     pub acked: Mutex<Vec<Seen>>,
     /// Deliveries starting at or after this sequence are kept without an answer (the acknowledgement is
@@ -312,11 +314,10 @@ impl arbor::ractor::Actor for ActorSubscriber {
     ) -> Result<(), arbor::ractor::ActorProcessingErr> {
         use std::sync::atomic::Ordering::SeqCst;
         let batch = &delivery.batch;
-        inbox.received.lock().unwrap().push((
-            batch.channel_id,
-            batch.first_sequence(),
-            batch.next_sequence(),
-        ));
+        let mut received = inbox.received.lock().unwrap();
+        received.push((batch.channel_id, batch.first_sequence(), batch.next_sequence()));
+        inbox.versions.lock().unwrap().push(batch.version);
+        drop(received);
         let hold = inbox
             .hold_from
             .lock()
@@ -340,7 +341,7 @@ pub async fn actor_subscriber(inbox: Arc<Inbox>) -> (arbor::ractor::ActorRef<Del
     let (actor, _) = arbor::ractor::Actor::spawn(None, ActorSubscriber, inbox)
         .await
         .expect("subscriber starts");
-    let subscriber = SubscriberRef::actor(actor.clone(), |d| d);
+    let subscriber = SubscriberRef::actor(&actor, |d| d);
     (actor, subscriber)
 }
 
@@ -466,7 +467,7 @@ impl arbor::tunnel::TunnelSource for ServiceTimeout {
 /// that supervisor and the channel actors).
 pub fn runner_of(worker: &TunnelHandle) -> Option<arbor::ractor::ActorCell> {
     worker
-        .cell()
+        .ractor_cell()
         .ok()?
         .get_children()
         .into_iter()

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::actor::ActivatorMsg;
 use super::backend::BackendError;
 use super::callbacks::Role;
+use crate::actor::ActorHandle;
 
 /// A snapshot of an activator (Stoker's `dump/1`); also its metadata in the registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +124,12 @@ impl ActivatorHandle {
         &self.name
     }
 
-    /// The activator's actor cell (to link, monitor, or kill it).
+    /// The activator's actor (to register, wait for, or kill it).
+    pub fn actor(&self) -> ActorHandle {
+        ActorHandle::from(&self.actor)
+    }
+
+    /// The activator's actor in ractor's form (to link or monitor it).
     pub fn cell(&self) -> ActorCell {
         self.actor.get_cell()
     }

@@ -79,7 +79,7 @@ impl LocalBackend {
     /// whose parent is the activator).
     pub fn leader(&self, name: &str) -> Option<ActivatorHandle> {
         let entry = self.registry.lookup(&leader_key(name))?;
-        ActivatorHandle::from_cell(name, entry.actor.try_get_supervisor()?)
+        ActivatorHandle::from_cell(name, entry.actor.cell.try_get_supervisor()?)
     }
 }
 
@@ -244,25 +244,25 @@ impl Shared {
         }
         for _ in 0..ACQUIRE_ATTEMPTS {
             if let Some(holder) = self.registry.lookup(&self.key) {
-                if holder.actor.get_id() == self.claim.get_id() {
+                if holder.actor.id() == self.claim.get_id() {
                     // Cannot happen through this type (`leader` would be set); refuse to report
                     // leadership twice rather than guess.
                     return false;
                 }
-                match holder.actor.get_status() {
+                match holder.actor.cell.get_status() {
                     // Dead for good: `register` below replaces the stale entry.
                     ActorStatus::Stopped => {}
                     // A claim stops only after its activator resigned or died. Its resignation (`Removed`)
                     // or its exit (monitor) calls us again.
                     _ => {
-                        self.follow(&mut st, &holder.actor);
+                        self.follow(&mut st, &holder.actor.cell);
                         // A monitor set on an actor that has already exited never fires: look again.
-                        if holder.actor.get_status() == ActorStatus::Stopped {
+                        if holder.actor.cell.get_status() == ActorStatus::Stopped {
                             continue;
                         }
                         // A leader that is stopping (running its `Shutdown` callback) still leads, but is on
                         // its way out: name no leader.
-                        let activator = holder.actor.try_get_supervisor();
+                        let activator = holder.actor.cell.try_get_supervisor();
                         let stepping_down = activator.is_none_or(|a| {
                             matches!(a.get_status(), ActorStatus::Stopping | ActorStatus::Stopped)
                         });
@@ -371,7 +371,7 @@ impl Shared {
             if self
                 .registry
                 .lookup(&self.key)
-                .is_some_and(|e| e.actor.get_id() == self.claim.get_id())
+                .is_some_and(|e| e.actor.id() == self.claim.get_id())
             {
                 self.registry.unregister(&self.key);
                 tracing::info!(key = %self.key, "resigned leadership");

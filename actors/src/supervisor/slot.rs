@@ -20,6 +20,7 @@ use ractor::{ActorCell, ActorRef, ActorStatus, Message, RpcReplyPort};
 
 use super::error::SupervisorError;
 use super::exit::ExitCell;
+use crate::actor::{ActorHandle, TypedActor};
 
 /// Where a child is, as far as its handles are concerned.
 enum SlotState {
@@ -144,8 +145,15 @@ impl ChildHandle {
         self.slot.shown_id()
     }
 
-    /// The running incarnation; [`ChildNotRunning`](SupervisorError::ChildNotRunning) while it is down,
-    /// [`ChildRemoved`](SupervisorError::ChildRemoved) once its supervisor forgot it.
+    /// The running incarnation (what [`Registry::register`](crate::registry::Registry::register) takes);
+    /// [`ChildNotRunning`](SupervisorError::ChildNotRunning) while it is down,
+    /// [`ChildRemoved`](SupervisorError::ChildRemoved) once its supervisor forgot it. Unlike this handle, the
+    /// [`ActorHandle`] does not follow a restart.
+    pub fn current(&self) -> Result<ActorHandle, SupervisorError> {
+        self.slot.current().map(ActorHandle::from)
+    }
+
+    /// The running incarnation in ractor's form; see [`current`](Self::current).
     pub fn cell(&self) -> Result<ActorCell, SupervisorError> {
         self.slot.current()
     }
@@ -244,7 +252,13 @@ impl<M> fmt::Debug for ChildRef<M> {
 }
 
 impl<M: Message> ChildRef<M> {
-    /// The current incarnation as a typed actor reference (valid until that incarnation exits).
+    /// The running incarnation as a typed handle (valid until that incarnation exits; this `ChildRef` follows
+    /// restarts, the [`TypedActor`] does not).
+    pub fn current(&self) -> Result<TypedActor<M>, SupervisorError> {
+        Ok(self.actor()?.into())
+    }
+
+    /// The running incarnation in ractor's form; see [`current`](Self::current).
     pub fn actor(&self) -> Result<ActorRef<M>, SupervisorError> {
         let cell = self.handle.cell()?;
         if cell.is_message_type_of::<M>() == Some(false) {

@@ -14,6 +14,7 @@ use super::options::TunnelOptions;
 use super::source::{GrpcSource, TunnelSource};
 use super::subscriber::{Subscriber, SubscriberActor, SubscriberConcurrency, SubscriberRef};
 use super::worker::{RunnerFactory, SourceFactory, SubscriberSpec, WorkerActor, WorkerArgs, WorkerMsg};
+use crate::actor::ActorHandle;
 use crate::connection::{ConnectionConfig, ConnectionHandle, ConnectionPool};
 use crate::registry::Registry;
 use crate::supervisor::{ChildSpec, DynamicSupervisorHandle, Restart, Shutdown};
@@ -50,12 +51,28 @@ pub(crate) struct WorkerShared {
     pub(crate) status: watch::Sender<WorkerStatus>,
     actor: Mutex<Option<ActorRef<WorkerMsg>>>,
     exit: Mutex<Option<TunnelExit>>,
+    /// Counts the incarnations that started: [`TunnelHandle::wait`] waits on it for the next one.
+    incarnations: watch::Sender<u64>,
+    /// The supervisor that starts the worker from its child spec, and so restarts it after a crash.
+    restarter: Mutex<Option<ActorCell>>,
 }
 
 impl WorkerShared {
     pub(crate) fn set_actor(&self, actor: Option<ActorRef<WorkerMsg>>) {
+        let started = actor.is_some();
         *self.actor.lock().unwrap_or_else(|p| p.into_inner()) = actor;
         *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if started {
+            self.incarnations.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn set_restarter(&self, supervisor: ActorCell) {
+        *self.restarter.lock().unwrap_or_else(|p| p.into_inner()) = Some(supervisor);
+    }
+
+    fn restarter(&self) -> Option<ActorCell> {
+        self.restarter.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The current (or last) incarnation; `None` before the first start.
@@ -90,6 +107,7 @@ impl TunnelWorker {
             source: None,
             subscriber: None,
             registry: None,
+            events: broadcast::channel(EVENT_BUFFER).0,
         }
     }
 }
@@ -101,6 +119,8 @@ pub struct TunnelWorkerBuilder {
     source: Option<SourceSpec>,
     subscriber: Option<SubscriberSpec>,
     registry: Option<Registry<TunnelEntry>>,
+    /// Created with the builder, so that events can be subscribed to before the worker starts.
+    events: broadcast::Sender<TunnelEvent>,
 }
 
 impl fmt::Debug for TunnelWorkerBuilder {
@@ -170,6 +190,14 @@ impl TunnelWorkerBuilder {
         self
     }
 
+    /// Every event of the worker and its channels, from its first start on: subscribe here, before `start`,
+    /// to see the first session and the first assignment ([`TunnelHandle::events`] sees only what comes
+    /// after it is called, and a start returns once the first session's [`TunnelEvent::Connected`] was
+    /// sent). The same stream as the handle's.
+    pub fn events(&self) -> broadcast::Receiver<TunnelEvent> {
+        self.events.subscribe()
+    }
+
     /// Everything a start needs, checked: options, source, subscriber.
     fn prepare(self) -> Result<Prepared, TunnelError> {
         self.options.validate()?;
@@ -208,7 +236,7 @@ impl TunnelWorkerBuilder {
             }),
         };
         let registry = self.registry.unwrap_or_else(default_registry);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let events = self.events;
         let (subscriber_tx, _) = watch::channel(None);
         let shared = Arc::new(WorkerShared {
             tunnel_id: options.tunnel_id.clone(),
@@ -219,6 +247,8 @@ impl TunnelWorkerBuilder {
             status: watch::channel(WorkerStatus::Connecting).0,
             actor: Mutex::new(None),
             exit: Mutex::new(None),
+            incarnations: watch::channel(0).0,
+            restarter: Mutex::new(None),
         });
         Ok(Prepared {
             options,
@@ -288,7 +318,10 @@ impl TunnelWorkerBuilder {
         let shutdown = prepared.options.shutdown_timeout();
         let spec = ChildSpec::new(id, move |supervisor| {
             let prepared = Arc::clone(&prepared);
-            async move { Ok(prepared.spawn(Some(supervisor)).await?.get_cell()) }
+            async move {
+                prepared.shared.set_restarter(supervisor.clone());
+                Ok(prepared.spawn(Some(supervisor)).await?.get_cell())
+            }
         })
         .restart(Restart::Transient)
         .shutdown(Shutdown::Timeout(shutdown));
@@ -373,8 +406,14 @@ impl TunnelHandle {
             })
     }
 
-    /// The worker's actor (current incarnation).
-    pub fn cell(&self) -> Result<ActorCell, TunnelError> {
+    /// The worker's running incarnation (to register it, watch its id, or kill it in a test); this handle
+    /// follows restarts, the [`ActorHandle`] does not. [`TunnelError::NotRunning`] while no incarnation runs.
+    pub fn current(&self) -> Result<ActorHandle, TunnelError> {
+        Ok(self.actor()?.into())
+    }
+
+    /// The worker's running incarnation in ractor's form; see [`current`](Self::current).
+    pub fn ractor_cell(&self) -> Result<ActorCell, TunnelError> {
         Ok(self.actor()?.get_cell())
     }
 
@@ -408,7 +447,8 @@ impl TunnelHandle {
         self.shared.status.subscribe()
     }
 
-    /// Every event of the worker and its channels from now on.
+    /// Every event of the worker and its channels from now on; for the events of the first session and
+    /// assignment, subscribe on the builder ([`TunnelWorkerBuilder::events`]).
     pub fn events(&self) -> broadcast::Receiver<TunnelEvent> {
         self.shared.events.subscribe()
     }
@@ -438,8 +478,42 @@ impl TunnelHandle {
         }
     }
 
-    /// Waits until the worker's current incarnation has exited, and says how it ended.
+    /// Waits until the worker is down for good, and says how it ended. A shutdown or a fatal error ends it
+    /// (its supervisor keeps a transient worker down after them). A kill or a crash ends it only when nothing
+    /// restarts it: a worker started without a child spec ([`TunnelWorkerBuilder::start`],
+    /// [`start_linked`](TunnelWorkerBuilder::start_linked)), or one whose supervisor has exited (it gave up
+    /// after too many restarts, or was stopped); otherwise `wait` follows the worker to its next incarnation,
+    /// as the handle does. [`wait_incarnation`](Self::wait_incarnation) ends with the current incarnation.
     pub async fn wait(&self) -> TunnelExit {
+        let mut incarnations = self.shared.incarnations.subscribe();
+        loop {
+            incarnations.borrow_and_update();
+            let exit = self.wait_incarnation().await;
+            if !matches!(exit, TunnelExit::Killed) {
+                return exit;
+            }
+            let Some(supervisor) = self.shared.restarter() else {
+                return exit;
+            };
+            tokio::select! {
+                started = incarnations.changed() => {
+                    if started.is_err() {
+                        return exit;
+                    }
+                }
+                _ = supervisor.wait(None) => {
+                    // It may have started the next incarnation before it exited.
+                    if !incarnations.has_changed().unwrap_or(false) {
+                        return exit;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the worker's current incarnation has exited, and says how it ended (under a supervisor, a
+    /// killed incarnation may be followed by another: [`wait`](Self::wait) waits for the end of them all).
+    pub async fn wait_incarnation(&self) -> TunnelExit {
         if let Some(actor) = self.shared.actor() {
             let _ = actor.get_cell().wait(None).await;
         }

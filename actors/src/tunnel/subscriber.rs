@@ -19,6 +19,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use super::source::Record;
+use super::Version;
+use crate::actor::{ActorHandle, TypedActor};
 use crate::supervisor::BoxError;
 
 /// A batch of consecutive records of one channel.
@@ -28,6 +30,13 @@ pub struct Batch {
     pub tunnel_id: Arc<str>,
     /// The channel.
     pub channel_id: u32,
+    /// The version of the channel's lease this batch was delivered under. Versions only grow, and every
+    /// hand-over of the channel (to another consumer, or back to this one) gives a newer one. So within a
+    /// channel, a batch that starts at or before records already seen is, with a newer version, the replay
+    /// of what was not checkpointed when the channel changed hands (at-least-once), not disorder. Under one
+    /// version the records go forward, except after a resync from the checkpoint (the worker and the service
+    /// disagreed on positions; logged as a warning).
+    pub version: Version,
     /// The records, in order (never empty).
     pub records: Vec<Record>,
 }
@@ -201,13 +210,15 @@ impl fmt::Debug for SubscriberRef {
 }
 
 impl SubscriberRef {
-    /// A ractor actor of yours that takes deliveries as messages built by `wrap` (often an enum variant:
-    /// `SubscriberRef::actor(my_actor, MyMsg::Records)`). Its reply through [`Delivery::ack`] is the
-    /// acknowledgement. The worker monitors it.
-    pub fn actor<M: Message>(actor: ActorRef<M>, wrap: fn(Delivery) -> M) -> Self {
-        let target = actor.clone();
+    /// An actor of yours that takes deliveries as messages built by `wrap` (often an enum variant:
+    /// `SubscriberRef::actor(&myself, MyMsg::Records)`). `actor` is a [`TypedActor`] (from a registry lookup, a
+    /// supervised child's [`current`](crate::supervisor::ChildRef::current) incarnation) or a ractor
+    /// `ActorRef`. Its reply through [`Delivery::ack`] is the acknowledgement. The worker monitors this
+    /// incarnation: when it exits, delivery pauses until a subscriber is attached again.
+    pub fn actor<M: Message>(actor: impl Into<TypedActor<M>>, wrap: fn(Delivery) -> M) -> Self {
+        let target = actor.into().ractor_ref();
         SubscriberRef {
-            cell: actor.get_cell(),
+            cell: target.get_cell(),
             deliver: Arc::new(move |delivery: Delivery| target.cast(wrap(delivery)).map_err(|_| ())),
             taking: Taking::InOrder(Arc::default()),
         }
@@ -223,7 +234,12 @@ impl SubscriberRef {
     }
 
     /// The subscriber's actor.
-    pub fn cell(&self) -> &ActorCell {
+    pub fn actor_handle(&self) -> ActorHandle {
+        ActorHandle::from(&self.cell)
+    }
+
+    /// The subscriber's actor in ractor's form.
+    pub(crate) fn cell(&self) -> &ActorCell {
         &self.cell
     }
 

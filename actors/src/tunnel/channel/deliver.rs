@@ -22,6 +22,7 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
     let batch = Arc::new(Batch {
         tunnel_id: Arc::clone(&ctx.lease.session.tunnel_id),
         channel_id: ctx.channel_id(),
+        version: ctx.lease.version,
         records: batch.records,
     });
     loop {
