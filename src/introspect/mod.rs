@@ -115,7 +115,7 @@ pub enum IntrospectionError {
     Reflection(#[source] tonic_reflection::server::Error),
     /// The HTTP/2 server failed.
     #[error("the introspection server failed")]
-    Transport(#[source] tonic::transport::Error),
+    Transport(#[source] crate::serving::ServingFailed),
     /// Another `metrics` recorder is installed in this process: the Prometheus exporter cannot install its own.
     #[error(
         "another metrics recorder is installed in this process; turn the Prometheus exporter off \

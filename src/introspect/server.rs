@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use arbor_actors::supervisor::ChildSpec;
 use arbor_proto::inspect::v1::inspect_service_server::InspectServiceServer;
-use futures::future::BoxFuture;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 
 use super::journal::Journal;
 use super::options::IntrospectionOptions;
 use super::prometheus::PrometheusServer;
 use super::service::InspectGrpc;
 use super::IntrospectionError;
-use crate::closable::{self, Closer};
-use crate::serving;
+use crate::serving::{self, BoundGrpc, BringUpError, GrpcServing};
 use crate::tree::TreeHandle;
 
 /// Where a running introspection server listens.
@@ -29,19 +29,29 @@ pub struct IntrospectionAddrs {
     pub prometheus: Option<SocketAddr>,
 }
 
+impl BringUpError for IntrospectionError {
+    fn bind(addr: SocketAddr, source: std::io::Error) -> Self {
+        IntrospectionError::Bind {
+            what: "introspection",
+            addr,
+            source,
+        }
+    }
+
+    fn reflection(source: tonic_reflection::server::Error) -> Self {
+        IntrospectionError::Reflection(source)
+    }
+}
+
 /// A running introspection server.
 #[derive(Debug)]
 pub struct RunningIntrospection {
     addrs: IntrospectionAddrs,
     closing: watch::Sender<bool>,
-    shutdown: Option<oneshot::Sender<()>>,
-    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: GrpcServing,
     prometheus: Option<PrometheusServer>,
     /// The journal's feeding task when this server owns its journal (started on its own).
     journal_task: Option<JoinHandle<()>>,
-    /// Ends the connections (watches) still open when the grace period is over.
-    closer: Arc<Closer>,
-    exit: Option<oneshot::Receiver<Result<(), String>>>,
 }
 
 impl RunningIntrospection {
@@ -62,32 +72,13 @@ impl RunningIntrospection {
     /// [`IntrospectionError::Transport`] if the server had failed.
     pub async fn stop(mut self, grace: Duration) -> Result<(), IntrospectionError> {
         let _ = self.closing.send(true);
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
         if let Some(prometheus) = self.prometheus.take() {
             prometheus.stop();
         }
         if let Some(task) = self.journal_task.take() {
             task.abort();
         }
-        match closable::stop_serving(&mut self.serve, &self.closer, grace).await {
-            Ok(result) => result.map_err(IntrospectionError::Transport),
-            Err(_) => Ok(()),
-        }
-    }
-}
-
-impl serving::Serving for RunningIntrospection {
-    fn exited(&mut self) -> Option<oneshot::Receiver<Result<(), String>>> {
-        self.exit.take()
-    }
-
-    fn stop(
-        self,
-        grace: Duration,
-    ) -> BoxFuture<'static, Result<(), Box<dyn std::error::Error + Send + Sync>>> {
-        Box::pin(async move { Ok(RunningIntrospection::stop(self, grace).await?) })
+        self.grpc.stop(grace).await.map_err(IntrospectionError::Transport)
     }
 }
 
@@ -134,17 +125,15 @@ impl IntrospectionServer {
             }
         })?;
         let tokens = options.accepted_tokens()?;
-        let bind = |source| IntrospectionError::Bind {
-            what: "introspection",
-            addr: options.listen,
-            source,
-        };
-        let listener = tokio::net::TcpListener::bind(options.listen)
-            .await
-            .map_err(bind)?;
-        let local_addr = listener.local_addr().map_err(bind)?;
-        let builder = serving::grpc_builder(options.tls.as_ref(), &options.connections)?;
-        serving::warn_if_exposed("introspection server", local_addr, options.tls.is_some());
+        let what = "introspection server";
+        let bound: BoundGrpc = BoundGrpc::bind::<IntrospectionError>(
+            what,
+            options.listen,
+            options.tls.as_ref(),
+            &options.connections,
+        )
+        .await?;
+        let local_addr = bound.local_addr();
         let prometheus = match &options.prometheus {
             Some(prometheus) => {
                 let tls = options.tls.as_ref().map(serving::http1_tls).transpose()?;
@@ -163,31 +152,9 @@ impl IntrospectionServer {
         };
 
         let (closing, closing_rx) = watch::channel(false);
-        let grpc = InspectGrpc::new(tree.clone(), journal, closing_rx);
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<InspectServiceServer<InspectGrpc>>().await;
-        let (reflection, reflection_alpha) = serving::reflection(&[arbor_proto::FILE_DESCRIPTOR_SET])
-            .map_err(IntrospectionError::Reflection)?;
-        let router = builder
-            .layer(tonic::service::InterceptorLayer::new(serving::interceptor(
-                tokens.clone(),
-            )))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_alpha)
-            .add_service(InspectServiceServer::new(grpc));
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let (incoming, closer) = closable::incoming(listener, &options.connections, "introspection server");
-        let (exit_tx, exit_rx) = oneshot::channel();
-        let serve = tokio::spawn(async move {
-            let result = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = shutdown_rx.await;
-                })
-                .await;
-            let _ = exit_tx.send(result.as_ref().map(|_| ()).map_err(|e| format!("{e}")));
-            result
-        });
+        let inspect = InspectServiceServer::new(InspectGrpc::new(tree.clone(), journal, closing_rx));
+        let name = InspectServiceServer::<InspectGrpc>::NAME;
+        let grpc = (bound.serve::<IntrospectionError>(name, Routes::new(inspect), tokens.clone())).await?;
         let addrs = IntrospectionAddrs {
             grpc: local_addr,
             prometheus: prometheus.as_ref().map(PrometheusServer::local_addr),
@@ -203,12 +170,9 @@ impl IntrospectionServer {
         Ok(RunningIntrospection {
             addrs,
             closing,
-            shutdown: Some(shutdown_tx),
-            serve,
+            grpc,
             prometheus,
             journal_task: None,
-            closer,
-            exit: Some(exit_rx),
         })
     }
 
@@ -244,15 +208,15 @@ struct Published {
 }
 
 impl serving::Serving for Published {
-    fn exited(&mut self) -> Option<oneshot::Receiver<Result<(), String>>> {
-        self.server.exited()
+    type StopError = IntrospectionError;
+
+    fn grpc(&mut self) -> &mut GrpcServing {
+        &mut self.server.grpc
     }
 
-    fn stop(
-        self,
-        grace: Duration,
-    ) -> BoxFuture<'static, Result<(), Box<dyn std::error::Error + Send + Sync>>> {
+    /// Unpublishes the addresses first: a tree asked for them while the server stops is told none.
+    async fn stop(self, grace: Duration) -> Result<(), IntrospectionError> {
         *self.addrs.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        serving::Serving::stop(self.server, grace)
+        self.server.stop(grace).await
     }
 }

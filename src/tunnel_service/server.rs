@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use arbor_actors::supervisor::ChildSpec;
 use arbor_proto::tunnel::v1::tunnel_service_server::TunnelServiceServer;
-use futures::future::BoxFuture;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 
-use crate::serving::{self, SecurityError};
+use crate::serving::{self, BoundGrpc, BringUpError, GrpcServing, SecurityError, ServingFailed};
 
 use super::config::Limits;
 use super::error::StoreError;
@@ -20,7 +20,6 @@ use super::grpc::TunnelGrpc;
 use super::request_cap::RequestCap;
 use super::status_kind::KindedStatus;
 use super::store::TunnelStore;
-use crate::closable::{self, Closer};
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -126,29 +125,33 @@ pub enum ServerError {
     Reflection(#[source] tonic_reflection::server::Error),
     /// The HTTP/2 server failed.
     #[error("the gRPC server failed")]
-    Transport(#[source] tonic::transport::Error),
+    Transport(#[source] ServingFailed),
     /// The store failed to flush at shutdown.
     #[error("the tunnel store failed")]
     Store(#[source] StoreError),
 }
 
+impl BringUpError for ServerError {
+    fn bind(addr: SocketAddr, source: std::io::Error) -> Self {
+        ServerError::Bind { addr, source }
+    }
+
+    fn reflection(source: tonic_reflection::server::Error) -> Self {
+        ServerError::Reflection(source)
+    }
+}
+
 /// A running tunnel server.
 #[derive(Debug)]
 pub struct RunningServer {
-    local_addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: GrpcServing,
     maintenance: JoinHandle<()>,
-    /// Ends the connections still open when the grace period is over.
-    closer: Arc<Closer>,
-    /// Resolves when the serve task ends, with its error if it failed.
-    exit: Option<oneshot::Receiver<Result<(), String>>>,
 }
 
 impl RunningServer {
     /// The address it listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.grpc.local_addr()
     }
 
     /// Stops accepting calls, lets calls in flight finish (up to `grace`), then closes the connections still
@@ -159,15 +162,9 @@ impl RunningServer {
     /// # Errors
     /// [`ServerError::Transport`] if the server had failed.
     pub async fn stop(mut self, grace: Duration) -> Result<(), ServerError> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
         self.maintenance.abort();
         let _ = (&mut self.maintenance).await;
-        match closable::stop_serving(&mut self.serve, &self.closer, grace).await {
-            Ok(served) => served.map_err(ServerError::Transport),
-            Err(_) => Ok(()),
-        }
+        self.grpc.stop(grace).await.map_err(ServerError::Transport)
     }
 }
 
@@ -196,50 +193,19 @@ impl TunnelServer {
                     reason: e.reason,
                 }
             })?;
-        let listener = tokio::net::TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: options.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: options.listen,
-            source,
-        })?;
-        let builder = serving::grpc_builder(options.tls.as_ref(), &options.connection_limits)?;
-        serving::warn_if_exposed("tunnel service", local_addr, options.tls.is_some());
-
-        let grpc = TunnelGrpc::new(Arc::clone(&store), options.limits);
-        let tunnel_service = TunnelServiceServer::new(grpc)
+        let (tls, connection_limits) = (options.tls.as_ref(), &options.connection_limits);
+        let bound =
+            BoundGrpc::bind::<ServerError>("tunnel service", options.listen, tls, connection_limits).await?;
+        let local_addr = bound.local_addr();
+        // The service itself, its request fields capped and the framework's own statuses given an error kind.
+        let tunnel_service = TunnelServiceServer::new(TunnelGrpc::new(Arc::clone(&store), options.limits))
             .max_decoding_message_size(options.limits.max_request_bytes())
             .max_encoding_message_size(options.limits.max_response_bytes());
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<TunnelServiceServer<TunnelGrpc>>().await;
-        let (reflection, reflection_alpha) =
-            serving::reflection(&[arbor_proto::FILE_DESCRIPTOR_SET]).map_err(ServerError::Reflection)?;
-        let router = builder
-            .layer(tonic::service::InterceptorLayer::new(serving::interceptor(
-                options.api_keys.clone(),
-            )))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_alpha)
-            .add_service(KindedStatus::new(RequestCap::new(
-                tunnel_service,
-                &options.limits,
-            )));
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let (incoming, closer) = closable::incoming(listener, &options.connection_limits, "tunnel service");
-        let (exit_tx, exit_rx) = oneshot::channel();
-        let serve = tokio::spawn(async move {
-            let result = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = shutdown_rx.await;
-                })
-                .await;
-            let _ = exit_tx.send(result.as_ref().map(|_| ()).map_err(|e| format!("{e}")));
-            result
-        });
+        let capped = KindedStatus::new(RequestCap::new(tunnel_service, &options.limits));
+        let keys = options.api_keys.clone();
+        let grpc = bound
+            .serve::<ServerError>(TunnelServiceServer::<TunnelGrpc>::NAME, Routes::new(capped), keys)
+            .await?;
         let maintenance = {
             let store = Arc::clone(&store);
             let interval = options.maintenance_interval;
@@ -261,14 +227,7 @@ impl TunnelServer {
             durable = store.is_durable(),
             "tunnel service listening"
         );
-        Ok(RunningServer {
-            local_addr,
-            shutdown: Some(shutdown_tx),
-            serve,
-            maintenance,
-            closer,
-            exit: Some(exit_rx),
-        })
+        Ok(RunningServer { grpc, maintenance })
     }
 
     /// A supervisor child that runs the server: started (bound and listening) when the child starts, stopped
@@ -294,14 +253,13 @@ impl TunnelServer {
 }
 
 impl serving::Serving for RunningServer {
-    fn exited(&mut self) -> Option<oneshot::Receiver<Result<(), String>>> {
-        self.exit.take()
+    type StopError = ServerError;
+
+    fn grpc(&mut self) -> &mut GrpcServing {
+        &mut self.grpc
     }
 
-    fn stop(
-        self,
-        grace: Duration,
-    ) -> BoxFuture<'static, Result<(), Box<dyn std::error::Error + Send + Sync>>> {
-        Box::pin(async move { Ok(RunningServer::stop(self, grace).await?) })
+    async fn stop(self, grace: Duration) -> Result<(), ServerError> {
+        RunningServer::stop(self, grace).await
     }
 }

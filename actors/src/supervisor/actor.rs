@@ -235,16 +235,20 @@ impl Actor for SupervisorActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Children handed over since are adopted before anything else, so that every request sees them.
+        state.adopt(&myself).await;
         match msg {
+            // The requests that start or stop children are boxed: held inline, their futures would make the
+            // future of every message (an `Adopt` per burst of dynamic starts) that much larger to move.
             SupervisorMsg::StartChild(spec, reply) => {
-                let result = state.add_child(spec, &myself.get_cell()).await;
+                let result = Box::pin(state.add_child(spec, &myself.get_cell())).await;
                 let _ = reply.send(result);
             }
             SupervisorMsg::TerminateChild(which, reply) => {
-                let _ = reply.send(state.terminate_child(which).await);
+                let _ = reply.send(Box::pin(state.terminate_child(which)).await);
             }
             SupervisorMsg::RestartChild(id, reply) => {
-                let _ = reply.send(state.restart_child(&id, &myself.get_cell()).await);
+                let _ = reply.send(Box::pin(state.restart_child(&id, &myself.get_cell())).await);
             }
             SupervisorMsg::DeleteChild(id, reply) => {
                 let _ = reply.send(state.delete_child(&id));
@@ -268,8 +272,11 @@ impl Actor for SupervisorActor {
                     exit: Arc::clone(&state.exit),
                 });
             }
-            SupervisorMsg::ContinueRestarts => state.continue_restarts(&myself).await,
-            SupervisorMsg::Adopt => state.adopt(&myself).await,
+            SupervisorMsg::ContinueRestarts => {
+                Box::pin(state.continue_restarts(&myself, std::time::Instant::now())).await
+            }
+            // Adopted above: the message only wakes the supervisor.
+            SupervisorMsg::Adopt => {}
         }
         Ok(())
     }
@@ -280,6 +287,8 @@ impl Actor for SupervisorActor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // A child handed over but not adopted yet may be the one whose exit this is: adopt it first.
+        state.adopt(&myself).await;
         match event {
             SupervisionEvent::ActorTerminated(cell, child_state, reason) => {
                 // A killed child supervisor's state comes back here; dropping it now records the children it

@@ -101,7 +101,10 @@ fn static_args(
 
 fn dynamic_args(options: DynamicSupervisorOptions, events: Option<EventSink>) -> SupervisorArgs {
     SupervisorArgs {
-        mode: Mode::Dynamic(Arc::new(DynamicShared::new(options.max_children))),
+        mode: Mode::Dynamic(Arc::new(DynamicShared::new(
+            options.max_children,
+            events.is_some(),
+        ))),
         strategy: Strategy::OneForOne,
         max_restarts: options.max_restarts,
         period: options.period,

@@ -176,7 +176,9 @@ impl fmt::Display for ShownId {
 #[derive(Default)]
 pub(crate) struct Children {
     dynamic: bool,
-    by_order: BTreeMap<u64, Child>,
+    /// Boxed: a B-tree fills its nodes by about half when keys only grow (a dynamic supervisor's), and a
+    /// node of boxes wastes pointers where a node of children would waste whole children.
+    by_order: BTreeMap<u64, Box<Child>>,
     by_id: FxMap<Arc<str>, u64>,
     by_actor: FxMap<ActorId, u64>,
     restarting: BTreeSet<u64>,
@@ -262,15 +264,15 @@ impl Children {
         if let ChildState::Running(cell) = &child.state {
             self.by_actor.insert(cell.get_id(), order);
         }
-        self.by_order.insert(order, child);
+        self.by_order.insert(order, Box::new(child));
     }
 
     pub(crate) fn get(&self, order: u64) -> Option<&Child> {
-        self.by_order.get(&order)
+        self.by_order.get(&order).map(|child| &**child)
     }
 
     pub(crate) fn get_mut(&mut self, order: u64) -> Option<&mut Child> {
-        self.by_order.get_mut(&order)
+        self.by_order.get_mut(&order).map(|child| &mut **child)
     }
 
     /// Moves a child to a new state, keeping the indexes true; returns the cell it was running as.
@@ -314,12 +316,12 @@ impl Children {
         if let ChildState::Running(cell) = &child.state {
             self.by_actor.remove(&cell.get_id());
         }
-        Some(child)
+        Some(*child)
     }
 
     /// Start order.
     pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &Child)> {
-        self.by_order.iter().map(|(order, child)| (*order, child))
+        self.by_order.iter().map(|(order, child)| (*order, &**child))
     }
 
     /// The first child waiting for a restart from start order `from` on, with when it is due.

@@ -7,10 +7,14 @@
 //!
 //! - `reserved` (children plus starts under way) enforces `max_children` before anything is spawned;
 //! - a start is *in flight* from its reservation until it is handed over or undone; a child is *pending*
-//!   from its hand-over until the supervisor has adopted it (an `Adopt` message takes every pending child at
-//!   once). While either exists, an exit from an actor the supervisor does not know yet may be such a child
-//!   (exit events overtake ordinary messages), so the supervisor holds that exit until the adoption instead
-//!   of ignoring it;
+//!   from its hand-over until the supervisor has adopted it. The supervisor adopts every pending child before
+//!   it handles any message or exit event, so every request (`terminate_child`, `which_children`, a snapshot,
+//!   a count) and every exit sees the children whose start returned. It is woken to adopt (an `Adopt` cast)
+//!   at the first pending child when it publishes events (its `Started` events follow the starts), and
+//!   otherwise once `ADOPT_BATCH` (64) children are pending: a burst of starts does not wake it once per start.
+//!   While a start is in flight or pending, an exit from an actor the supervisor does not know yet may be such
+//!   a child (exit events overtake ordinary messages), so the supervisor holds that exit until the adoption
+//!   instead of ignoring it;
 //! - `closed` is set, under the same lock, when the supervisor starts shutting down. From then on no start
 //!   is acknowledged: a start that spawned its child after that stops the child itself before it returns an
 //!   error. The supervisor's `post_stop` waits until no start is in flight, then stops the pending children
@@ -20,6 +24,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use ractor::{ActorCell, ActorRef, ActorStatus};
 use tokio::sync::Notify;
@@ -36,18 +41,27 @@ pub(crate) struct Pending {
     pub(crate) spec: ChildSpec,
     pub(crate) cell: ActorCell,
     pub(crate) slot: Arc<ChildSlot>,
+    /// When its start completed (its uptime counts from here, not from its adoption).
+    pub(crate) started_at: Instant,
 }
+
+/// How many children may wait for adoption before a supervisor nobody listens to is told to adopt them: one
+/// wake-up of the supervisor per this many starts in a burst, and a bound on the records waiting.
+const ADOPT_BATCH: usize = 64;
 
 #[derive(Default)]
 struct Handover {
     closed: bool,
     in_flight: usize,
-    /// Adopted in batches: the first `Adopt` message takes them all, later ones find nothing.
+    /// Adopted in batches: the supervisor takes them all before its next message or exit event.
     pending: Vec<Pending>,
 }
 
 pub(crate) struct DynamicShared {
     pub(crate) max_children: Option<usize>,
+    /// Whether the supervisor publishes events: then it is told of every start at once, so that its `Started`
+    /// events follow the starts; otherwise it adopts at its next message or exit event (see the module docs).
+    announce: bool,
     reserved: AtomicUsize,
     next_order: AtomicU64,
     handover: Mutex<Handover>,
@@ -65,9 +79,10 @@ impl std::fmt::Debug for DynamicShared {
 }
 
 impl DynamicShared {
-    pub(crate) fn new(max_children: Option<usize>) -> Self {
+    pub(crate) fn new(max_children: Option<usize>, announce: bool) -> Self {
         DynamicShared {
             max_children,
+            announce,
             reserved: AtomicUsize::new(0),
             next_order: AtomicU64::new(0),
             handover: Mutex::new(Handover::default()),
@@ -117,14 +132,21 @@ impl DynamicShared {
     }
 
     /// Hands a started child over; `Err` gives the pending record back when the supervisor is closing.
-    fn hand_over(&self, pending: Pending) -> Result<(), Pending> {
+    /// `Ok(true)` when the supervisor must be told now: an `Adopt` already on its way takes every child handed
+    /// over before the supervisor reads it, so a burst of starts sends one message, not one each.
+    fn hand_over(&self, pending: Pending) -> Result<bool, Pending> {
         let mut handover = self.lock();
         if handover.closed {
             return Err(pending);
         }
         handover.in_flight -= 1;
+        let waiting = handover.pending.len();
         handover.pending.push(pending);
-        Ok(())
+        Ok(if self.announce {
+            waiting == 0
+        } else {
+            waiting + 1 == ADOPT_BATCH
+        })
     }
 
     /// The supervisor takes every handed-over child at once.
@@ -228,11 +250,12 @@ pub(crate) async fn start_child(
         spec,
         cell: cell.clone(),
         slot,
+        started_at: Instant::now(),
     };
     match shared.hand_over(pending) {
-        Ok(()) => {
+        Ok(tell) => {
             guard.armed = false;
-            if supervisor.cast(SupervisorMsg::Adopt).is_err() {
+            if tell && supervisor.cast(SupervisorMsg::Adopt).is_err() {
                 // Killed (a graceful stop would have closed the hand-over first): ractor kills what was linked
                 // to it, this child included.
                 cell.kill();
@@ -245,7 +268,7 @@ pub(crate) async fn start_child(
         Err(pending) => {
             // Closing: the supervisor's post_stop waits for this start, so stopping the child here keeps
             // "nothing alive after shutdown" true.
-            terminate_cell(&pending.cell, pending.spec.shutdown).await;
+            Box::pin(terminate_cell(&pending.cell, pending.spec.shutdown)).await;
             pending.slot.set_removed();
             drop(guard); // abandon: releases the reservation, ends the in-flight start
             Err(SupervisorError::ShuttingDown)

@@ -77,7 +77,8 @@ pub(crate) async fn start_one(
                     incarnation: slot.latest_incarnation(),
                 });
             }
-            terminate_cell(&cell, spec.shutdown).await;
+            // Boxed: a rare path that would otherwise make every start's future larger.
+            Box::pin(terminate_cell(&cell, spec.shutdown)).await;
             if let Some(stopping) = stopping {
                 stopping.retain(|o| o.cell.as_ref().is_none_or(|c| c.get_id() != cell.get_id()));
             }

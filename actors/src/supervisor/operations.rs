@@ -170,7 +170,9 @@ impl SupervisorState {
         let mut early = Vec::new();
         for p in adopted {
             let actor = p.cell.get_id();
-            self.children.push_at(p.order, Child::new(p.spec, p.cell, p.slot));
+            let mut child = Child::new(p.spec, p.cell, p.slot);
+            child.started_at = Some(p.started_at);
+            self.children.push_at(p.order, child);
             debug!(child = %self.children.id_of(p.order), %actor, "child started");
             self.publish(|supervisor| SupervisorEvent::Started {
                 supervisor,
@@ -185,7 +187,7 @@ impl SupervisorState {
             self.early_exits.clear();
         }
         for (actor, exit) in early {
-            self.on_child_exit(myself, actor, exit).await;
+            Box::pin(self.on_child_exit(myself, actor, exit)).await;
         }
     }
 

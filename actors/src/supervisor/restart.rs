@@ -50,7 +50,10 @@ impl SupervisorState {
         let id = self.children.id_of(order);
         let child = self.children.get_mut(order).expect("indexed child exists");
         let (restart, significant) = (child.spec.restart, child.spec.significant);
-        let uptime = child.started_at.map(|at| at.elapsed());
+        let started_at = child.started_at;
+        // One clock reading for the whole exit (intensity, backoff, when the restart is due): each costs on
+        // the restart path.
+        let now = Instant::now();
         let cause = record.and_then(|record| record.exit());
         let mut restart_it = self.exiting.is_none()
             && match restart {
@@ -59,7 +62,7 @@ impl SupervisorState {
                 Restart::Temporary => false,
             };
         // Counted before the exit is told, so that the event says whether it really is restarted.
-        if restart_it && !self.record_restart(myself, order) {
+        if restart_it && !self.record_restart(myself, order, now) {
             restart_it = false;
         }
         match &exit {
@@ -107,18 +110,20 @@ impl SupervisorState {
         }
 
         // Siblings the strategy restarts too are stopped in reverse start order first, and each is waited
-        // for: restarting before they have exited would race them for names and resources.
+        // for: restarting before they have exited would race them for names and resources. (Boxed, like every
+        // stop on this path: a future holding the stops inline would make every exit event's future, which
+        // ractor moves, that much larger.)
         match self.strategy {
             Strategy::OneForOne => {}
-            Strategy::OneForAll => self.stop_group(0).await,
-            Strategy::RestForOne => self.stop_group(order + 1).await,
+            Strategy::OneForAll => Box::pin(self.stop_group(0)).await,
+            Strategy::RestForOne => Box::pin(self.stop_group(order + 1)).await,
         }
 
         let child = self.children.get_mut(order).expect("indexed child exists");
         child.restart_count += 1;
         let due = match child.spec.backoff.as_deref() {
             Some(backoff) => {
-                if uptime.is_some_and(|up| up >= backoff.reset_after) {
+                if started_at.is_some_and(|at| now.saturating_duration_since(at) >= backoff.reset_after) {
                     child.backoff_step = 0;
                 }
                 let delay = backoff.delay(child.backoff_step);
@@ -126,11 +131,11 @@ impl SupervisorState {
                 info!(child = %id, delay = %humantime::format_duration(delay), "restart delayed by backoff");
                 instant_after(delay)
             }
-            None => Instant::now(),
+            None => now,
         };
         self.children.set_state(order, ChildState::Restarting { due });
         if self.strategy == Strategy::OneForOne {
-            self.continue_restarts(myself).await;
+            self.continue_restarts(myself, now).await;
         } else {
             // Through the mailbox: the exit events of the siblings just stopped come first (they outrank
             // ordinary messages), so a sibling supervisor killed meanwhile has its state dropped, and its
@@ -141,8 +146,12 @@ impl SupervisorState {
 
     /// Counts a restart of the child `order`, against its own intensity or the supervisor's (see
     /// [`IntensityScope`]); `false` (and the supervisor is on its way out) when it is one too many.
-    pub(super) fn record_restart(&mut self, myself: &ActorRef<SupervisorMsg>, order: u64) -> bool {
-        let now = Instant::now();
+    pub(super) fn record_restart(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        order: u64,
+        now: Instant,
+    ) -> bool {
         let intensity = match (self.intensity_scope, self.children.get_mut(order)) {
             (IntensityScope::PerChild, Some(child)) => child.intensity.get_or_insert_with(|| {
                 Box::new(RestartIntensity::new(
@@ -216,11 +225,11 @@ impl SupervisorState {
     /// child that is not due yet holds back those after it (they depend on it). A start that fails counts
     /// as a restart and is retried through the mailbox; under one_for_all the members restarted before it are
     /// stopped again so the whole group restarts together (OTP's `restart_multiple_children`).
-    pub(super) async fn continue_restarts(&mut self, myself: &ActorRef<SupervisorMsg>) {
+    /// `now`: the time to compare the restarts' due times with (taken by the caller, who has it already).
+    pub(super) async fn continue_restarts(&mut self, myself: &ActorRef<SupervisorMsg>, now: Instant) {
         if self.exiting.is_some() {
             return;
         }
-        let now = Instant::now();
         let ordered = !matches!(self.strategy, Strategy::OneForOne);
         let mut next_due: Option<Instant> = None;
         let mut from = 0;
@@ -268,14 +277,14 @@ impl SupervisorState {
                     if let Some(c) = self.children.get_mut(order) {
                         c.last_exit = Some(format!("restart failed: {err}").into());
                     }
-                    if !self.record_restart(myself, order) {
+                    if !self.record_restart(myself, order, Instant::now()) {
                         return;
                     }
                     if let Some(c) = self.children.get_mut(order) {
                         c.restart_count += 1;
                     }
                     if self.strategy == Strategy::OneForAll {
-                        self.stop_group(0).await;
+                        Box::pin(self.stop_group(0)).await;
                     }
                     // Through the mailbox, so calls queued meanwhile are answered between attempts.
                     let _ = myself.cast(SupervisorMsg::ContinueRestarts);

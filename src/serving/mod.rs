@@ -13,6 +13,14 @@ use tonic::codegen::http;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
+mod grpc;
+mod supervised;
+
+pub use grpc::ServingFailed;
+pub(crate) use grpc::{BoundGrpc, BringUpError, GrpcServing};
+pub use supervised::ServerExited;
+pub(crate) use supervised::{serve_child_spec, Serving, StartServer};
+
 /// Certificate chain and private key, PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "tree", derive(serde::Deserialize), serde(deny_unknown_fields))]
@@ -273,21 +281,6 @@ impl ApiKeys {
     }
 }
 
-/// An interceptor for [`Server::layer`](tonic::transport::Server::layer): every call needs one of `keys` when
-/// set, and carries the roles it was granted in its extensions ([`Granted::ALL`] when no key is required).
-#[allow(clippy::result_large_err)]
-pub(crate) fn interceptor(
-    keys: Option<ApiKeys>,
-) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
-    move |mut request: Request<()>| match &keys {
-        Some(keys) => keys.check(request),
-        None => {
-            request.extensions_mut().insert(Granted::ALL);
-            Ok(request)
-        }
-    }
-}
-
 fn read_pem(path: &Path) -> Result<Vec<u8>, SecurityError> {
     std::fs::read(path).map_err(|e| SecurityError::Tls {
         path: path.display().to_string(),
@@ -328,30 +321,9 @@ fn is_ca(der: &[u8]) -> bool {
 ///
 /// # Errors
 /// [`SecurityError::Tls`] naming the file that cannot be read; [`SecurityError::CaAsLeaf`].
-pub(crate) fn grpc_tls(tls: &TlsFiles) -> Result<ServerTlsConfig, SecurityError> {
+fn grpc_tls(tls: &TlsFiles) -> Result<ServerTlsConfig, SecurityError> {
     let identity = Identity::from_pem(read_leaf_pem(&tls.cert)?, read_pem(&tls.key)?);
     Ok(ServerTlsConfig::new().identity(identity))
-}
-
-/// A tonic server builder with `limits`, serving TLS with `tls` when given (its handshake bounded by
-/// `limits.handshake_timeout`).
-///
-/// # Errors
-/// [`SecurityError::Tls`] naming the files when they cannot be read or tonic refuses them.
-pub(crate) fn grpc_builder(
-    tls: Option<&TlsFiles>,
-    limits: &crate::connection_limits::ConnectionLimits,
-) -> Result<tonic::transport::Server, SecurityError> {
-    let builder = limits.grpc_builder();
-    let Some(tls) = tls else {
-        return Ok(builder);
-    };
-    builder
-        .tls_config(grpc_tls(tls)?.timeout(limits.handshake_timeout))
-        .map_err(|e| SecurityError::Tls {
-            path: format!("{} / {}", tls.cert.display(), tls.key.display()),
-            source: Box::new(e),
-        })
 }
 
 /// A rustls server configuration for a plain HTTP/1.1 listener (ALPN `http/1.1`), from the PEM files.
@@ -386,123 +358,10 @@ pub(crate) fn http1_tls(tls: &TlsFiles) -> Result<rustls::ServerConfig, Security
     Ok(config)
 }
 
-/// The gRPC reflection services (v1 and v1alpha, as clients ask for either) over `descriptor_sets` and the
-/// health service's.
-pub(crate) fn reflection(
-    descriptor_sets: &[&'static [u8]],
-) -> Result<
-    (
-        tonic_reflection::server::v1::ServerReflectionServer<
-            impl tonic_reflection::server::v1::ServerReflection,
-        >,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<
-            impl tonic_reflection::server::v1alpha::ServerReflection,
-        >,
-    ),
-    tonic_reflection::server::Error,
-> {
-    let builder = || {
-        descriptor_sets.iter().fold(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-            |b, set| b.register_encoded_file_descriptor_set(set),
-        )
-    };
-    Ok((builder().build_v1()?, builder().build_v1alpha()?))
-}
-
 /// Logs a warning when `addr` is beyond loopback and nothing encrypts the traffic.
 pub(crate) fn warn_if_exposed(what: &str, addr: SocketAddr, tls: bool) {
     if !tls && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "{what} listening beyond loopback without TLS");
-    }
-}
-
-/// A server that runs until stopped, as [`serve_child_spec`] runs it under a supervisor.
-pub(crate) trait Serving: Send + Sync + 'static {
-    /// Resolves once when the server ends on its own (with why it failed, if it did).
-    fn exited(&mut self) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>>;
-    /// Stops it gracefully within `grace`.
-    fn stop(self, grace: std::time::Duration) -> futures::future::BoxFuture<'static, Result<(), BoxError>>;
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// How a supervised server starts (at each incarnation).
-pub(crate) type StartServer<S> =
-    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<S, BoxError>> + Send + Sync>;
-
-/// A supervisor child running a server: started (bound and listening) when the child starts, stopped gracefully
-/// when it stops, and failing — for its supervisor to restart it — when the server ends on its own.
-pub(crate) fn serve_child_spec<S: Serving>(
-    id: impl Into<String>,
-    what: &'static str,
-    start: StartServer<S>,
-) -> arbor_actors::supervisor::ChildSpec {
-    use arbor_actors::supervisor::{ChildSpec, Shutdown};
-    ChildSpec::new(id, move |sup| {
-        let start = Arc::clone(&start);
-        async move {
-            let (actor, _) = ractor::Actor::spawn_linked(
-                None,
-                ServeActor::<S>(std::marker::PhantomData),
-                (what, start),
-                sup,
-            )
-            .await?;
-            Ok(actor.get_cell())
-        }
-    })
-    .shutdown(Shutdown::Timeout(std::time::Duration::from_secs(10)))
-}
-
-/// Runs a [`Serving`] as an actor, so a supervisor starts, stops and restarts it in tree order.
-struct ServeActor<S>(std::marker::PhantomData<fn() -> S>);
-
-impl<S: Serving> ractor::Actor for ServeActor<S> {
-    /// The server ended on its own: a failure the supervisor should see.
-    type Msg = String;
-    type State = (&'static str, Option<S>);
-    type Arguments = (&'static str, StartServer<S>);
-
-    async fn pre_start(
-        &self,
-        myself: ractor::ActorRef<String>,
-        (what, start): Self::Arguments,
-    ) -> Result<Self::State, ractor::ActorProcessingErr> {
-        let mut server = start().await?;
-        if let Some(exited) = server.exited() {
-            tokio::spawn(async move {
-                if let Ok(result) = exited.await {
-                    // After a stop this reaches an actor that is gone, which is fine.
-                    let reason = result
-                        .err()
-                        .unwrap_or_else(|| "the server stopped on its own".into());
-                    let _ = myself.send_message(reason);
-                }
-            });
-        }
-        Ok((what, Some(server)))
-    }
-
-    async fn handle(
-        &self,
-        _myself: ractor::ActorRef<String>,
-        reason: String,
-        state: &mut Self::State,
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        Err(format!("{} exited: {reason}", state.0).into())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ractor::ActorRef<String>,
-        state: &mut Self::State,
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        if let Some(server) = state.1.take() {
-            server.stop(std::time::Duration::from_secs(5)).await?;
-        }
-        Ok(())
     }
 }
 
