@@ -15,9 +15,8 @@ use super::{grpc_tls, warn_if_exposed, ApiKeys, Granted, SecurityError, TlsFiles
 use crate::closable::{self, Closer};
 use crate::connection_limits::ConnectionLimits;
 
-/// Why a gRPC server stopped serving on its own: tonic's transport error, kept whole (its `source()` chain is
-/// the transport error's) and shared, since both whoever watches the server's exit and its
-/// [`stop`](GrpcServing::stop) get it.
+/// Why a gRPC server failed: tonic's transport error, kept whole (its `source()` chain is the transport
+/// error's) and shared between whoever watches the server's exit and whoever stops it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(transparent)]
 pub struct ServingFailed(Arc<tonic::transport::Error>);
