@@ -5,9 +5,11 @@
 //! `cargo bench --features kafka --bench tunnel_kafka` prints medians over `RUNS` runs (sides alternate):
 //! - **Read through arbor vs rdkafka**: `PARTITIONS` partitions of `RECORDS_PER_PARTITION` pre-produced
 //!   200-byte records, drained from offset 0 by
-//!   - rdkafka's `StreamConsumer` in a fresh group (auto commit off), a loop that only counts: the baseline;
+//!   - rdkafka's `StreamConsumer` in a fresh group (auto commit off), a loop that only counts: the baseline,
+//!     once with a synchronous commit after every 1,000 records and once without commits;
 //!   - a `TunnelWorker` over `KafkaSource` in a fresh group, its subscriber only counting and acknowledging,
-//!     with a commit after every batch (the default checkpoint policy) and with one every second.
+//!     with a commit after every batch of 1,000 (the default checkpoint policy; against the committing
+//!     consumer) and with one every second (against the consumer that never commits).
 //!
 //!   Both sides are timed from the consumer's creation to the last record, so both include joining the group
 //!   (the broker runs with `group.initial.rebalance.delay.ms=0`).
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 use arbor::connection::{ConnectionConfig, ConnectionHandle};
 use arbor::registry::Registry;
 use arbor::supervisor::BoxError;
-use arbor::tunnel::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use arbor::tunnel::kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use arbor::tunnel::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use arbor::tunnel::kafka::KafkaSource;
 use arbor::tunnel::{Batch, CheckpointPolicy, Subscriber, TunnelHandle, TunnelOptions, TunnelWorker};
@@ -115,7 +117,9 @@ async fn kafka_append(producer: &FutureProducer, topic: &str) -> f64 {
         }
         Ok::<_, arbor::tunnel::kafka::rdkafka::error::KafkaError>(())
     });
-    try_join_all(partitions).await.expect("the broker took every record");
+    try_join_all(partitions)
+        .await
+        .expect("the broker took every record");
     TOTAL as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -131,12 +135,15 @@ async fn service_append(server: &str, tunnel: &TunnelAddress) -> f64 {
         }
         Ok::<_, arbor::tunnel_service::client::TunnelClientError>(())
     });
-    try_join_all(channels).await.expect("the service took every record");
+    try_join_all(channels)
+        .await
+        .expect("the service took every record");
     TOTAL as f64 / started.elapsed().as_secs_f64()
 }
 
-/// rdkafka's `StreamConsumer` drains `topic` in group `group`. Returns records/s.
-async fn stream_consumer_rate(broker: &Broker, topic: &str, group: &str) -> f64 {
+/// rdkafka's `StreamConsumer` drains `topic` in group `group`, committing synchronously after every `BATCH`
+/// records when `commit` (as the worker does after every batch by default). Returns records/s.
+async fn stream_consumer_rate(broker: &Broker, topic: &str, group: &str, commit: bool) -> f64 {
     let started = Instant::now();
     let consumer: StreamConsumer = broker
         .config()
@@ -151,6 +158,9 @@ async fn stream_consumer_rate(broker: &Broker, topic: &str, group: &str) -> f64 
         while seen < TOTAL {
             consumer.recv().await.expect("a message");
             seen += 1;
+            if commit && seen % BATCH == 0 {
+                consumer.commit_consumer_state(CommitMode::Sync).expect("commit");
+            }
         }
     })
     .await
@@ -184,7 +194,10 @@ async fn worker_rate(
         .await
         .expect("the worker acknowledged every record");
     let rate = TOTAL as f64 / started.elapsed().as_secs_f64();
-    worker.shutdown(Duration::from_secs(60)).await.expect("the worker stops");
+    worker
+        .shutdown(Duration::from_secs(60))
+        .await
+        .expect("the worker stops");
     rate
 }
 
@@ -227,8 +240,8 @@ async fn main() {
         .await
         .expect("connection");
 
-    let mut rates: [Vec<f64>; 6] = Default::default();
-    let [kafka_append_rates, service_append_rates, consumer, on_kafka, on_kafka_every_second, on_service] =
+    let mut rates: [Vec<f64>; 7] = Default::default();
+    let [kafka_append_rates, service_append_rates, consumer, consumer_no_commit, on_kafka, on_kafka_every_second, on_service] =
         &mut rates;
     for run in 0..RUNS {
         // A topic and a tunnel of their own each run, filled with the same records.
@@ -247,7 +260,7 @@ async fn main() {
             kafka_append_rates.push(kafka_append(&producer, &topic).await);
         }
 
-        let baseline = stream_consumer_rate(&broker, &topic, "plain");
+        let baseline = stream_consumer_rate(&broker, &topic, "plain-committing", true);
         let worker = worker_rate(
             worker_options(&topic, CheckpointPolicy::EveryBatch),
             Some((&broker, "arbor")),
@@ -260,6 +273,7 @@ async fn main() {
             on_kafka.push(worker.await);
             consumer.push(baseline.await);
         }
+        consumer_no_commit.push(stream_consumer_rate(&broker, &topic, "plain", false).await);
         on_kafka_every_second.push(
             worker_rate(
                 worker_options(&topic, every_second),
@@ -277,15 +291,26 @@ async fn main() {
             .await,
         );
     }
-    let [kafka_appended, service_appended, consumer, on_kafka, on_kafka_every_second, on_service] =
+    let [kafka_appended, service_appended, consumer, consumer_no_commit, on_kafka, on_kafka_every_second, on_service] =
         rates.map(median);
-    println!("\n{TOTAL} records of {RECORD_BYTES} bytes in {PARTITIONS} partitions, medians of {RUNS} runs\n");
-    println!("{:<34} {:>16} {:>14}   {:>22} {:>14}   ratio", "", "baseline", "", "arbor", "");
-    row("read, commit every batch", "StreamConsumer", consumer, "worker on Kafka", on_kafka);
+    println!(
+        "\n{TOTAL} records of {RECORD_BYTES} bytes in {PARTITIONS} partitions, medians of {RUNS} runs\n"
+    );
+    println!(
+        "{:<34} {:>16} {:>14}   {:>22} {:>14}   ratio",
+        "", "baseline", "", "arbor", ""
+    );
     row(
-        "read, commit every second",
+        "read, commit every 1,000 records",
         "StreamConsumer",
         consumer,
+        "worker on Kafka",
+        on_kafka,
+    );
+    row(
+        "read, commit every second / never",
+        "StreamConsumer",
+        consumer_no_commit,
         "worker on Kafka",
         on_kafka_every_second,
     );
