@@ -334,8 +334,7 @@ impl KafkaOptions {
     }
 
     /// The consumer's configuration: the fields, the pass-through properties, and what the mapping needs
-    /// (no auto commit or offset store, cooperative-sticky, the session timeout, offsets reset refused so that
-    /// retention is never skipped silently).
+    /// (no auto commit or offset store, cooperative-sticky, the session timeout).
     pub(crate) fn client_config(&self, client_id: &str, session_timeout: Duration) -> ClientConfig {
         let mut config = ClientConfig::new();
         for (name, value) in &self.properties {
@@ -348,7 +347,9 @@ impl KafkaOptions {
             .set("client.id", client_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "error")
+            // A reset is detected by the reads (a jump below the log's start) and handed to the worker's
+            // out-of-range policy; `error` would stop the partition's fetcher for good (a seek is refused).
+            .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", session_ms.to_string())
@@ -411,7 +412,7 @@ mod tests {
         );
         assert_eq!(config.get("session.timeout.ms"), Some("10000"));
         assert_eq!(config.get("heartbeat.interval.ms"), Some("1000"));
-        assert_eq!(config.get("auto.offset.reset"), Some("error"));
+        assert_eq!(config.get("auto.offset.reset"), Some("earliest"));
         assert_eq!(config.get("fetch.max.bytes"), Some("1048576"));
         assert_eq!(config.get("security.protocol"), Some("plaintext"));
     }

@@ -159,8 +159,7 @@ impl ConsumerContext for Rebalancer {
 
 impl Rebalancer {
     /// An assignment: each partition starts at the group's committed offset, or at the log's start when the
-    /// group has none (explicitly: `auto.offset.reset` is `error`, so that retention is never skipped
-    /// silently); its records go to a queue of its own, split before it is assigned.
+    /// group has none (explicitly, not by a reset); its records go to a queue of its own, split before it is assigned.
     fn assign(&self, base: &KafkaConsumer, tpl: &mut TopicPartitionList) {
         let topic = self.assignment.topic.clone();
         let committed = base.committed_offsets(tpl.clone(), Duration::from_secs(10));
@@ -321,6 +320,17 @@ impl KafkaSource {
         &self.options
     }
 
+    /// The partition's log start and end.
+    async fn watermarks(&self, member: &Arc<Member>, partition: i32) -> Result<(i64, i64), TunnelError> {
+        let (m, timeout) = (Arc::clone(member), self.call_timeout);
+        blocking("Read", move || {
+            m.consumer
+                .fetch_watermarks(&m.assignment.topic, partition, timeout)
+                .map_err(|e| failed("Read", e))
+        })
+        .await
+    }
+
     fn member(&self, call: &'static str, session: &Session) -> Result<Arc<Member>, TunnelError> {
         lock(&self.members)
             .get(&session.client_id)
@@ -444,6 +454,46 @@ fn poll(consumer: &KafkaConsumer, stop: &AtomicBool, assignment: &Assignment) {
     }
 }
 
+/// Applies the worker's CLOSE reports; true if a revoked partition was released.
+fn take_reports(state: &mut AssignState, reports: &[ReportedChannel]) -> bool {
+    let mut released = false;
+    for report in reports {
+        if !matches!(report.status, ChannelStatus::Close | ChannelStatus::Terminated) {
+            continue;
+        }
+        let Ok(partition) = i32::try_from(report.channel_id) else {
+            continue;
+        };
+        let next = state.epoch + 1;
+        let Some(p) = state.partitions.get_mut(&partition) else {
+            continue;
+        };
+        if report.version.get() <= p.version || p.released {
+            continue; // of an earlier lease, or taken already
+        }
+        if p.status == ChannelStatus::Closing {
+            p.released = true;
+            released = true;
+            continue;
+        }
+        // The channel gave up or crashed while the partition is still ours: Kafka has no "give back", so it
+        // starts again here, at the last commit, under a new lease (the old one is fenced).
+        info!(
+            partition,
+            "channel closed while assigned: restarting it at the last commit"
+        );
+        p.version = next;
+        p.valid_from = next;
+        if let Some(reader) = &p.reader {
+            if let Ok(mut position) = reader.position.try_lock() {
+                *position = None;
+            }
+        }
+        state.epoch = next;
+    }
+    released
+}
+
 /// Blocking work off the runtime's threads.
 async fn blocking<T: Send + 'static>(
     call: &'static str,
@@ -463,6 +513,18 @@ fn lost(call: &'static str, why: String) -> TunnelError {
 }
 
 impl Member {
+    /// Moves the partition's fetcher to `offset` (records fetched before are dropped by librdkafka).
+    fn seek(&self, partition: i32, offset: i64) -> Result<(), TunnelError> {
+        self.consumer
+            .seek(
+                &self.assignment.topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::ZERO,
+            )
+            .map_err(|e| own("Read", ErrorKind::Retryable, format!("seek to {offset}: {e}")))
+    }
+
     /// Commits `offsets` (partition, offset), synchronously, fenced by the group's generation.
     fn commit(&self, offsets: &[(i32, i64)]) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::new();
@@ -473,6 +535,73 @@ impl Member {
             Err(err) if code_of(&err) == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
             other => other,
         }
+    }
+
+    /// The worker's heartbeat (blocking): takes its CLOSE reports (a drained partition releases its revoke; a
+    /// channel that ended while its partition is still assigned is started again under a new lease), proves
+    /// the membership, and answers the partitions owned.
+    fn heartbeat(&self, reports: &[ReportedChannel]) -> Result<Vec<ServerChannel>, TunnelError> {
+        const CALL: &str = "Heartbeat";
+        let assignment = &self.assignment;
+        // Before any lease changes: no commit of an older lease is in flight, none is accepted after.
+        let _commits = lock(&assignment.commits);
+        let proof = {
+            let mut state = lock(&assignment.state);
+            if let Some(why) = &state.fenced {
+                return Err(lost(CALL, why.clone()));
+            }
+            let released = take_reports(&mut state, reports);
+            if released {
+                assignment.released.notify_all();
+            }
+            state
+                .partitions
+                .iter()
+                .filter(|(_, p)| !p.released)
+                .filter_map(|(&id, p)| p.committed.map(|c| (id, c)))
+                .collect::<Vec<_>>()
+        };
+        // The proof of membership: the checkpoints committed again, fenced by the generation. A member the
+        // group expelled (a freeze past the session timeout) learns it here, before delivering anything.
+        if !proof.is_empty() {
+            match self.commit(&proof) {
+                Ok(()) => {}
+                // The generation moves while the group rebalances (this member rejoining): no proof this time,
+                // but nothing lost either; the next heartbeat tries again.
+                Err(err)
+                    if matches!(
+                        code_of(&err),
+                        Some(RDKafkaErrorCode::RebalanceInProgress | RDKafkaErrorCode::IllegalGeneration)
+                    ) =>
+                {
+                    return Err(own(
+                        CALL,
+                        ErrorKind::Retryable,
+                        format!("the group is rebalancing: {err}"),
+                    ));
+                }
+                Err(err) => {
+                    let err = failed(CALL, err);
+                    if err.kind() == ErrorKind::OwnershipLost {
+                        warn!(error = %err, "the group no longer knows this member: the session is over");
+                        lock(&assignment.state).fenced = Some(err.to_string());
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let state = lock(&assignment.state);
+        Ok(state
+            .partitions
+            .iter()
+            .filter(|(_, p)| !p.released)
+            .map(|(&id, p)| ServerChannel {
+                channel_id: id as u32,
+                status: p.status,
+                version: Version(p.version),
+                channel_type: ChannelType::Stream,
+            })
+            .collect())
     }
 
     /// Stops the poll thread and closes the consumer (it leaves the group); blocking.
@@ -538,103 +667,8 @@ impl TunnelSource for KafkaSource {
         async move {
             const CALL: &str = "Heartbeat";
             let member = self.member(CALL, session)?;
-            let assignment = &member.assignment;
-            let proof = {
-                let mut state = lock(&assignment.state);
-                if let Some(why) = &state.fenced {
-                    return Err(lost(CALL, why.clone()));
-                }
-                let mut released = false;
-                for report in channels {
-                    if !matches!(report.status, ChannelStatus::Close | ChannelStatus::Terminated) {
-                        continue;
-                    }
-                    let Ok(partition) = i32::try_from(report.channel_id) else {
-                        continue;
-                    };
-                    state.epoch += 1;
-                    let epoch = state.epoch;
-                    let Some(p) = state.partitions.get_mut(&partition) else {
-                        continue;
-                    };
-                    if report.version.get() <= p.version {
-                        state.epoch -= 1;
-                        continue; // stale: of an earlier version
-                    }
-                    match p.status {
-                        ChannelStatus::Closing => {
-                            p.released = true;
-                            released = true;
-                            state.epoch -= 1;
-                        }
-                        _ => {
-                            // The channel gave up or crashed while the partition is still ours: Kafka has no
-                            // "give back", so it is started again here, at the last commit, under a new lease.
-                            info!(
-                                partition,
-                                "channel closed while assigned: restarting it at the last commit"
-                            );
-                            p.version = epoch;
-                            p.valid_from = epoch;
-                            if let Some(reader) = &p.reader {
-                                if let Ok(mut position) = reader.position.try_lock() {
-                                    *position = None;
-                                }
-                            }
-                        }
-                    }
-                }
-                if released {
-                    assignment.released.notify_all();
-                }
-                state
-                    .partitions
-                    .iter()
-                    .filter(|(_, p)| !p.released)
-                    .filter_map(|(&id, p)| p.committed.map(|c| (id, c)))
-                    .collect::<Vec<_>>()
-            };
-            // The proof of membership: the checkpoints committed again, fenced by the generation. A member the
-            // group expelled (a freeze past the session timeout) learns it here, before delivering anything.
-            if !proof.is_empty() {
-                let m = Arc::clone(&member);
-                blocking(CALL, move || {
-                    let _commits = lock(&m.assignment.commits);
-                    let still: Vec<(i32, i64)> = {
-                        let state = lock(&m.assignment.state);
-                        proof
-                            .into_iter()
-                            .filter(|(id, _)| state.partitions.get(id).is_some_and(|p| !p.released))
-                            .map(|(id, c)| (id, state.partitions[&id].committed.unwrap_or(c)))
-                            .collect()
-                    };
-                    match m.commit(&still) {
-                        Ok(()) => Ok(()),
-                        // A rebalance in progress answers only a member the coordinator knows.
-                        Err(err) if code_of(&err) == Some(RDKafkaErrorCode::RebalanceInProgress) => Ok(()),
-                        Err(err) => {
-                            let err = failed(CALL, err);
-                            if err.kind() == ErrorKind::OwnershipLost {
-                                lock(&m.assignment.state).fenced = Some(err.to_string());
-                            }
-                            Err(err)
-                        }
-                    }
-                })
-                .await?;
-            }
-            let state = lock(&assignment.state);
-            Ok(state
-                .partitions
-                .iter()
-                .filter(|(_, p)| !p.released)
-                .map(|(&id, p)| ServerChannel {
-                    channel_id: id as u32,
-                    status: p.status,
-                    version: Version(p.version),
-                    channel_type: ChannelType::Stream,
-                })
-                .collect())
+            let reports = channels.to_vec();
+            blocking(CALL, move || member.heartbeat(&reports)).await
         }
         .boxed()
     }
@@ -713,15 +747,7 @@ impl TunnelSource for KafkaSource {
             let mut position = reader.position.lock().await;
             if *position != Some(from) {
                 // The first read of a lease, or a resync: the fetcher goes where the channel is.
-                member
-                    .consumer
-                    .seek(
-                        &member.assignment.topic,
-                        partition,
-                        Offset::Offset(from),
-                        Duration::ZERO,
-                    )
-                    .map_err(|e| own(CALL, ErrorKind::Retryable, format!("seek to {from}: {e}")))?;
+                member.seek(partition, from)?;
                 *position = Some(from);
             }
             let deadline = tokio::time::Instant::now() + wait;
@@ -732,61 +758,65 @@ impl TunnelSource for KafkaSource {
             };
             loop {
                 while batch.records.len() < max_records as usize {
-                    match reader.queue.poll(Duration::ZERO) {
-                        None => break,
-                        Some(Ok(message)) => {
-                            let offset = message.offset();
-                            if offset < from || offset < batch.next as i64 {
-                                continue; // fetched before a seek
-                            }
-                            batch.next = offset as u64 + 1;
-                            batch.records.push(Record {
-                                sequence: offset as u64,
-                                key: message.key().map(Bytes::copy_from_slice).unwrap_or_default(),
-                                value: message.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
-                                append_time: message
-                                    .timestamp()
-                                    .to_millis()
-                                    .map_or(SystemTime::UNIX_EPOCH, |ms| {
-                                        SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-                                    }),
-                            });
-                        }
-                        Some(Err(err)) => {
-                            if !batch.records.is_empty() {
-                                // What was read is good; the next read sees the error again after its seek.
-                                *position = None;
-                                break;
-                            }
+                    let Some(message) = reader.queue.poll(Duration::ZERO) else {
+                        break;
+                    };
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(err) => {
                             *position = None;
-                            return Err(failed(CALL, err));
+                            if batch.records.is_empty() {
+                                return Err(failed(CALL, err));
+                            }
+                            // What was read is good; the next read seeks and meets the error again.
+                            break;
+                        }
+                    };
+                    let offset = message.offset();
+                    if offset < batch.next as i64 {
+                        continue; // fetched before a seek
+                    }
+                    if offset > batch.next as i64 {
+                        // A jump: a gap the log has (compaction, transaction markers), or librdkafka's reset
+                        // to the log's start after the offset was trimmed by retention. Only the log's start
+                        // tells: this message is dropped and the next read seeks back to look again alone.
+                        *position = None;
+                        if !batch.records.is_empty() {
+                            break;
+                        }
+                        let (low, high) = self.watermarks(&member, partition).await?;
+                        if (batch.next as i64) < low {
+                            return Err(own(
+                                CALL,
+                                ErrorKind::CheckpointOutOfRange,
+                                format!(
+                                    "offset {} is below the partition's log [{low}, {high})",
+                                    batch.next
+                                ),
+                            ));
                         }
                     }
-                }
-                if !batch.records.is_empty() {
+                    batch.next = offset as u64 + 1;
+                    batch.records.push(Record {
+                        sequence: offset as u64,
+                        key: message.key().map(Bytes::copy_from_slice).unwrap_or_default(),
+                        value: message.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+                        append_time: message
+                            .timestamp()
+                            .to_millis()
+                            .map_or(SystemTime::UNIX_EPOCH, |ms| {
+                                SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+                            }),
+                    });
                     *position = Some(batch.next as i64);
-                    return Ok(batch);
                 }
-                // Nothing fetched: the fetcher may have stopped at an offset outside the log (the error event
-                // may have gone to the main queue): compare with the log's start.
-                if tokio::time::timeout_at(deadline, reader.ready.notified())
-                    .await
-                    .is_err()
+                if !batch.records.is_empty()
+                    || tokio::time::timeout_at(deadline, reader.ready.notified())
+                        .await
+                        .is_err()
                 {
-                    let (m, timeout) = (Arc::clone(&member), self.call_timeout);
-                    let (low, high) = blocking(CALL, move || {
-                        m.consumer
-                            .fetch_watermarks(&m.assignment.topic, partition, timeout)
-                            .map_err(|e| failed(CALL, e))
-                    })
-                    .await?;
-                    if from < low || from > high {
-                        *position = None;
-                        return Err(own(
-                            CALL,
-                            ErrorKind::CheckpointOutOfRange,
-                            format!("offset {from} is outside the partition's log [{low}, {high})"),
-                        ));
+                    if batch.records.is_empty() {
+                        *position = Some(from);
                     }
                     return Ok(batch);
                 }
