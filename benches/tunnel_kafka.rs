@@ -22,7 +22,6 @@
 //!
 //! Everything runs on 127.0.0.1; the broker is a separate JVM process, the rest shares one tokio runtime.
 
-#[allow(dead_code)]
 #[path = "../tests/tunnel_kafka_common/mod.rs"]
 mod kafka_common;
 
@@ -248,7 +247,7 @@ async fn main() {
         let topic = format!("bench-{run}");
         broker.create_topic(&topic, PARTITIONS as i32, &[]).await;
         let created = admin
-            .create(&topic, &vec![ChannelSpec::stream(); PARTITIONS], None)
+            .create(&topic, &[ChannelSpec::stream(); PARTITIONS], None)
             .await
             .expect("tunnel created");
         let tunnel = TunnelAddress::Name(topic.clone());
