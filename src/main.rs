@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Two nodes consume a tunnel while faults are injected; a ledger shows nothing was lost.
     #[command(
-        after_help = "Examples:\n  arbor demo                          30 s, a fault about every 3 s\n  arbor demo --duration 10s --seed 42  replay a run's fault schedule"
+        after_help = "Examples:\n  arbor demo                          30 s, a fault about every 3 s\n  arbor demo --duration 10s --seed 42  replay a run's fault schedule\n  arbor demo --source kafka --bootstrap 127.0.0.1:9092   the same on a Kafka topic (feature kafka)"
     )]
     Demo {
         /// How long records are produced and faults injected (e.g. `10s`, `1m`).
@@ -41,6 +41,18 @@ enum Command {
         /// How long to wait after production for every record to be delivered.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         settle: Duration,
+        /// Where the records live: arbor's tunnel service in this process, or a topic created for the run on
+        /// the Kafka broker at --bootstrap (needs the `kafka` feature; the broker is not restarted).
+        #[arg(
+            long,
+            value_enum,
+            default_value = "service",
+            requires_if("kafka", "bootstrap")
+        )]
+        source: DemoSourceArg,
+        /// The Kafka broker for --source kafka (host:port).
+        #[arg(long, value_name = "HOST:PORT")]
+        bootstrap: Option<String>,
     },
     /// Run the tunnel service until SIGINT or SIGTERM.
     #[command(
@@ -141,6 +153,15 @@ struct TunnelArgs {
     command: arbor::tunnel_admin::AdminCommand,
 }
 
+/// `arbor demo --source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoSourceArg {
+    /// arbor's tunnel service, in this process.
+    Service,
+    /// A Kafka topic on the broker at --bootstrap.
+    Kafka,
+}
+
 /// Logs go to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=info` shows every exit and restart); off by
 /// default so the demo's own output stays readable.
 fn main() -> ExitCode {
@@ -167,7 +188,18 @@ fn main() -> ExitCode {
             seed,
             rate,
             settle,
+            source,
+            bootstrap,
         } => {
+            let source = match (source, bootstrap) {
+                (DemoSourceArg::Kafka, Some(bootstrap)) => arbor::demo::DemoSource::Kafka { bootstrap },
+                (DemoSourceArg::Kafka, None) => unreachable!("clap requires --bootstrap with --source kafka"),
+                (DemoSourceArg::Service, Some(_)) => {
+                    eprintln!("arbor demo: --bootstrap is for --source kafka");
+                    return ExitCode::FAILURE;
+                }
+                (DemoSourceArg::Service, None) => arbor::demo::DemoSource::Service,
+            };
             let options = arbor::demo::DemoOptions {
                 duration,
                 fault_every,
@@ -175,6 +207,7 @@ fn main() -> ExitCode {
                 seed,
                 rate,
                 settle,
+                source,
             };
             match runtime.block_on(arbor::demo::run(options)) {
                 Ok(report) if report.passed() => ExitCode::SUCCESS,

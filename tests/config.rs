@@ -111,3 +111,77 @@ fn a_missing_file_is_a_read_error_naming_it() {
     );
     assert!(err.to_string().contains("/nonexistent/arbor.toml"));
 }
+
+/// A `[[tunnels]]` entry reads from the tunnel service (a named `connection`) or, with `source = "kafka"`,
+/// from the `[tunnels.kafka]` table; each mix-up is named.
+#[test]
+fn a_tunnels_source_and_what_it_needs_agree() {
+    const CONNECTION: &str = "[connections.a]\nconnection_string = \"grpc://127.0.0.1:1?disableTls=true\"\n";
+    const OPTIONS: &str = "[tunnels.options]\ntunnel_id = \"orders\"\n";
+    let kafka_table = "[tunnels.kafka]\nbootstrap_servers = [\"127.0.0.1:9092\"]\ntopic = \"orders\"\ngroup_id = \"billing\"\n";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("[[tunnels]]\nsubscriber = \"log\"\n{OPTIONS}"),
+            "tunnels[0].connection",
+            "is required",
+        ),
+        (
+            format!("[[tunnels]]\nsource = \"kafak\"\nsubscriber = \"log\"\n{OPTIONS}"),
+            "tunnels[0].source",
+            "unknown variant",
+        ),
+        (
+            format!("{CONNECTION}[[tunnels]]\nsource = \"kafka\"\nconnection = \"a\"\nsubscriber = \"log\"\n{OPTIONS}"),
+            "tunnels[0].connection",
+            "source is kafka",
+        ),
+        (
+            format!("[[tunnels]]\nsource = \"kafka\"\nsubscriber = \"log\"\n{OPTIONS}"),
+            if cfg!(feature = "kafka") {
+                "tunnels[0].kafka"
+            } else {
+                "tunnels[0].source"
+            },
+            if cfg!(feature = "kafka") {
+                "is required"
+            } else {
+                "`kafka` feature"
+            },
+        ),
+        (
+            format!("{CONNECTION}[[tunnels]]\nconnection = \"a\"\nsubscriber = \"log\"\n{OPTIONS}{kafka_table}"),
+            "tunnels[0].kafka",
+            "is for source = \"kafka\"",
+        ),
+    ];
+    for (text, path, needle) in &cases {
+        let (got_path, message) = invalid(text);
+        assert_eq!(&got_path, path, "for {text:?}: {message}");
+        assert!(
+            message.contains(needle),
+            "for {text:?}: {message:?} lacks {needle:?}"
+        );
+    }
+}
+
+#[cfg(feature = "kafka")]
+#[test]
+fn a_kafka_tunnel_reads_whole_and_its_bad_fields_are_named() {
+    let text = |topic: &str| {
+        format!(
+            "[[tunnels]]\nsource = \"kafka\"\nsubscriber = \"log\"\n[tunnels.options]\ntunnel_id = \"orders\"\n\
+             [tunnels.kafka]\nbootstrap_servers = [\"127.0.0.1:9092\"]\ntopic = \"{topic}\"\ngroup_id = \"billing\"\n\
+             properties = {{ \"fetch.max.bytes\" = \"1048576\" }}\n"
+        )
+    };
+    let config = TreeConfig::from_toml(&text("orders")).unwrap();
+    let kafka = config.tunnels[0].kafka.as_ref().expect("the kafka table");
+    assert_eq!(kafka.topic, "orders");
+    assert_eq!(kafka.group_id, "billing");
+    assert_eq!(kafka.properties["fetch.max.bytes"], "1048576");
+    assert!(config.tunnels[0].connection.is_none());
+
+    let (path, message) = invalid(&text("two words"));
+    assert_eq!(path, "tunnels[0].kafka");
+    assert!(message.contains("topic"), "{message}");
+}

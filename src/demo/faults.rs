@@ -55,11 +55,16 @@ impl fmt::Display for FaultKind {
 
 /// When the faults come: every kind in turn, `every` apart (each moved by up to a quarter of `every`, from
 /// the seed), none in the first three quarters of an interval (the nodes settle) and none after `duration`.
-pub fn schedule(duration: Duration, every: Duration, rng: &mut StdRng) -> Vec<(Duration, FaultKind)> {
+pub fn schedule(
+    duration: Duration,
+    every: Duration,
+    kinds: &[FaultKind],
+    rng: &mut StdRng,
+) -> Vec<(Duration, FaultKind)> {
     let every = every.max(Duration::from_millis(100));
     let mut at = every;
     let mut faults = Vec::new();
-    for kind in FaultKind::ALL.iter().cycle() {
+    for kind in kinds.iter().cycle() {
         let jittered = (at + every.mul_f64(rng.random_range(0.0..0.5))).saturating_sub(every / 4);
         if jittered >= duration {
             break;
@@ -92,11 +97,11 @@ pub struct Injected {
 pub async fn inject(
     kind: FaultKind,
     nodes: &[Node],
-    service: &mut ServiceHost,
+    service: Option<&mut ServiceHost>,
     rng: &mut StdRng,
 ) -> Option<Injected> {
     if kind == FaultKind::Service {
-        return match service.restart().await {
+        return match service?.restart().await {
             Ok(took) => Some(Injected {
                 kind,
                 node: None,
@@ -181,6 +186,7 @@ mod tests {
         let faults = schedule(
             Duration::from_secs(10),
             default_every(Duration::from_secs(10)),
+            &FaultKind::ALL,
             &mut rng,
         );
         assert!(faults.len() >= FaultKind::ALL.len(), "{faults:?}");
@@ -203,6 +209,7 @@ mod tests {
             schedule(
                 Duration::from_secs(30),
                 Duration::from_secs(3),
+                &FaultKind::ALL,
                 &mut StdRng::seed_from_u64(seed),
             )
         };
@@ -213,7 +220,22 @@ mod tests {
     #[test]
     fn a_short_run_has_no_fault_after_its_end() {
         let mut rng = StdRng::seed_from_u64(1);
-        assert!(schedule(Duration::from_millis(500), Duration::from_secs(1), &mut rng).is_empty());
+        assert!(schedule(
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            &FaultKind::ALL,
+            &mut rng
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn a_schedule_holds_only_the_kinds_it_is_given() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let kinds = [FaultKind::Channel, FaultKind::Leader];
+        let faults = schedule(Duration::from_secs(10), Duration::from_secs(1), &kinds, &mut rng);
+        assert!(!faults.is_empty());
+        assert!(faults.iter().all(|(_, k)| kinds.contains(k)), "{faults:?}");
     }
 
     #[test]

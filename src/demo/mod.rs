@@ -15,7 +15,10 @@
 //! the ledger. The run fails if a record was lost or reordered, a permanent child is down, or the janitor
 //! does not have exactly one leader.
 
+mod backend;
 mod faults;
+#[cfg(feature = "kafka")]
+mod kafka;
 pub mod ledger;
 mod node;
 mod observe;
@@ -29,21 +32,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor_actors::activator::Role;
-use arbor_actors::connection::ConnectionConfig;
 use arbor_actors::registry::Registry;
 use arbor_actors::supervisor::{ChildStatus, Restart, TreeSnapshot};
-use arbor_proto::tunnel::domain::ChannelType;
-use arbor_proto::tunnel::v1;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use self::backend::Backend;
 use self::faults::FaultKind;
 use self::ledger::{Ledger, Totals};
 use self::node::{LeaderTerms, Node};
 use self::observe::{millis, Counts, Observer};
-use self::service::{Production, ServiceHost};
+use self::service::Production;
 use self::view::{Frame, NodeView, Screen};
-use crate::tunnel_service::{validate, Limits};
 
 /// How many keys the producers write (each has its own sequence).
 const KEYS: usize = 16;
@@ -69,6 +69,22 @@ pub struct DemoOptions {
     pub rate: u32,
     /// How long to wait, after production stops, for every record to be delivered.
     pub settle: Duration,
+    /// Where the records live.
+    pub source: DemoSource,
+}
+
+/// Where the demo's records live (`arbor demo --source`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DemoSource {
+    /// arbor's tunnel service, in this process, durable in a temporary directory (restarted by a fault).
+    #[default]
+    Service,
+    /// A topic created for the run on the Kafka broker at `bootstrap` (`host:port`; feature `kafka`). The
+    /// broker is the user's: it is not restarted.
+    Kafka {
+        /// The broker to bootstrap from.
+        bootstrap: String,
+    },
 }
 
 impl Default for DemoOptions {
@@ -80,6 +96,7 @@ impl Default for DemoOptions {
             seed: None,
             rate: 2_000,
             settle: Duration::from_secs(60),
+            source: DemoSource::Service,
         }
     }
 }
@@ -167,6 +184,19 @@ pub enum DemoError {
     /// The connection settings were refused.
     #[error(transparent)]
     Connection(#[from] arbor_actors::connection::ConfigError),
+    /// `--source kafka` in a build without the `kafka` feature.
+    #[error("--source kafka needs arbor built with the `kafka` feature (cargo run --release --features kafka -- demo --source kafka --bootstrap HOST:PORT)")]
+    KafkaFeatureMissing,
+    /// The Kafka broker refused or did not answer.
+    #[cfg(feature = "kafka")]
+    #[error("{what}")]
+    Kafka {
+        /// What the demo was doing.
+        what: &'static str,
+        /// The broker's (or librdkafka's) error.
+        #[source]
+        source: arbor_actors::tunnel::kafka::rdkafka::error::KafkaError,
+    },
 }
 
 /// What happened during a run.
@@ -237,22 +267,16 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let fault_every = options
         .fault_every
         .unwrap_or_else(|| faults::default_every(options.duration));
-    let schedule = faults::schedule(options.duration, fault_every, &mut rng);
-
-    let mut service = ServiceHost::start().await?;
-    let tunnel_id = create_tunnel(&service).await?;
-    let target = ConnectionConfig::parse(&format!("grpc://{}?disableTls=true", service.addr()))?;
+    let mut backend = Backend::start(&options.source).await?;
+    let schedule = faults::schedule(options.duration, fault_every, &backend.fault_kinds(), &mut rng);
+    let (tunnel_id, target) = (backend.tunnel_id().to_string(), backend.target());
     println!(
         "arbor demo: {} of records at {}/s and a fault about every {} (seed {seed})",
         humantime::format_duration(options.duration),
         options.rate,
         humantime::format_duration(fault_every),
     );
-    println!(
-        "tunnel service on {} (durable in {}), tunnel {tunnel_id} with {CHANNELS} channels",
-        service.addr(),
-        service.data_dir().display()
-    );
+    println!("{}", backend.describe());
 
     let ledger = Arc::new(Mutex::new(Ledger::new(KEYS)));
     let election = Registry::new("demo-election");
@@ -292,16 +316,15 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         retries: Arc::new(AtomicU64::new(0)),
     };
     let max_records = u64::from(options.rate).saturating_mul(options.duration.as_secs().max(1));
-    let producers = service::start_producers(
-        &nodes[0].tree,
-        &target,
-        &tunnel_id,
-        (KEYS, PRODUCERS),
-        options.rate,
-        max_records,
-        &production,
-    )
-    .await?;
+    let producers = backend
+        .start_producers(
+            &nodes[0].tree,
+            (KEYS, PRODUCERS),
+            options.rate,
+            max_records,
+            &production,
+        )
+        .await?;
 
     // Faults, while producing.
     let mut injected: BTreeMap<FaultKind, u64> = BTreeMap::new();
@@ -316,7 +339,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         observer.drain();
         while let Some((_, kind)) = schedule.next_if(|(at, _)| began.elapsed() >= *at) {
-            if let Some(fault) = faults::inject(kind, &nodes, &mut service, &mut rng).await {
+            if let Some(fault) = faults::inject(kind, &nodes, backend.service_mut(), &mut rng).await {
                 *injected.entry(kind).or_default() += 1;
                 tracing::info!(fault = %kind, what = %fault.what, "demo fault injected");
                 observer.injected(&fault);
@@ -403,8 +426,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             tracing::warn!(node = %node.name, %err, "demo node shutdown");
         }
     }
-    let checkpointed = checkpointed(&service, &tunnel_id);
-    service.stop().await?;
+    let checkpointed = backend.checkpointed();
+    backend.stop().await?;
 
     let report = DemoReport {
         seed,
@@ -421,22 +444,6 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     };
     print_ledger(&report, production.retries.load(Ordering::Relaxed));
     Ok(report)
-}
-
-async fn create_tunnel(service: &ServiceHost) -> Result<String, DemoError> {
-    let request = v1::CreateTunnelRequest {
-        tunnel_name: "orders".into(),
-        channels: (0..CHANNELS)
-            .map(|_| v1::ChannelSpec {
-                channel_type: ChannelType::Stream.into(),
-                parent_channel_id: None,
-            })
-            .collect(),
-        retention: None,
-    };
-    let new = validate::create(request, &Limits::default())?;
-    let store = service.store().expect("a store before any restart");
-    Ok(store.create_tunnel(new).await?.id)
 }
 
 fn totals(ledger: &Mutex<Ledger>) -> Totals {
@@ -513,21 +520,6 @@ fn permanent_down(snapshot: &TreeSnapshot) -> Vec<String> {
         .collect()
 }
 
-/// How many channels of the tunnel are checkpointed to their end, of how many.
-fn checkpointed(service: &ServiceHost, tunnel_id: &str) -> (usize, usize) {
-    let Some(store) = service.store() else {
-        return (0, CHANNELS);
-    };
-    store
-        .list()
-        .into_iter()
-        .find(|t| t.id == tunnel_id)
-        .map_or((0, 0), |t| {
-            let done = t.channels.iter().filter(|c| c.checkpoint >= c.end).count();
-            (done, t.channels.len())
-        })
-}
-
 fn print_ledger(report: &DemoReport, retries: u64) {
     let t = report.totals;
     let faults: Vec<String> = report.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -539,7 +531,7 @@ fn print_ledger(report: &DemoReport, retries: u64) {
     let c = report.counts;
     println!("ledger");
     println!(
-        "  produced     {:>8}  records the service acknowledged ({retries} appends retried)",
+        "  produced     {:>8}  records acknowledged by the service or broker ({retries} appends retried)",
         t.produced
     );
     println!(

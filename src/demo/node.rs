@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arbor_actors::activator::{ActivatorEvent, ActivatorInfo, ActivatorOptions, Role, Singleton};
-use arbor_actors::connection::ConnectionConfig;
 use arbor_actors::ractor::{Actor, ActorProcessingErr, ActorRef};
 use arbor_actors::registry::Registry;
 use arbor_actors::supervisor::{ChildRef, ChildSpec, SupervisorOptions};
@@ -16,7 +15,7 @@ use arbor_actors::tunnel::{Delivery, SubscriberRef, TunnelHandle, TunnelOptions}
 use super::ledger::Ledger;
 use super::DemoError;
 use crate::introspect::IntrospectionOptions;
-use crate::tree::{DynamicConfig, Tree, TreeHandle};
+use crate::tree::{DynamicConfig, Tree, TreeHandle, TunnelTarget};
 
 /// The singleton the nodes elect.
 pub const JANITOR: &str = "janitor";
@@ -37,7 +36,7 @@ impl Node {
     /// `ledger`, and its activator electing through `election` (shared by the nodes of the demo).
     pub async fn start(
         name: &str,
-        target: &ConnectionConfig,
+        target: &TunnelTarget,
         tunnel_id: &str,
         ledger: &Arc<Mutex<Ledger>>,
         election: &Registry<ActivatorInfo>,
@@ -46,7 +45,6 @@ impl Node {
         let tree = Tree::builder()
             .name(name)
             .root(SupervisorOptions::default().intensity(10, Duration::from_secs(10)))
-            .connection("tunnels", target.clone())
             .activator_registry(election.clone())
             .dynamic(DynamicConfig::new(CONSUMERS))
             // on a free loopback port, so that `arbor inspect` / `arbor top` can look while the demo runs
@@ -69,7 +67,7 @@ impl Node {
             .await?;
         let first = SubscriberRef::actor(subscriber.current()?, |delivery| delivery);
         let tunnel = tree
-            .tunnel(tunnel_options(tunnel_id), target.clone())
+            .tunnel(tunnel_options(tunnel_id, target), target.clone())
             .subscriber(first)
             .start()
             .await?;
@@ -102,11 +100,17 @@ impl Node {
     }
 }
 
-/// Heartbeats and timeouts short enough that a dead consumer's channels move within seconds.
-fn tunnel_options(tunnel_id: &str) -> TunnelOptions {
+/// Heartbeats and timeouts short enough that a dead consumer's channels move within seconds (on Kafka, the
+/// session timeout brokers accept by default starts at 6 s).
+fn tunnel_options(tunnel_id: &str, target: &TunnelTarget) -> TunnelOptions {
+    let timeout = match target {
+        TunnelTarget::Service(_) => Duration::from_secs(3),
+        #[allow(unreachable_patterns)] // the Kafka target exists with feature `kafka` only
+        _ => Duration::from_secs(6),
+    };
     TunnelOptions::new(tunnel_id)
         .min_heartbeat_interval(Duration::from_millis(100))
-        .heartbeat(Duration::from_millis(250), Duration::from_secs(3))
+        .heartbeat(Duration::from_millis(250), timeout)
         .read_batch_size(200)
         .read_wait(Duration::from_millis(250))
         .reconnect_delay(Duration::from_millis(50), Duration::from_secs(1))

@@ -139,11 +139,26 @@ impl TreeBuilder {
         subscriber: impl Into<String>,
         options: TunnelOptions,
     ) -> Self {
-        self.config.tunnels.push(TunnelConfig {
-            connection: connection.into(),
-            subscriber: subscriber.into(),
+        self.config.tunnels.push(TunnelConfig::service(
+            connection.into(),
+            subscriber.into(),
             options,
-        });
+        ));
+        self
+    }
+
+    /// A tunnel worker started with the tree, consuming the Kafka topic `kafka` names, with a registered
+    /// subscriber kind (feature `kafka`).
+    #[cfg(feature = "kafka")]
+    pub fn kafka_tunnel(
+        mut self,
+        kafka: arbor_actors::tunnel::kafka::KafkaOptions,
+        subscriber: impl Into<String>,
+        options: TunnelOptions,
+    ) -> Self {
+        self.config
+            .tunnels
+            .push(TunnelConfig::kafka(kafka, subscriber.into(), options));
         self
     }
 
@@ -363,7 +378,7 @@ impl TreeBuilder {
                 tree.inner.root.start_child(spec).await?;
             }
             for t in &config.tunnels {
-                let target = tree.named_connection(&t.connection)?;
+                let target = t.target(&tree)?;
                 let apply = Arc::clone(&subscriber_kinds[&t.subscriber]);
                 tree.tunnel(t.options.clone(), target)
                     .map(|b| apply(b))

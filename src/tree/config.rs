@@ -23,6 +23,16 @@
 //! tunnel_id = "t-1234"
 //! heartbeat_interval = "10s"
 //!
+//! [[tunnels]]                 # a worker consuming a Kafka topic instead (feature `kafka`)
+//! source = "kafka"
+//! subscriber = "log"
+//! [tunnels.options]
+//! tunnel_id = "orders"        # the worker's name here; the topic is kafka.topic
+//! [tunnels.kafka]             # KafkaOptions: also tls, sasl, properties (any librdkafka property), revoke_wait
+//! bootstrap_servers = ["127.0.0.1:9092"]
+//! topic = "orders"
+//! group_id = "billing"
+//!
 //! [activators.backend]        # "local" (the default) or etcd
 //! etcd = { endpoints = ["127.0.0.1:2379"], node_id = "host-1", ttl = "10s" }
 //!
@@ -106,13 +116,141 @@ impl Default for TreeConfig {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TunnelConfig {
-    /// The named connection to the tunnel service (a key of `connections`).
-    pub connection: String,
+    /// Where the worker reads: arbor's tunnel service (`"service"`, the default) or a Kafka topic
+    /// (`"kafka"`, feature `kafka`).
+    #[serde(default)]
+    pub source: TunnelSourceKind,
+    /// The named connection to the tunnel service (a key of `connections`); source `"service"` only.
+    #[serde(default)]
+    pub connection: Option<String>,
+    /// The brokers, topic and consumer group (the `[tunnels.kafka]` table); source `"kafka"` only.
+    #[cfg(feature = "kafka")]
+    #[serde(default)]
+    pub kafka: Option<arbor_actors::tunnel::kafka::KafkaOptions>,
+    /// Accepted so that the check can say which feature is missing, rather than "unknown field".
+    #[cfg(not(feature = "kafka"))]
+    #[serde(default)]
+    kafka: Option<serde::de::IgnoredAny>,
     /// The subscriber kind: `log`, `discard`, or one registered with
     /// [`TreeBuilder::subscriber_kind`](super::TreeBuilder::subscriber_kind).
     pub subscriber: String,
     /// The worker's options.
     pub options: TunnelOptions,
+}
+
+impl TunnelConfig {
+    pub(crate) fn service(connection: String, subscriber: String, options: TunnelOptions) -> Self {
+        TunnelConfig {
+            source: TunnelSourceKind::Service,
+            connection: Some(connection),
+            kafka: None,
+            subscriber,
+            options,
+        }
+    }
+
+    #[cfg(feature = "kafka")]
+    pub(crate) fn kafka(
+        kafka: arbor_actors::tunnel::kafka::KafkaOptions,
+        subscriber: String,
+        options: TunnelOptions,
+    ) -> Self {
+        TunnelConfig {
+            source: TunnelSourceKind::Kafka,
+            connection: None,
+            kafka: Some(kafka),
+            subscriber,
+            options,
+        }
+    }
+
+    /// Where the worker reads, once the config was checked.
+    pub(crate) fn target(&self, tree: &super::TreeHandle) -> Result<super::TunnelTarget, super::TreeError> {
+        #[cfg(feature = "kafka")]
+        if let (TunnelSourceKind::Kafka, Some(kafka)) = (self.source, &self.kafka) {
+            return Ok(kafka.clone().into());
+        }
+        let name = self.connection.as_deref().unwrap_or_default();
+        Ok(tree.named_connection(name)?.into())
+    }
+
+    /// The source and what it needs agree: a known `connection` for the service, a valid `[tunnels.kafka]`
+    /// table (and the feature) for Kafka, never both.
+    fn check_source(
+        &self,
+        connections: &BTreeMap<String, ConnectionConfig>,
+        file: &str,
+        index: usize,
+    ) -> Result<(), ConfigError> {
+        let refuse = |field: &str, message: String| {
+            Err(ConfigError::Inconsistent {
+                file: file.to_string(),
+                path: format!("tunnels[{index}].{field}"),
+                message,
+            })
+        };
+        match (self.source, &self.connection) {
+            (TunnelSourceKind::Service, None) => refuse(
+                "connection",
+                "is required (the named connection to the tunnel service)".into(),
+            ),
+            (TunnelSourceKind::Service, Some(_)) if self.kafka.is_some() => refuse(
+                "kafka",
+                "is for source = \"kafka\" (this tunnel's source is the tunnel service)".into(),
+            ),
+            (TunnelSourceKind::Service, Some(name)) if !connections.contains_key(name) => refuse(
+                "connection",
+                format!(
+                    "names connection {name:?}, which is not under [connections] (have: {:?})",
+                    connections.keys().collect::<Vec<_>>()
+                ),
+            ),
+            (TunnelSourceKind::Service, Some(_)) => Ok(()),
+            (TunnelSourceKind::Kafka, Some(_)) => refuse(
+                "connection",
+                "is for the tunnel service (this tunnel's source is kafka: brokers go in [tunnels.kafka])"
+                    .into(),
+            ),
+            (TunnelSourceKind::Kafka, None) => self.check_kafka(&refuse),
+        }
+    }
+
+    #[cfg(feature = "kafka")]
+    fn check_kafka(
+        &self,
+        refuse: &dyn Fn(&str, String) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        match &self.kafka {
+            None => refuse(
+                "kafka",
+                "is required for source = \"kafka\" (bootstrap_servers, topic, group_id)".into(),
+            ),
+            Some(kafka) => kafka.validate().or_else(|e| refuse("kafka", e.to_string())),
+        }
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    fn check_kafka(
+        &self,
+        refuse: &dyn Fn(&str, String) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        refuse(
+            "source",
+            "\"kafka\" needs arbor built with the `kafka` feature".into(),
+        )
+    }
+}
+
+/// Where a configured tunnel worker reads (`source` of a `[[tunnels]]` entry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TunnelSourceKind {
+    /// arbor's tunnel service, through the named `connection`.
+    #[default]
+    Service,
+    /// A Kafka topic, as the `[tunnels.kafka]` table says (feature `kafka`).
+    Kafka,
 }
 
 /// Where activators elect their leaders, and which ones start with the tree.
@@ -344,16 +482,7 @@ impl TreeConfig {
             .map_err(|e| inconsistent("activator_supervisor".into(), e.to_string()))?;
         let mut tunnel_ids = std::collections::HashSet::new();
         for (i, tunnel) in self.tunnels.iter().enumerate() {
-            if !self.connections.contains_key(&tunnel.connection) {
-                return Err(inconsistent(
-                    format!("tunnels[{i}].connection"),
-                    format!(
-                        "names connection {:?}, which is not under [connections] (have: {:?})",
-                        tunnel.connection,
-                        self.connections.keys().collect::<Vec<_>>()
-                    ),
-                ));
-            }
+            tunnel.check_source(&self.connections, file, i)?;
             tunnel
                 .options
                 .validate()

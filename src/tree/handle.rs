@@ -184,15 +184,22 @@ impl TreeHandle {
 
     // --- tunnels ---
 
-    /// A tunnel worker to start under the tree: it reaches the service through the tree's pool (`target`),
-    /// registers in the tree's tunnel registry, and its events join the tree's. Name its subscriber, then
-    /// [`start`](TreeTunnel::start) it.
-    pub fn tunnel(&self, options: TunnelOptions, target: ConnectionConfig) -> TreeTunnel {
+    /// A tunnel worker to start under the tree: it reads from `target` (arbor's tunnel service through the
+    /// tree's pool, given as its [`ConnectionConfig`], or with feature `kafka` a topic, given as its
+    /// [`KafkaOptions`](arbor_actors::tunnel::kafka::KafkaOptions)), registers in the tree's tunnel registry, and
+    /// its events join the tree's. Name its subscriber, then [`start`](TreeTunnel::start) it; bad Kafka options
+    /// are refused there.
+    pub fn tunnel(&self, options: TunnelOptions, target: impl Into<TunnelTarget>) -> TreeTunnel {
+        let builder = TunnelWorker::builder(options.clone()).registry(self.inner.tunnel_registry.clone());
+        let builder = match target.into() {
+            TunnelTarget::Service(config) => Ok(builder.pool(self.inner.pool.clone(), config)),
+            #[cfg(feature = "kafka")]
+            TunnelTarget::Kafka(kafka) => arbor_actors::tunnel::kafka::KafkaSource::new(kafka, &options)
+                .map(|source| builder.source(Arc::new(source))),
+        };
         TreeTunnel {
             tree: self.clone(),
-            builder: TunnelWorker::builder(options)
-                .pool(self.inner.pool.clone(), target)
-                .registry(self.inner.tunnel_registry.clone()),
+            builder,
         }
     }
 
@@ -338,11 +345,38 @@ fn rename_root(node: &mut TreeSnapshot, old: &str, name: &str) {
     }
 }
 
+/// Where a tree's tunnel worker reads (see [`TreeHandle::tunnel`]): converted from a [`ConnectionConfig`]
+/// (arbor's tunnel service) or, with feature `kafka`, from
+/// [`KafkaOptions`](arbor_actors::tunnel::kafka::KafkaOptions).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TunnelTarget {
+    /// arbor's tunnel service, reached through the tree's connection pool.
+    Service(ConnectionConfig),
+    /// A Kafka topic: its partitions are the channels, the consumer group the sessions.
+    #[cfg(feature = "kafka")]
+    Kafka(arbor_actors::tunnel::kafka::KafkaOptions),
+}
+
+impl From<ConnectionConfig> for TunnelTarget {
+    fn from(config: ConnectionConfig) -> Self {
+        TunnelTarget::Service(config)
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl From<arbor_actors::tunnel::kafka::KafkaOptions> for TunnelTarget {
+    fn from(options: arbor_actors::tunnel::kafka::KafkaOptions) -> Self {
+        TunnelTarget::Kafka(options)
+    }
+}
+
 /// A tunnel worker about to start under a tree (see [`TreeHandle::tunnel`]).
 #[must_use]
 pub struct TreeTunnel {
     tree: TreeHandle,
-    builder: TunnelWorkerBuilder,
+    /// `Err` when the target was refused (bad Kafka options): [`start`](TreeTunnel::start) returns it.
+    builder: Result<TunnelWorkerBuilder, arbor_actors::tunnel::TunnelError>,
 }
 
 impl fmt::Debug for TreeTunnel {
@@ -356,33 +390,37 @@ impl fmt::Debug for TreeTunnel {
 impl TreeTunnel {
     /// Hand the records to this actor (see [`TunnelWorkerBuilder::subscriber`]).
     pub fn subscriber(mut self, subscriber: SubscriberRef) -> Self {
-        self.builder = self.builder.subscriber(subscriber);
+        self.builder = self.builder.map(|b| b.subscriber(subscriber));
         self
     }
 
     /// Run `subscriber` in an actor the worker supervises (see [`TunnelWorkerBuilder::run_subscriber`]).
     pub fn run_subscriber<S: Subscriber>(mut self, subscriber: S) -> Self {
-        self.builder = self.builder.run_subscriber(subscriber);
+        self.builder = self.builder.map(|b| b.run_subscriber(subscriber));
         self
     }
 
     /// Applies a subscriber kind registered with the tree's builder.
     pub(crate) fn map(mut self, f: impl FnOnce(TunnelWorkerBuilder) -> TunnelWorkerBuilder) -> Self {
-        self.builder = f(self.builder);
+        self.builder = self.builder.map(f);
         self
     }
 
     /// Every event of the worker from its start on (see [`TunnelWorkerBuilder::events`]); the tree's events
-    /// carry them too.
+    /// carry them too. Closed at once when the target was refused ([`start`](TreeTunnel::start) says why).
     pub fn events(&self) -> broadcast::Receiver<TunnelEvent> {
-        self.builder.events()
+        match &self.builder {
+            Ok(builder) => builder.events(),
+            Err(_) => broadcast::channel(1).1,
+        }
     }
 
     /// Starts the worker under the tree's tunnel supervisor.
     pub async fn start(self) -> Result<TunnelHandle, TreeError> {
+        let builder = self.builder?;
         // Subscribed before the start, so that the tree's events show the first session and assignment.
-        let events = self.builder.events();
-        let handle = self.builder.start_under(&self.tree.inner.tunnels).await?;
+        let events = builder.events();
+        let handle = builder.start_under(&self.tree.inner.tunnels).await?;
         let tunnel_id = handle.tunnel_id().to_string();
         let pump = pump_tunnel(tunnel_id.clone(), events, self.tree.inner.events.clone());
         self.tree

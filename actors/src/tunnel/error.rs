@@ -49,6 +49,18 @@ pub enum TunnelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A call of a source other than arbor's protocol (Kafka, ...) failed; `kind` says whether to retry, stop
+    /// the channel, or stop.
+    #[error("{call} failed ({kind:?}): {source}")]
+    Source {
+        /// The call (`Commit`, `Read`, ...).
+        call: &'static str,
+        /// What to do about it.
+        kind: ErrorKind,
+        /// The source's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// No usable connection to the service.
     #[error("no connection to the tunnel service")]
     Connection(#[source] ConnectionError),
@@ -141,7 +153,7 @@ impl TunnelError {
     /// ([`ErrorKind::CheckpointOutOfRange`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            TunnelError::Call { kind, .. } => *kind,
+            TunnelError::Call { kind, .. } | TunnelError::Source { kind, .. } => *kind,
             TunnelError::Connection(_) => ErrorKind::Retryable,
             TunnelError::Pool(crate::connection::PoolError::Config(_)) => ErrorKind::Fatal,
             TunnelError::Pool(_) => ErrorKind::Retryable,

@@ -67,6 +67,8 @@ mod channel;
 mod error;
 mod handle;
 mod info;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod options;
 pub mod source;
 pub mod state;

@@ -203,6 +203,14 @@ pub trait TunnelSource: Send + Sync + 'static {
     fn limits(&self) -> BoxFuture<'_, Result<Option<ServiceLimits>, TunnelError>> {
         Box::pin(async { Ok(None) })
     }
+
+    /// For a source whose assignment changes on its own, between heartbeats (a Kafka rebalance): a counter
+    /// bumped at each change. The worker heartbeats at once when it moves, so that a revoked channel is
+    /// drained and an assigned one started without waiting for the heartbeat interval. `None` (the default):
+    /// changes are learnt at the heartbeats. The worker stops watching when the sender is dropped.
+    fn assignment_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// How [`GrpcSource`] reaches the service.

@@ -612,6 +612,17 @@ impl Actor for WorkerActor {
             state.on_connected(&myself, first_sent, first);
         }
         myself.send_interval(state.options.heartbeat_interval, || WorkerMsg::Tick);
+        if let Some(mut changes) = state.source.assignment_changes() {
+            // The source's assignment moved on its own (a Kafka rebalance): heartbeat now, not at the interval.
+            let me = myself.clone();
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    if me.cast(WorkerMsg::Tick).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         info!(tunnel = %state.options.tunnel_id, "tunnel worker started");
         Ok(state)
     }
