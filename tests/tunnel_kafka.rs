@@ -175,7 +175,7 @@ async fn three_workers_share_eight_partitions_a_join_moves_only_what_it_must_and
     // The fourth is killed (no flush): its partitions go back to the others, who resume at the last commits.
     let leaving = owned(&workers[3]);
     let killed_at = Instant::now();
-    workers[3].cell().unwrap().kill();
+    workers[3].ractor_cell().unwrap().kill();
     let w3 = workers.pop().unwrap();
     assert!(matches!(w3.wait().await, TunnelExit::Killed));
     wait_until("the killed worker's partitions taken over", || {
