@@ -14,7 +14,9 @@ use super::source::ServiceLimits;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum CheckpointPolicy {
-    /// After every acknowledged batch (the fewest records delivered again after a failover).
+    /// After every acknowledged batch (the fewest records delivered again after a failover). Written while the
+    /// next batch is delivered, one write at a time: when batches are acknowledged faster than the service
+    /// answers, the next write carries the newest acknowledged position.
     EveryBatch,
     /// At most once per interval, and always when the channel closes, is handed over or finishes (fewer
     /// writes to the service; up to an interval of records delivered again after a crash).
