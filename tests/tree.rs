@@ -3,14 +3,17 @@
 
 mod tunnel_worker_common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arbor::activator::{ActivatorEvent, ActivatorOptions, Role, Singleton};
 use arbor::connection::ConnectionConfig;
 use arbor::ractor::{Actor, ActorProcessingErr, ActorRef};
+use arbor::supervisor::BoxError;
 use arbor::supervisor::{ChildKind, ChildSpec, SupervisorEvent, SupervisorExit, TreeSnapshot};
-use arbor::tree::{DynamicConfig, Tree, TreeEvent};
-use arbor::tunnel::{CheckpointPolicy, TunnelEvent};
+use arbor::tree::{DynamicConfig, Tree, TreeConfig, TreeEvent};
+use arbor::tunnel::{Batch, CheckpointPolicy, Subscriber, TunnelEvent};
 use tokio::sync::broadcast;
 use tunnel_worker_common::*;
 
@@ -540,3 +543,88 @@ async fn metrics_keep_a_bounded_number_of_series_through_many_child_start_stop_c
     assert!(children.contains("other"), "the rest are counted as other");
     tree.shutdown(Duration::from_secs(30)).await.unwrap();
 }
+
+/// A subscriber that notes how many batches it holds at once: each batch waits (at most 5 s) for a batch of
+/// another channel to come in alongside it.
+#[derive(Clone, Default)]
+struct Overlap {
+    inside: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    together: Arc<tokio::sync::Notify>,
+}
+
+impl Subscriber for Overlap {
+    async fn handle(&self, _: &Batch) -> Result<(), BoxError> {
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        if now >= 2 {
+            self.together.notify_waiters();
+        } else {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.together.notified()).await;
+        }
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// `subscriber_concurrency = "per_channel"` in the file is what the worker runs: two channels' batches are in
+/// the kind's subscriber at once (with the default, one batch at a time, never). A kind that hands the
+/// records to an actor of its own cannot take the key: the start fails naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_concurrency_from_the_file_is_what_the_worker_runs() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "concurrency", 2).await;
+    for channel in 0..2 {
+        append_to(&mut client, &tunnel, Some(channel), records("c", 20))
+            .await
+            .unwrap();
+    }
+    let toml = |kind: &str| {
+        format!(
+            r#"
+[connections.tunnels]
+connection_string = "{}?disableTls=true"
+[[tunnels]]
+connection = "tunnels"
+subscriber = "{kind}"
+subscriber_concurrency = "per_channel"
+[tunnels.options]
+tunnel_id = "{tunnel}"
+min_heartbeat_interval = "10ms"
+heartbeat_interval = "100ms"
+heartbeat_timeout = "10s"
+read_batch_size = 5
+"#,
+            server.url.replace("http://", "grpc://")
+        )
+    };
+    let overlap = Overlap::default();
+    let kind = overlap.clone();
+    let config = TreeConfig::from_toml(&toml("overlap")).unwrap();
+    let tree = Tree::from_config(config)
+        .subscriber_kind("overlap", move |b| b.run_subscriber(kind.clone()))
+        .start()
+        .await
+        .unwrap();
+    wait_until("two channels' batches in the subscriber at once", || {
+        overlap.most.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
+
+    let (_actor, subscriber) = actor_subscriber(Inbox::holding_from(u64::MAX)).await;
+    let config = TreeConfig::from_toml(&toml("actor")).unwrap();
+    let refused = Tree::from_config(config)
+        .subscriber_kind("actor", move |b| b.subscriber(subscriber.clone()))
+        .start()
+        .await
+        .err()
+        .expect("an actor of the kind's own cannot take subscriber_concurrency");
+    assert!(
+        refused.to_string().contains("subscriber_concurrency"),
+        "{refused}"
+    );
+    server.stop().await;
+}
+

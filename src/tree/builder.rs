@@ -142,6 +142,7 @@ impl TreeBuilder {
         self.config.tunnels.push(TunnelConfig {
             connection: connection.into(),
             subscriber: subscriber.into(),
+            subscriber_concurrency: None,
             options,
         });
         self
@@ -365,8 +366,12 @@ impl TreeBuilder {
             for t in &config.tunnels {
                 let target = tree.named_connection(&t.connection)?;
                 let apply = Arc::clone(&subscriber_kinds[&t.subscriber]);
+                let concurrency = t.subscriber_concurrency;
                 tree.tunnel(t.options.clone(), target)
-                    .map(|b| apply(b))
+                    .map(|b| match concurrency {
+                        Some(concurrency) => apply(b).subscriber_concurrency(concurrency),
+                        None => apply(b),
+                    })
                     .start()
                     .await?;
             }
