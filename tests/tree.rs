@@ -617,12 +617,13 @@ read_batch_size = 5
 
     let (_actor, subscriber) = actor_subscriber(Inbox::holding_from(u64::MAX)).await;
     let config = TreeConfig::from_toml(&toml("actor")).unwrap();
-    let refused = Tree::from_config(config)
+    let started = Tree::from_config(config)
         .subscriber_kind("actor", move |b| b.subscriber(subscriber.clone()))
         .start()
-        .await
-        .err()
-        .expect("an actor of the kind's own cannot take subscriber_concurrency");
+        .await;
+    let Err(refused) = started else {
+        panic!("an actor of the kind's own cannot take subscriber_concurrency");
+    };
     assert!(
         refused.to_string().contains("subscriber_concurrency"),
         "{refused}"
