@@ -170,7 +170,7 @@ impl Actor for ChannelActor {
             version: lease.version,
             stop: None,
         });
-        let flush_wait = args.options.call_timeout * 2;
+        let flush_wait = args.options.channel_flush_wait();
         let span = tracing::info_span!(
             "tunnel_channel",
             tunnel = %lease.session.tunnel_id,
