@@ -1,8 +1,10 @@
 //! The tree's TOML configuration: a good file, and each kind of bad file naming its field.
 
 use std::io::Write;
+use std::num::NonZeroUsize;
 
 use arbor::tree::{ConfigError, TreeConfig};
+use arbor::tunnel::SubscriberConcurrency;
 
 fn invalid(text: &str) -> (String, String) {
     match TreeConfig::from_toml(text) {
@@ -91,6 +93,16 @@ fn each_kind_of_bad_file_names_its_field() {
         ("[root]\nperiod = \"0s\"\n", "root", "period"),
         ("[connections.a]\nconnection_string = \"nope://\"\n", "connections.a", ""),
         ("name = \n", ".", ""),
+        (
+            "[[tunnels]]\nconnection = \"a\"\nsubscriber = \"log\"\nsubscriber_concurrency = \"two\"\n",
+            "tunnels[0].subscriber_concurrency",
+            "\"one\", \"per_channel\", or a number",
+        ),
+        (
+            "[[tunnels]]\nconnection = \"a\"\nsubscriber = \"log\"\nsubscriber_concurrency = 0\n",
+            "tunnels[0].subscriber_concurrency",
+            "at least 1",
+        ),
     ];
     for (text, path, needle) in cases {
         let (got_path, message) = invalid(text);
@@ -100,6 +112,27 @@ fn each_kind_of_bad_file_names_its_field() {
             "for {text:?}: {message:?} lacks {needle:?}"
         );
     }
+}
+
+#[test]
+fn subscriber_concurrency_is_one_per_channel_or_a_pool_and_unset_by_default() {
+    let with = |value: &str| {
+        let text = GOOD.replace(
+            "subscriber = \"log\"\n",
+            &format!("subscriber = \"log\"\nsubscriber_concurrency = {value}\n"),
+        );
+        TreeConfig::from_toml(&text).unwrap().tunnels[0].subscriber_concurrency
+    };
+    assert_eq!(
+        TreeConfig::from_toml(GOOD).unwrap().tunnels[0].subscriber_concurrency,
+        None
+    );
+    assert_eq!(with("\"one\""), Some(SubscriberConcurrency::One));
+    assert_eq!(with("\"per_channel\""), Some(SubscriberConcurrency::PerChannel));
+    assert_eq!(
+        with("8"),
+        Some(SubscriberConcurrency::Pool(NonZeroUsize::new(8).unwrap()))
+    );
 }
 
 #[test]

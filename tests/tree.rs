@@ -3,14 +3,19 @@
 
 mod tunnel_worker_common;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arbor::activator::{ActivatorEvent, ActivatorOptions, Role, Singleton};
 use arbor::connection::ConnectionConfig;
 use arbor::ractor::{Actor, ActorProcessingErr, ActorRef};
+use arbor::supervisor::BoxError;
 use arbor::supervisor::{ChildKind, ChildSpec, SupervisorEvent, SupervisorExit, TreeSnapshot};
-use arbor::tree::{DynamicConfig, Tree, TreeEvent};
-use arbor::tunnel::{CheckpointPolicy, TunnelEvent};
+use arbor::tree::{DynamicConfig, Tree, TreeConfig, TreeEvent};
+use arbor::tunnel::{Batch, CheckpointPolicy, Subscriber, TunnelEvent, TunnelExit};
+use arbor_proto::tunnel::v1;
+use arbor_proto::tunnel::v1::tunnel_service_server::{TunnelService, TunnelServiceServer};
 use tokio::sync::broadcast;
 use tunnel_worker_common::*;
 
@@ -551,4 +556,274 @@ async fn metrics_keep_a_bounded_number_of_series_through_many_child_start_stop_c
     );
     assert!(children.contains("other"), "the rest are counted as other");
     tree.shutdown(Duration::from_secs(30)).await.unwrap();
+}
+
+/// A subscriber that notes how many batches it holds at once: each batch waits (at most 5 s) for a batch of
+/// another channel to come in alongside it.
+#[derive(Clone, Default)]
+struct Overlap {
+    inside: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    together: Arc<tokio::sync::Notify>,
+}
+
+impl Subscriber for Overlap {
+    async fn handle(&self, _: &Batch) -> Result<(), BoxError> {
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        if now >= 2 {
+            self.together.notify_waiters();
+        } else {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.together.notified()).await;
+        }
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// `subscriber_concurrency = "per_channel"` in the file is what the worker runs: two channels' batches are in
+/// the kind's subscriber at once (with the default, one batch at a time, never). A kind that hands the
+/// records to an actor of its own cannot take the key: the start fails naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_concurrency_from_the_file_is_what_the_worker_runs() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "concurrency", 2).await;
+    for channel in 0..2 {
+        append_to(&mut client, &tunnel, Some(channel), records("c", 20))
+            .await
+            .unwrap();
+    }
+    let toml = |kind: &str| {
+        format!(
+            r#"
+[connections.tunnels]
+connection_string = "{}?disableTls=true"
+[[tunnels]]
+connection = "tunnels"
+subscriber = "{kind}"
+subscriber_concurrency = "per_channel"
+[tunnels.options]
+tunnel_id = "{tunnel}"
+min_heartbeat_interval = "10ms"
+heartbeat_interval = "100ms"
+heartbeat_timeout = "10s"
+read_batch_size = 5
+"#,
+            server.url.replace("http://", "grpc://")
+        )
+    };
+    let overlap = Overlap::default();
+    let kind = overlap.clone();
+    let config = TreeConfig::from_toml(&toml("overlap")).unwrap();
+    let tree = Tree::from_config(config)
+        .subscriber_kind("overlap", move |b| b.run_subscriber(kind.clone()))
+        .start()
+        .await
+        .unwrap();
+    wait_until("two channels' batches in the subscriber at once", || {
+        overlap.most.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    tree.shutdown(Duration::from_secs(30)).await.unwrap();
+
+    let (_actor, subscriber) = actor_subscriber(Inbox::holding_from(u64::MAX)).await;
+    let config = TreeConfig::from_toml(&toml("actor")).unwrap();
+    let started = Tree::from_config(config)
+        .subscriber_kind("actor", move |b| b.subscriber(subscriber.clone()))
+        .start()
+        .await;
+    let Err(refused) = started else {
+        panic!("an actor of the kind's own cannot take subscriber_concurrency");
+    };
+    assert!(
+        refused.to_string().contains("subscriber_concurrency"),
+        "{refused}"
+    );
+    server.stop().await;
+}
+
+/// A real tonic service on 127.0.0.1 in front of the tunnel service: forwards every call, and while `slow` is
+/// set holds each Checkpoint and Shutdown for `delay` first (within the worker's call timeout). Counts the
+/// Shutdowns the service answered.
+#[derive(Clone)]
+struct SlowService {
+    upstream: Client,
+    slow: Arc<AtomicBool>,
+    delay: Duration,
+    shutdowns: Arc<AtomicUsize>,
+}
+
+type ReadStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::ReadRecordsResponse, tonic::Status>> + Send>>;
+
+macro_rules! forward {
+    ($($rpc:ident($request:ident) -> $response:ident;)*) => {
+        #[tonic::async_trait]
+        impl TunnelService for SlowService {
+            type ReadRecordsStream = ReadStream;
+
+            async fn read_records(
+                &self,
+                request: tonic::Request<v1::ReadRecordsRequest>,
+            ) -> Result<tonic::Response<ReadStream>, tonic::Status> {
+                let stream = self.upstream.clone().read_records(request.into_inner()).await?.into_inner();
+                Ok(tonic::Response::new(Box::pin(stream)))
+            }
+
+            $(async fn $rpc(
+                &self,
+                request: tonic::Request<v1::$request>,
+            ) -> Result<tonic::Response<v1::$response>, tonic::Status> {
+                let call = stringify!($rpc);
+                if self.slow.load(Ordering::SeqCst) && matches!(call, "checkpoint" | "shutdown") {
+                    tokio::time::sleep(self.delay).await;
+                }
+                let reply = self.upstream.clone().$rpc(request.into_inner()).await?.into_inner();
+                if call == "shutdown" {
+                    self.shutdowns.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(tonic::Response::new(reply))
+            })*
+        }
+    };
+}
+
+forward! {
+    append(AppendRequest) -> AppendResponse;
+    create_tunnel(CreateTunnelRequest) -> CreateTunnelResponse;
+    describe_tunnel(DescribeTunnelRequest) -> DescribeTunnelResponse;
+    list_tunnels(ListTunnelsRequest) -> ListTunnelsResponse;
+    delete_tunnel(DeleteTunnelRequest) -> DeleteTunnelResponse;
+    seal_channel(SealChannelRequest) -> SealChannelResponse;
+    connect_tunnel(ConnectTunnelRequest) -> ConnectTunnelResponse;
+    heartbeat(HeartbeatRequest) -> HeartbeatResponse;
+    get_checkpoint(GetCheckpointRequest) -> GetCheckpointResponse;
+    checkpoint(CheckpointRequest) -> CheckpointResponse;
+    shutdown(ShutdownRequest) -> ShutdownResponse;
+    get_limits(GetLimitsRequest) -> GetLimitsResponse;
+}
+
+impl SlowService {
+    /// Serves on 127.0.0.1 until the test ends; returns its URL.
+    async fn serve(self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TunnelServiceServer::new(self))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        url
+    }
+}
+
+/// Batches once `slow` is set take `delay` each (within the worker's call timeout, so a graceful stop lets the
+/// one in hand finish); the first slow batch (channel, next position), and what each channel handled.
+#[derive(Clone, Default)]
+struct SlowSubscriber {
+    slow: Arc<AtomicBool>,
+    delay: Duration,
+    holding: Arc<tokio::sync::Notify>,
+    held: Arc<std::sync::OnceLock<(u32, u64)>>,
+    handled: Arc<std::sync::Mutex<std::collections::BTreeMap<u32, u64>>>,
+}
+
+impl Subscriber for SlowSubscriber {
+    async fn handle(&self, batch: &Batch) -> Result<(), BoxError> {
+        if self.slow.load(Ordering::SeqCst) {
+            let _ = self.held.set((batch.channel_id, batch.next_sequence()));
+            self.holding.notify_one();
+            tokio::time::sleep(self.delay).await;
+        }
+        let mut handled = self.handled.lock().unwrap();
+        handled.insert(batch.channel_id, batch.next_sequence());
+        Ok(())
+    }
+}
+
+/// A tree shut down while the service is slow (each Checkpoint and Shutdown held most of the call timeout)
+/// and its subscriber is in the middle of a slow batch lets its tunnel worker stop gracefully within the
+/// budget the worker's child spec gives it: the batch in hand is finished and checkpointed (after the
+/// checkpoint write in flight), the session is shut down (the service answered the Shutdown), and the worker
+/// ended as shut down, not killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_shutdown_against_a_slow_service_lets_the_worker_stop_gracefully() {
+    const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+    const DELAY: Duration = Duration::from_millis(1_500);
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "slow", 2).await;
+    for channel in 0..2 {
+        append_to(&mut client, &tunnel, Some(channel), records("s", 200))
+            .await
+            .unwrap();
+    }
+    let slow = Arc::new(AtomicBool::new(false));
+    let proxy = SlowService {
+        upstream: server.client().await,
+        slow: Arc::clone(&slow),
+        delay: DELAY,
+        shutdowns: Arc::default(),
+    };
+    let shutdowns = Arc::clone(&proxy.shutdowns);
+    let url = proxy.serve().await;
+    let subscriber = SlowSubscriber {
+        slow: Arc::clone(&slow),
+        delay: DELAY,
+        ..SlowSubscriber::default()
+    };
+    let tree = Tree::builder().start().await.unwrap();
+    let options = fast_options(&tunnel)
+        .call_timeout(CALL_TIMEOUT)
+        .read_batch_size(10)
+        .checkpoint(CheckpointPolicy::EveryBatch);
+    let worker = tree
+        .tunnel(options, target(&url))
+        .run_subscriber(subscriber.clone())
+        .start()
+        .await
+        .unwrap();
+    wait_until("both channels delivered", || {
+        subscriber.handled.lock().unwrap().len() == 2
+    })
+    .await;
+    slow.store(true, Ordering::SeqCst);
+    tokio::time::timeout(LONG, subscriber.holding.notified())
+        .await
+        .expect("a batch in the slow subscriber's hands");
+
+    tree.shutdown(Duration::from_secs(120)).await.unwrap();
+    let exit = worker.wait().await;
+    assert!(
+        matches!(exit, TunnelExit::Shutdown),
+        "the worker stopped gracefully, not killed: {exit:?}"
+    );
+    assert_eq!(
+        shutdowns.load(Ordering::SeqCst),
+        1,
+        "the service answered the worker's Shutdown"
+    );
+    let info = describe(&mut client, &tunnel).await;
+    assert!(info.clients.is_empty(), "the session is gone: {:?}", info.clients);
+    // The batch in the subscriber's hands when the shutdown began was finished and checkpointed; nothing is
+    // checkpointed past what the subscriber handled (a batch another channel had queued behind it may be
+    // handled after its channel stopped: it is delivered again, at-least-once).
+    let (held_channel, held_next) = *subscriber.held.get().expect("a slow batch");
+    let handled = subscriber.handled.lock().unwrap().clone();
+    for c in &info.channels {
+        if c.channel_id == held_channel {
+            assert_eq!(
+                c.checkpoint_sequence_number, held_next,
+                "channel {held_channel}: the batch in hand at the shutdown is checkpointed"
+            );
+        }
+        assert!(
+            Some(&c.checkpoint_sequence_number) <= handled.get(&c.channel_id),
+            "channel {}: checkpoint {} past what was handled {handled:?}",
+            c.channel_id,
+            c.checkpoint_sequence_number
+        );
+    }
+    server.stop().await;
 }

@@ -380,8 +380,12 @@ impl TreeBuilder {
             for t in &config.tunnels {
                 let target = t.target(&tree)?;
                 let apply = Arc::clone(&subscriber_kinds[&t.subscriber]);
+                let concurrency = t.subscriber_concurrency;
                 tree.tunnel(t.options.clone(), target)
-                    .map(|b| apply(b))
+                    .map(|b| match concurrency {
+                        Some(concurrency) => apply(b).subscriber_concurrency(concurrency),
+                        None => apply(b),
+                    })
                     .start()
                     .await?;
             }

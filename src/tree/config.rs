@@ -19,6 +19,7 @@
 //! [[tunnels]]                 # tunnel workers started with the tree
 //! connection = "tunnels"
 //! subscriber = "log"          # a kind registered with the builder; "log" and "discard" are built in
+//! subscriber_concurrency = "per_channel"  # "one" (the default), "per_channel", or a pool of N batches
 //! [tunnels.options]
 //! tunnel_id = "t-1234"
 //! heartbeat_interval = "10s"
@@ -62,8 +63,8 @@ use std::time::Duration;
 
 use arbor_actors::connection::{ConnectionConfig, PoolOptions};
 use arbor_actors::supervisor::{DynamicSupervisorOptions, IntensityScope, SupervisorOptions};
-use arbor_actors::tunnel::TunnelOptions;
-use serde::Deserialize;
+use arbor_actors::tunnel::{SubscriberConcurrency, TunnelOptions};
+use serde::{Deserialize, Deserializer};
 
 /// The whole tree. Every section is optional; missing fields take the defaults their types document.
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +135,13 @@ pub struct TunnelConfig {
     /// The subscriber kind: `log`, `discard`, or one registered with
     /// [`TreeBuilder::subscriber_kind`](super::TreeBuilder::subscriber_kind).
     pub subscriber: String,
+    /// How many batches the subscriber processes at once: `"one"` (one batch at a time across all channels),
+    /// `"per_channel"` (each channel's batch as soon as it is read), or a number N (a pool of N). Unset: what
+    /// the kind says (`one` for `log` and `discard`). Whatever the choice, a channel never has two batches in
+    /// flight. Only for kinds that run a [`Subscriber`](arbor_actors::tunnel::Subscriber); a kind that hands
+    /// the records to an actor of its own fails the start naming this key.
+    #[serde(default, deserialize_with = "subscriber_concurrency")]
+    pub subscriber_concurrency: Option<SubscriberConcurrency>,
     /// The worker's options.
     pub options: TunnelOptions,
 }
@@ -145,6 +153,7 @@ impl TunnelConfig {
             connection: Some(connection),
             kafka: None,
             subscriber,
+            subscriber_concurrency: None,
             options,
         }
     }
@@ -160,6 +169,7 @@ impl TunnelConfig {
             connection: None,
             kafka: Some(kafka),
             subscriber,
+            subscriber_concurrency: None,
             options,
         }
     }
@@ -251,6 +261,44 @@ pub enum TunnelSourceKind {
     Service,
     /// A Kafka topic, as the `[tunnels.kafka]` table says (feature `kafka`).
     Kafka,
+}
+
+/// `subscriber_concurrency`: `"one"`, `"per_channel"`, or a positive number (a pool).
+fn subscriber_concurrency<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SubscriberConcurrency>, D::Error> {
+    struct Concurrency;
+    impl serde::de::Visitor<'_> for Concurrency {
+        type Value = SubscriberConcurrency;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(r#""one", "per_channel", or a number of batches at once (a pool, at least 1)"#)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<SubscriberConcurrency, E> {
+            match value {
+                "one" => Ok(SubscriberConcurrency::One),
+                "per_channel" => Ok(SubscriberConcurrency::PerChannel),
+                other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+            }
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<SubscriberConcurrency, E> {
+            match u64::try_from(value) {
+                Ok(value) => self.visit_u64(value),
+                Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(value), &self)),
+            }
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<SubscriberConcurrency, E> {
+            usize::try_from(value)
+                .ok()
+                .and_then(std::num::NonZeroUsize::new)
+                .map(SubscriberConcurrency::Pool)
+                .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))
+        }
+    }
+    deserializer.deserialize_any(Concurrency).map(Some)
 }
 
 /// Where activators elect their leaders, and which ones start with the tree.

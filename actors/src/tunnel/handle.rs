@@ -106,6 +106,7 @@ impl TunnelWorker {
             options,
             source: None,
             subscriber: None,
+            concurrency: None,
             registry: None,
             events: broadcast::channel(EVENT_BUFFER).0,
         }
@@ -117,10 +118,21 @@ impl TunnelWorker {
 pub struct TunnelWorkerBuilder {
     options: TunnelOptions,
     source: Option<SourceSpec>,
-    subscriber: Option<SubscriberSpec>,
+    subscriber: Option<SubscriberChoice>,
+    /// Set by [`TunnelWorkerBuilder::subscriber_concurrency`]: overrides what `run_subscriber*` said.
+    concurrency: Option<SubscriberConcurrency>,
     registry: Option<Registry<TunnelEntry>>,
     /// Created with the builder, so that events can be subscribed to before the worker starts.
     events: broadcast::Sender<TunnelEvent>,
+}
+
+/// Makes the runner of a subscriber the worker runs itself, at a concurrency.
+type RunnerMaker = Arc<dyn Fn(SubscriberConcurrency) -> RunnerFactory + Send + Sync>;
+
+/// The subscriber as the builder was told.
+enum SubscriberChoice {
+    Given(SubscriberRef),
+    Run(RunnerMaker, SubscriberConcurrency),
 }
 
 impl fmt::Debug for TunnelWorkerBuilder {
@@ -154,7 +166,7 @@ impl TunnelWorkerBuilder {
     /// Hand the records to this actor (monitored: when it dies, delivery pauses until
     /// [`TunnelHandle::attach_subscriber`]).
     pub fn subscriber(mut self, subscriber: SubscriberRef) -> Self {
-        self.subscriber = Some(SubscriberSpec::Given(subscriber));
+        self.subscriber = Some(SubscriberChoice::Given(subscriber));
         self
     }
 
@@ -176,11 +188,23 @@ impl TunnelWorkerBuilder {
         concurrency: SubscriberConcurrency,
     ) -> Self {
         let subscriber = Arc::new(subscriber);
-        let factory: RunnerFactory = Arc::new(move |worker: ActorCell| {
+        let maker: RunnerMaker = Arc::new(move |concurrency| {
             let subscriber = Arc::clone(&subscriber);
-            async move { SubscriberActor::spawn_linked(subscriber, concurrency, worker).await }.boxed()
+            Arc::new(move |worker: ActorCell| {
+                let subscriber = Arc::clone(&subscriber);
+                async move { SubscriberActor::spawn_linked(subscriber, concurrency, worker).await }.boxed()
+            })
         });
-        self.subscriber = Some(SubscriberSpec::Owned(factory));
+        self.subscriber = Some(SubscriberChoice::Run(maker, concurrency));
+        self
+    }
+
+    /// How many batches the subscriber the worker runs ([`Self::run_subscriber`]) processes at once, whatever
+    /// `run_subscriber*` said (the tree's `subscriber_concurrency` key sets it). Only for a subscriber the
+    /// worker runs: with an actor of yours ([`Self::subscriber`]) the start fails naming
+    /// `subscriber_concurrency`.
+    pub fn subscriber_concurrency(mut self, concurrency: SubscriberConcurrency) -> Self {
+        self.concurrency = Some(concurrency);
         self
     }
 
@@ -208,9 +232,22 @@ impl TunnelWorkerBuilder {
         let source = self
             .source
             .ok_or_else(|| missing("connection", "a connection, pool or source is required"))?;
-        let subscriber = self
-            .subscriber
-            .ok_or_else(|| missing("subscriber", "a subscriber is required"))?;
+        let subscriber = match (self.subscriber, self.concurrency) {
+            (None, _) => return Err(missing("subscriber", "a subscriber is required")),
+            (Some(SubscriberChoice::Given(_)), Some(concurrency)) => {
+                return Err(TunnelError::InvalidOptions {
+                    field: "subscriber_concurrency".into(),
+                    reason: format!(
+                        "{concurrency:?} applies to a subscriber the worker runs (run_subscriber), but this \
+                         worker hands its records to an actor of yours, which takes them at its own pace"
+                    ),
+                })
+            }
+            (Some(SubscriberChoice::Given(subscriber)), None) => SubscriberSpec::Given(subscriber),
+            (Some(SubscriberChoice::Run(make, concurrency)), chosen) => {
+                SubscriberSpec::Owned(make(chosen.unwrap_or(concurrency)))
+            }
+        };
         let options = Arc::new(self.options);
         let call_timeout = options.call_timeout;
         let source: SourceFactory = match source {

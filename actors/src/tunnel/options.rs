@@ -14,7 +14,9 @@ use super::source::ServiceLimits;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum CheckpointPolicy {
-    /// After every acknowledged batch (the fewest records delivered again after a failover).
+    /// After every acknowledged batch (the fewest records delivered again after a failover). Written while the
+    /// next batch is delivered, one write at a time: when batches are acknowledged faster than the service
+    /// answers, the next write carries the newest acknowledged position.
     EveryBatch,
     /// At most once per interval, and always when the channel closes, is handed over or finishes (fewer
     /// writes to the service; up to an interval of records delivered again after a crash).
@@ -233,17 +235,24 @@ impl TunnelOptions {
         self
     }
 
-    /// How long stopping the channels may take: each flushes its checkpoint within two call timeouts, and
-    /// retries transient errors for at most `retry_for` (capped at 5 s) before giving up.
+    /// How long a channel's graceful stop may take before its loop is aborted: the batch in the subscriber's
+    /// hands is finished (within a call timeout), the checkpoint write in flight answered (one call), then the
+    /// last position written (one call).
+    pub(crate) fn channel_flush_wait(&self) -> Duration {
+        self.call_timeout * 3
+    }
+
+    /// How long stopping the channels may take: each flushes within [`Self::channel_flush_wait`] (three call
+    /// timeouts), and retries transient errors for at most `retry_for` (capped at 5 s) before giving up.
     pub(crate) fn channel_stop_wait(&self) -> Duration {
-        self.call_timeout * 2 + self.retry_for.min(Duration::from_secs(5))
+        self.channel_flush_wait() + self.retry_for.min(Duration::from_secs(5))
     }
 
     /// How long a graceful stop of the worker may take, sized from its own timeouts: the channels' stop (each
-    /// flushes within two call timeouts plus up to 5 s of retries), then up to three calls in turn (`Shutdown`
-    /// of the session, `Shutdown` of one opened as the worker stopped, the subscriber runner's stop), plus
-    /// 5 s of scheduling slack. A supervisor gives the worker this long before it kills it (60 s with the
-    /// defaults).
+    /// flushes within three call timeouts plus up to 5 s of retries), then up to three calls in turn
+    /// (`Shutdown` of the session, `Shutdown` of one opened as the worker stopped, the subscriber runner's
+    /// stop), plus 5 s of scheduling slack. A supervisor gives the worker this long before it kills it (70 s
+    /// with the defaults).
     pub fn shutdown_timeout(&self) -> Duration {
         self.channel_stop_wait() + self.call_timeout * 3 + Duration::from_secs(5)
     }
@@ -444,8 +453,9 @@ mod tests {
                 .call_timeout(Duration::from_millis(200))
                 .retry_for(Duration::from_secs(1)),
         ] {
-            // channels (flush within two calls, retries up to 5 s), Shutdown, the orphan's Shutdown, the runner
-            let steps = options.call_timeout * 2
+            // channels (the batch in hand, the write in flight, the last write; retries up to 5 s), Shutdown,
+            // the orphan's Shutdown, the runner
+            let steps = options.call_timeout * 3
                 + options.retry_for.min(Duration::from_secs(5))
                 + options.call_timeout * 3;
             assert!(
@@ -457,7 +467,7 @@ mod tests {
         }
         assert_eq!(
             TunnelOptions::new("t").shutdown_timeout(),
-            Duration::from_secs(60)
+            Duration::from_secs(70)
         );
     }
 

@@ -339,6 +339,7 @@ impl GrpcSource {
             finished: false,
         };
         while let Some(message) = stream.message().await.map_err(|s| self.failed(CALL, s))? {
+            batch.records.reserve(message.records.len());
             for record in message.records {
                 // Records must follow each other from where the read started; anything else means the two
                 // sides disagree on the channel's positions, and the channel resyncs (GetCheckpoint).

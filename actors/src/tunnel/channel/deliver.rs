@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use ractor::ActorId;
 use tokio::sync::watch;
 use tracing::warn;
@@ -42,7 +43,7 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
             continue;
         }
         let (delivery, pending) = Delivery::new(Arc::clone(&batch));
-        let Ok((mut ack, taken)) = subscriber.deliver(delivery, pending) else {
+        let Ok((mut ack, mut taken)) = subscriber.deliver(delivery, pending) else {
             report_failure(ctx, &subscriber, "the subscriber is gone".into());
             wait_replaced(ctx, &subscriber).await?;
             continue;
@@ -56,7 +57,7 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
             tokio::select! {
                 biased;
                 answer = &mut ack => Waited::Answer(answer),
-                _ = taken => Waited::Taken,
+                _ = &mut taken => Waited::Taken,
                 _ = gone => Waited::Replaced,
             }
         };
@@ -75,22 +76,22 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
                 };
                 match ctx.or_stop(processing).await {
                     Err(StopMode::Flush) => {
-                        // A graceful stop while the subscriber has the batch: let it finish (within the call
-                        // timeout) so that the flush includes it rather than deliver it again elsewhere.
-                        ctx.flushing = true;
-                        let until = deadline.min(tokio::time::Instant::now() + ctx.options.call_timeout);
-                        let answer = ctx.or_stop(tokio::time::timeout_at(until, &mut ack)).await;
-                        if let Ok(Ok(Ok(Ok(())))) = answer {
-                            ctx.acked = next;
-                            ctx.delivered += count;
-                        }
-                        return Err(Ended::Stopped(StopMode::Flush));
+                        return Err(finish_in_hand(ctx, &mut ack, deadline, next, count).await)
                     }
                     Err(mode) => return Err(Ended::Stopped(mode)),
                     Ok(waited) => waited,
                 }
             }
-            // Not taken yet: nothing of it is in the subscriber's hands to finish.
+            // Not seen taken yet, but the stop is looked at before the subscriber's news: the batch may be in
+            // its hands, or answered, already. Then a graceful stop finishes it as above; otherwise nothing of it
+            // is in the subscriber's hands to finish.
+            Err(StopMode::Flush) => {
+                if (&mut taken).now_or_never().is_some() {
+                    let deadline = tokio::time::Instant::now() + ctx.options.processing_timeout;
+                    return Err(finish_in_hand(ctx, &mut ack, deadline, next, count).await);
+                }
+                return Err(Ended::Stopped(StopMode::Flush));
+            }
             Err(mode) => return Err(Ended::Stopped(mode)),
             Ok(waited) => waited,
         };
@@ -115,6 +116,25 @@ pub(super) async fn deliver(ctx: &mut Ctx, batch: ReadBatch) -> Result<(), Ended
         report_failure(ctx, &subscriber, failure);
         wait_replaced(ctx, &subscriber).await?;
     }
+}
+
+/// A graceful stop while the subscriber has the batch: lets it finish (within the call timeout and its
+/// processing deadline) so that the flush includes it rather than deliver it again elsewhere.
+async fn finish_in_hand(
+    ctx: &mut Ctx,
+    ack: &mut tokio::sync::oneshot::Receiver<Result<(), Nack>>,
+    deadline: tokio::time::Instant,
+    next: u64,
+    count: u64,
+) -> Ended {
+    ctx.flushing = true;
+    let until = deadline.min(tokio::time::Instant::now() + ctx.options.call_timeout);
+    let answer = ctx.or_stop(tokio::time::timeout_at(until, ack)).await;
+    if let Ok(Ok(Ok(Ok(())))) = answer {
+        ctx.acked = next;
+        ctx.delivered += count;
+    }
+    Ended::Stopped(StopMode::Flush)
 }
 
 /// How waiting for an acknowledgement ended.

@@ -8,7 +8,8 @@
 //! # States (the protocol's, as this channel lives them)
 //!
 //! - **OPEN**: `GetCheckpoint`, then read with one batch read ahead of delivery; deliver a batch, wait for its
-//!   acknowledgement (at most the processing timeout), checkpoint per policy, repeat. Empty reads back off
+//!   acknowledgement (at most the processing timeout), start writing the checkpoint per policy (in the
+//!   background, one write at a time, while the next batch is delivered: see `checkpoint.rs`), repeat. Empty reads back off
 //!   (10 ms, × 5, jitter 0.25, at most 5 s; a full read resets); transient errors are retried with jittered
 //!   backoff for `retry_for`, then the channel gives up: checkpoint, report CLOSE, and the next owner replays.
 //! - **CLOSING** (the service moves the channel): no new reads; the batch in delivery is finished, the
@@ -31,16 +32,17 @@ use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn, Instrument};
+use tracing::{warn, Instrument};
 
-use super::error::{ErrorKind, TunnelError};
+use super::error::TunnelError;
 use super::info::{ChannelInfo, TunnelEntry, TunnelEvent};
-use super::options::{CheckpointPolicy, TunnelOptions};
+use super::options::TunnelOptions;
 use super::source::{ChannelLease, TunnelSource};
 use super::subscriber::SubscriberRef;
 use super::worker::WorkerMsg;
 use crate::registry::Registry;
 
+mod checkpoint;
 mod deliver;
 mod run;
 
@@ -168,7 +170,7 @@ impl Actor for ChannelActor {
             version: lease.version,
             stop: None,
         });
-        let flush_wait = args.options.call_timeout * 2;
+        let flush_wait = args.options.channel_flush_wait();
         let span = tracing::info_span!(
             "tunnel_channel",
             tunnel = %lease.session.tunnel_id,
@@ -278,6 +280,8 @@ struct Ctx {
     /// Writing the last checkpoint (or finishing the batch in delivery) for a graceful stop: only
     /// [`StopMode::Abandon`] interrupts now.
     flushing: bool,
+    /// The checkpoint being written while the next batch is delivered ([`checkpoint`]).
+    writing: Option<checkpoint::Writing>,
 }
 
 impl Ctx {
@@ -304,6 +308,7 @@ impl Ctx {
             read_failing_since: None,
             read_attempts: 0,
             flushing: false,
+            writing: None,
         }
     }
 
@@ -389,78 +394,18 @@ impl Ctx {
     fn event(&self, event: TunnelEvent) {
         let _ = self.events.send(event);
     }
+}
 
-    /// Runs `call` with retries for transient errors, for at most `retry_for`.
-    async fn retrying<T, F>(&mut self, what: &'static str, mut call: F) -> Result<T, Ended>
-    where
-        F: FnMut(
-            Arc<dyn TunnelSource>,
-            ChannelLease,
-        ) -> futures::future::BoxFuture<'static, Result<T, TunnelError>>,
-    {
-        let began = Instant::now();
-        let mut attempt = 0;
-        loop {
-            let future = call(Arc::clone(&self.source), self.lease.clone());
-            let result = match self.or_stop(future).await {
-                Ok(result) => result,
-                Err(mode) => return Err(Ended::Stopped(mode)),
-            };
-            match result {
-                Ok(value) => return Ok(value),
-                Err(err) => match err.kind() {
-                    ErrorKind::Retryable if began.elapsed() < self.options.retry_for => {
-                        let delay = self.options.retry_backoff.delay(attempt);
-                        attempt += 1;
-                        debug!(%what, error = %err, delay = %humantime::format_duration(delay), "transient error; retrying");
-                        if let Err(mode) = self.or_stop(tokio::time::sleep(delay)).await {
-                            return Err(Ended::Stopped(mode));
-                        }
-                    }
-                    ErrorKind::Retryable => {
-                        return Err(Ended::GiveUp(format!(
-                            "{what} kept failing for {}: {err}",
-                            humantime::format_duration(self.options.retry_for)
-                        )))
-                    }
-                    ErrorKind::OwnershipLost => return Err(Ended::OwnershipLost(err)),
-                    ErrorKind::CheckpointOutOfRange => return Err(Ended::OutOfRange(err)),
-                    ErrorKind::Fatal => return Err(Ended::Fatal(err)),
-                },
-            }
-        }
-    }
-
-    /// Writes the acknowledged position if it moved.
-    async fn checkpoint(&mut self) -> Result<(), Ended> {
-        if self.acked == self.checkpointed {
-            return Ok(());
-        }
-        let position = self.acked;
-        self.retrying("Checkpoint", move |source, lease| {
-            async move { source.checkpoint(&lease, position).await }.boxed()
-        })
-        .await?;
-        self.checkpointed = position;
-        self.last_checkpoint_at = Instant::now();
-        debug!(position, "checkpoint written");
-        self.event(TunnelEvent::Checkpointed {
-            channel_id: self.channel_id(),
-            position,
-        });
-        self.publish();
-        Ok(())
-    }
-
-    /// The checkpoint the policy wants after an acknowledgement.
-    async fn checkpoint_per_policy(&mut self) -> Result<(), Ended> {
-        match self.options.checkpoint {
-            CheckpointPolicy::EveryBatch => self.checkpoint().await,
-            CheckpointPolicy::Every(interval) if self.last_checkpoint_at.elapsed() >= interval => {
-                self.checkpoint().await
-            }
-            CheckpointPolicy::Every(_) => Ok(()),
-        }
+/// A task of the source's that did not answer: its panic (a bug in the source), as the source's own error rather
+/// than the resync of a malformed answer.
+fn source_panicked(call: &'static str, join: tokio::task::JoinError) -> TunnelError {
+    TunnelError::SourcePanicked {
+        call,
+        reason: if join.is_panic() {
+            crate::report::panic_message(join.into_panic().as_ref())
+        } else {
+            format!("the task ended abnormally: {join}")
+        },
     }
 }
 

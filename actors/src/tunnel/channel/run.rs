@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use super::deliver::deliver;
-use super::{Ctx, Ended, Interrupted, Outcome, StopMode};
+use super::{source_panicked, Ctx, Ended, Outcome, StopMode};
 use crate::tunnel::error::{ErrorKind, TunnelError};
 use crate::tunnel::info::TunnelEvent;
 use crate::tunnel::options::OutOfRangePolicy;
@@ -135,11 +135,7 @@ async fn read_and_deliver(ctx: &mut Ctx) -> Result<std::convert::Infallible, End
         let Some(read) = ahead.take() else {
             return Err(Ended::Drained);
         };
-        let batch = match ctx.or_control(read.wait()).await {
-            Ok(batch) => batch,
-            Err(Interrupted::Stop(mode)) => return Err(Ended::Stopped(mode)),
-            Err(Interrupted::Drain) => return Err(Ended::Drained),
-        };
+        let batch = ctx.or_control_writing(read.wait()).await?;
         let batch = match batch {
             Ok(batch) => batch,
             Err(err) => {
@@ -157,12 +153,7 @@ async fn read_and_deliver(ctx: &mut Ctx) -> Result<std::convert::Infallible, End
             }
             let delay = ctx.options.empty_read_backoff.delay(empty_reads);
             empty_reads = empty_reads.saturating_add(1);
-            if let Err(interrupted) = ctx.or_control(tokio::time::sleep(delay)).await {
-                return Err(match interrupted {
-                    Interrupted::Stop(mode) => Ended::Stopped(mode),
-                    Interrupted::Drain => Ended::Drained,
-                });
-            }
+            ctx.or_control_writing(tokio::time::sleep(delay)).await?;
             ahead = Some(spawn_read(ctx, position));
             continue;
         }
@@ -191,15 +182,7 @@ impl PendingRead {
     async fn wait(mut self) -> Result<ReadBatch, TunnelError> {
         match (&mut self.0).await {
             Ok(result) => result,
-            // Not the service's answer but a bug in the source: its own error, not the resync of a malformed one.
-            Err(join) => Err(TunnelError::SourcePanicked {
-                call: "ReadRecords",
-                reason: if join.is_panic() {
-                    crate::report::panic_message(join.into_panic().as_ref())
-                } else {
-                    format!("the read task ended abnormally: {join}")
-                },
-            }),
+            Err(join) => Err(source_panicked("ReadRecords", join)),
         }
     }
 }
@@ -240,6 +223,8 @@ async fn recover(ctx: &mut Ctx, err: TunnelError, position: u64) -> Result<u64, 
         }
         ErrorKind::OwnershipLost => Err(Ended::OwnershipLost(err)),
         ErrorKind::CheckpointOutOfRange => {
+            // The service's checkpoint must include the write in flight before it is read back.
+            ctx.finish_writing().await?;
             let info = ctx
                 .retrying("GetCheckpoint", |source, lease| {
                     async move { source.get_checkpoint(&lease).await }.boxed()
@@ -292,6 +277,7 @@ async fn recover(ctx: &mut Ctx, err: TunnelError, position: u64) -> Result<u64, 
             ctx.or_stop(tokio::time::sleep(delay))
                 .await
                 .map_err(Ended::Stopped)?;
+            ctx.finish_writing().await?;
             let info = ctx
                 .retrying("GetCheckpoint", |source, lease| {
                     async move { source.get_checkpoint(&lease).await }.boxed()
