@@ -183,15 +183,27 @@ impl TreeHandle {
 
     // --- tunnels ---
 
-    /// A tunnel worker to start under the tree: it reaches the service through the tree's pool (`target`),
-    /// registers in the tree's tunnel registry, and its events join the tree's. Name its subscriber, then
-    /// [`start`](TreeTunnel::start) it.
-    pub fn tunnel(&self, options: TunnelOptions, target: ConnectionConfig) -> TreeTunnel {
+    /// A tunnel worker to start under the tree: it reaches the service through the tree's pool (`target`, a
+    /// [`ConnectionConfig`]) or, with feature `kafka`, consumes a Kafka topic (`target`, a
+    /// [`KafkaOptions`](arbor_actors::tunnel::kafka::KafkaOptions)); it registers in the tree's tunnel
+    /// registry, and its events join the tree's. Name its subscriber, then [`start`](TreeTunnel::start) it.
+    pub fn tunnel(&self, options: TunnelOptions, target: impl Into<TunnelTarget>) -> TreeTunnel {
+        let builder = TunnelWorker::builder(options.clone()).registry(self.inner.tunnel_registry.clone());
+        let (builder, error) = match target.into() {
+            TunnelTarget::Service(target) => (builder.pool(self.inner.pool.clone(), target), None),
+            #[cfg(feature = "kafka")]
+            TunnelTarget::Kafka(kafka) => {
+                match arbor_actors::tunnel::kafka::KafkaSource::new(kafka, &options) {
+                    Ok(source) => (builder.source(Arc::new(source)), None),
+                    // Reported by `start`, where every other error of the worker is.
+                    Err(err) => (builder, Some(err)),
+                }
+            }
+        };
         TreeTunnel {
             tree: self.clone(),
-            builder: TunnelWorker::builder(options)
-                .pool(self.inner.pool.clone(), target)
-                .registry(self.inner.tunnel_registry.clone()),
+            builder,
+            error,
         }
     }
 
@@ -337,11 +349,37 @@ fn rename_root(node: &mut TreeSnapshot, old: &str, name: &str) {
     }
 }
 
+/// What a tree's tunnel worker consumes (see [`TreeHandle::tunnel`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TunnelTarget {
+    /// A tunnel service (arbor's protocol), through the tree's connection pool.
+    Service(ConnectionConfig),
+    /// A Kafka topic (feature `kafka`).
+    #[cfg(feature = "kafka")]
+    Kafka(arbor_actors::tunnel::kafka::KafkaOptions),
+}
+
+impl From<ConnectionConfig> for TunnelTarget {
+    fn from(target: ConnectionConfig) -> Self {
+        TunnelTarget::Service(target)
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl From<arbor_actors::tunnel::kafka::KafkaOptions> for TunnelTarget {
+    fn from(kafka: arbor_actors::tunnel::kafka::KafkaOptions) -> Self {
+        TunnelTarget::Kafka(kafka)
+    }
+}
+
 /// A tunnel worker about to start under a tree (see [`TreeHandle::tunnel`]).
 #[must_use]
 pub struct TreeTunnel {
     tree: TreeHandle,
     builder: TunnelWorkerBuilder,
+    /// A target refused before the start (bad Kafka options): `start` returns it.
+    error: Option<arbor_actors::tunnel::TunnelError>,
 }
 
 impl fmt::Debug for TreeTunnel {
@@ -373,6 +411,9 @@ impl TreeTunnel {
 
     /// Starts the worker under the tree's tunnel supervisor.
     pub async fn start(self) -> Result<TunnelHandle, TreeError> {
+        if let Some(err) = self.error {
+            return Err(err.into());
+        }
         let handle = self.builder.start_under(&self.tree.inner.tunnels).await?;
         let tunnel_id = handle.tunnel_id().to_string();
         let pump = pump_tunnel(tunnel_id.clone(), handle.events(), self.tree.inner.events.clone());

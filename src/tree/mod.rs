@@ -54,7 +54,7 @@ pub use config::{
     TunnelConfig,
 };
 pub use events::TreeEvent;
-pub use handle::{RegistryRow, TreeHandle, TreeTunnel};
+pub use handle::{RegistryRow, TreeHandle, TreeTunnel, TunnelTarget};
 pub use metrics::{record_channel_metrics, LABEL_BUDGET};
 
 /// Starting trees.
