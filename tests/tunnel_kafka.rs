@@ -374,4 +374,36 @@ async fn a_tree_starts_a_worker_on_a_kafka_target_and_refuses_bad_kafka_options_
     );
     drop(worker);
     tree.shutdown(Duration::from_secs(60)).await.unwrap();
+
+    // The same from TOML: a `[tunnels.kafka]` table instead of a connection.
+    let toml = format!(
+        r#"
+        [[tunnels]]
+        subscriber = "discard"
+        [tunnels.options]
+        tunnel_id = "{topic}"
+        heartbeat_interval = "300ms"
+        min_heartbeat_interval = "10ms"
+        heartbeat_timeout = "10s"
+        [tunnels.kafka]
+        bootstrap_servers = ["{}"]
+        topic = "{topic}"
+        group_id = "tree-toml-g"
+        "#,
+        broker.bootstrap
+    );
+    let config = arbor::tree::TreeConfig::from_toml(&toml).expect("a Kafka tunnel in TOML");
+    let tree = arbor::tree::Tree::from_config(config)
+        .start()
+        .await
+        .expect("the tree starts it");
+    let worker = tree.tunnels()[topic].clone();
+    wait_until("the TOML worker owns both partitions", || {
+        owned(&worker).len() == 2
+    })
+    .await;
+    tree.shutdown(Duration::from_secs(60)).await.unwrap();
+    let bad = toml.replace("group_id = \"tree-toml-g\"", "group_id = \"\"");
+    let err = arbor::tree::TreeConfig::from_toml(&bad).expect_err("an empty group id");
+    assert!(err.to_string().contains("tunnels[0].kafka"), "{err}");
 }

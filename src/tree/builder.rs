@@ -141,6 +141,8 @@ impl TreeBuilder {
     ) -> Self {
         self.config.tunnels.push(TunnelConfig {
             connection: connection.into(),
+            #[cfg(feature = "kafka")]
+            kafka: None,
             subscriber: subscriber.into(),
             options,
         });
@@ -363,7 +365,11 @@ impl TreeBuilder {
                 tree.inner.root.start_child(spec).await?;
             }
             for t in &config.tunnels {
-                let target = tree.named_connection(&t.connection)?;
+                let target: super::TunnelTarget = match () {
+                    #[cfg(feature = "kafka")]
+                    () if t.kafka.is_some() => t.kafka.clone().expect("checked").into(),
+                    () => tree.named_connection(&t.connection)?.into(),
+                };
                 let apply = Arc::clone(&subscriber_kinds[&t.subscriber]);
                 tree.tunnel(t.options.clone(), target)
                     .map(|b| apply(b))

@@ -23,6 +23,12 @@
 //! tunnel_id = "t-1234"
 //! heartbeat_interval = "10s"
 //!
+//! # or, with feature `kafka`, a topic instead of a connection:
+//! # [tunnels.kafka]
+//! # bootstrap_servers = ["127.0.0.1:9092"]
+//! # topic = "orders"
+//! # group_id = "billing"
+//!
 //! [activators.backend]        # "local" (the default) or etcd
 //! etcd = { endpoints = ["127.0.0.1:2379"], node_id = "host-1", ttl = "10s" }
 //!
@@ -106,8 +112,14 @@ impl Default for TreeConfig {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TunnelConfig {
-    /// The named connection to the tunnel service (a key of `connections`).
+    /// The named connection to the tunnel service (a key of `connections`); empty with `kafka`.
+    #[serde(default)]
     pub connection: String,
+    /// A Kafka topic to consume instead (feature `kafka`): a `[tunnels.kafka]` table with `bootstrap_servers`,
+    /// `topic`, `group_id`, and optionally `tls`, `sasl`, `properties`, `revoke_wait`.
+    #[cfg(feature = "kafka")]
+    #[serde(default)]
+    pub kafka: Option<arbor_actors::tunnel::kafka::KafkaOptions>,
     /// The subscriber kind: `log`, `discard`, or one registered with
     /// [`TreeBuilder::subscriber_kind`](super::TreeBuilder::subscriber_kind).
     pub subscriber: String,
@@ -344,7 +356,23 @@ impl TreeConfig {
             .map_err(|e| inconsistent("activator_supervisor".into(), e.to_string()))?;
         let mut tunnel_ids = std::collections::HashSet::new();
         for (i, tunnel) in self.tunnels.iter().enumerate() {
-            if !self.connections.contains_key(&tunnel.connection) {
+            #[cfg(feature = "kafka")]
+            let kafka = tunnel.kafka.as_ref();
+            #[cfg(not(feature = "kafka"))]
+            let kafka: Option<&()> = None;
+            #[cfg(feature = "kafka")]
+            if let Some(kafka) = kafka {
+                kafka
+                    .validate()
+                    .map_err(|e| inconsistent(format!("tunnels[{i}].kafka"), e.to_string()))?;
+            }
+            if kafka.is_some() && !tunnel.connection.is_empty() {
+                return Err(inconsistent(
+                    format!("tunnels[{i}].connection"),
+                    "is set with [tunnels.kafka]; a tunnel consumes one or the other".into(),
+                ));
+            }
+            if kafka.is_none() && !self.connections.contains_key(&tunnel.connection) {
                 return Err(inconsistent(
                     format!("tunnels[{i}].connection"),
                     format!(
