@@ -335,3 +335,76 @@ async fn records_deleted_before_they_were_delivered_are_out_of_range_stopped_or_
     );
     worker.shutdown(Duration::from_secs(30)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_starts_a_worker_on_a_kafka_target_and_refuses_bad_kafka_options_at_start() {
+    let broker = Broker::shared();
+    let topic = "tree";
+    broker.create_topic(topic, 2, &[]).await;
+    let producer = broker.producer();
+    for p in 0..2 {
+        produce(&producer, topic, p, "t", 10).await;
+    }
+    let tree = arbor::tree::Tree::builder()
+        .name("kafka-tree")
+        .start()
+        .await
+        .unwrap();
+    let journal = Journal::default();
+    let worker = tree
+        .tunnel(kafka_worker_options(topic), broker.options(topic, "tree-g"))
+        .run_subscriber(journal.writer(0))
+        .start()
+        .await
+        .expect("a Kafka worker under the tree");
+    journal.wait_distinct(20).await;
+    assert!(tree.tunnels().contains_key(topic));
+    let bad = tree
+        .tunnel(
+            kafka_worker_options("bad"),
+            KafkaOptions::new("127.0.0.1:9092", "a topic", "g"),
+        )
+        .run_subscriber(journal.writer(1))
+        .start()
+        .await
+        .expect_err("bad options");
+    assert!(
+        matches!(&bad, arbor::tree::TreeError::Tunnel(TunnelError::InvalidOptions { field, .. }) if field == "topic"),
+        "{bad:?}"
+    );
+    drop(worker);
+    tree.shutdown(Duration::from_secs(60)).await.unwrap();
+
+    // The same from TOML: `source = "kafka"` and a `[tunnels.kafka]` table instead of a connection.
+    let toml = format!(
+        r#"
+        [[tunnels]]
+        source = "kafka"
+        subscriber = "discard"
+        [tunnels.options]
+        tunnel_id = "{topic}"
+        heartbeat_interval = "300ms"
+        min_heartbeat_interval = "10ms"
+        heartbeat_timeout = "10s"
+        [tunnels.kafka]
+        bootstrap_servers = ["{}"]
+        topic = "{topic}"
+        group_id = "tree-toml-g"
+        "#,
+        broker.bootstrap
+    );
+    let config = arbor::tree::TreeConfig::from_toml(&toml).expect("a Kafka tunnel in TOML");
+    let tree = arbor::tree::Tree::from_config(config)
+        .start()
+        .await
+        .expect("the tree starts it");
+    let worker = tree.tunnels()[topic].clone();
+    wait_until("the TOML worker owns both partitions", || {
+        owned(&worker).len() == 2
+    })
+    .await;
+    tree.shutdown(Duration::from_secs(60)).await.unwrap();
+    let bad = toml.replace("group_id = \"tree-toml-g\"", "group_id = \"\"");
+    let err = arbor::tree::TreeConfig::from_toml(&bad).expect_err("an empty group id");
+    assert!(err.to_string().contains("tunnels[0].kafka"), "{err}");
+}

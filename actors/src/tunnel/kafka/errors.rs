@@ -36,7 +36,10 @@ pub(crate) fn code_of(err: &KafkaError) -> Option<RDKafkaErrorCode> {
 /// A failed Kafka call as the worker's error.
 pub(crate) fn failed(call: &'static str, err: KafkaError) -> TunnelError {
     let kind = match &err {
-        KafkaError::ClientConfig(..) | KafkaError::MessageConsumptionFatal(_) => ErrorKind::Fatal,
+        // A client that cannot be created (a mechanism without its library) will not be created on a retry.
+        KafkaError::ClientConfig(..)
+        | KafkaError::ClientCreation(_)
+        | KafkaError::MessageConsumptionFatal(_) => ErrorKind::Fatal,
         other => code_of(other).map_or(ErrorKind::Retryable, kind_of),
     };
     TunnelError::Source {

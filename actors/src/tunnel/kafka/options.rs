@@ -305,12 +305,38 @@ impl KafkaOptions {
                 "is zero; a revoked partition needs time to be drained",
             ));
         }
+        // What this librdkafka was built with: TLS and SCRAM need OpenSSL (not in rdkafka's default build).
+        let builtin = ClientConfig::new()
+            .create_native_config()
+            .and_then(|native| native.get("builtin.features"))
+            .unwrap_or_default();
+        let has = |feature: &str| builtin.split(',').any(|f| f == feature);
+        if self.tls.is_some() && !has("ssl") {
+            return Err(invalid(
+                "tls",
+                format!("this librdkafka was built without TLS (its features: {builtin})"),
+            ));
+        }
+        if let Some(sasl) = &self.sasl {
+            if sasl.mechanism.starts_with("SCRAM") && !has("sasl_scram") {
+                return Err(invalid(
+                    "sasl.mechanism",
+                    format!(
+                        "{} needs a librdkafka built with SCRAM (its features: {builtin})",
+                        sasl.mechanism
+                    ),
+                ));
+            }
+        }
         // librdkafka's own check of every property's name and value (no client is created).
         let config = self.client_config("validate", Duration::from_secs(30));
         if let Err(err) = config.create_native_config() {
             return Err(match err {
                 rdkafka::error::KafkaError::ClientConfig(_, description, key, value) => {
-                    let field = if key.starts_with("ssl.") && !self.properties.contains_key(&key) {
+                    let field = if (key.starts_with("ssl.")
+                        || key == "security.protocol" && self.tls.is_some())
+                        && !self.properties.contains_key(&key)
+                    {
                         "tls".to_string()
                     } else if key.starts_with("sasl.") && !self.properties.contains_key(&key) {
                         "sasl".to_string()
@@ -474,6 +500,38 @@ mod tests {
             "properties.\"fetch.max.bytes\""
         );
         assert_eq!(field_of(good().revoke_wait(Duration::ZERO)), "revoke_wait");
+    }
+
+    #[test]
+    fn tls_and_scram_are_refused_naming_their_field_when_librdkafka_has_no_openssl() {
+        let exists = std::env::current_exe().unwrap();
+        let tls = good().tls(KafkaTls {
+            ca_file: Some(exists),
+            cert_file: None,
+            key_file: None,
+        });
+        let sasl = good().sasl(KafkaSasl {
+            mechanism: "SCRAM-SHA-256".into(),
+            username: "u".into(),
+            password: "p4ss".into(),
+        });
+        // rdkafka's default build has no OpenSSL: both are refused up front (with OpenSSL, both pass).
+        let builtin = ClientConfig::new()
+            .create_native_config()
+            .unwrap()
+            .get("builtin.features")
+            .unwrap();
+        if !builtin.split(',').any(|f| f == "ssl") {
+            assert_eq!(field_of(tls), "tls");
+        } else {
+            tls.validate().unwrap();
+        }
+        if !builtin.split(',').any(|f| f == "sasl_scram") {
+            assert_eq!(field_of(sasl.clone()), "sasl.mechanism");
+            assert!(!sasl.validate().unwrap_err().to_string().contains("p4ss"));
+        } else {
+            sasl.validate().unwrap();
+        }
     }
 
     #[test]

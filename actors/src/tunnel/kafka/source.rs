@@ -604,7 +604,8 @@ impl Member {
             .collect())
     }
 
-    /// Stops the poll thread and closes the consumer (it leaves the group); blocking.
+    /// Stops the poll thread and lets the partitions' queues go; blocking. The consumer closes (it leaves the
+    /// group, its last revocation not waiting) when the last reference to the member is dropped.
     fn close(&self) {
         {
             let mut state = lock(&self.assignment.state);
@@ -617,15 +618,6 @@ impl Member {
         self.stop.store(true, Ordering::Release);
         if let Some(poller) = lock(&self.poller).take() {
             let _ = poller.join();
-        }
-        // The leave: closing polls the final revocation (which does not wait, the member is closing).
-        if let Err(err) = self.consumer.close_queue() {
-            warn!(client_id = %self.client_id, error = %err, "closing the consumer failed");
-            return;
-        }
-        let until = Instant::now() + Duration::from_secs(10);
-        while !self.consumer.closed() && Instant::now() < until {
-            self.consumer.poll(Duration::from_millis(100));
         }
         lock(&self.assignment.state).partitions.clear();
     }
@@ -866,8 +858,12 @@ impl TunnelSource for KafkaSource {
             let member = lock(&self.members).remove(&session.client_id);
             if let Some(member) = member {
                 blocking("Shutdown", move || {
+                    let client_id = Arc::clone(&member.client_id);
                     member.close();
-                    info!(client_id = %member.client_id, "left the consumer group");
+                    // Usually the last reference (a read in flight may hold another a little longer): the
+                    // consumer closes here, off the runtime's threads.
+                    drop(member);
+                    info!(%client_id, "left the consumer group");
                     Ok(())
                 })
                 .await?;
