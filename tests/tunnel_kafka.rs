@@ -408,3 +408,29 @@ async fn a_tree_starts_a_worker_on_a_kafka_target_and_refuses_bad_kafka_options_
     let err = arbor::tree::TreeConfig::from_toml(&bad).expect_err("an empty group id");
     assert!(err.to_string().contains("tunnels[0].kafka"), "{err}");
 }
+
+/// `arbor demo --source kafka`: the demo's two nodes, subscribers, ledger and faults on a topic of the broker
+/// (every fault but a service restart: the broker is not the demo's).
+#[cfg(feature = "cli")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_demo_runs_on_a_kafka_topic_and_loses_nothing() {
+    let broker = Broker::shared();
+    let report = arbor::demo::run(arbor::demo::DemoOptions {
+        duration: Duration::from_secs(8),
+        rate: 500,
+        source: arbor::demo::DemoSource::Kafka {
+            bootstrap: broker.bootstrap.clone(),
+        },
+        ..Default::default()
+    })
+    .await
+    .expect("the demo runs");
+    assert!(report.passed(), "{report:?}");
+    assert!(report.totals.produced > 0, "{report:?}");
+    assert_eq!(report.lost(), 0);
+    assert!(
+        report.faults.keys().all(|kind| kind.to_string() != "service"),
+        "{:?}",
+        report.faults
+    );
+}
