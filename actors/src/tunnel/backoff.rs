@@ -10,7 +10,7 @@ use crate::backoff;
 /// spread by ± `jitter` (a fraction).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Backoff {
+pub struct ChannelBackoff {
     /// The first wait.
     #[serde(with = "humantime_serde")]
     pub initial: Duration,
@@ -23,17 +23,17 @@ pub struct Backoff {
     pub jitter: f64,
 }
 
-impl Default for Backoff {
+impl Default for ChannelBackoff {
     /// The empty-read schedule of the reference workers: 10 ms, × 5, at most 5 s, jitter 0.25.
     fn default() -> Self {
-        Backoff::EMPTY_READS
+        ChannelBackoff::EMPTY_READS
     }
 }
 
-impl Backoff {
+impl ChannelBackoff {
     /// After an empty read of a stream channel (the reference workers' schedule): 10 ms, × 5, at most 5 s,
     /// jitter 0.25. A full read starts it over.
-    pub const EMPTY_READS: Backoff = Backoff {
+    pub const EMPTY_READS: ChannelBackoff = ChannelBackoff {
         initial: Duration::from_millis(10),
         multiplier: 5.0,
         max: Duration::from_secs(5),
@@ -41,7 +41,7 @@ impl Backoff {
     };
 
     /// After a transient request error (the Go SDK's): 16 ms, × 2, at most 3 s, jitter 0.2.
-    pub const TRANSIENT_ERRORS: Backoff = Backoff {
+    pub const TRANSIENT_ERRORS: ChannelBackoff = ChannelBackoff {
         initial: Duration::from_millis(16),
         multiplier: 2.0,
         max: Duration::from_secs(3),
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn empty_reads_grow_five_fold_to_five_seconds() {
-        let b = Backoff::EMPTY_READS;
+        let b = ChannelBackoff::EMPTY_READS;
         let mid = |n| b.delay_with(n, 0.5);
         assert_eq!(mid(0), Duration::from_millis(10));
         assert_eq!(mid(1), Duration::from_millis(50));
@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_its_bounds() {
-        let b = Backoff::EMPTY_READS;
+        let b = ChannelBackoff::EMPTY_READS;
         assert_eq!(b.delay_with(0, 0.0), Duration::from_micros(7_500));
         assert_eq!(b.delay_with(0, 1.0), Duration::from_micros(12_500));
         for _ in 0..1_000 {
@@ -119,15 +119,15 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let mut b = Backoff::TRANSIENT_ERRORS;
+        let mut b = ChannelBackoff::TRANSIENT_ERRORS;
         b.multiplier = 0.5;
         assert_eq!(b.check("retry").unwrap_err().0, "retry.multiplier");
-        let mut b = Backoff::TRANSIENT_ERRORS;
+        let mut b = ChannelBackoff::TRANSIENT_ERRORS;
         b.jitter = f64::NAN;
         assert_eq!(b.check("retry").unwrap_err().0, "retry.jitter");
-        let mut b = Backoff::TRANSIENT_ERRORS;
+        let mut b = ChannelBackoff::TRANSIENT_ERRORS;
         b.initial = Duration::from_secs(10);
         assert_eq!(b.check("retry").unwrap_err().0, "retry.initial");
-        assert!(Backoff::EMPTY_READS.check("x").is_ok());
+        assert!(ChannelBackoff::EMPTY_READS.check("x").is_ok());
     }
 }

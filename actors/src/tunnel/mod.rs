@@ -76,7 +76,7 @@ mod subscriber;
 mod worker;
 
 pub use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType, Version};
-pub use backoff::Backoff;
+pub use backoff::ChannelBackoff;
 pub use error::{ErrorKind, TunnelError};
 pub use handle::{default_registry, TunnelExit, TunnelHandle, TunnelWorker, TunnelWorkerBuilder};
 pub use info::{ChannelInfo, TunnelEntry, TunnelEvent, WorkerInfo, WorkerStatus};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::backoff::Backoff;
+use super::backoff::ChannelBackoff;
 use super::error::TunnelError;
 use super::source::ServiceLimits;
 
@@ -100,9 +100,9 @@ pub struct TunnelOptions {
     #[serde(with = "humantime_serde")]
     pub reconnect_delay_max: Duration,
     /// The wait after an empty read (default 10 ms, × 5, at most 5 s, jitter 0.25; a full read resets it).
-    pub empty_read_backoff: Backoff,
+    pub empty_read_backoff: ChannelBackoff,
     /// The wait after a transient request error (default 16 ms, × 2, at most 3 s, jitter 0.2).
-    pub retry_backoff: Backoff,
+    pub retry_backoff: ChannelBackoff,
     /// How long a channel retries transient errors before it gives the channel up (reports CLOSE, so that
     /// the records are delivered again by whoever gets it next; default 75 s).
     #[serde(with = "humantime_serde")]
@@ -128,8 +128,8 @@ impl Default for TunnelOptions {
             call_timeout: Duration::from_secs(10),
             reconnect_delay_min: Duration::from_secs(1),
             reconnect_delay_max: Duration::from_secs(10),
-            empty_read_backoff: Backoff::EMPTY_READS,
-            retry_backoff: Backoff::TRANSIENT_ERRORS,
+            empty_read_backoff: ChannelBackoff::EMPTY_READS,
+            retry_backoff: ChannelBackoff::TRANSIENT_ERRORS,
             retry_for: Duration::from_secs(75),
             on_out_of_range: OutOfRangePolicy::SkipToRetained,
         }

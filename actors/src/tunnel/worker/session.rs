@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{WorkerMsg, WorkerState};
-use crate::tunnel::backoff::Backoff;
+use crate::tunnel::backoff::ChannelBackoff;
 use crate::tunnel::channel::{ChannelMsg, StopMode};
 use crate::tunnel::error::{ErrorKind, TunnelError};
 use crate::tunnel::info::{TunnelEvent, WorkerStatus};
@@ -148,7 +148,7 @@ impl WorkerState {
             }
             Err(err) if err.kind() == ErrorKind::Fatal => self.fail(myself, err),
             Err(err) => {
-                let retry = Backoff {
+                let retry = ChannelBackoff {
                     initial: Duration::from_millis(100),
                     multiplier: 2.0,
                     max: self.options.reconnect_delay_max.max(Duration::from_millis(100)),
