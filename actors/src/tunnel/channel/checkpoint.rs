@@ -3,15 +3,15 @@
 //!
 //! A checkpoint was a round trip to the service on the channel's path after every batch (a fifth of the
 //! worker's time end to end). Now one write is in flight at a time, always of an acknowledged position and in
-//! order; when batches are acknowledged faster than the service answers, the next write (started when the one
-//! in flight ends) carries the newest position, so a checkpoint never moves back and never waits for a
+//! order; when batches are acknowledged faster than the service answers, the write in flight is handed the
+//! newest position and writes it next (also while the channel waits for its subscriber), so a checkpoint never moves back and never waits for a
 //! position in between. The answer is taken at the next acknowledgement, while the channel waits for a read
 //! (so an idle channel's last position is written too), before a resync from the service's checkpoint, and
 //! before the final flush, which then writes what is left. A write that the service fences ends the channel
 //! as a fenced read does; one that keeps failing for `retry_for` gives the channel up, as before.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::FutureExt;
@@ -24,10 +24,23 @@ use crate::tunnel::info::TunnelEvent;
 use crate::tunnel::options::{CheckpointPolicy, TunnelOptions};
 use crate::tunnel::source::{ChannelLease, TunnelSource};
 
-/// The write in flight: its position and its task (aborted if dropped: an abandoned channel writes nothing).
+/// The write in flight: the newest position it is to write, and its task, which answers the last position
+/// it wrote (aborted if dropped: an abandoned channel writes nothing).
 pub(super) struct Writing {
+    newest: Arc<Mutex<Newest>>,
+    task: JoinHandle<Result<u64, Ended>>,
+}
+
+/// What the writing task and the channel share: a position acknowledged while a write was in flight is handed
+/// to the task, which writes it next (the channel may be waiting for its subscriber by then, for as long as the
+/// subscriber holds the next batch). `running` turns false, under the lock, only when the task has nothing left.
+struct Newest {
     position: u64,
-    task: JoinHandle<Result<(), Ended>>,
+    running: bool,
+}
+
+fn lock(newest: &Mutex<Newest>) -> std::sync::MutexGuard<'_, Newest> {
+    newest.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Writing {
@@ -39,7 +52,7 @@ impl Drop for Writing {
 /// How a wait beside the write in flight ended.
 enum Raced<T> {
     Done(T),
-    Written(Result<Result<(), Ended>, tokio::task::JoinError>),
+    Written(Result<Result<u64, Ended>, tokio::task::JoinError>),
 }
 
 /// Runs `call` with retries for transient errors, for at most `retry_for`, with the options' backoff.
@@ -147,7 +160,7 @@ impl Ctx {
             return Ok(());
         };
         let joined = self.or_stop(&mut writing.task).await.map_err(Ended::Stopped)?;
-        self.took(writing.position, joined)
+        self.took(joined)
     }
 
     /// Waits for `what` unless the channel is stopped or drained first; meanwhile takes the answer of the
@@ -170,7 +183,7 @@ impl Ctx {
                 .await;
             match raced {
                 Ok(Raced::Written(joined)) => {
-                    self.took(writing.position, joined)?;
+                    self.took(joined)?;
                     self.write_if_due();
                 }
                 Ok(Raced::Done(value)) => {
@@ -195,35 +208,66 @@ impl Ctx {
             }
     }
 
-    /// Starts writing the acknowledged position, on a task of its own, if due and nothing is in flight.
+    /// Has the acknowledged position written, if due: by the write in flight when there is one (it writes it
+    /// next), else by a new one on a task of its own. Never waits for the service.
     fn write_if_due(&mut self) {
-        if self.writing.is_some() || !self.due() {
+        if !self.due() {
             return;
         }
         let position = self.acked;
+        // A write that has ended without being taken yet goes first: the new one waits for its answer.
+        let mut previous = None;
+        if let Some(writing) = self.writing.take() {
+            let mut newest = lock(&writing.newest);
+            if newest.running {
+                newest.position = newest.position.max(position);
+                drop(newest);
+                self.writing = Some(writing);
+                return;
+            }
+            drop(newest);
+            previous = Some(writing);
+        }
+        let newest = Arc::new(Mutex::new(Newest {
+            position,
+            running: true,
+        }));
         let (source, lease, options) = (
             Arc::clone(&self.source),
             self.lease.clone(),
             Arc::clone(&self.options),
         );
-        let task = tokio::spawn(with_retries(
-            "Checkpoint",
-            source,
-            lease,
-            options,
-            move |source, lease| async move { source.checkpoint(&lease, position).await }.boxed(),
-        ));
-        self.writing = Some(Writing { position, task });
+        let shared = Arc::clone(&newest);
+        let task = tokio::spawn(async move {
+            if let Some(mut previous) = previous {
+                match (&mut previous.task).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(ended)) => return Err(ended),
+                    Err(join) => return Err(Ended::Fatal(source_panicked("Checkpoint", join))),
+                }
+            }
+            let mut position = position;
+            loop {
+                let (source, lease, options) = (Arc::clone(&source), lease.clone(), Arc::clone(&options));
+                with_retries("Checkpoint", source, lease, options, move |source, lease| {
+                    async move { source.checkpoint(&lease, position).await }.boxed()
+                })
+                .await?;
+                let mut newest = lock(&shared);
+                if newest.position <= position {
+                    newest.running = false;
+                    return Ok(position);
+                }
+                position = newest.position;
+            }
+        });
+        self.writing = Some(Writing { newest, task });
     }
 
     /// The answer of a background write.
-    fn took(
-        &mut self,
-        position: u64,
-        joined: Result<Result<(), Ended>, tokio::task::JoinError>,
-    ) -> Result<(), Ended> {
+    fn took(&mut self, joined: Result<Result<u64, Ended>, tokio::task::JoinError>) -> Result<(), Ended> {
         match joined {
-            Ok(Ok(())) => {
+            Ok(Ok(position)) => {
                 self.written(position);
                 Ok(())
             }
