@@ -218,3 +218,105 @@ fn a_kafka_tunnel_reads_whole_and_its_bad_fields_are_named() {
     assert_eq!(path, "tunnels[0].kafka");
     assert!(message.contains("topic"), "{message}");
 }
+
+#[test]
+fn tunnels_as_named_tables_take_their_name_as_tunnel_id_and_errors_name_the_tunnel() {
+    const CONNECTION: &str = "[connections.a]\nconnection_string = \"grpc://127.0.0.1:1?disableTls=true\"\n";
+    let text = format!(
+        "{CONNECTION}[tunnels.payments]\nconnection = \"a\"\nsubscriber = \"log\"\n\
+         [tunnels.orders]\nconnection = \"a\"\nsubscriber = \"discard\"\n\
+         [tunnels.orders.options]\ntunnel_id = \"t-1234\"\nheartbeat_interval = \"10s\"\n"
+    );
+    let config = TreeConfig::from_toml(&text).unwrap();
+    let ids: Vec<&str> = config
+        .tunnels
+        .iter()
+        .map(|t| t.options.tunnel_id.as_str())
+        .collect();
+    // in name order; an options.tunnel_id wins over the name
+    assert_eq!(ids, ["t-1234", "payments"]);
+    assert_eq!(config.tunnels[0].subscriber, "discard");
+    assert_eq!(
+        config.tunnels[0].options.heartbeat_interval,
+        std::time::Duration::from_secs(10)
+    );
+
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "[tunnels.orders]\nconnection = \"nope\"\nsubscriber = \"log\"\n".into(),
+            "tunnels.orders.connection",
+            "not under [connections]",
+        ),
+        (
+            format!("{CONNECTION}[tunnels.orders]\nconnection = \"a\"\nsubscriber = \"log\"\nbogus = 1\n"),
+            "tunnels.orders.bogus",
+            "unknown field",
+        ),
+        (
+            format!(
+                "{CONNECTION}[tunnels.orders]\nconnection = \"a\"\nsubscriber = \"log\"\n\
+                 [tunnels.orders.options]\nheartbeat_interval = \"soon\"\n"
+            ),
+            "tunnels.orders.options.heartbeat_interval",
+            "",
+        ),
+        (
+            format!(
+                "{CONNECTION}[tunnels.orders]\nconnection = \"a\"\nsubscriber = \"log\"\n\
+                 [tunnels.orders.options]\nheartbeat_interval = \"1s\"\n"
+            ),
+            "tunnels.orders.options",
+            "heartbeat_interval",
+        ),
+        (
+            format!(
+                "{CONNECTION}[tunnels.orders]\nconnection = \"a\"\nsubscriber = \"log\"\n\
+                 [tunnels.other]\nconnection = \"a\"\nsubscriber = \"log\"\noptions = {{ tunnel_id = \"orders\" }}\n"
+            ),
+            "tunnels.other.options.tunnel_id",
+            "twice",
+        ),
+        (
+            "[tunnels.orders]\nsource = \"kafka\"\nsubscriber = \"log\"\n".into(),
+            if cfg!(feature = "kafka") {
+                "tunnels.orders.kafka"
+            } else {
+                "tunnels.orders.source"
+            },
+            "",
+        ),
+        // an array entry still needs its tunnel_id
+        (
+            format!("{CONNECTION}[[tunnels]]\nconnection = \"a\"\nsubscriber = \"log\"\n"),
+            "tunnels[0].options",
+            "tunnel_id",
+        ),
+    ];
+    for (text, path, needle) in &cases {
+        let (got_path, message) = invalid(text);
+        assert_eq!(&got_path, path, "for {text:?}: {message}");
+        assert!(
+            message.contains(needle),
+            "for {text:?}: {message:?} lacks {needle:?}"
+        );
+    }
+}
+
+#[cfg(feature = "kafka")]
+#[test]
+fn a_named_kafka_tunnel_reads_whole() {
+    let text = "[tunnels.orders]\nsource = \"kafka\"\nsubscriber = \"log\"\n\
+                [tunnels.orders.kafka]\nbootstrap_servers = [\"127.0.0.1:9092\"]\ntopic = \"orders\"\ngroup_id = \"billing\"\n";
+    let config = TreeConfig::from_toml(text).unwrap();
+    assert_eq!(config.tunnels[0].options.tunnel_id, "orders");
+    let kafka = config.tunnels[0].kafka.as_ref().expect("the kafka table");
+    assert_eq!(
+        (kafka.topic.as_str(), kafka.group_id.as_str()),
+        ("orders", "billing")
+    );
+
+    let bad = text.replace("topic = \"orders\"", "topic = \"two words\"");
+    let (path, message) = invalid(&bad);
+    assert_eq!(path, "tunnels.orders.kafka");
+    assert!(message.contains("topic"), "{message}");
+}

@@ -242,7 +242,7 @@ impl TreeBuilder {
         for (i, t) in config.tunnels.iter().enumerate() {
             if !subscriber_kinds.contains_key(&t.subscriber) {
                 return Err(TreeError::UnknownKind {
-                    field: format!("tunnels[{i}].subscriber"),
+                    field: t.path(i, "subscriber"),
                     kind: t.subscriber.clone(),
                     known: subscriber_kinds.keys().cloned().collect(),
                 });

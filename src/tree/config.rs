@@ -33,6 +33,30 @@
 //! bootstrap_servers = ["127.0.0.1:9092"]
 //! topic = "orders"
 //! group_id = "billing"
+//! ```
+//!
+//! Tunnels can also be named tables instead of an array (one form per document): the name is the worker's
+//! `tunnel_id` unless `options` gives one, and errors name the tunnel (`tunnels.orders.kafka.topic`).
+//!
+//! ```toml
+//! [tunnels.orders]
+//! source = "kafka"
+//! subscriber = "log"
+//! [tunnels.orders.kafka]
+//! bootstrap_servers = ["127.0.0.1:9092"]
+//! topic = "orders"
+//! group_id = "billing"
+//!
+//! [tunnels.payments]
+//! connection = "tunnels"
+//! subscriber = "log"
+//! [tunnels.payments.options]
+//! tunnel_id = "t-1234"        # the service's id for it
+//! ```
+//!
+//! The other sections:
+//!
+//! ```toml
 //!
 //! [activators.backend]        # "local" (the default) or etcd
 //! etcd = { endpoints = ["127.0.0.1:2379"], node_id = "host-1", ttl = "10s" }
@@ -83,7 +107,8 @@ pub struct TreeConfig {
     pub activator_supervisor: DynamicSupervisorOptions,
     /// Named connections: what tunnels refer to.
     pub connections: BTreeMap<String, ConnectionConfig>,
-    /// Tunnel workers started with the tree.
+    /// Tunnel workers started with the tree: `[[tunnels]]` entries, or `[tunnels.NAME]` tables (in name order).
+    #[serde(deserialize_with = "tunnels")]
     pub tunnels: Vec<TunnelConfig>,
     /// Activators (cluster singletons).
     pub activators: ActivatorsConfig,
@@ -142,8 +167,12 @@ pub struct TunnelConfig {
     /// the records to an actor of its own fails the start naming this key.
     #[serde(default, deserialize_with = "subscriber_concurrency")]
     pub subscriber_concurrency: Option<SubscriberConcurrency>,
-    /// The worker's options.
+    /// The worker's options (`tunnel_id` is required, but for a named tunnel, whose name it defaults to).
+    #[serde(default)]
     pub options: TunnelOptions,
+    /// The name of a `[tunnels.NAME]` table: where errors point.
+    #[serde(skip)]
+    name: Option<String>,
 }
 
 impl TunnelConfig {
@@ -155,6 +184,7 @@ impl TunnelConfig {
             subscriber,
             subscriber_concurrency: None,
             options,
+            name: None,
         }
     }
 
@@ -171,6 +201,15 @@ impl TunnelConfig {
             subscriber,
             subscriber_concurrency: None,
             options,
+            name: None,
+        }
+    }
+
+    /// Where a field of this tunnel is in the document: `tunnels.NAME.field`, or `tunnels[index].field`.
+    pub(crate) fn path(&self, index: usize, field: &str) -> String {
+        match &self.name {
+            Some(name) => format!("tunnels.{name}.{field}"),
+            None => format!("tunnels[{index}].{field}"),
         }
     }
 
@@ -195,7 +234,7 @@ impl TunnelConfig {
         let refuse = |field: &str, message: String| {
             Err(ConfigError::Inconsistent {
                 file: file.to_string(),
-                path: format!("tunnels[{index}].{field}"),
+                path: self.path(index, field),
                 message,
             })
         };
@@ -251,7 +290,40 @@ impl TunnelConfig {
     }
 }
 
-/// Where a configured tunnel worker reads (`source` of a `[[tunnels]]` entry).
+/// `tunnels`: an array of tables (`[[tunnels]]`), or a table of named tables (`[tunnels.NAME]`).
+fn tunnels<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<TunnelConfig>, D::Error> {
+    struct Tunnels;
+    impl<'de> serde::de::Visitor<'de> for Tunnels {
+        type Value = Vec<TunnelConfig>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("[[tunnels]] entries, or [tunnels.NAME] tables")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut tunnels = Vec::new();
+            while let Some(tunnel) = seq.next_element()? {
+                tunnels.push(tunnel);
+            }
+            Ok(tunnels)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut tunnels = Vec::new();
+            while let Some((name, mut tunnel)) = map.next_entry::<String, TunnelConfig>()? {
+                if tunnel.options.tunnel_id.is_empty() {
+                    tunnel.options.tunnel_id.clone_from(&name);
+                }
+                tunnel.name = Some(name);
+                tunnels.push(tunnel);
+            }
+            Ok(tunnels)
+        }
+    }
+    deserializer.deserialize_any(Tunnels)
+}
+
+/// Where a configured tunnel worker reads (`source` of a tunnel).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -534,10 +606,10 @@ impl TreeConfig {
             tunnel
                 .options
                 .validate()
-                .map_err(|e| inconsistent(format!("tunnels[{i}].options"), e.to_string()))?;
+                .map_err(|e| inconsistent(tunnel.path(i, "options"), e.to_string()))?;
             if !tunnel_ids.insert(&tunnel.options.tunnel_id) {
                 return Err(inconsistent(
-                    format!("tunnels[{i}].options.tunnel_id"),
+                    tunnel.path(i, "options.tunnel_id"),
                     format!(
                         "tunnel {:?} is listed twice (one worker per tunnel)",
                         tunnel.options.tunnel_id
