@@ -30,9 +30,10 @@
 //!   first worker released 4 channels and the second was assigned 4 (`TunnelHandle` events; `info()` then
 //!   checks 4/4). Then one of the two is killed (its actor, no graceful shutdown, again at a varied phase);
 //!   the failover time runs from the kill until the survivor was assigned the 4 others (`info()` checks 8).
-//!   Expected: a hand-over takes 1 to 2 heartbeat intervals; a failover at most the heartbeat timeout + 1
-//!   interval (the survivor's next heartbeat after the expiry), less when the victim's last heartbeat came
-//!   before the kill: timeout +- 1 interval.
+//!   Expected: a hand-over takes 1 to 2 heartbeat intervals. A killed worker's actor shuts its session down
+//!   as it goes (its state's `Drop`), so a failover does not wait for the heartbeat timeout: it takes the
+//!   Shutdown call plus at most 1 interval (the survivor is assigned the freed channels at its next
+//!   heartbeat). Only a worker whose process dies, or is frozen, leaves its session to the timeout.
 //!
 //! Everything runs on 127.0.0.1 in one process; clients, workers and servers share tokio's multi-threaded
 //! runtime. Every wait is bounded (`LIMIT`).
@@ -802,10 +803,10 @@ async fn main() {
         ms(HEARTBEAT),
         ms(2 * HEARTBEAT)
     );
+    // The killed actor's session is shut down as it goes, so the heartbeat timeout plays no part here.
     let expect_failover = format!(
-        "at most timeout + 1 interval ({}); timeout - 1 interval at best ({}), by heartbeat phases",
-        ms(HEARTBEAT_TIMEOUT + HEARTBEAT),
-        ms(HEARTBEAT_TIMEOUT - HEARTBEAT)
+        "the victim's Shutdown call + at most 1 interval ({}), by heartbeat phases",
+        ms(HEARTBEAT)
     );
     for (i, mode) in ["idle", "flowing"].iter().enumerate() {
         let handover_spread = format!("{SHARED_CHANNELS}/0 -> {half}/{half}");
