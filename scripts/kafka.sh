@@ -12,6 +12,18 @@
 #   scripts/kafka.sh stop DIR [--kill]  stop it (SIGTERM and wait; --kill: SIGKILL, as the crash tests do)
 #
 # Environment: KAFKA_VERSION (default 4.4.0), KAFKA_HEAP (default 512m), JAVA (default java).
+# Extra listeners, for clients that authenticate (each on a free loopback port of its own, kept in DIR like the
+# others); when any is asked for, `start` prints a second line after the first, e.g.
+# `ssl=127.0.0.1:P mtls=127.0.0.1:Q sasl=127.0.0.1:R sasl_ssl=127.0.0.1:S`:
+#   KAFKA_TLS_DIR=D       D holds PEM files: server.pem (the broker's certificate chain, for 127.0.0.1),
+#                         server.key (its PKCS#8 key, unencrypted) and ca.pem (the CA client certificates are
+#                         checked against). Adds `ssl` (TLS, no client certificate asked for) and `mtls` (TLS, a
+#                         client certificate signed by ca.pem required).
+#   KAFKA_SASL_USERS=u:p,...  users (names and passwords of [A-Za-z0-9._-]) for PLAIN, SCRAM-SHA-256 and
+#                         SCRAM-SHA-512. Adds `sasl` (SASL_PLAINTEXT), and `sasl_ssl` (SASL_SSL) with
+#                         KAFKA_TLS_DIR. The SCRAM credentials are written when DIR is formatted (its first start);
+#                         PLAIN's users are read at every start.
+# The PEM files and passwords are copied into DIR/server.properties (DIR is the caller's, as for the data).
 set -euo pipefail
 
 version="${KAFKA_VERSION:-4.4.0}"
@@ -56,14 +68,46 @@ start() {
     echo "$(free_port) $(free_port)" >"$dir/ports"
   fi
   local broker controller; read -r broker controller <"$dir/ports"
+  # The extra listeners: "NAME:PROTOCOL:PORT" each, NAME as printed (lower case) and as Kafka's listener name.
+  local extra=()
+  if [ -n "${KAFKA_TLS_DIR:-}" ] || [ -n "${KAFKA_SASL_USERS:-}" ]; then
+    if [ ! -f "$dir/extra-ports" ]; then
+      echo "$(free_port) $(free_port) $(free_port) $(free_port)" >"$dir/extra-ports"
+    fi
+    local p_ssl p_mtls p_sasl p_sasl_ssl; read -r p_ssl p_mtls p_sasl p_sasl_ssl <"$dir/extra-ports"
+    if [ -n "${KAFKA_TLS_DIR:-}" ]; then
+      local f; for f in server.pem server.key ca.pem; do
+        [ -r "$KAFKA_TLS_DIR/$f" ] || die "KAFKA_TLS_DIR: $KAFKA_TLS_DIR/$f is not a readable file"
+      done
+      extra+=("ssl:SSL:$p_ssl" "mtls:SSL:$p_mtls")
+    fi
+    if [ -n "${KAFKA_SASL_USERS:-}" ]; then
+      local pair; for pair in ${KAFKA_SASL_USERS//,/ }; do
+        [[ "$pair" =~ ^[A-Za-z0-9._-]+:[A-Za-z0-9._-]+$ ]] \
+          || die "KAFKA_SASL_USERS: each user is name:password, both of [A-Za-z0-9._-]"
+      done
+      extra+=("sasl:SASL_PLAINTEXT:$p_sasl")
+      [ -n "${KAFKA_TLS_DIR:-}" ] && extra+=("sasl_ssl:SASL_SSL:$p_sasl_ssl")
+    fi
+  fi
+  local listeners="PLAINTEXT://127.0.0.1:$broker,CONTROLLER://127.0.0.1:$controller"
+  local advertised="PLAINTEXT://127.0.0.1:$broker"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  local e name proto port
+  for e in "${extra[@]}"; do
+    IFS=: read -r name proto port <<<"$e"
+    listeners+=",${name^^}://127.0.0.1:$port"
+    advertised+=",${name^^}://127.0.0.1:$port"
+    protocols+=",${name^^}:$proto"
+  done
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller
-listeners=PLAINTEXT://127.0.0.1:$broker,CONTROLLER://127.0.0.1:$controller
-advertised.listeners=PLAINTEXT://127.0.0.1:$broker
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
@@ -84,9 +128,41 @@ appender.file.fileName=${sys:kafka.logs.dir}/broker.log
 appender.file.layout.type=PatternLayout
 appender.file.layout.pattern=%d %p %c: %m%n
 LOG
+  if [ -n "${KAFKA_TLS_DIR:-}" ]; then
+    # Inline PEM (one line, `\n` for the newlines: Java properties unescape it): a PEM key store read from a
+    # file needs an encrypted key and its password, the inline one takes the key as it is.
+    pem() { awk '{ printf "%s\\n", $0 }' "$1"; }
+    cat >>"$dir/server.properties" <<PROPS
+ssl.keystore.type=PEM
+ssl.keystore.certificate.chain=$(pem "$KAFKA_TLS_DIR/server.pem")
+ssl.keystore.key=$(pem "$KAFKA_TLS_DIR/server.key")
+ssl.truststore.type=PEM
+ssl.truststore.certificates=$(pem "$KAFKA_TLS_DIR/ca.pem")
+listener.name.mtls.ssl.client.auth=required
+PROPS
+  fi
+  local scram=()
+  if [ -n "${KAFKA_SASL_USERS:-}" ]; then
+    local plain="org.apache.kafka.common.security.plain.PlainLoginModule required"
+    local user pass
+    for pair in ${KAFKA_SASL_USERS//,/ }; do
+      IFS=: read -r user pass <<<"$pair"
+      plain+=" user_$user=\"$pass\""
+      scram+=(--add-scram "SCRAM-SHA-256=[name=$user,password=$pass]" --add-scram "SCRAM-SHA-512=[name=$user,password=$pass]")
+    done
+    echo "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512" >>"$dir/server.properties"
+    local l
+    for l in sasl sasl_ssl; do
+      cat >>"$dir/server.properties" <<PROPS
+listener.name.$l.plain.sasl.jaas.config=$plain;
+listener.name.$l.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.$l.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+PROPS
+    done
+  fi
   if [ ! -f "$dir/data/meta.properties" ]; then
     "$java" -cp "$(cat "$cp")" kafka.tools.StorageTool format -t "$("$java" -cp "$(cat "$cp")" kafka.tools.StorageTool random-uuid 2>/dev/null)" \
-      -c "$dir/server.properties" >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "formatting $dir failed"; }
+      -c "$dir/server.properties" "${scram[@]}" >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "formatting $dir failed"; }
   fi
   nohup "$java" -Xms"$heap" -Xmx"$heap" -XX:+UseSerialGC -Dkafka.logs.dir="$dir" \
     -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$(cat "$cp")" kafka.Kafka "$dir/server.properties" \
@@ -97,8 +173,17 @@ LOG
   for _ in $(seq 1 600); do
     kill -0 "$pid" 2>/dev/null || { tail -n 30 "$dir/stdout.log" "$dir/broker.log" >&2 2>/dev/null; die "the broker exited"; }
     if (exec 3<>"/dev/tcp/127.0.0.1/$broker") 2>/dev/null; then
-      echo "bootstrap=127.0.0.1:$broker pid=$pid"
-      return
+      local line=() ready=1
+      for e in "${extra[@]}"; do
+        IFS=: read -r name proto port <<<"$e"
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || ready=0
+        line+=("$name=127.0.0.1:$port")
+      done
+      if [ "$ready" = 1 ]; then
+        echo "bootstrap=127.0.0.1:$broker pid=$pid"
+        [ ${#extra[@]} -eq 0 ] || echo "${line[*]}"
+        return
+      fi
     fi
     sleep 0.1
   done

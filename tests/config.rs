@@ -320,3 +320,69 @@ fn a_named_kafka_tunnel_reads_whole() {
     assert_eq!(path, "tunnels.orders.kafka");
     assert!(message.contains("topic"), "{message}");
 }
+
+/// `[tunnels.kafka.tls]` and `[tunnels.kafka.sasl]` read into the Kafka options; the password is never shown;
+/// TLS validates only where librdkafka has OpenSSL (feature `kafka-tls`), and says so otherwise.
+#[cfg(feature = "kafka")]
+#[test]
+fn a_kafka_tunnels_tls_and_sasl_tables_read_and_the_password_is_never_shown() {
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    let text = |tls_extra: &str| {
+        format!(
+            "[[tunnels]]\nsource = \"kafka\"\nsubscriber = \"log\"\n[tunnels.options]\ntunnel_id = \"orders\"\n\
+             [tunnels.kafka]\nbootstrap_servers = [\"broker-1:9093\"]\ntopic = \"orders\"\ngroup_id = \"billing\"\n\
+             [tunnels.kafka.tls]\nca_file = {:?}\n{tls_extra}\
+             [tunnels.kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"billing\"\npassword = \"s3cret-from-toml\"\n",
+            ca.path().display().to_string()
+        )
+    };
+    let parsed = TreeConfig::from_toml(&text(""));
+    if cfg!(feature = "kafka-tls") {
+        let config = parsed.unwrap();
+        let kafka = config.tunnels[0].kafka.as_ref().expect("the kafka table");
+        let tls = kafka.tls.as_ref().expect("the tls table");
+        assert_eq!(tls.ca_file.as_deref(), Some(ca.path()));
+        assert_eq!(tls.cert_file, None);
+        let sasl = kafka.sasl.as_ref().expect("the sasl table");
+        assert_eq!(
+            (sasl.mechanism.as_str(), sasl.username.as_str()),
+            ("PLAIN", "billing")
+        );
+        assert_eq!(sasl.password, "s3cret-from-toml");
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("billing") && !shown.contains("s3cret-from-toml"),
+            "{shown}"
+        );
+    } else {
+        let Err(ConfigError::Inconsistent { path, message, .. }) = parsed else {
+            panic!("TLS without kafka-tls: {parsed:?}");
+        };
+        assert_eq!(path, "tunnels[0].kafka");
+        assert!(
+            message.contains("tls") && message.contains("kafka-tls"),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret-from-toml"), "{message}");
+    }
+    // A misspelt key of either table is named.
+    let (path, message) = invalid(&text("ca = \"x\"\n"));
+    assert!(path.starts_with("tunnels[0].kafka"), "{path}: {message}");
+    assert!(message.contains("ca"), "{path}: {message}");
+    let (path, message) = invalid(&text("").replace("username", "user"));
+    assert!(path.starts_with("tunnels[0].kafka"), "{path}: {message}");
+    assert!(message.contains("user"), "{path}: {message}");
+    assert!(!message.contains("s3cret-from-toml"), "{message}");
+    // Nor does a misspelt password key or a broken string show the line it is on.
+    let (path, message) = invalid(&text("").replace("password", "pasword"));
+    assert_eq!(path, "tunnels[0].kafka.sasl.pasword");
+    assert!(
+        message.contains("line 15") && message.contains("unknown field `pasword`"),
+        "{message}"
+    );
+    assert!(!message.contains("s3cret-from-toml"), "{message}");
+    let (path, message) = invalid(&text("").replace("\"s3cret-from-toml\"", "\"s3cret-from-toml"));
+    assert_eq!(path, ".");
+    assert!(message.contains("line 15, column 29"), "{message}");
+    assert!(!message.contains("s3cret-from-toml"), "{message}");
+}

@@ -323,6 +323,21 @@ fn tunnels<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<TunnelConfi
     deserializer.deserialize_any(Tunnels)
 }
 
+/// The TOML parser's message and where it points, without the source line its Display quotes: that line may
+/// hold a secret (a misspelt `password` key, an api key in a connection string), and errors get logged.
+fn toml_message(err: &toml::de::Error, text: &str) -> String {
+    let message = err.message().trim();
+    match err.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+            format!("TOML parse error at line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
 /// Where a configured tunnel worker reads (`source` of a tunnel).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -534,7 +549,8 @@ pub enum ConfigError {
         file: String,
         /// The field's path (`tunnels[0].options.heartbeat_timeout`), `.` for the whole document.
         path: String,
-        /// What was expected, and what came (the TOML parser's words, with the line).
+        /// What was expected, and what came (the TOML parser's words, with the line and column; never the
+        /// line's text, which may hold a secret).
         message: String,
     },
     /// The document parses, but does not hold together (a tunnel naming an unknown connection, a duplicate
@@ -570,14 +586,14 @@ impl TreeConfig {
         let deserializer = toml::Deserializer::parse(text).map_err(|err| ConfigError::Invalid {
             file: file.to_string(),
             path: ".".into(),
-            message: err.to_string().trim().to_string(),
+            message: toml_message(&err, text),
         })?;
         let config: TreeConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
             ConfigError::Invalid {
                 file: file.to_string(),
                 path,
-                message: err.into_inner().to_string().trim().to_string(),
+                message: toml_message(&err.into_inner(), text),
             }
         })?;
         config.check(file)?;

@@ -36,6 +36,10 @@ pub struct Broker {
     dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     pub bootstrap: String,
+    /// The extra listeners `kafka.sh` was asked for (`ssl`, `mtls`, `sasl`, `sasl_ssl`), by name.
+    pub listeners: BTreeMap<String, String>,
+    /// The environment `kafka.sh start` was run with (again at a restart).
+    env: Vec<(String, String)>,
     pid: Mutex<u32>,
 }
 
@@ -43,11 +47,12 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh")
 }
 
-fn start_in(dir: &Path) -> (String, u32) {
+fn start_in(dir: &Path, env: &[(String, String)]) -> (String, u32, BTreeMap<String, String>) {
     let out = Command::new("bash")
         .arg(script())
         .arg("start")
         .arg(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run scripts/kafka.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -69,15 +74,31 @@ fn start_in(dir: &Path) -> (String, u32) {
             pid = p.parse().expect("pid");
         }
     }
-    (bootstrap, pid)
+    // The extra listeners: the line after, `name=host:port` each.
+    let listeners = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("bootstrap="))
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|part| part.split_once('='))
+        .map(|(name, address)| (name.to_string(), address.to_string()))
+        .collect();
+    (bootstrap, pid, listeners)
 }
 
 impl Broker {
     /// Starts a broker of its own in a new temp dir.
     pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// Starts a broker of its own with `kafka.sh`'s environment `env` (`KAFKA_TLS_DIR`, `KAFKA_SASL_USERS`).
+    pub fn start_with(env: &[(&str, &str)]) -> Broker {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let temp = tempfile::tempdir().expect("temp dir");
         let dir = temp.path().to_path_buf();
-        let (bootstrap, pid) = start_in(&dir);
+        let (bootstrap, pid, listeners) = start_in(&dir, &env);
         // The watchdog: kills whatever broker runs on DIR once this process is gone.
         let watchdog = format!(
             "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -9 $(cat {dir}/pid) 2>/dev/null; rm -rf {dir}",
@@ -98,6 +119,8 @@ impl Broker {
             dir,
             _temp: Some(temp),
             bootstrap,
+            listeners,
+            env,
             pid: Mutex::new(pid),
         }
     }
@@ -121,8 +144,9 @@ impl Broker {
 
     /// Starts it again on the same data directory and ports.
     pub fn restart(&self) {
-        let (bootstrap, pid) = start_in(&self.dir);
+        let (bootstrap, pid, listeners) = start_in(&self.dir, &self.env);
         assert_eq!(bootstrap, self.bootstrap, "same ports after a restart");
+        assert_eq!(listeners, self.listeners, "same extra listeners after a restart");
         *self.pid.lock().unwrap() = pid;
     }
 

@@ -28,6 +28,53 @@ pub fn kind_of(code: RDKafkaErrorCode) -> ErrorKind {
     }
 }
 
+/// The brokers refused this client's credentials or its TLS handshake: connecting fails with
+/// [`ErrorKind::Fatal`] (the [`TunnelError::Source`] of the `Connect` call carries this as its source), since
+/// waiting does not change a password or a certificate. `reason` is librdkafka's own account of the failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KafkaRefused {
+    /// SASL authentication failed: a wrong user name or password, or a mechanism the listener does not enable.
+    #[error("the brokers refused the SASL authentication (check sasl.mechanism, sasl.username, sasl.password): {reason}")]
+    Authentication {
+        /// What librdkafka reported.
+        reason: String,
+    },
+    /// The TLS handshake failed: a broker certificate the CA does not verify, a client certificate the broker
+    /// does not accept (or none where one is required), a TLS client on a plaintext listener.
+    #[error("the TLS handshake with the brokers failed (check tls.ca_file, tls.cert_file, tls.key_file): {reason}")]
+    Tls {
+        /// What librdkafka reported.
+        reason: String,
+    },
+}
+
+impl KafkaRefused {
+    /// The options' field at fault: `sasl` or `tls`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            KafkaRefused::Authentication { .. } => "sasl",
+            KafkaRefused::Tls { .. } => "tls",
+        }
+    }
+
+    /// The refusal an error event of the client is, from its code and librdkafka's reason.
+    pub(crate) fn of(code: RDKafkaErrorCode, reason: &str) -> Option<KafkaRefused> {
+        let reason = reason.to_string();
+        match code {
+            RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+                Some(KafkaRefused::Authentication { reason })
+            }
+            RDKafkaErrorCode::SSL => Some(KafkaRefused::Tls { reason }),
+            // The broker ended the handshake with an alert (OpenSSL's words): it refused this client's
+            // certificate, or its absence where one is required. librdkafka reports it as a transport failure.
+            RDKafkaErrorCode::BrokerTransportFailure if reason.contains("SSL alert number") => {
+                Some(KafkaRefused::Tls { reason })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The code inside a [`KafkaError`], if it has one.
 pub(crate) fn code_of(err: &KafkaError) -> Option<RDKafkaErrorCode> {
     err.rdkafka_error_code()
@@ -103,5 +150,28 @@ mod tests {
         assert!(err.to_string().contains("Commit"), "{err}");
         let err = failed("Read", KafkaError::MessageConsumptionFatal(C::Fatal));
         assert_eq!(err.kind(), ErrorKind::Fatal);
+    }
+
+    #[test]
+    fn refusals_are_told_from_their_code_and_reason() {
+        let refused = KafkaRefused::of(C::Authentication, "SASL authentication error: Invalid username");
+        assert_eq!(refused.as_ref().map(KafkaRefused::field), Some("sasl"));
+        assert!(refused.unwrap().to_string().contains("Invalid username"));
+        assert_eq!(
+            KafkaRefused::of(C::SSL, "certificate verify failed").map(|r| r.field()),
+            Some("tls")
+        );
+        let alert =
+            "Receive failed: ssl3_read_bytes error:0A000412:SSL routines::sslv3 alert bad certificate: \
+                     SSL alert number 42";
+        assert_eq!(
+            KafkaRefused::of(C::BrokerTransportFailure, alert).map(|r| r.field()),
+            Some("tls")
+        );
+        assert_eq!(
+            KafkaRefused::of(C::BrokerTransportFailure, "Connection refused"),
+            None
+        );
+        assert_eq!(KafkaRefused::of(C::AllBrokersDown, "1/1 brokers are down"), None);
     }
 }

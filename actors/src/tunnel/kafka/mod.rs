@@ -57,7 +57,7 @@ mod errors;
 mod options;
 mod source;
 
-pub use errors::kind_of;
+pub use errors::{kind_of, KafkaRefused};
 pub use options::{KafkaOptions, KafkaSasl, KafkaTls};
 /// The librdkafka binding this source is built on (to produce records, create topics, ...).
 pub use rdkafka;

@@ -1,5 +1,10 @@
 //! [`KafkaOptions`]: where the topic is, who consumes it, how to authenticate; checked up front, every error
 //! naming its field.
+//!
+//! TLS ([`KafkaTls`]) and the SCRAM mechanisms of [`KafkaSasl`] need a librdkafka built with OpenSSL: the
+//! feature `kafka-tls` (the system's OpenSSL, `libssl-dev` and `pkg-config` at build time). Without it,
+//! [`KafkaOptions::validate`] refuses them, naming `tls` or `sasl.mechanism`; SASL `PLAIN` works either way.
+//! Credentials the brokers refuse at connection time are [`KafkaRefused`](super::KafkaRefused).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,7 +120,7 @@ impl std::fmt::Debug for KafkaSasl {
     }
 }
 
-/// The SASL mechanisms librdkafka's bundled build supports without extra libraries.
+/// The SASL mechanisms without a Kerberos or OAuth setup (SCRAM also needs OpenSSL: feature `kafka-tls`).
 const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 /// Properties the mapping sets itself: refused in [`KafkaOptions::properties`], naming the field to use.
@@ -305,7 +310,8 @@ impl KafkaOptions {
                 "is zero; a revoked partition needs time to be drained",
             ));
         }
-        // What this librdkafka was built with: TLS and SCRAM need OpenSSL (not in rdkafka's default build).
+        // What this librdkafka was built with: TLS and SCRAM need OpenSSL (feature `kafka-tls`); asked of the
+        // library itself, since another crate of the build may have turned rdkafka's `ssl` on.
         let builtin = ClientConfig::new()
             .create_native_config()
             .and_then(|native| native.get("builtin.features"))
@@ -314,7 +320,9 @@ impl KafkaOptions {
         if self.tls.is_some() && !has("ssl") {
             return Err(invalid(
                 "tls",
-                format!("this librdkafka was built without TLS (its features: {builtin})"),
+                format!(
+                    "this librdkafka was built without TLS (its features: {builtin}); build arbor with the feature kafka-tls"
+                ),
             ));
         }
         if let Some(sasl) = &self.sasl {
@@ -322,7 +330,7 @@ impl KafkaOptions {
                 return Err(invalid(
                     "sasl.mechanism",
                     format!(
-                        "{} needs a librdkafka built with SCRAM (its features: {builtin})",
+                        "{} needs a librdkafka built with SCRAM (its features: {builtin}); build arbor with the feature kafka-tls",
                         sasl.mechanism
                     ),
                 ));
@@ -502,36 +510,60 @@ mod tests {
         assert_eq!(field_of(good().revoke_wait(Duration::ZERO)), "revoke_wait");
     }
 
-    #[test]
-    fn tls_and_scram_are_refused_naming_their_field_when_librdkafka_has_no_openssl() {
+    fn tls_and_scram() -> (KafkaOptions, KafkaOptions) {
         let exists = std::env::current_exe().unwrap();
         let tls = good().tls(KafkaTls {
             ca_file: Some(exists),
             cert_file: None,
             key_file: None,
         });
-        let sasl = good().sasl(KafkaSasl {
+        let scram = good().sasl(KafkaSasl {
             mechanism: "SCRAM-SHA-256".into(),
             username: "u".into(),
             password: "p4ss".into(),
         });
-        // rdkafka's default build has no OpenSSL: both are refused up front (with OpenSSL, both pass).
-        let builtin = ClientConfig::new()
+        (tls, scram)
+    }
+
+    fn builtin_features() -> String {
+        ClientConfig::new()
             .create_native_config()
             .unwrap()
             .get("builtin.features")
-            .unwrap();
-        if !builtin.split(',').any(|f| f == "ssl") {
-            assert_eq!(field_of(tls), "tls");
-        } else {
-            tls.validate().unwrap();
+            .unwrap()
+    }
+
+    #[cfg(not(feature = "kafka-tls"))]
+    #[test]
+    fn tls_and_scram_are_refused_naming_their_field_when_librdkafka_has_no_openssl() {
+        let builtin = builtin_features();
+        assert!(!builtin.split(',').any(|f| f == "ssl"), "{builtin}");
+        let (tls, scram) = tls_and_scram();
+        assert_eq!(field_of(tls.clone()), "tls");
+        assert!(tls.validate().unwrap_err().to_string().contains("kafka-tls"));
+        assert_eq!(field_of(scram.clone()), "sasl.mechanism");
+        assert!(!scram.validate().unwrap_err().to_string().contains("p4ss"));
+    }
+
+    #[cfg(feature = "kafka-tls")]
+    #[test]
+    fn tls_and_scram_validate_when_librdkafka_has_openssl() {
+        let builtin = builtin_features();
+        for feature in ["ssl", "sasl_scram"] {
+            assert!(builtin.split(',').any(|f| f == feature), "{feature} in {builtin}");
         }
-        if !builtin.split(',').any(|f| f == "sasl_scram") {
-            assert_eq!(field_of(sasl.clone()), "sasl.mechanism");
-            assert!(!sasl.validate().unwrap_err().to_string().contains("p4ss"));
-        } else {
-            sasl.validate().unwrap();
-        }
+        let (tls, scram) = tls_and_scram();
+        tls.validate().unwrap();
+        scram.validate().unwrap();
+        let both = KafkaOptions {
+            sasl: scram.sasl.clone(),
+            ..tls.clone()
+        };
+        both.validate().unwrap();
+        let config = both.client_config("c", Duration::from_secs(10));
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanisms"), Some("SCRAM-SHA-256"));
+        assert!(config.get("ssl.ca.location").is_some());
     }
 
     #[test]
@@ -548,7 +580,7 @@ mod tests {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(!shown.contains("k3y-s3cret"), "{shown}");
         }
-        // Nor in the error naming it (this build has no OpenSSL: librdkafka refuses ssl.* properties).
+        // Nor in an error naming it (without OpenSSL, librdkafka refuses ssl.* properties).
         if let Err(err) = options.validate() {
             assert!(!err.to_string().contains("k3y-s3cret"), "{err}");
         }

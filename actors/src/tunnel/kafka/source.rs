@@ -17,9 +17,9 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::errors::{code_of, failed, kind_of, own};
+use super::errors::{code_of, failed, kind_of, own, KafkaRefused};
 use super::options::KafkaOptions;
 use crate::tunnel::error::{ErrorKind, TunnelError};
 use crate::tunnel::options::TunnelOptions;
@@ -127,9 +127,20 @@ struct Rebalancer {
     assignment: Arc<Assignment>,
     /// The consumer itself, to split partition queues (set once created).
     consumer: OnceLock<Weak<KafkaConsumer>>,
+    /// The brokers' refusal of this client's credentials or TLS handshake, as last reported.
+    refused: Mutex<Option<KafkaRefused>>,
 }
 
-impl ClientContext for Rebalancer {}
+impl ClientContext for Rebalancer {
+    // Called for every error event the consumer's poll meets (rdkafka's default only logs it): the reason,
+    // which the event handed back by the poll no longer carries, tells an authentication or TLS refusal.
+    fn error(&self, error: KafkaError, reason: &str) {
+        error!(target: "librdkafka", %error, "librdkafka: {reason}");
+        if let Some(refused) = code_of(&error).and_then(|code| KafkaRefused::of(code, reason)) {
+            *lock(&self.refused) = Some(refused);
+        }
+    }
+}
 
 impl ConsumerContext for Rebalancer {
     fn rebalance(&self, base: &KafkaConsumer, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -366,6 +377,7 @@ fn open(
         let context = Rebalancer {
             assignment: Arc::clone(&assignment),
             consumer: OnceLock::new(),
+            refused: Mutex::new(None),
         };
         let consumer: KafkaConsumer = options
             .client_config(&client_id, heartbeat_timeout)
@@ -374,9 +386,7 @@ fn open(
         let consumer = Arc::new(consumer);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         // The topic must exist: a missing one is a configuration error, not something to wait for.
-        let metadata = consumer
-            .fetch_metadata(Some(&options.topic), call_timeout)
-            .map_err(|e| failed("Connect", e))?;
+        let metadata = metadata(&consumer, &options.topic, call_timeout)?;
         let topic = metadata.topics().iter().find(|t| t.name() == options.topic);
         match topic.and_then(|t| t.error()) {
             Some(err) => {
@@ -415,6 +425,44 @@ fn open(
             stop,
             poller: Mutex::new(Some(poller)),
         }))
+    }
+}
+
+/// The topic's metadata, asked for in slices of the call timeout: between them, the client's error events say
+/// whether the brokers refused its credentials or its TLS handshake, which no wait mends (librdkafka itself
+/// only reconnects and the call times out).
+fn metadata(
+    consumer: &KafkaConsumer,
+    topic: &str,
+    call_timeout: Duration,
+) -> Result<rdkafka::metadata::Metadata, TunnelError> {
+    const SLICE: Duration = Duration::from_millis(500);
+    let deadline = Instant::now() + call_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.fetch_metadata(Some(topic), left.min(SLICE)) {
+            Ok(metadata) => return Ok(metadata),
+            Err(err) => {
+                // Not subscribed yet: only error and log events are queued here, never a record. A poll serves
+                // them (the error callback sees the reasons) and returns at each error, or after a wait without.
+                let refused = &consumer.context().refused;
+                while Instant::now() < deadline
+                    && lock(refused).is_none()
+                    && consumer.poll(Duration::from_millis(100)).is_some()
+                {}
+                if let Some(refused) = lock(refused).take() {
+                    warn!(topic, error = %refused, "the brokers refused this client");
+                    return Err(TunnelError::Source {
+                        call: "Connect",
+                        kind: ErrorKind::Fatal,
+                        source: Box::new(refused),
+                    });
+                }
+                if Instant::now() >= deadline {
+                    return Err(failed("Connect", err));
+                }
+            }
+        }
     }
 }
 
