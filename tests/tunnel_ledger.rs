@@ -52,6 +52,8 @@ enum Entry {
     Delivered {
         worker: usize,
         channel: u32,
+        /// The lease version it was delivered under.
+        version: i64,
         first: u64,
         next: u64,
         records: Vec<(u64, u64)>,
@@ -88,6 +90,7 @@ impl Subscriber for LedgerSubscriber {
         self.ledger.entries.lock().unwrap().push(Entry::Delivered {
             worker: self.worker,
             channel: batch.channel_id,
+            version: batch.version.get(),
             first: batch.first_sequence(),
             next: batch.next_sequence(),
             records,
@@ -315,7 +318,32 @@ async fn every_acknowledged_record_is_delivered_in_order_per_key_through_kills_a
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // let the last checkpoints land, then stop the consumers gracefully
+    // Before the graceful shutdowns, every channel is owned, and checkpointed to its end or delivered to it (and
+    // so acknowledged) under its current lease: what the shutdowns must then flush. A channel whose owner was
+    // killed by one of the last faults is first taken over, and its unflushed tail delivered again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = describe(&mut client(&url).await, &tunnel).await;
+        let behind: Vec<u32> = info
+            .channels
+            .iter()
+            .filter(|c| {
+                c.owner_client_id.is_empty()
+                    || c.checkpoint_sequence_number < c.end_sequence_number
+                        && !delivered_to_end(&ledger, c.channel_id, c.version, c.end_sequence_number)
+            })
+            .map(|c| c.channel_id)
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "channels {behind:?} never owned and delivered to their end"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // then stop the consumers gracefully
     for consumer in &consumers {
         consumer.tree.shutdown(Duration::from_secs(20)).await.unwrap();
     }
@@ -389,6 +417,14 @@ fn delivered_records(ledger: &Ledger) -> HashSet<(u64, u64)> {
         .collect()
 }
 
+/// Whether a batch ending at `end` of `channel` was delivered under the lease `version`.
+fn delivered_to_end(ledger: &Ledger, channel: u32, version: i64, end: u64) -> bool {
+    ledger.entries.lock().unwrap().iter().any(|e| {
+        matches!(e, Entry::Delivered { channel: c, version: v, next, .. }
+            if *c == channel && *v == version && *next == end)
+    })
+}
+
 /// `assert!` for [`check`]: the violation as an error.
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
@@ -438,6 +474,7 @@ fn check(entries: &[Entry], acknowledged: &HashSet<(u64, u64)>) -> Result<Report
                 first,
                 next,
                 records,
+                ..
             } => {
                 ensure!(
                     *next - *first == records.len() as u64,
@@ -507,6 +544,7 @@ fn the_checker_catches_skips_rewinds_below_a_checkpoint_reordered_keys_and_losse
     let batch = |channel, first: u64, records: &[(u64, u64)]| Entry::Delivered {
         worker: 0,
         channel,
+        version: 1,
         first,
         next: first + records.len() as u64,
         records: records.to_vec(),
