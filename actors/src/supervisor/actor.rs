@@ -287,10 +287,10 @@ impl Actor for SupervisorActor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // A child handed over but not adopted yet may be the one whose exit this is: adopt it first.
-        state.adopt(&myself).await;
         match event {
             SupervisionEvent::ActorTerminated(cell, child_state, reason) => {
+                // A child handed over but not adopted yet may be the one whose exit this is: adopt it first.
+                state.adopt(&myself).await;
                 // A killed child supervisor's state comes back here; dropping it now records the children it
                 // left running (see `start_one`).
                 drop(child_state);
@@ -299,11 +299,15 @@ impl Actor for SupervisorActor {
                     .await
             }
             SupervisionEvent::ActorFailed(cell, err) => {
+                state.adopt(&myself).await;
                 state
                     .on_child_exit(&myself, cell.get_id(), Exit::Abnormal(err.to_string()))
                     .await
             }
             // The default handler would stop the supervisor here; starts and group changes mean nothing to it.
+            // Nor do they adopt: every child a dynamic supervisor starts sends its `ActorStarted` here, and
+            // adopting at each would take the hand-over lock against the very starts that sent them, once per
+            // start (adoption runs before every message and exit, which is all it must precede).
             _ => {}
         }
         Ok(())
