@@ -1,7 +1,8 @@
 //! Tunnel workers on a real Apache Kafka broker (one per test binary, started by `scripts/kafka.sh`): the
 //! group's assignment is what the workers own; a join moves only the partitions it must, each committed by its
 //! old owner before the new one starts; a worker that goes away hands its partitions on; bad options,
-//! unreachable brokers, a missing topic and records deleted before they were delivered give typed errors.
+//! unreachable brokers, a missing topic and records deleted before they were delivered give typed errors; a
+//! stuck subscriber (`max.poll.interval.ms` semantics) makes its worker leave the group.
 #![cfg(feature = "kafka")]
 
 mod tunnel_kafka_common;
@@ -16,9 +17,10 @@ use arbor::tunnel::kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer
 use arbor::tunnel::kafka::rdkafka::{Offset, TopicPartitionList};
 use arbor::tunnel::kafka::{KafkaOptions, KafkaSource};
 use arbor::tunnel::{
-    CheckpointPolicy, ErrorKind, OutOfRangePolicy, TunnelError, TunnelEvent, TunnelExit, TunnelSource,
-    TunnelWorker,
+    CheckpointPolicy, Delivery, ErrorKind, OutOfRangePolicy, SubscriberRef, TunnelError, TunnelEvent,
+    TunnelExit, TunnelSource, TunnelWorker, WorkerStatus,
 };
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tunnel_kafka_common::*;
 
 const PARTITIONS: u32 = 8;
@@ -433,4 +435,98 @@ async fn the_demo_runs_on_a_kafka_topic_and_loses_nothing() {
         "{:?}",
         report.faults
     );
+}
+
+/// A subscriber of the user's that takes its first batch and never answers (its `Ack` is kept, not dropped).
+struct Stuck;
+
+impl Actor for Stuck {
+    type Msg = Delivery;
+    type State = Vec<Delivery>;
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<Delivery>, _: ()) -> Result<Vec<Delivery>, ActorProcessingErr> {
+        Ok(Vec::new())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Delivery>,
+        delivery: Delivery,
+        held: &mut Vec<Delivery>,
+    ) -> Result<(), ActorProcessingErr> {
+        held.push(delivery);
+        Ok(())
+    }
+}
+
+/// Kafka's `max.poll.interval.ms`, in the worker's terms: a subscriber that holds a batch past the processing
+/// timeout is lost, delivery pauses, and when no subscriber came back within the grace period the worker leaves
+/// the group, so the other member takes its partitions and delivers them from the last commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_makes_its_worker_leave_the_group_and_its_partitions_move() {
+    let broker = Broker::shared();
+    let topic = "stuck";
+    broker.create_topic(topic, 4, &[]).await;
+    let options = kafka_worker_options(topic).processing_timeout(Duration::from_secs(1));
+    let group = "stuck-g";
+
+    let (stuck, _) = Actor::spawn(None, Stuck, ()).await.unwrap();
+    let stuck_options = options.clone().client_tag("stuck");
+    let source = KafkaSource::new(broker.options(topic, group), &stuck_options).unwrap();
+    let stuck_worker = TunnelWorker::builder(stuck_options)
+        .source(Arc::new(source))
+        .subscriber(SubscriberRef::actor(&stuck, |d| d))
+        .registry(arbor::registry::Registry::new("kafka-stuck"))
+        .start()
+        .await
+        .expect("worker starts");
+    let stuck_log = EventLog::follow(&stuck_worker);
+    let journal = Journal::default();
+    let healthy = start_kafka_worker(options, broker.options(topic, group), &journal, 1).await;
+    wait_until("2 workers balanced over 4 partitions", || {
+        owned(&stuck_worker).len() == 2 && owned(&healthy).len() == 2
+    })
+    .await;
+    let stuck_partitions = owned(&stuck_worker);
+
+    let producer = broker.producer();
+    for p in 0..4 {
+        produce(&producer, topic, p, "a", 10).await;
+    }
+    let mut status = stuck_worker.status();
+    tokio::time::timeout(LONG, status.wait_for(|s| *s == WorkerStatus::Detached))
+        .await
+        .expect("the stuck subscriber's worker let its partitions go")
+        .unwrap();
+    wait_until("the healthy worker owns all 4 partitions", || {
+        owned(&healthy).len() == 4
+    })
+    .await;
+    journal.wait_distinct(40).await;
+    let taken_over: BTreeSet<u32> = journal
+        .distinct()
+        .into_iter()
+        .map(|(partition, _)| partition)
+        .filter(|p| stuck_partitions.contains(p))
+        .collect();
+    assert_eq!(
+        taken_over, stuck_partitions,
+        "the stuck worker's records delivered by the other"
+    );
+    assert!(
+        stuck_log
+            .since(0)
+            .iter()
+            .any(|e| matches!(e, TunnelEvent::SubscriberLost { .. })),
+        "the stuck subscriber was reported lost: {:?}",
+        stuck_log.since(0)
+    );
+    assert!(owned(&stuck_worker).is_empty());
+    stuck_worker
+        .shutdown(Duration::from_secs(60))
+        .await
+        .expect("shutdown");
+    healthy.shutdown(Duration::from_secs(60)).await.expect("shutdown");
+    stuck.stop(None);
 }
