@@ -2,7 +2,8 @@
 //! group's assignment is what the workers own; a join moves only the partitions it must, each committed by its
 //! old owner before the new one starts; a worker that goes away hands its partitions on; bad options,
 //! unreachable brokers, a missing topic and records deleted before they were delivered give typed errors; a
-//! stuck subscriber (`max.poll.interval.ms` semantics) makes its worker leave the group.
+//! stuck subscriber (`max.poll.interval.ms` semantics) makes its worker leave the group; a fenced member's late
+//! commit is refused.
 #![cfg(feature = "kafka")]
 
 mod tunnel_kafka_common;
@@ -529,4 +530,79 @@ async fn a_stuck_subscriber_makes_its_worker_leave_the_group_and_its_partitions_
         .expect("shutdown");
     healthy.shutdown(Duration::from_secs(60)).await.expect("shutdown");
     stuck.stop(None);
+}
+
+/// Heartbeats `source`'s session until it owns partition 0; its lease there.
+async fn lease_of_partition_0(
+    source: &KafkaSource,
+    session: &arbor::tunnel::source::Session,
+) -> arbor::tunnel::source::ChannelLease {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let owned = source.heartbeat(session, &[]).await;
+        if let Ok(channels) = owned {
+            if let Some(c) = channels.iter().find(|c| c.channel_id == 0) {
+                return arbor::tunnel::source::ChannelLease {
+                    session: session.clone(),
+                    channel_id: 0,
+                    version: c.version,
+                };
+            }
+        }
+        assert!(Instant::now() < deadline, "partition 0 never assigned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A member fenced by the group (here: a second consumer with the same `group.instance.id`, as during a rolling
+/// restart gone wrong) has its late commit refused, and the group's offset stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_members_late_commit_is_refused_and_moves_no_offset() {
+    let broker = Broker::shared();
+    let (topic, group) = ("fenced", "fenced-g");
+    broker.create_topic(topic, 1, &[]).await;
+    produce(&broker.producer(), topic, 0, "a", 10).await;
+    let options = kafka_worker_options(topic);
+    let kafka = broker
+        .options(topic, group)
+        .property("group.instance.id", "static-1");
+
+    let first = KafkaSource::new(kafka.clone(), &options).unwrap();
+    let first_session = first
+        .connect(topic, "first", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let first_lease = lease_of_partition_0(&first, &first_session).await;
+    first
+        .checkpoint(&first_lease, 4)
+        .await
+        .expect("the owner commits");
+
+    let second = KafkaSource::new(kafka, &options).unwrap();
+    let second_session = second
+        .connect(topic, "second", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let second_lease = lease_of_partition_0(&second, &second_session).await;
+
+    let late = first
+        .checkpoint(&first_lease, 9)
+        .await
+        .expect_err("the fenced member's commit");
+    println!("late commit: {late} ({:?})", late.kind());
+    assert_eq!(late.kind(), ErrorKind::OwnershipLost, "{late}");
+    let reader: BaseConsumer = broker.config().set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let committed = reader.committed_offsets(tpl, Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        committed.find_partition(topic, 0).unwrap().offset(),
+        Offset::Offset(4),
+        "the late commit moved nothing"
+    );
+    second
+        .checkpoint(&second_lease, 6)
+        .await
+        .expect("the new owner commits");
+    second.shutdown(&second_session).await.unwrap();
 }
