@@ -240,6 +240,15 @@ async fn a_worker_consumes_with_scram_sha_256_over_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_consumes_with_scram_sha_512_over_plaintext() {
+    let secure = secure();
+    let kafka = secure
+        .options("sasl", "over-scram-512")
+        .sasl(sasl("SCRAM-SHA-512", PASSWORD));
+    consume_all(secure, "over-scram-512", kafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_a_fatal_authentication_error_and_no_password_is_shown() {
     let secure = secure();
     secure.broker.create_topic("wrong-pw", 1, &[]).await;
