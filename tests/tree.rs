@@ -645,13 +645,14 @@ read_batch_size = 5
 
 /// A real tonic service on 127.0.0.1 in front of the tunnel service: forwards every call, and while `slow` is
 /// set holds each Checkpoint and Shutdown for `delay` first (within the worker's call timeout). Counts the
-/// Shutdowns the service answered.
+/// Shutdowns the service answered, and the ReadRecords calls.
 #[derive(Clone)]
 struct SlowService {
     upstream: Client,
     slow: Arc<AtomicBool>,
     delay: Duration,
     shutdowns: Arc<AtomicUsize>,
+    reads: Arc<AtomicUsize>,
 }
 
 type ReadStream =
@@ -667,6 +668,7 @@ macro_rules! forward {
                 &self,
                 request: tonic::Request<v1::ReadRecordsRequest>,
             ) -> Result<tonic::Response<ReadStream>, tonic::Status> {
+                self.reads.fetch_add(1, Ordering::SeqCst);
                 let stream = self.upstream.clone().read_records(request.into_inner()).await?.into_inner();
                 Ok(tonic::Response::new(Box::pin(stream)))
             }
@@ -765,6 +767,7 @@ async fn a_tree_shutdown_against_a_slow_service_lets_the_worker_stop_gracefully(
         slow: Arc::clone(&slow),
         delay: DELAY,
         shutdowns: Arc::default(),
+        reads: Arc::default(),
     };
     let shutdowns = Arc::clone(&proxy.shutdowns);
     let url = proxy.serve().await;
@@ -789,6 +792,12 @@ async fn a_tree_shutdown_against_a_slow_service_lets_the_worker_stop_gracefully(
     })
     .await;
     slow.store(true, Ordering::SeqCst);
+    // More records, so that a batch comes to the slow subscriber even if the first ones were all delivered.
+    for channel in 0..2 {
+        append_to(&mut client, &tunnel, Some(channel), records("t", 20))
+            .await
+            .unwrap();
+    }
     tokio::time::timeout(LONG, subscriber.holding.notified())
         .await
         .expect("a batch in the slow subscriber's hands");
@@ -825,5 +834,43 @@ async fn a_tree_shutdown_against_a_slow_service_lets_the_worker_stop_gracefully(
             c.checkpoint_sequence_number
         );
     }
+    server.stop().await;
+}
+
+/// A channel catching up reads one ReadRecords stream, a message per batch, not a call per batch: 100 batches of
+/// 10 records come through a handful of calls (the worker's throughput, `cargo bench --bench tunnel_worker`,
+/// rests on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_catching_up_reads_one_stream_not_a_call_per_batch() {
+    let server = TestServer::memory().await;
+    let mut client = server.client().await;
+    let tunnel = create_streams(&mut client, "catch-up", 1).await;
+    append_to(&mut client, &tunnel, Some(0), records("r", 1_000))
+        .await
+        .unwrap();
+    let proxy = SlowService {
+        upstream: server.client().await,
+        slow: Arc::default(),
+        delay: Duration::ZERO,
+        shutdowns: Arc::default(),
+        reads: Arc::default(),
+    };
+    let reads = Arc::clone(&proxy.reads);
+    let url = proxy.serve().await;
+    let subscriber = SlowSubscriber::default();
+    let tree = Tree::builder().start().await.unwrap();
+    let options = fast_options(&tunnel).read_batch_size(10);
+    tree.tunnel(options, target(&url))
+        .run_subscriber(subscriber.clone())
+        .start()
+        .await
+        .unwrap();
+    wait_until("all 1,000 records handled", || {
+        subscriber.handled.lock().unwrap().get(&0) == Some(&1_000)
+    })
+    .await;
+    let calls = reads.load(Ordering::SeqCst);
+    assert!(calls <= 5, "{calls} ReadRecords calls for 100 batches");
+    tree.shutdown(Duration::from_secs(60)).await.unwrap();
     server.stop().await;
 }

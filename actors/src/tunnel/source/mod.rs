@@ -3,9 +3,11 @@
 //! RPCs: another source (a hosted tunnel service, a log engine) is another implementation of the trait, and
 //! the actors do not change.
 
+mod stream;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arbor_proto::tunnel::domain::{ChannelStatus, ChannelType, ConversionError, Version};
 use arbor_proto::tunnel::error::ErrorKind;
@@ -238,6 +240,8 @@ pub struct GrpcSource {
     /// The largest response message decoded: the service's `max_response_bytes` once it said (tonic's 4 MiB
     /// default before); shared by the clones.
     decode_limit: Arc<AtomicUsize>,
+    /// Each channel's read stream between two of its reads (see [`stream`]); shared by the clones.
+    reads: Arc<stream::ParkedReads>,
 }
 
 /// tonic's default decode limit.
@@ -252,6 +256,7 @@ impl GrpcSource {
             connection: Connection::Handle(connection),
             call_timeout,
             decode_limit: Arc::new(AtomicUsize::new(DEFAULT_DECODE_LIMIT)),
+            reads: Arc::default(),
         }
     }
 
@@ -261,6 +266,7 @@ impl GrpcSource {
             connection: Connection::Pooled(Arc::new(lease)),
             call_timeout,
             decode_limit: Arc::new(AtomicUsize::new(DEFAULT_DECODE_LIMIT)),
+            reads: Arc::default(),
         }
     }
 
@@ -307,6 +313,8 @@ impl GrpcSource {
         }
     }
 
+    /// Reads the next batch: from the channel's parked stream when this read continues it, else from a stream
+    /// opened here, "to the end" in messages of `max_records` (see [`stream`]).
     async fn do_read(
         &self,
         lease: &ChannelLease,
@@ -315,6 +323,17 @@ impl GrpcSource {
         wait: Duration,
     ) -> Result<ReadBatch, TunnelError> {
         const CALL: &str = "ReadRecords";
+        // A parked stream is used while at least half its deadline (call timeout + wait) is left, more than a
+        // next message needs.
+        if let Some(mut open) = self.reads.take(lease, from, max_records, self.call_timeout / 2) {
+            if let Some(batch) = open.next_batch(|s| self.failed(CALL, s)).await? {
+                if !batch.finished {
+                    self.reads.park(lease, open);
+                }
+                return Ok(batch);
+            }
+            // It ended at the channel's end: a fresh stream waits there for what comes next.
+        }
         let request = v1::ReadRecordsRequest {
             tunnel_id: lease.session.tunnel_id.to_string(),
             client_id: lease.session.client_id.to_string(),
@@ -323,54 +342,32 @@ impl GrpcSource {
             channel_version: lease.version.get(),
             from_sequence_number: from,
             max_records_per_message: max_records,
-            max_records: u64::from(max_records),
+            max_records: 0,
             max_wait_ms: wait.as_millis() as u64,
         };
-        let mut stream = self
+        let opened = Instant::now();
+        let stream = self
             .client()
             .await?
             .read_records(self.request(request, wait))
             .await
             .map_err(|s| self.failed(CALL, s))?
             .into_inner();
-        let mut batch = ReadBatch {
-            records: Vec::new(),
-            next: from,
-            finished: false,
-        };
-        while let Some(message) = stream.message().await.map_err(|s| self.failed(CALL, s))? {
-            batch.records.reserve(message.records.len());
-            for record in message.records {
-                // Records must follow each other from where the read started; anything else means the two
-                // sides disagree on the channel's positions, and the channel resyncs (GetCheckpoint).
-                if record.sequence_number != batch.next {
-                    return Err(TunnelError::Malformed {
-                        call: CALL,
-                        field: "records.sequence_number".into(),
-                        reason: format!("is {} where {} was expected", record.sequence_number, batch.next),
-                    });
+        let mut open = stream::OpenRead::new(lease, from, max_records, opened, stream);
+        match open.next_batch(|s| self.failed(CALL, s)).await? {
+            Some(batch) => {
+                if !batch.finished {
+                    self.reads.park(lease, open);
                 }
-                batch.next += 1;
-                batch.records.push(Record {
-                    sequence: record.sequence_number,
-                    key: record.key,
-                    value: record.value,
-                    append_time: SystemTime::UNIX_EPOCH + Duration::from_millis(record.append_time_unix_ms),
-                });
+                Ok(batch)
             }
-            if message.next_sequence_number != batch.next {
-                return Err(TunnelError::Malformed {
-                    call: CALL,
-                    field: "next_sequence_number".into(),
-                    reason: format!(
-                        "is {} after records ending at {}",
-                        message.next_sequence_number, batch.next
-                    ),
-                });
-            }
-            batch.finished |= message.finished;
+            // Nothing came within the wait.
+            None => Ok(ReadBatch {
+                records: Vec::new(),
+                next: from,
+                finished: false,
+            }),
         }
-        Ok(batch)
     }
 }
 
@@ -421,6 +418,12 @@ impl TunnelSource for GrpcSource {
     ) -> BoxFuture<'a, Result<Vec<ServerChannel>, TunnelError>> {
         async move {
             const CALL: &str = "Heartbeat";
+            // A channel reported ended reads no more: its parked stream goes now, not at its next read.
+            let ended = channels
+                .iter()
+                .filter(|c| matches!(c.status, ChannelStatus::Close | ChannelStatus::Terminated))
+                .map(|c| c.channel_id);
+            self.reads.drop_channels(&session.client_id, ended);
             let request = v1::HeartbeatRequest {
                 tunnel_id: session.tunnel_id.to_string(),
                 client_id: session.client_id.to_string(),
@@ -541,6 +544,7 @@ impl TunnelSource for GrpcSource {
 
     fn shutdown<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<(), TunnelError>> {
         async move {
+            self.reads.drop_session(&session.client_id);
             let request = v1::ShutdownRequest {
                 tunnel_id: session.tunnel_id.to_string(),
                 client_id: session.client_id.to_string(),
