@@ -15,6 +15,19 @@ fn invalid(text: &str) -> (String, String) {
     }
 }
 
+/// Each bad document fails naming `path`, its message containing `needle`.
+fn each_names_its_field<T: AsRef<str>>(cases: &[(T, &str, &str)]) {
+    for (text, path, needle) in cases {
+        let text = text.as_ref();
+        let (got_path, message) = invalid(text);
+        assert_eq!(&got_path, path, "for {text:?}: {message}");
+        assert!(
+            message.contains(needle),
+            "for {text:?}: {message:?} lacks {needle:?}"
+        );
+    }
+}
+
 const GOOD: &str = r#"
 name = "orders"
 
@@ -104,14 +117,7 @@ fn each_kind_of_bad_file_names_its_field() {
             "at least 1",
         ),
     ];
-    for (text, path, needle) in cases {
-        let (got_path, message) = invalid(text);
-        assert_eq!(&got_path, path, "for {text:?}: {message}");
-        assert!(
-            message.contains(needle),
-            "for {text:?}: {message:?} lacks {needle:?}"
-        );
-    }
+    each_names_its_field(cases);
 }
 
 #[test]
@@ -187,14 +193,7 @@ fn a_tunnels_source_and_what_it_needs_agree() {
             "is for source = \"kafka\"",
         ),
     ];
-    for (text, path, needle) in &cases {
-        let (got_path, message) = invalid(text);
-        assert_eq!(&got_path, path, "for {text:?}: {message}");
-        assert!(
-            message.contains(needle),
-            "for {text:?}: {message:?} lacks {needle:?}"
-        );
-    }
+    each_names_its_field(&cases);
 }
 
 #[cfg(feature = "kafka")]
@@ -292,14 +291,7 @@ fn tunnels_as_named_tables_take_their_name_as_tunnel_id_and_errors_name_the_tunn
             "tunnel_id",
         ),
     ];
-    for (text, path, needle) in &cases {
-        let (got_path, message) = invalid(text);
-        assert_eq!(&got_path, path, "for {text:?}: {message}");
-        assert!(
-            message.contains(needle),
-            "for {text:?}: {message:?} lacks {needle:?}"
-        );
-    }
+    each_names_its_field(&cases);
 }
 
 #[cfg(feature = "kafka")]
