@@ -11,7 +11,7 @@
 //! The service ends a stream at the channel's current end (after its long-poll wait if it had nothing to send),
 //! and fails it with `OWNERSHIP_LOST` as soon as the reader stops being the owner, so a parked stream tells
 //! nothing a fresh read would not. The streams of channels the worker reports closed at a heartbeat, and every
-//! stream of a session at its shutdown or when another session parks one, are dropped at once.
+//! stream of a session at its shutdown or when a later session of the same tunnel parks one, are dropped at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +26,7 @@ const CALL: &str = "ReadRecords";
 
 /// A read stream between two reads of its channel.
 pub(super) struct OpenRead {
+    tunnel: Arc<str>,
     version: i64,
     /// The position of its next record.
     next: u64,
@@ -44,6 +45,7 @@ impl OpenRead {
         stream: tonic::Streaming<v1::ReadRecordsResponse>,
     ) -> Self {
         OpenRead {
+            tunnel: Arc::clone(&lease.session.tunnel_id),
             version: lease.version.get(),
             next: from,
             batch,
@@ -138,12 +140,12 @@ impl ParkedReads {
         open.continues(lease, from, batch, fresh_for).then_some(open)
     }
 
-    /// Parks the lease's stream until its next read. One session at a time uses a source: the streams of any
-    /// other (one that expired) go.
+    /// Parks the lease's stream until its next read. A worker has one session of a tunnel at a time: the
+    /// streams of its earlier ones (expired) go. (A source shared by workers of other tunnels keeps theirs.)
     pub(super) fn park(&self, lease: &ChannelLease, open: OpenRead) {
-        let client = &lease.session.client_id;
+        let (client, tunnel) = (&lease.session.client_id, &lease.session.tunnel_id);
         let mut parked = self.lock();
-        parked.retain(|(c, _), _| c == client);
+        parked.retain(|(c, _), other| c == client || other.tunnel != *tunnel);
         parked.insert((Arc::clone(client), lease.channel_id), open);
     }
 
