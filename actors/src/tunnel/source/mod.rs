@@ -327,10 +327,7 @@ impl GrpcSource {
         // next message needs.
         if let Some(mut open) = self.reads.take(lease, from, max_records, self.call_timeout / 2) {
             if let Some(batch) = open.next_batch(|s| self.failed(CALL, s)).await? {
-                if !batch.finished {
-                    self.reads.park(lease, open);
-                }
-                return Ok(batch);
+                return Ok(self.reads.keep(lease, open, batch));
             }
             // It ended at the channel's end: a fresh stream waits there for what comes next.
         }
@@ -355,12 +352,7 @@ impl GrpcSource {
             .into_inner();
         let mut open = stream::OpenRead::new(lease, from, max_records, opened, stream);
         match open.next_batch(|s| self.failed(CALL, s)).await? {
-            Some(batch) => {
-                if !batch.finished {
-                    self.reads.park(lease, open);
-                }
-                Ok(batch)
-            }
+            Some(batch) => Ok(self.reads.keep(lease, open, batch)),
             // Nothing came within the wait.
             None => Ok(ReadBatch {
                 records: Vec::new(),

@@ -140,9 +140,17 @@ impl ParkedReads {
         open.continues(lease, from, batch, fresh_for).then_some(open)
     }
 
+    /// Parks the stream that read `batch` for the channel's next read, unless the channel is finished; `batch`.
+    pub(super) fn keep(&self, lease: &ChannelLease, open: OpenRead, batch: ReadBatch) -> ReadBatch {
+        if !batch.finished {
+            self.park(lease, open);
+        }
+        batch
+    }
+
     /// Parks the lease's stream until its next read. A worker has one session of a tunnel at a time: the
     /// streams of its earlier ones (expired) go. (A source shared by workers of other tunnels keeps theirs.)
-    pub(super) fn park(&self, lease: &ChannelLease, open: OpenRead) {
+    fn park(&self, lease: &ChannelLease, open: OpenRead) {
         let (client, tunnel) = (&lease.session.client_id, &lease.session.tunnel_id);
         let mut parked = self.lock();
         parked.retain(|(c, _), other| c == client || other.tunnel != *tunnel);
