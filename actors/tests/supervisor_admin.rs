@@ -108,6 +108,68 @@ async fn a_start_closure_that_panics_is_a_start_failure_not_a_crash() {
     sup.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
+/// A closure that panics before it returns its future (reading its configuration, say) fails the start the
+/// same way: for a static supervisor, for a dynamic one (whose starts run on the caller's task), and at a
+/// restart, where the supervisor goes on retrying instead of crashing.
+#[tokio::test]
+async fn a_start_closure_that_panics_before_its_future_is_a_start_failure_too() {
+    fn exploding(id: &str) -> ChildSpec {
+        ChildSpec::new(id, |_sup| -> futures::future::Ready<_> {
+            panic!("start closure exploded before its future")
+        })
+    }
+    let is_the_panic = |err: &SupervisorError| {
+        matches!(err, SupervisorError::StartFailed { source, .. }
+            if source.downcast_ref::<StartPanic>().is_some_and(|p| p.message.contains("before its future")))
+    };
+
+    let sup = Supervisor::start(Default::default(), vec![]).await.unwrap();
+    let err = sup.start_child(exploding("bad")).await.unwrap_err();
+    assert!(is_the_panic(&err), "{err}");
+    assert_eq!(sup.count_children().await.unwrap().specs, 0);
+    sup.shutdown(Duration::from_secs(30)).await.unwrap();
+
+    let dynamic = DynamicSupervisor::start(DynamicSupervisorOptions::default())
+        .await
+        .unwrap();
+    let err = dynamic.start_child(exploding("bad")).await.unwrap_err();
+    assert!(is_the_panic(&err), "{err}");
+    assert_eq!(dynamic.count_children().await.unwrap().specs, 0);
+    dynamic.shutdown(Duration::from_secs(30)).await.unwrap();
+
+    // Starts once, then panics at every restart: the supervisor counts the failed restarts and gives up at
+    // its intensity, as with any other failed restart.
+    let starts = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&starts);
+    let args = Workers::new().args("flaky");
+    let spec = ChildSpec::new("flaky", move |sup| {
+        if counted.fetch_add(1, Ordering::SeqCst) > 0 {
+            panic!("restart exploded before its future");
+        }
+        let args = args.clone();
+        async move {
+            let (child, _) = ractor::Actor::spawn_linked(None, Worker, args, sup).await?;
+            Ok(child.get_cell())
+        }
+    });
+    let options = SupervisorOptions::default().intensity(3, Duration::from_secs(60));
+    let sup = Supervisor::start(options, vec![spec]).await.unwrap();
+    sup.child("flaky").await.unwrap().kill().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), sup.wait())
+        .await
+        .expect("the supervisor gives up within its intensity")
+        .unwrap();
+    assert!(
+        matches!(exit, SupervisorExit::IntensityReached { ref child, .. } if child == "flaky"),
+        "{exit:?}"
+    );
+    assert_eq!(
+        starts.load(Ordering::SeqCst),
+        4,
+        "the first start and three restarts"
+    );
+}
+
 #[tokio::test]
 async fn child_administration_and_its_error_cases() {
     let mut w = Workers::new();

@@ -34,7 +34,8 @@ pub(super) fn linked_to(cell: &ActorCell, supervisor: &ActorCell) -> bool {
     }
 }
 
-/// Runs a start closure; a panic, an error and an actor that escaped supervision are all start failures.
+/// Runs a start closure; a panic (in the closure or in its future), an error and an actor that escaped
+/// supervision are all start failures.
 ///
 /// Before a child supervisor starts again, the children its previous incarnation may have left running are
 /// waited for (bounded): a supervisor killed outright, or one of its own child supervisors killed while it
@@ -67,7 +68,17 @@ pub(crate) async fn start_one(
         id: spec.id.to_string(),
         source,
     };
-    match AssertUnwindSafe((spec.start)(ctx)).catch_unwind().await {
+    let panicked = |panic: Box<dyn std::any::Any + Send>| {
+        failed(Box::new(StartPanic {
+            message: crate::report::panic_message(panic.as_ref()),
+        }))
+    };
+    // A closure may panic before it returns its future (reading its configuration, say) as well as in it.
+    let start = match std::panic::catch_unwind(AssertUnwindSafe(|| (spec.start)(ctx))) {
+        Ok(start) => start,
+        Err(panic) => return Err(panicked(panic)),
+    };
+    match AssertUnwindSafe(start).catch_unwind().await {
         Ok(Ok(cell)) if linked_to(&cell, supervisor) => Ok(cell),
         Ok(Ok(cell)) => {
             warn!(child = %spec.id, actor = %cell.get_id(), "start closure returned an actor not linked to the supervisor; stopping it");
@@ -88,9 +99,7 @@ pub(crate) async fn start_one(
             })
         }
         Ok(Err(err)) => Err(failed(startup_cause(err))),
-        Err(panic) => Err(failed(Box::new(StartPanic {
-            message: crate::report::panic_message(panic.as_ref()),
-        }))),
+        Err(panic) => Err(panicked(panic)),
     }
 }
 
