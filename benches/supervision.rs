@@ -3,16 +3,19 @@
 //! `cargo bench --bench supervision` prints one table:
 //! - (a) restart latency: a child is killed until its replacement has answered a call;
 //! - (b) the same after 10,000 restarts inside one intensity window (must stay flat: O(1) bookkeeping);
+//! - (a') restart latency again, with both sides in one process and their samples alternating, the ratio taken
+//!   in each process: a process's latencies settle at one of a few levels (with how its tasks spread over the
+//!   worker threads), apart by more than the sides differ, and here both sides meet the same one;
 //! - (c) dynamic `start_child` throughput;
 //! - (d) resident memory per idle supervised child, with 100,000 children;
 //! - (e) graceful shutdown of a dynamic supervisor with 10,000 children, against a plain parent stopping its
 //!   children with `stop_children_and_wait`, and against arbor's own shutdown of one child.
 //!
-//! Every measure runs in a fresh process of this bench (so no side inherits the other's heap or actors still
-//! shutting down), several times with the sides interleaved; the table shows medians. Samples are driven from
+//! Every other measure runs each side in a fresh process of this bench (so no side inherits the other's heap or
+//! actors still shutting down), several times with the sides interleaved; the table shows medians. Samples are driven from
 //! a task on the runtime, as a service's code would be, not from the thread that blocks on the runtime (which
 //! would add two cross-thread wake-ups to every sample). Runs on a multi-threaded tokio runtime;
-//! `ARBOR_BENCH_RUNTIME=current_thread` runs it on one thread, where the figures are far less noisy.
+//! `ARBOR_BENCH_RUNTIME=current_thread` runs it on one thread, where the figures are less noisy.
 //!
 //! The baseline is the least a ractor user would write: a parent that re-spawns its child in
 //! `handle_supervisor_evt`, and children spawned with `spawn_linked` straight into a parent.
@@ -29,6 +32,10 @@ use tokio::sync::watch;
 const RESTARTS: usize = 5_000;
 /// Processes per measure and side; the table shows the median.
 const RUNS: usize = 5;
+/// Processes per side for the latency measures, which are short: a process's latencies settle in one of two
+/// or three levels (with how its tasks spread over the worker threads, about 4 and 5.5 µs for the same binary
+/// here), so a median over few processes swings with how many landed on each.
+const LATENCY_RUNS: usize = 11;
 const SHUTDOWN_CHILDREN: usize = 10_000;
 /// Unmeasured restarts first, so neither side pays for a cold start.
 const WARM_UP: usize = 1_000;
@@ -143,22 +150,27 @@ impl Actor for IdleParent {
 
 type Published = watch::Receiver<Option<ActorRef<RpcReplyPort<()>>>>;
 
-/// Kills the current child `n` times; each sample runs until the replacement has answered a call.
+/// Kills the current child; the sample runs until the replacement has answered a call.
+async fn restart_latency(published: &mut Published) -> Duration {
+    let current = published.borrow_and_update().clone().expect("a child runs");
+    let began = Instant::now();
+    current.kill();
+    let replacement = loop {
+        published.changed().await.expect("publisher alive");
+        let next = published.borrow_and_update().clone().expect("a child runs");
+        if next.get_id() != current.get_id() {
+            break next;
+        }
+    };
+    ractor::call!(replacement, |reply| reply).expect("replacement answers");
+    began.elapsed()
+}
+
+/// `n` restart latencies in a row.
 async fn restart_latencies(published: &mut Published, n: usize) -> Vec<Duration> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
-        let current = published.borrow_and_update().clone().expect("a child runs");
-        let began = Instant::now();
-        current.kill();
-        let replacement = loop {
-            published.changed().await.expect("publisher alive");
-            let next = published.borrow_and_update().clone().expect("a child runs");
-            if next.get_id() != current.get_id() {
-                break next;
-            }
-        };
-        ractor::call!(replacement, |reply| reply).expect("replacement answers");
-        samples.push(began.elapsed());
+        samples.push(restart_latency(published).await);
     }
     samples
 }
@@ -179,6 +191,42 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
         median: at(0.5),
         p99: at(0.99),
     }
+}
+
+/// Child-process side of (a'): both sides in one process, their samples alternating, so that both meet the
+/// same machine (a process's latencies vary by more than the difference between the sides, with how its
+/// tasks happen to spread over the worker threads); median and p99 of each, in µs, as `plain_median
+/// plain_p99 arbor_median arbor_p99`.
+async fn paired_latency_child() -> Vec<f64> {
+    let (plain_tx, mut plain_rx) = watch::channel(None);
+    let (plain, _) = Actor::spawn(None, PlainParent, plain_tx).await.unwrap();
+    let (arbor_tx, mut arbor_rx) = watch::channel(None);
+    let options = SupervisorOptions::default().intensity(1_000_000, Duration::from_secs(3600));
+    let sup = Supervisor::start(options, vec![echo_spec(arbor_tx)])
+        .await
+        .unwrap();
+    let (mut plain_samples, mut arbor_samples) = (Vec::new(), Vec::new());
+    for i in 0..WARM_UP + RESTARTS {
+        // Each side goes first every other time: neither always follows the other's restart.
+        let (plain_sample, arbor_sample) = if i % 2 == 0 {
+            let plain = restart_latency(&mut plain_rx).await;
+            (plain, restart_latency(&mut arbor_rx).await)
+        } else {
+            let arbor = restart_latency(&mut arbor_rx).await;
+            (restart_latency(&mut plain_rx).await, arbor)
+        };
+        if i >= WARM_UP {
+            plain_samples.push(plain_sample);
+            arbor_samples.push(arbor_sample);
+        }
+    }
+    plain.stop(None);
+    drop(sup);
+    let (plain, arbor) = (stats(plain_samples), stats(arbor_samples));
+    [plain.median, plain.p99, arbor.median, arbor.p99]
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e6)
+        .collect()
 }
 
 /// Child-process side of (a) and (b): median and p99 of both, in µs, as `a_median a_p99 b_median b_p99`.
@@ -209,7 +257,7 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 fn latency_rows() -> Vec<String> {
-    let [plain, arbor] = &medians("latency", &["plain", "arbor"])[..] else {
+    let [plain, arbor] = &medians("latency", &["plain", "arbor"], LATENCY_RUNS)[..] else {
         unreachable!("two modes")
     };
     if plain.len() < 4 || arbor.len() < 4 {
@@ -243,6 +291,40 @@ fn latency_rows() -> Vec<String> {
             us(arbor[3]),
             ratio(arbor[3], plain[3]),
             ratio(arbor[3], arbor[1])
+        ),
+    ]
+}
+
+fn paired_latency_rows() -> Vec<String> {
+    let runs: Vec<Vec<f64>> = (0..LATENCY_RUNS)
+        .filter_map(|_| in_child_process("paired-latency", "both"))
+        .filter(|values| values.len() == 4)
+        .collect();
+    if runs.len() < LATENCY_RUNS {
+        return vec![
+            "| (a') restart latency, sides alternating in one process | measurement failed | | |".into(),
+        ];
+    }
+    let median = |mut column: Vec<f64>| {
+        column.sort_by(f64::total_cmp);
+        column[column.len() / 2]
+    };
+    let column = |k: usize| median(runs.iter().map(|r| r[k]).collect());
+    // The ratio is taken in each process, between samples that met the same machine, then the median.
+    let ratio_of = |arbor: usize, plain: usize| median(runs.iter().map(|r| r[arbor] / r[plain]).collect());
+    let us = |v: f64| format!("{v:.2} µs");
+    vec![
+        format!(
+            "| (a') restart latency, sides alternating in one process, median (ratio: median of {LATENCY_RUNS} processes' own) | {} | {} | {:.2}× |",
+            us(column(0)),
+            us(column(2)),
+            ratio_of(2, 0)
+        ),
+        format!(
+            "| (a') the same, p99 | {} | {} | {:.2}× |",
+            us(column(1)),
+            us(column(3)),
+            ratio_of(3, 1)
         ),
     ]
 }
@@ -364,7 +446,7 @@ fn shutdown_rows() -> Vec<String> {
         "arbor-1".to_string(),
     ];
     let modes: Vec<&str> = modes.iter().map(String::as_str).collect();
-    match &medians("shutdown", &modes)[..] {
+    match &medians("shutdown", &modes, RUNS)[..] {
         [plain, many, one] if !plain.is_empty() && !many.is_empty() && !one.is_empty() => {
             let ms = |v: f64| format!("{:.1} ms", v / 1e3);
             vec![
@@ -398,11 +480,11 @@ fn in_child_process(measure: &str, mode: &str) -> Option<Vec<f64>> {
     line.split_whitespace().map(|v| v.parse().ok()).collect()
 }
 
-/// Per mode, the median of `RUNS` processes of each value the measure reports (modes interleaved, so that
+/// Per mode, the median of `wanted` processes of each value the measure reports (modes interleaved, so that
 /// a slow spell of the machine hits every side alike). A mode with a failed run reports nothing.
-fn medians(measure: &str, modes: &[&str]) -> Vec<Vec<f64>> {
+fn medians(measure: &str, modes: &[&str], wanted: usize) -> Vec<Vec<f64>> {
     let mut runs: Vec<Vec<Vec<f64>>> = vec![Vec::new(); modes.len()];
-    for _ in 0..RUNS {
+    for _ in 0..wanted {
         for (i, mode) in modes.iter().enumerate() {
             if let Some(values) = in_child_process(measure, mode) {
                 runs[i].push(values);
@@ -411,7 +493,7 @@ fn medians(measure: &str, modes: &[&str]) -> Vec<Vec<f64>> {
     }
     runs.into_iter()
         .map(|runs| {
-            if runs.len() < RUNS {
+            if runs.len() < wanted {
                 return Vec::new();
             }
             (0..runs[0].len())
@@ -426,7 +508,7 @@ fn medians(measure: &str, modes: &[&str]) -> Vec<Vec<f64>> {
 }
 
 fn throughput_rows() -> Vec<String> {
-    match &medians("starts", &["plain", "arbor", "via-parent"])[..] {
+    match &medians("starts", &["plain", "arbor", "via-parent"], RUNS)[..] {
         [plain, arbor, via_parent] if !plain.is_empty() && !arbor.is_empty() && !via_parent.is_empty() => {
             let (plain, arbor, via_parent) = (plain[0], arbor[0], via_parent[0]);
             vec![
@@ -445,7 +527,7 @@ fn throughput_rows() -> Vec<String> {
 }
 
 fn rss_row() -> String {
-    match &medians("rss", &["plain", "arbor"])[..] {
+    match &medians("rss", &["plain", "arbor"], RUNS)[..] {
         [plain, arbor] if !plain.is_empty() && !arbor.is_empty() => format!(
             "| (d) RSS per idle child, {RSS_CHILDREN} children | {:.0} B | {:.0} B | {:.2}× |",
             plain[0],
@@ -476,6 +558,7 @@ fn main() {
             tokio::spawn(async move {
                 match measure.as_str() {
                     "latency" => latency_child(&mode).await,
+                    "paired-latency" => paired_latency_child().await,
                     "starts" => vec![starts_child(&mode).await],
                     "shutdown" => vec![shutdown_child(&mode).await],
                     _ => vec![rss_child(&mode).await],
@@ -494,9 +577,10 @@ fn main() {
     }
     println!(
         "supervision bench: {RESTARTS} restarts per latency row, {STARTS} starts, {RSS_CHILDREN} children for RSS, \
-         {SHUTDOWN_CHILDREN} for shutdown; medians of {RUNS} processes per side"
+         {SHUTDOWN_CHILDREN} for shutdown; medians of {LATENCY_RUNS} processes per side for latency, {RUNS} for the rest"
     );
     let mut rows = latency_rows();
+    rows.extend(paired_latency_rows());
     rows.extend(throughput_rows());
     rows.push(rss_row());
     rows.extend(shutdown_rows());

@@ -11,7 +11,8 @@
 //! A child (see [`ChildState`]) is `Running(cell)`; on its exit, depending on its restart type and exit
 //! reason, it becomes `Restarting { due }`, `Terminated` (spec kept), or is forgotten (temporary children, and
 //! every child of a dynamic supervisor that is not restarted). `Restarting` children are started by
-//! `continue_restarts`, in start order, once due. A failed restart counts against the intensity and is
+//! `continue_restarts`, in start order, once due; a one_for_one child with no backoff delay is started again
+//! at once, without waiting as `Restarting`. A failed restart counts against the intensity and is
 //! retried through the mailbox, so the supervisor keeps answering meanwhile; under one_for_all a failed
 //! group restart stops the members already restarted and restarts the whole group again, as OTP does.
 //!

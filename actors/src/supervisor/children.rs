@@ -275,13 +275,22 @@ impl Children {
         self.by_order.get_mut(&order).map(|child| &mut **child)
     }
 
-    /// Moves a child to a new state, keeping the indexes true; returns the cell it was running as.
+    /// A new incarnation of child `order` runs as `cell`; its start began at `started_at` (a restart reads the
+    /// clock once, when it decides).
+    pub(crate) fn set_running(&mut self, order: u64, cell: ActorCell, started_at: Instant) {
+        self.set_state(order, ChildState::Running(cell));
+        if let Some(child) = self.by_order.get_mut(&order) {
+            child.started_at = Some(started_at);
+        }
+    }
+
+    /// Moves a child to a new state, keeping the indexes true; returns the cell it was running as. A new
+    /// incarnation goes through [`set_running`](Self::set_running), which says when it started.
     pub(crate) fn set_state(&mut self, order: u64, state: ChildState) -> Option<ActorCell> {
         let child = self.by_order.get_mut(&order)?;
         match &state {
             ChildState::Running(cell) => {
                 self.by_actor.insert(cell.get_id(), order);
-                child.started_at = Some(Instant::now());
                 child.slot.set_running(cell.clone());
             }
             ChildState::Restarting { .. } => {

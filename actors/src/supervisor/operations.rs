@@ -2,6 +2,7 @@
 //! adopt the ones a dynamic start handed over, and stop them all.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::join_all;
 use ractor::{ActorCell, ActorRef};
@@ -246,6 +247,7 @@ impl SupervisorState {
             ChildState::Terminated => {}
         }
         let (spec, slot) = (child.spec.clone(), Arc::clone(&child.slot));
+        let began = Instant::now();
         let cell = start_one(&spec, myself, &slot, Some(&mut self.stopping)).await?;
         info!(child = %id, actor = %cell.get_id(), "child restarted by request");
         self.publish(|supervisor| SupervisorEvent::Started {
@@ -253,7 +255,7 @@ impl SupervisorState {
             child: id.to_string(),
             actor: cell.get_id(),
         });
-        self.children.set_state(order, ChildState::Running(cell));
+        self.children.set_running(order, cell, began);
         Ok(ChildHandle::new(slot))
     }
 

@@ -8,6 +8,7 @@ use tracing::{debug, error, info, warn};
 
 use super::actor::{Mode, SupervisorMsg, SupervisorState};
 use super::children::ChildState;
+use super::error::SupervisorError;
 use super::events::SupervisorEvent;
 use super::exit::{Exit, SupervisorExit};
 use super::intensity::RestartIntensity;
@@ -31,12 +32,7 @@ impl SupervisorState {
         exit: Exit,
     ) {
         let Some(order) = self.children.order_of_actor(&actor) else {
-            match &self.mode {
-                Mode::Dynamic(shared) if shared.may_be_starting() => {
-                    self.early_exits.insert(actor, exit);
-                }
-                _ => debug!(%actor, "ignoring exit of an actor that is not a current child"),
-            }
+            self.exit_of_no_child(actor, exit);
             return;
         };
         self.children.set_state(order, ChildState::Terminated);
@@ -133,6 +129,13 @@ impl SupervisorState {
             }
             None => now,
         };
+        if self.strategy == Strategy::OneForOne && due <= now {
+            // Started at once, without passing through the children waiting for a restart: nothing else is
+            // started first under one_for_one (whatever waits has its own wake-up queued), and entering and
+            // leaving that index was a good part of a restart's bookkeeping.
+            self.restart_one(myself, order, now).await;
+            return;
+        }
         self.children.set_state(order, ChildState::Restarting { due });
         if self.strategy == Strategy::OneForOne {
             self.continue_restarts(myself, now).await;
@@ -141,6 +144,19 @@ impl SupervisorState {
             // ordinary messages), so a sibling supervisor killed meanwhile has its state dropped, and its
             // orphans recorded, before `start_one` waits for them.
             let _ = myself.cast(SupervisorMsg::ContinueRestarts);
+        }
+    }
+
+    /// The exit of an actor that is no current child: one that a dynamic start in flight has not handed over
+    /// yet (kept until it is), or one stopped already. Out of line: rare, and kept off a restart's code.
+    #[cold]
+    #[inline(never)]
+    fn exit_of_no_child(&mut self, actor: ActorId, exit: Exit) {
+        match &self.mode {
+            Mode::Dynamic(shared) if shared.may_be_starting() => {
+                self.early_exits.insert(actor, exit);
+            }
+            _ => debug!(%actor, "ignoring exit of an actor that is not a current child"),
         }
     }
 
@@ -242,54 +258,8 @@ impl SupervisorState {
                 }
                 continue;
             }
-            let child = self.children.get(order).expect("listed child exists");
-            match start_one(
-                &child.spec,
-                &myself.get_cell(),
-                &child.slot,
-                Some(&mut self.stopping),
-            )
-            .await
-            {
-                Ok(cell) => {
-                    info!(
-                        child = %self.children.id_of(order),
-                        actor = %cell.get_id(),
-                        restarts = self.children.get(order).map_or(0, |c| c.restart_count),
-                        "child restarted"
-                    );
-                    self.publish(|supervisor| SupervisorEvent::Restarted {
-                        supervisor,
-                        child: self.children.id_of(order).to_string(),
-                        actor: cell.get_id(),
-                        restarts: self.children.get(order).map_or(0, |c| c.restart_count),
-                    });
-                    self.children.set_state(order, ChildState::Running(cell));
-                }
-                Err(err) => {
-                    let id = self.children.id_of(order);
-                    warn!(child = %id, error = %err, cause = ?std::error::Error::source(&err), "restart failed; retrying");
-                    self.publish(|supervisor| SupervisorEvent::RestartFailed {
-                        supervisor,
-                        child: id.to_string(),
-                        error: ErrorChain(&err).to_string(),
-                    });
-                    if let Some(c) = self.children.get_mut(order) {
-                        c.last_exit = Some(format!("restart failed: {err}").into());
-                    }
-                    if !self.record_restart(myself, order, Instant::now()) {
-                        return;
-                    }
-                    if let Some(c) = self.children.get_mut(order) {
-                        c.restart_count += 1;
-                    }
-                    if self.strategy == Strategy::OneForAll {
-                        Box::pin(self.stop_group(0)).await;
-                    }
-                    // Through the mailbox, so calls queued meanwhile are answered between attempts.
-                    let _ = myself.cast(SupervisorMsg::ContinueRestarts);
-                    return;
-                }
+            if !self.restart_one(myself, order, Instant::now()).await {
+                return;
             }
         }
         if let Some(due) = next_due {
@@ -297,5 +267,77 @@ impl SupervisorState {
                 SupervisorMsg::ContinueRestarts
             });
         }
+    }
+
+    /// Starts child `order` again, whether it waited among the restarting children or has just exited. A
+    /// start that fails counts as a restart and is retried through the mailbox (the child waits among the
+    /// restarting ones meanwhile); under one_for_all the members restarted before it are stopped again so
+    /// the whole group restarts together. `false` when it failed: nothing more is started now. `began`: when
+    /// this start began (the time the caller read last, so a restart reads the clock once).
+    async fn restart_one(&mut self, myself: &ActorRef<SupervisorMsg>, order: u64, began: Instant) -> bool {
+        let child = self.children.get(order).expect("listed child exists");
+        match start_one(
+            &child.spec,
+            &myself.get_cell(),
+            &child.slot,
+            Some(&mut self.stopping),
+        )
+        .await
+        {
+            Ok(cell) => {
+                info!(
+                    child = %self.children.id_of(order),
+                    actor = %cell.get_id(),
+                    restarts = self.children.get(order).map_or(0, |c| c.restart_count),
+                    "child restarted"
+                );
+                self.publish(|supervisor| SupervisorEvent::Restarted {
+                    supervisor,
+                    child: self.children.id_of(order).to_string(),
+                    actor: cell.get_id(),
+                    restarts: self.children.get(order).map_or(0, |c| c.restart_count),
+                });
+                self.children.set_running(order, cell, began);
+                true
+            }
+            Err(err) => {
+                if !self.restart_failed(myself, order, err) {
+                    return false;
+                }
+                if self.strategy == Strategy::OneForAll {
+                    Box::pin(self.stop_group(0)).await;
+                }
+                // Through the mailbox, so calls queued meanwhile are answered between attempts.
+                let _ = myself.cast(SupervisorMsg::ContinueRestarts);
+                false
+            }
+        }
+    }
+
+    /// A restart of child `order` failed: tells it, keeps the child waiting among the restarting ones, and
+    /// counts the attempt as a restart; `false` when that was one too many (the supervisor is on its way out).
+    /// Out of line (and cold), so the code of a restart that succeeds stays compact.
+    #[cold]
+    #[inline(never)]
+    fn restart_failed(&mut self, myself: &ActorRef<SupervisorMsg>, order: u64, err: SupervisorError) -> bool {
+        let id = self.children.id_of(order);
+        warn!(child = %id, error = %err, cause = ?std::error::Error::source(&err), "restart failed; retrying");
+        self.publish(|supervisor| SupervisorEvent::RestartFailed {
+            supervisor,
+            child: id.to_string(),
+            error: ErrorChain(&err).to_string(),
+        });
+        self.children
+            .set_state(order, ChildState::Restarting { due: Instant::now() });
+        if let Some(c) = self.children.get_mut(order) {
+            c.last_exit = Some(format!("restart failed: {err}").into());
+        }
+        if !self.record_restart(myself, order, Instant::now()) {
+            return false;
+        }
+        if let Some(c) = self.children.get_mut(order) {
+            c.restart_count += 1;
+        }
+        true
     }
 }

@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
@@ -35,12 +35,20 @@ pub(crate) struct ChildSlot {
     /// Set for dynamic children, whose shown id is `id#order`.
     order: Option<u64>,
     state: Mutex<SlotState>,
-    /// For a child that is a supervisor: where its latest incarnation that started leaves its exit.
-    exit: Mutex<Option<ExitCell>>,
-    /// For a child that is a supervisor: the record of its latest incarnation spawned, started or not. A start
-    /// left half-done (its `pre_start` failed, was killed, or its parent died meanwhile) may have started
-    /// children of its own, which ractor kills without waiting: the next start waits for them through this.
-    latest: Mutex<Option<ExitCell>>,
+    /// Set once the child is a supervisor: a worker's slot never has records, and its restarts take no lock
+    /// to find that out.
+    records: OnceLock<Mutex<IncarnationRecords>>,
+}
+
+/// What a slot keeps of a child that is a supervisor.
+#[derive(Default)]
+struct IncarnationRecords {
+    /// Where its latest incarnation that started leaves its exit.
+    exit: Option<ExitCell>,
+    /// The record of its latest incarnation spawned, started or not. A start left half-done (its `pre_start`
+    /// failed, was killed, or its parent died meanwhile) may have started children of its own, which ractor
+    /// kills without waiting: the next start waits for them through this.
+    latest: Option<ExitCell>,
 }
 
 impl ChildSlot {
@@ -49,30 +57,44 @@ impl ChildSlot {
             id,
             order,
             state: Mutex::new(SlotState::Down),
-            exit: Mutex::new(None),
-            latest: Mutex::new(None),
+            records: OnceLock::new(),
         })
+    }
+
+    /// The records of a child that is a supervisor, made at the first.
+    fn records(&self) -> MutexGuard<'_, IncarnationRecords> {
+        // Every write is a single assignment: a poisoned lock still holds whole records.
+        self.records
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the records, if the child is a supervisor.
+    fn read_records<T>(&self, read: impl FnOnce(&IncarnationRecords) -> T) -> Option<T> {
+        let records = self.records.get()?;
+        Some(read(&records.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
     /// Records where the incarnation being started (a supervisor) will leave its exit.
     pub(crate) fn set_exit_cell(&self, exit: ExitCell) {
-        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit);
+        self.records().exit = Some(exit);
     }
 
     /// Where the latest incarnation leaves its exit, if the child is a supervisor.
     pub(crate) fn exit_cell(&self) -> Option<ExitCell> {
-        self.exit.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.read_records(|r| r.exit.clone()).flatten()
     }
 
     /// Records the incarnation about to be spawned (a supervisor), before its `pre_start` starts anything.
     pub(crate) fn set_spawning(&self, exit: ExitCell) {
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit);
+        self.records().latest = Some(exit);
     }
 
     /// The record of the latest incarnation spawned, whether its start completed or not: whose orphans a new
     /// start, or the parent's own orphan record, must cover.
     pub(crate) fn latest_incarnation(&self) -> Option<ExitCell> {
-        self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.read_records(|r| r.latest.clone()).flatten()
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {

@@ -238,11 +238,13 @@ impl ChildSpec {
     {
         let make = Arc::new(make);
         let start: StartFn = Arc::new(move |ctx: StartContext| {
-            let make = Arc::clone(&make);
+            // Made here rather than in the future (a panic in `make` is a start failure either way): the future
+            // then holds what it spawns, not a reference to `make`.
+            let (handler, args) = make();
+            let name = ctx.name.map(|n| n.to_string());
+            let supervisor = ctx.supervisor;
             Box::pin(async move {
-                let (handler, args) = make();
-                let name = ctx.name.map(|n| n.to_string());
-                let (actor, _) = Actor::spawn_linked(name, handler, args, ctx.supervisor).await?;
+                let (actor, _) = Actor::spawn_linked(name, handler, args, supervisor).await?;
                 Ok(actor.get_cell())
             })
         });
