@@ -3,7 +3,9 @@
 //! OTP keeps a list of restart times and walks it on every restart, so a supervisor that has restarted 10,000
 //! times inside one window pays for all of them each time. Here the last `max_restarts` restart times sit in a
 //! ring: the restart about to happen exceeds the intensity exactly when the ring is full and its oldest entry
-//! (the `max_restarts`-th most recent restart) is still inside the window.
+//! (the `max_restarts`-th most recent restart) is still inside the window. Restarts that have left the window
+//! leave the ring too, so it holds no more than the window's restarts (a wide intensity, say a million within an
+//! hour, costs memory only while restarts really come that fast).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -29,12 +31,15 @@ impl RestartIntensity {
         if self.max_restarts == 0 {
             return false;
         }
-        if self.recent.len() == self.max_restarts {
-            let oldest = self.recent[0];
-            if now.saturating_duration_since(oldest) <= self.period {
-                return false;
-            }
+        while self
+            .recent
+            .front()
+            .is_some_and(|&oldest| now.saturating_duration_since(oldest) > self.period)
+        {
             self.recent.pop_front();
+        }
+        if self.recent.len() == self.max_restarts {
+            return false;
         }
         self.recent.push_back(now);
         true
@@ -72,6 +77,19 @@ mod tests {
         // the oldest is 6 s old by now: it no longer counts
         assert!(intensity.record(start + Duration::from_secs(6)));
         assert!(!intensity.record(start + Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn restarts_that_left_the_window_leave_the_ring() {
+        let start = Instant::now();
+        let mut intensity = RestartIntensity::new(1_000_000, Duration::from_secs(5));
+        for i in 0..1_000u64 {
+            assert!(intensity.record(start + Duration::from_millis(i)));
+        }
+        assert_eq!(intensity.recent.len(), 1_000);
+        // 10 s later only this restart is inside the window
+        assert!(intensity.record(start + Duration::from_secs(10)));
+        assert_eq!(intensity.recent.len(), 1);
     }
 
     #[test]
