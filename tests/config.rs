@@ -319,6 +319,11 @@ fn a_named_kafka_tunnel_reads_whole() {
 #[test]
 fn a_kafka_tunnels_tls_and_sasl_tables_read_and_the_password_is_never_shown() {
     let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        ca.path(),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let text = |tls_extra: &str| {
         format!(
             "[[tunnels]]\nsource = \"kafka\"\nsubscriber = \"log\"\n[tunnels.options]\ntunnel_id = \"orders\"\n\

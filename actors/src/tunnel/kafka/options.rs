@@ -160,6 +160,38 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> TunnelError {
     }
 }
 
+/// What a TLS file must hold: librdkafka reads each as PEM.
+#[derive(Clone, Copy)]
+enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+/// Why `file` does not hold a PEM block of `kind`, if it does not. Checked here so that a DER file, a key given
+/// as the certificate or a file left empty is named at once, not by librdkafka's client-creation error at
+/// start. The message never quotes the file (it may hold a key).
+fn pem_problem(file: &std::path::Path, kind: PemKind) -> Option<String> {
+    let (label, what) = match kind {
+        PemKind::Certificate => (
+            "CERTIFICATE-----",
+            "a PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ),
+        PemKind::PrivateKey => (
+            "PRIVATE KEY-----",
+            "a PEM private key (-----BEGIN … PRIVATE KEY-----)",
+        ),
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(err) => return Some(format!("{} could not be read: {err}", file.display())),
+    };
+    let found = String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(str::trim)
+        .any(|line| line.starts_with("-----BEGIN ") && line.ends_with(label));
+    (!found).then(|| format!("{} does not hold {what}", file.display()))
+}
+
 /// Kafka's topic name rule: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
 fn topic_problem(topic: &str) -> Option<String> {
     if topic.is_empty() {
@@ -268,6 +300,14 @@ impl KafkaOptions {
                             field,
                             format!("{} is not a readable file", file.display()),
                         ));
+                    }
+                    let wanted = if field == "tls.key_file" {
+                        PemKind::PrivateKey
+                    } else {
+                        PemKind::Certificate
+                    };
+                    if let Some(problem) = pem_problem(file, wanted) {
+                        return Err(invalid(field, problem));
                     }
                 }
             }
@@ -477,12 +517,27 @@ mod tests {
             field_of(good().tls(tls("/no/such/ca.pem", None, None))),
             "tls.ca_file"
         );
-        let this_file = file!().replace("actors/", "");
-        let exists = std::path::Path::new(&this_file);
-        if exists.is_file() {
-            let f = this_file.as_str();
-            assert_eq!(field_of(good().tls(tls(f, Some(f), None))), "tls.key_file");
-        }
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key, der) = pem_files(dir.path());
+        let (ca, cert, key, der) = (ca.as_str(), cert.as_str(), key.as_str(), der.as_str());
+        assert_eq!(field_of(good().tls(tls(ca, Some(cert), None))), "tls.key_file");
+        assert_eq!(field_of(good().tls(tls(ca, None, Some(key)))), "tls.cert_file");
+        // Files that are there but hold no PEM of their kind: named before librdkafka sees them.
+        assert_eq!(field_of(good().tls(tls(der, None, None))), "tls.ca_file");
+        assert_eq!(
+            field_of(good().tls(tls(ca, Some(key), Some(key)))),
+            "tls.cert_file"
+        );
+        assert_eq!(
+            field_of(good().tls(tls(ca, Some(cert), Some(cert)))),
+            "tls.key_file"
+        );
+        let err = good().tls(tls(ca, Some(cert), Some(der))).validate().unwrap_err();
+        assert!(
+            err.to_string().contains("does not hold a PEM private key"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cret-key-bytes"), "{err}");
         let sasl = |m: &str, u: &str, p: &str| KafkaSasl {
             mechanism: m.into(),
             username: u.into(),
@@ -510,10 +565,36 @@ mod tests {
         assert_eq!(field_of(good().revoke_wait(Duration::ZERO)), "revoke_wait");
     }
 
-    fn tls_and_scram() -> (KafkaOptions, KafkaOptions) {
-        let exists = std::env::current_exe().unwrap();
+    /// A CA, a certificate, a key and a file that is no PEM (with bytes that must never reach an error), in
+    /// `dir`. Only their form is checked in these tests: none reaches a TLS handshake.
+    fn pem_files(dir: &std::path::Path) -> (String, String, String, String) {
+        let write = |name: &str, text: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        (
+            write(
+                "ca.pem",
+                b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            ),
+            write(
+                "client.pem",
+                b"-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n",
+            ),
+            write(
+                "client.key",
+                b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+            ),
+            write("client.der", b"\x30\x82\x01\x0as3cret-key-bytes"),
+        )
+    }
+
+    fn tls_and_scram() -> (KafkaOptions, KafkaOptions, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, ..) = pem_files(dir.path());
         let tls = good().tls(KafkaTls {
-            ca_file: Some(exists),
+            ca_file: Some(ca.into()),
             cert_file: None,
             key_file: None,
         });
@@ -522,7 +603,7 @@ mod tests {
             username: "u".into(),
             password: "p4ss".into(),
         });
-        (tls, scram)
+        (tls, scram, dir)
     }
 
     fn builtin_features() -> String {
@@ -538,7 +619,7 @@ mod tests {
     fn tls_and_scram_are_refused_naming_their_field_when_librdkafka_has_no_openssl() {
         let builtin = builtin_features();
         assert!(!builtin.split(',').any(|f| f == "ssl"), "{builtin}");
-        let (tls, scram) = tls_and_scram();
+        let (tls, scram, _dir) = tls_and_scram();
         assert_eq!(field_of(tls.clone()), "tls");
         assert!(tls.validate().unwrap_err().to_string().contains("kafka-tls"));
         assert_eq!(field_of(scram.clone()), "sasl.mechanism");
@@ -552,7 +633,7 @@ mod tests {
         for feature in ["ssl", "sasl_scram"] {
             assert!(builtin.split(',').any(|f| f == feature), "{feature} in {builtin}");
         }
-        let (tls, scram) = tls_and_scram();
+        let (tls, scram, _dir) = tls_and_scram();
         tls.validate().unwrap();
         scram.validate().unwrap();
         let both = KafkaOptions {
