@@ -236,7 +236,6 @@ impl ChildSpec {
         A: Actor,
         F: Fn() -> (A, A::Arguments) + Send + Sync + 'static,
     {
-        let make = Arc::new(make);
         let start: StartFn = Arc::new(move |ctx: StartContext| {
             // Made here rather than in the future (a panic in `make` is a start failure either way): the future
             // then holds what it spawns, not a reference to `make`.
